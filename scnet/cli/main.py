@@ -1,0 +1,42 @@
+"""Entry point of the ``scnet`` command: builds the parser from the sub-command modules and turns scnet's
+input errors into one readable line (exit status 2) instead of a traceback."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from scnet.errors import ScnetError
+
+#: Sub-commands, each a module of ``scnet.cli`` with ``add_parser(subparsers)`` setting ``run``.
+COMMANDS = ('models', 'profile', 'convert')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from scnet import __version__
+
+    parser = argparse.ArgumentParser(
+        prog='scnet', description='Self-calibrated convolutions (SCNet, CVPR 2020): models, weights, complexity.')
+    parser.add_argument('--version', action='version', version=f'scnet-torch {__version__}')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    for name in COMMANDS:
+        importlib.import_module(f'scnet.cli.{name}').add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (ScnetError, FileNotFoundError) as e:
+        print(f'scnet {args.command}: error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f'scnet {args.command}: interrupted', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

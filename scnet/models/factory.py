@@ -1,0 +1,77 @@
+"""``create_model`` and ``list_models``: the zoo's front door.
+
+The zoo is the SC networks registered by ``scnet.models.zoo`` plus the paper's baselines, which are timm's own
+models where timm has them. Everything is built by ``timm.create_model``; this module adds what a user of
+the paper needs on top: a closed list of names with a helpful error, and ``checkpoint=PATH`` that reads
+either layout safely and reports keys that do not fit.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from typing import List, Optional
+
+import timm
+from torch import nn
+
+from scnet.errors import UnknownModelError
+from scnet.models.zoo import SC_OPTIONS, ZOO_ARCHITECTURES
+from scnet.weights import load_into, read_checkpoint
+
+__all__ = ['PAPER_MODELS', 'BASELINES', 'create_model', 'list_models']
+
+#: Baselines of the paper that timm provides (built as timm defines them).
+BASELINES = ('resnet50', 'resnet101', 'resnext50_32x4d', 'resnext101_32x4d', 'seresnet50', 'seresnet101',
+             'resnet26')
+
+#: Every network named in the paper's tables, SC and baseline.
+PAPER_MODELS = ('scnet50', 'scnet101', 'scnext50_32x4d', 'scnext101_32x4d', 'se_scnet50', 'se_scnet101',
+                'ge_scnet50', 'scnet50_v1d', 'scnet101_v1d', 'resnet50', 'resnet101', 'resnext50_32x4d',
+                'resnext101_32x4d', 'resnext50_2x40d', 'seresnet50', 'seresnet101', 'ge_resnet50')
+
+
+def list_models(pattern: Optional[str] = None) -> List[str]:
+    """Names ``create_model`` accepts: the SC networks, the baselines, and the small networks.
+
+    ``pattern`` filters with shell wildcards, e.g. ``list_models('*scnet*')``.
+    """
+    names = list(dict.fromkeys([*ZOO_ARCHITECTURES, *BASELINES]))
+    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+
+
+def _unknown(name: str) -> UnknownModelError:
+    close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.5)
+    hint = f' Did you mean {", ".join(close)}?' if close else ''
+    return UnknownModelError(f'unknown model {name!r}.{hint} Available: {", ".join(list_models())} '
+                             '(`scnet models` lists them; any other timm model: timm.create_model)')
+
+
+def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] = None, num_classes: int = 1000,
+                 **kwargs) -> nn.Module:
+    """Build a network of the zoo.
+
+    Args:
+        name: a name from ``list_models()``.
+        pretrained: load the authors' ImageNet weights (scnet50, scnet50_v1d, scnet101), downloaded once and
+            cached; the classifier is dropped when ``num_classes`` is not 1000. Baselines get timm's weights.
+        checkpoint: a local ``.safetensors`` or PyTorch file in either layout (the authors' or ours, detected).
+        num_classes: classifier outputs (0 for none).
+        **kwargs: any argument of timm's ResNet (``features_only``, ``output_stride``, ``drop_path_rate``, ...),
+            and for SC models the SC-Conv options ``pooling_r``, ``pool``, ``identity``, ``upsample``.
+    """
+    if name not in list_models():
+        raise _unknown(name)
+    if pretrained and checkpoint:
+        raise ValueError('pass either pretrained=True or checkpoint=PATH, not both')
+    state_dict = read_checkpoint(checkpoint) if checkpoint else None  # fail before building on a bad file
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except TypeError as e:
+        bad = [k for k in kwargs if f"'{k}'" in str(e)]
+        if bad and name in BASELINES and set(bad) & set(SC_OPTIONS):
+            raise TypeError(f'{name} has no SC-Conv layers, so it takes none of {", ".join(bad)}; '
+                            f'SC models: {", ".join(list_models("*sc*"))}') from None
+        raise TypeError(f'{name}: {e}') from None
+    if state_dict is not None:
+        load_into(model, state_dict, source=str(checkpoint))
+    return model

@@ -1,0 +1,107 @@
+"""Named networks of the paper, registered in timm's model registry.
+
+Importing ``scnet`` runs this module, after which ``timm.create_model('scnet50')`` (and ``features_only=True``,
+``output_stride``, ``drop_path_rate``, ... everything timm's ResNet takes) works. The paper's baselines that
+timm already has (resnet50, resnext50_32x4d, seresnet50, ...) are timm's own; the two it lacks
+(``resnext50_2x40d`` and ``ge_resnet50``) are registered here.
+
+The SC-Conv options of ``SCConv2d`` (``pooling_r``, ``pool``, ``identity``, ``upsample``) are keyword arguments
+of every SC model, so each row of Table 2 is one call, e.g. ``create_model('scnet50', pooling_r=2)``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.resnet import Bottleneck
+
+from scnet.models.blocks import SCBottleneck
+from scnet.models.resnet import SCResNet
+
+__all__ = ['SC_OPTIONS', 'ZOO_ARCHITECTURES']
+
+#: Keyword arguments of SC models that configure every ``SCConv2d`` of the network.
+SC_OPTIONS = ('pooling_r', 'pool', 'identity', 'upsample')
+
+#: name -> SCResNet arguments of every network this module registers.
+ZOO_ARCHITECTURES: Dict[str, Dict[str, Any]] = {
+    # the paper's SC networks (Tables 1-3)
+    'scnet50': dict(block=SCBottleneck, layers=(3, 4, 6, 3)),
+    'scnet101': dict(block=SCBottleneck, layers=(3, 4, 23, 3)),
+    'scnext50_32x4d': dict(block=SCBottleneck, layers=(3, 4, 6, 3), cardinality=32, base_width=4),
+    'scnext101_32x4d': dict(block=SCBottleneck, layers=(3, 4, 23, 3), cardinality=32, base_width=4),
+    'se_scnet50': dict(block=SCBottleneck, layers=(3, 4, 6, 3), block_args=dict(attn_layer='se')),
+    'se_scnet101': dict(block=SCBottleneck, layers=(3, 4, 23, 3), block_args=dict(attn_layer='se')),
+    'ge_scnet50': dict(block=SCBottleneck, layers=(3, 4, 6, 3), gather_excite=True),
+    # the authors' released "v1d" networks: deep 32-32-64 stem, avg-pool shortcut, 3x3 avg-pool down-sampling
+    'scnet50_v1d': dict(block=SCBottleneck, layers=(3, 4, 6, 3), stem_type='deep', stem_width=32, avg_down=True,
+                        block_args=dict(avd=True)),
+    'scnet101_v1d': dict(block=SCBottleneck, layers=(3, 4, 23, 3), stem_type='deep', stem_width=64,
+                         avg_down=True, block_args=dict(avd=True)),
+    # baselines timm lacks
+    'resnext50_2x40d': dict(block=Bottleneck, layers=(3, 4, 6, 3), cardinality=2, base_width=40),
+    'ge_resnet50': dict(block=Bottleneck, layers=(3, 4, 6, 3), gather_excite=True),
+    # small networks for small images and CPUs
+    'scnet26': dict(block=SCBottleneck, layers=(2, 2, 2, 2)),
+    'scnet26_cifar': dict(block=SCBottleneck, layers=(2, 2, 2, 2), cifar_stem=True, channels=(32, 64, 128, 256)),
+    'resnet26_cifar': dict(block=Bottleneck, layers=(2, 2, 2, 2), cifar_stem=True, channels=(32, 64, 128, 256)),
+}
+
+
+def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'conv1', 'classifier': 'fc', **kwargs,
+    }
+
+
+def _small_cfg() -> Dict[str, Any]:
+    return _cfg(input_size=(3, 32, 32), pool_size=(4, 4), crop_pct=1.0)
+
+
+_AUTHORS = dict(origin_url='https://github.com/MCG-NKU/SCNet', paper_ids='CVPR 2020', license='other')
+default_cfgs = generate_default_cfgs({
+    'scnet50.authors_in1k': _cfg('https://backseason.oss-cn-beijing.aliyuncs.com/scnet/scnet50-dc6a7e87.pth',
+                                 **_AUTHORS),
+    'scnet50_v1d.authors_in1k': _cfg(
+        'https://backseason.oss-cn-beijing.aliyuncs.com/scnet/scnet50_v1d-4109d1e1.pth', **_AUTHORS),
+    'scnet101.authors_in1k': _cfg('https://backseason.oss-cn-beijing.aliyuncs.com/scnet/scnet101-44c5b751.pth',
+                                  **_AUTHORS),
+    **{name: _cfg() for name in ('scnext50_32x4d', 'scnext101_32x4d', 'se_scnet50', 'se_scnet101',
+                                 'ge_scnet50', 'scnet101_v1d', 'resnext50_2x40d', 'ge_resnet50', 'scnet26')},
+    'scnet26_cifar': _small_cfg(),
+    'resnet26_cifar': _small_cfg(),
+})
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> SCResNet:
+    """Build ``variant`` with timm's builder; SC options go to every block, weights come from scnet.weights."""
+    model_args = dict(ZOO_ARCHITECTURES[variant])
+    block_args = {**model_args.pop('block_args', {}), **(kwargs.pop('block_args', None) or {})}
+    sc_options = {k: kwargs.pop(k) for k in SC_OPTIONS if k in kwargs}
+    if sc_options and model_args['block'] is not SCBottleneck:
+        raise TypeError(f'{variant} has no SC-Conv layers, so it takes none of {", ".join(sc_options)}')
+    block_args.update(sc_options)
+    if pretrained:
+        from scnet.weights.official import pretrained_state_dict  # deferred: downloads only when asked
+
+        overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
+        overlay.setdefault('state_dict', pretrained_state_dict(variant))
+        kwargs['pretrained_cfg_overlay'] = overlay
+    return build_model_with_cfg(SCResNet, variant, pretrained, **model_args, block_args=block_args, **kwargs)
+
+
+def _register(name: str) -> None:
+    def entrypoint(pretrained: bool = False, **kwargs) -> SCResNet:
+        return _create(name, pretrained, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f'{name} (scnet zoo): {ZOO_ARCHITECTURES[name]}'
+    globals()[name] = register_model(entrypoint)
+
+
+for _name in ZOO_ARCHITECTURES:
+    _register(_name)
