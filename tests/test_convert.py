@@ -1,0 +1,97 @@
+"""scnet.convert on torchvision, timm and hand-written networks."""
+import json
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+import scnet
+from scnet import SCConv2d
+
+
+def test_torchvision_resnet50_every_bottleneck_3x3_converted():
+    model = torchvision.models.resnet50(num_classes=10)
+    report = scnet.convert(model)
+    assert len(report.converted) == 16 and report.skipped == []
+    assert all(isinstance(b.conv2, SCConv2d) for layer in (model.layer1, model.layer4) for b in layer)
+    assert model.layer2[0].conv2.stride == (2, 2)
+    assert report.params_after == report.params_before + sum(  # only the two inner BNs are new
+        4 * (c.in_channels // 2) for c in report.converted)
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 40, 56)).shape == (2, 10)
+
+
+def test_torchvision_resnet18_basic_blocks_and_options():
+    model = torchvision.models.resnet18(num_classes=3)
+    report = scnet.convert(model, pooling_r=2, pool='max', exclude=['layer4.*'])
+    assert len(report.converted) == 12
+    assert {s.name for s in report.skipped} == {'layer4.0.conv1', 'layer4.0.conv2', 'layer4.1.conv1',
+                                                 'layer4.1.conv2'}
+    assert all(s.reason == 'excluded by pattern' for s in report.skipped)
+    assert {(m.pooling_r, m.pool) for m in model.modules() if isinstance(m, SCConv2d)} == {(2, 'max')}
+    # 64 -> 128 convs change width: parameters differ from the plain conv and the report shows it
+    c = next(c for c in report.converted if c.name == 'layer2.0.conv1')
+    assert (c.in_channels, c.out_channels, c.stride) == (64, 128, 2)
+    model.train()
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+
+
+def test_timm_resnet_and_dilated_backbone():
+    model = timm.create_model('resnet26', output_stride=8, num_classes=0)
+    report = scnet.convert(model)
+    assert len(report.converted) == 8
+    assert {c.dilation for c in report.converted} == {1, 2, 4}
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 2048)
+
+
+class UsersNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)          # 3 input channels: odd
+        self.biased = nn.Conv2d(16, 16, 3, padding=1)                   # has a bias
+        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
+        self.valid = nn.Conv2d(16, 16, 3, padding=0, bias=False)        # padding != dilation
+        self.reflect = nn.Conv2d(16, 16, 3, padding=1, bias=False, padding_mode='reflect')
+        self.good = nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False, groups=2)
+        self.pointwise = nn.Conv2d(32, 32, 1, bias=False)               # not 3x3: not mentioned
+
+    def forward(self, x):
+        for m in self.children():
+            x = m(x)
+        return x
+
+
+def test_users_network_reports_every_skip_with_its_reason():
+    model = UsersNet()
+    x = torch.randn(2, 3, 20, 20)
+    shape = model(x).shape
+    report = scnet.convert(model)
+    assert [c.name for c in report.converted] == ['good']
+    reasons = {s.name: s.reason for s in report.skipped}
+    assert set(reasons) == {'stem', 'biased', 'depthwise', 'valid', 'reflect'}
+    assert '3 input channels' in reasons['stem']
+    assert 'bias' in reasons['biased']
+    assert 'groups' in reasons['depthwise'] or 'group' in reasons['depthwise']
+    assert 'padding' in reasons['valid']
+    assert 'reflect' in reasons['reflect']
+    assert model(x).shape == shape
+    as_dict = json.loads(report.to_json())
+    assert as_dict['converted'][0]['name'] == 'good' and len(as_dict['skipped']) == 5
+    assert 'converted 1 3x3 conv(s)' in str(report) and '- biased: has a bias' in str(report)
+
+
+def test_channels_last_and_eval_mode_are_kept():
+    model = torchvision.models.resnet18().eval().to(memory_format=torch.channels_last)
+    scnet.convert(model)
+    sc = model.layer1[0].conv1
+    assert not sc.training
+    assert sc.k1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bad_option_is_a_clear_error():
+    with pytest.raises(ValueError, match='pooling_r'):
+        scnet.convert(torchvision.models.resnet18(), pooling_r=-1)

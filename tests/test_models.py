@@ -1,0 +1,128 @@
+"""The zoo: names, timm registration, feature extraction, SC options, and every model on odd input sizes."""
+import pytest
+import timm
+import torch
+
+import scnet
+from scnet import SCConv2d
+from scnet.models import PAPER_MODELS
+
+ISSUE_NAMES = ['scnet50', 'scnet101', 'scnext50_32x4d', 'scnext101_32x4d', 'se_scnet50', 'se_scnet101',
+               'ge_scnet50', 'scnet50_v1d', 'scnet101_v1d', 'resnet50', 'resnet101', 'resnext50_32x4d',
+               'resnext101_32x4d', 'resnext50_2x40d', 'seresnet50', 'seresnet101', 'ge_resnet50']
+
+
+def sc_layers(model):
+    return [m for m in model.modules() if isinstance(m, SCConv2d)]
+
+
+def test_every_name_of_the_paper_is_listed():
+    assert set(ISSUE_NAMES) <= set(scnet.list_models())
+    assert set(PAPER_MODELS) == set(ISSUE_NAMES)
+    assert scnet.list_models('scnext*') == ['scnext50_32x4d', 'scnext101_32x4d']
+
+
+@pytest.mark.parametrize('name', scnet.list_models())
+def test_every_model_on_small_and_odd_inputs(name):
+    """32 px (layer4 maps of 1x1, smaller than r) and a non-square odd size, in eval mode, finite logits."""
+    model = scnet.create_model(name, num_classes=7).eval()
+    with torch.no_grad():
+        for size in ((32, 32), (45, 77)):
+            out = model(torch.randn(2, 3, *size))
+            assert out.shape == (2, 7) and torch.isfinite(out).all(), (name, size)
+
+
+@pytest.mark.parametrize('name', ['scnet50', 'scnext50_32x4d', 'scnet50_v1d', 'ge_scnet50', 'se_scnet50'])
+def test_large_and_non_square_inputs(name):
+    model = scnet.create_model(name, num_classes=3).eval()
+    with torch.no_grad():
+        for size in ((512, 512), (224, 320), (97, 513)):
+            assert model(torch.randn(1, 3, *size)).shape == (1, 3)
+
+
+def test_train_step_on_tiny_inputs():
+    model = scnet.create_model('scnet26_cifar', num_classes=5)
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_registered_in_timm_with_features_only():
+    assert {'scnet50', 'ge_resnet50', 'resnext50_2x40d'} <= set(timm.list_models('*'))
+    backbone = timm.create_model('scnet50', features_only=True, out_indices=(1, 2, 3, 4)).eval()
+    assert backbone.feature_info.channels() == [256, 512, 1024, 2048]
+    assert backbone.feature_info.reduction() == [4, 8, 16, 32]
+    with torch.no_grad():
+        feats = backbone(torch.randn(1, 3, 96, 128))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(24, 32), (12, 16), (6, 8), (3, 4)]
+    cifar = scnet.create_model('scnet26_cifar', features_only=True).eval()
+    assert cifar.feature_info.reduction() == [1, 1, 2, 4, 8]
+    with torch.no_grad():
+        assert [f.shape[-1] for f in cifar(torch.randn(1, 3, 32, 32))] == [32, 32, 16, 8, 4]
+
+
+def test_sc_models_use_sc_conv_in_every_bottleneck_and_baselines_do_not():
+    scnet50 = scnet.create_model('scnet50')
+    assert len(sc_layers(scnet50)) == 16
+    assert len(sc_layers(scnet.create_model('scnet101'))) == 33
+    assert sc_layers(scnet.create_model('resnet50')) == []
+    scnext = sc_layers(scnet.create_model('scnext50_32x4d'))
+    assert scnext[0].groups == 32 and scnext[0].in_channels == 128
+
+
+@pytest.mark.parametrize('kwargs, expected', [
+    (dict(pooling_r=1), dict(pooling_r=1)),
+    (dict(pooling_r=2), dict(pooling_r=2)),
+    (dict(identity=False), dict(identity=False)),
+    (dict(pool='max'), dict(pool='max')),
+    (dict(upsample='bilinear'), dict(upsample='bilinear')),
+    (dict(), dict(pooling_r=4, pool='avg', identity=True, upsample='nearest')),
+])
+def test_table2_rows_are_one_call(kwargs, expected):
+    layers = sc_layers(scnet.create_model('scnet50', **kwargs))
+    for key, value in expected.items():
+        assert {getattr(layer, key) for layer in layers} == {value}
+
+
+def test_v1d_matches_the_authors_structure():
+    model = scnet.create_model('scnet50_v1d')
+    assert model.conv1[0].out_channels == 32 and model.conv1[6].out_channels == 64
+    assert isinstance(model.maxpool, torch.nn.MaxPool2d) and model.maxpool.stride == 2  # stem pool untouched
+    block = model.layer2[0]
+    assert block.conv2.stride == (1, 1) and block.aa.kernel_size == 3 and block.aa.stride == 2
+    assert isinstance(model.layer1[0].aa, torch.nn.Identity)
+    assert isinstance(block.downsample[0], torch.nn.AvgPool2d)
+
+
+def test_gather_excite_kernel_covers_each_stage_at_224():
+    model = scnet.create_model('ge_resnet50')
+    assert [getattr(model, f'layer{i}')[0].se.extent for i in range(1, 5)] == [56, 28, 14, 7]
+
+
+def test_unknown_model_name_suggests_close_names():
+    with pytest.raises(scnet.UnknownModelError, match="unknown model 'scnet5'.*Did you mean.*scnet50"):
+        scnet.create_model('scnet5')
+
+
+def test_sc_option_on_a_baseline_is_a_clear_error():
+    with pytest.raises(TypeError, match='resnet50 has no SC-Conv layers'):
+        scnet.create_model('resnet50', pooling_r=2)
+    with pytest.raises(TypeError, match='resnext50_2x40d has no SC-Conv layers'):
+        scnet.create_model('resnext50_2x40d', pool='max')
+    with pytest.raises(ValueError, match='pooling_r must be a positive integer'):
+        scnet.create_model('scnet26', pooling_r=0)
+
+
+def test_pretrained_and_checkpoint_together_is_an_error():
+    with pytest.raises(ValueError, match='not both'):
+        scnet.create_model('scnet50', pretrained=True, checkpoint='x.pth')
+
+
+def test_channels_last_model_matches():
+    model = scnet.create_model('scnet26', num_classes=4).eval()
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        expected = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        out = model(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,169 @@
+"""SCConv2d against the literal equations, nn.Conv2d's interface, and PyTorch's compilers and exporters."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from scnet import SCConv2d
+from tests.reference import sc_conv_reference
+
+
+def randomise_norms(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN affine parameters and running statistics, so the tests see them."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return module
+
+
+def conv_output_size(size, stride, dilation):
+    return math.floor((size + 2 * dilation - dilation * 2 - 1) / stride + 1)
+
+
+@st.composite
+def layer_configs(draw):
+    groups = draw(st.sampled_from([1, 2, 4]))
+    half_in = groups * draw(st.integers(1, 3))
+    half_out = groups * draw(st.integers(1, 3))
+    return dict(
+        in_channels=2 * half_in, out_channels=2 * half_out, groups=groups,
+        stride=draw(st.integers(1, 3)), dilation=draw(st.integers(1, 3)),
+        pooling_r=draw(st.integers(1, 6)), pool=draw(st.sampled_from(['avg', 'max'])),
+        identity=draw(st.booleans()), upsample=draw(st.sampled_from(['nearest', 'bilinear'])),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(cfg=layer_configs(), h=st.integers(1, 19), w=st.integers(1, 19), batch=st.integers(1, 2))
+def test_matches_literal_equations_and_conv_shape(cfg, h, w, batch):
+    """Any channels/stride/dilation/groups/options, any map size (odd, tiny, smaller than r): same output shape
+    as the 3x3 conv it replaces, and the values of equations 2-5."""
+    layer = randomise_norms(SCConv2d(**cfg)).eval()
+    x = torch.randn(batch, cfg['in_channels'], h, w, dtype=torch.float64)
+    layer = layer.double()
+    conv = nn.Conv2d(cfg['in_channels'], cfg['out_channels'], 3, cfg['stride'], cfg['dilation'], cfg['dilation'],
+                     groups=cfg['groups'], bias=False).double()
+    with torch.no_grad():
+        y = layer(x)
+        assert y.shape == conv(x).shape
+        assert y.shape[-2:] == (conv_output_size(h, cfg['stride'], cfg['dilation']),
+                                conv_output_size(w, cfg['stride'], cfg['dilation']))
+        torch.testing.assert_close(y, sc_conv_reference(x, layer), rtol=1e-10, atol=1e-10)
+
+
+def test_authors_pooling_on_maps_at_least_r():
+    """On maps >= r the pooling is the authors' fixed r x r floor-mode window (their weights need it)."""
+    layer = SCConv2d(8, 8, pooling_r=4).eval()
+    x = torch.randn(1, 4, 7, 9)
+    seen = {}
+    layer.k2.register_forward_hook(lambda m, i, o: seen.setdefault('t1', i[0]))
+    layer(torch.cat([x, x], 1))
+    torch.testing.assert_close(seen['t1'], F.avg_pool2d(x, 4, 4))
+
+
+def test_map_smaller_than_r_pools_its_whole_extent():
+    layer = SCConv2d(4, 4, pooling_r=4).eval()
+    x = torch.randn(2, 4, 3, 9)
+    seen = {}
+    layer.k2.register_forward_hook(lambda m, i, o: seen.setdefault('t1', i[0]))
+    layer(x)
+    assert seen['t1'].shape == (2, 2, 1, 2)  # height 3 < 4: pooled over all 3 rows; width 9: two windows of 4
+    torch.testing.assert_close(seen['t1'][:, :, 0, 0], x[:, 2:, :, 0:4].mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize('groups', [1, 2, 8])
+@pytest.mark.parametrize('channels', [16, 64])
+def test_same_conv_parameters_as_nn_conv2d(channels, groups):
+    """Four quarter-size kernels hold as many weights as the plain conv; the two inner BNs are the extra."""
+    sc = SCConv2d(channels, channels, groups=groups)
+    conv = nn.Conv2d(channels, channels, 3, padding=1, groups=groups, bias=False)
+    conv_params = sum(m.weight.numel() for m in (sc.k1, sc.k2, sc.k3, sc.k4))
+    assert conv_params == conv.weight.numel()
+    assert sum(p.numel() for p in sc.parameters()) == conv.weight.numel() + 2 * 2 * (channels // 2)
+    assert sum(p.numel() for p in SCConv2d(channels, channels, groups=groups, norm_layer=None).parameters()) \
+        == conv.weight.numel()
+
+
+def test_conv2d_attributes_for_drop_in_use():
+    sc = SCConv2d(32, 64, stride=2, dilation=2, groups=4)
+    assert (sc.in_channels, sc.out_channels, sc.kernel_size, sc.stride, sc.padding, sc.dilation, sc.groups) == \
+        (32, 64, (3, 3), (2, 2), (2, 2), (2, 2), 4)
+    assert 'pooling_r=4' in repr(sc)
+
+
+def test_gradcheck_float64():
+    torch.manual_seed(0)
+    for cfg in (dict(pooling_r=2, upsample='bilinear'), dict(pooling_r=4, pool='max', stride=2),
+                dict(pooling_r=1, identity=False, dilation=2)):
+        layer = SCConv2d(4, 6, norm_layer=None, **cfg).double()
+        x = torch.randn(1, 4, 6, 5, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(layer, (x,), eps=1e-6, atol=1e-5)
+
+
+def test_train_mode_backward_and_norm_statistics():
+    layer = SCConv2d(8, 8, stride=2)
+    x = torch.randn(4, 8, 12, 12, requires_grad=True)
+    layer(x).square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert all(p.grad is not None for p in layer.parameters())
+    assert layer.k2_norm.num_batches_tracked.item() == 1
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(in_channels=7, out_channels=8), 'in_channels=7 must be even'),
+    (dict(in_channels=8, out_channels=6, groups=2), 'out_channels=6'),
+    (dict(in_channels=8, out_channels=8, pooling_r=0), 'pooling_r must be a positive integer'),
+    (dict(in_channels=8, out_channels=8, pooling_r=2.5), 'pooling_r must be a positive integer'),
+    (dict(in_channels=8, out_channels=8, pool='median'), "pool must be one of"),
+    (dict(in_channels=8, out_channels=8, upsample='bicubic'), "upsample must be one of"),
+    (dict(in_channels=8, out_channels=8, stride=(1, 2)), 'same along both axes'),
+    (dict(in_channels=8, out_channels=8, dilation=0), 'dilation must be a positive integer'),
+])
+def test_invalid_arguments_name_the_problem(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SCConv2d(**kwargs)
+
+
+def test_channels_last():
+    layer = randomise_norms(SCConv2d(16, 16, stride=2)).eval()
+    x = torch.randn(2, 16, 15, 13)
+    expected = layer(x)
+    layer_cl = layer.to(memory_format=torch.channels_last)
+    out = layer_cl(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    layer = randomise_norms(SCConv2d(8, 8, pooling_r=4)).eval()
+    compiled = torch.compile(layer, fullgraph=True)
+    for size in ((16, 16), (3, 5)):  # the second is smaller than r: the clamped window path
+        x = torch.randn(2, 8, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), layer(x), rtol=1e-4, atol=1e-5)
+
+
+def test_torch_export_matches_eager():
+    layer = randomise_norms(SCConv2d(8, 12, stride=2, upsample='bilinear')).eval()
+    x = torch.randn(2, 8, 17, 11)
+    program = torch.export.export(layer, (x,))
+    torch.testing.assert_close(program.module()(x), layer(x), rtol=1e-5, atol=1e-6)
+
+
+def test_onnx_export_runs_in_onnxruntime(tmp_path):
+    ort = pytest.importorskip('onnxruntime')
+    layer = randomise_norms(SCConv2d(8, 8, stride=2)).eval()
+    x = torch.randn(1, 8, 20, 14)
+    path = tmp_path / 'scconv.onnx'
+    torch.onnx.export(layer, (x,), str(path), dynamo=True)
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), layer(x).detach(), rtol=1e-4, atol=1e-5)
