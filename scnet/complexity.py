@@ -35,8 +35,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from scnet.errors import ScnetError
 
 __all__ = ['PaperRow', 'PAPER_ROWS', 'PAPER_INPUT_SIZE', 'PARAMS_TOLERANCE_M', 'MADDS_TOLERANCE_PCT',
-           'InputSizeError', 'ProfileError', 'parse_input_size', 'paper_rows', 'paper_models', 'count_complexity', 'profile_model',
-           'profile_models', 'profile_paper', 'not_built_rows']
+           'InputSizeError', 'ProfileError', 'parse_input_size', 'paper_rows', 'paper_models', 'count_complexity',
+           'profile_model', 'profile_models', 'profile_paper', 'not_built_rows']
 
 #: Largest accepted |ours - paper| in millions of parameters.
 PARAMS_TOLERANCE_M = 0.1
@@ -183,9 +183,12 @@ def _model_name(model: nn.Module) -> str:
     return cfg.get('architecture') or type(model).__name__
 
 
-def _row(name: str, size: Tuple[int, int], params: int, macs: int, compare: bool) -> Dict[str, object]:
-    """One result row: our figures, the paper's (first matching row), their differences and a verdict."""
-    rows = paper_rows(name) if compare else []
+def _row(name: str, size: Tuple[int, int], params: int, macs: int, uncompared: str = '') -> Dict[str, object]:
+    """One result row: our figures, the paper's (first matching row), their differences and a verdict.
+
+    ``uncompared``, when given, is why this network is not compared with the paper (it becomes the note).
+    """
+    rows = [] if uncompared else paper_rows(name)
     paper = rows[0] if rows else None
     params_m, macs_g = params / 1e6, macs / 1e9
     at_paper_size = size == PAPER_INPUT_SIZE
@@ -198,7 +201,7 @@ def _row(name: str, size: Tuple[int, int], params: int, macs: int, compare: bool
         params_delta_m=None, madds_rel_diff_pct=None, within_tolerance=None, note='',
     )
     if paper is None:
-        row['note'] = 'not in the paper\'s tables' if compare else 'module given: not compared with the paper'
+        row['note'] = uncompared or "not in the paper's tables"
         return row
     params_delta = params_m - paper.params_m
     row['params_delta_m'] = round(params_delta, 3)
@@ -226,24 +229,29 @@ def profile_model(name_or_model: Union[str, nn.Module], input_size: InputSize = 
         name_or_model: a zoo name (built on the meta device) or a module (profiled where it lives).
         input_size: ``224``, ``(H, W)`` or ``'HxW'``.
         name: for a module, the zoo name whose paper row to compare with (default: not compared).
-        **model_kwargs: passed to ``create_model`` for a name, e.g. ``pooling_r=2`` for a Table 2 variant.
+        **model_kwargs: passed to ``create_model`` for a name, e.g. ``pooling_r=2`` for a Table 2 variant
+            (a variant is not compared with the paper's row of the default network).
 
     Returns a dict: ``model``, ``input_size`` [H, W], ``params_m``, ``macs_g``, ``flops_g``; the paper's
-    ``paper_row`` (the first row's label), ``paper_tables`` (e.g. [1, 3]), ``paper_params_m``, ``paper_madds_g``, ``paper_flops_g`` (``None`` where the paper has
-    no figure); ``params_delta_m`` (ours - paper, M), ``madds_rel_diff_pct`` (ours vs paper, %),
-    ``within_tolerance`` (``None`` without a paper row or away from 224x224) and a one-line ``note``.
+    ``paper_row`` (label of its first row), ``paper_tables`` (e.g. [1, 3]), ``paper_params_m``,
+    ``paper_madds_g``, ``paper_flops_g`` (``None`` where the paper has no figure); ``params_delta_m``
+    (ours - paper, M), ``madds_rel_diff_pct`` (ours vs paper, %), ``within_tolerance`` (``None`` without a
+    paper row or away from 224x224) and a one-line ``note``.
     """
     size = parse_input_size(input_size)
     if isinstance(name_or_model, str):
-        return _measure(name_or_model, _build(name_or_model, **model_kwargs), size, compare=True)
+        options = ', '.join(f'{k}={v!r}' for k, v in sorted(model_kwargs.items()))
+        uncompared = f'built with {options}: not compared with the paper' if options else ''
+        return _measure(name_or_model, _build(name_or_model, **model_kwargs), size, uncompared)
     if model_kwargs:
         raise TypeError(f'model arguments {sorted(model_kwargs)} need a model name, not a module')
-    return _measure(name or _model_name(name_or_model), name_or_model, size, compare=name is not None)
+    uncompared = '' if name else 'module given without name=: not compared with the paper'
+    return _measure(name or _model_name(name_or_model), name_or_model, size, uncompared)
 
 
-def _measure(name: str, model: nn.Module, size: Tuple[int, int], compare: bool) -> Dict[str, object]:
+def _measure(name: str, model: nn.Module, size: Tuple[int, int], uncompared: str = '') -> Dict[str, object]:
     params, macs = count_complexity(model, size)
-    return _row(name, size, params, macs, compare)
+    return _row(name, size, params, macs, uncompared)
 
 
 def profile_models(names: Iterable[str], input_size: InputSize = 224, *,
@@ -254,7 +262,7 @@ def profile_models(names: Iterable[str], input_size: InputSize = 224, *,
     size = parse_input_size(input_size)
     models = [(name, _build(name)) for name in names]
     iterate = progress(models) if progress else models
-    return [_measure(name, model, size, compare=True) for name, model in iterate]
+    return [_measure(name, model, size) for name, model in iterate]
 
 
 def not_built_rows() -> List[Dict[str, object]]:

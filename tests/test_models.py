@@ -126,3 +126,15 @@ def test_channels_last_model_matches():
         model = model.to(memory_format=torch.channels_last)
         out = model(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_whole_model_exports_to_onnx(tmp_path):
+    ort = pytest.importorskip('onnxruntime')
+    model = scnet.create_model('scnet26_cifar', num_classes=5).eval()
+    x = torch.randn(1, 3, 40, 32)
+    path = tmp_path / 'scnet26_cifar.onnx'
+    torch.onnx.export(model, (x,), str(path), dynamo=True)
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=1e-4, atol=1e-4)

@@ -50,18 +50,14 @@ def _paper_label(row: Dict[str, object]) -> str:
     return f"{row['paper_row']} (Table {', '.join(str(t) for t in row['paper_tables'])})"
 
 
-def _verdict(row: Dict[str, object]) -> str:
-    """The last column: 'match', or why not (the row's note says what differs or why it is missing)."""
-    return str(row['note'])
-
-
 def _render(rows: List[Dict[str, object]], size: str, markdown: bool) -> str:
+    """Our figures beside the paper's; the last column (the row's note) says 'match' or why not."""
     headers = ['model', 'paper row', 'params (M)', 'paper', 'MAdds (G)', 'paper', 'diff', 'FLOPs (G)', 'paper',
                'vs paper']
     body = [[row['model'] or '-', _paper_label(row), _num(row['params_m']), _paper_num(row['paper_params_m']),
              _num(row['macs_g']), _paper_num(row['paper_madds_g']),
              '' if row['madds_rel_diff_pct'] is None else f"{row['madds_rel_diff_pct']:+.1f}%",
-             _num(row['flops_g']), _paper_num(row['paper_flops_g']), _verdict(row)] for row in rows]
+             _num(row['flops_g']), _paper_num(row['paper_flops_g']), row['note']] for row in rows]
     caption = (f'Input {size}, batch 1. MAdds: multiply-accumulates of convolutions and matrix products '
                '(BN, activations, pooling not counted); FLOPs = 2 x MAdds. '
                'Match: params within 0.1M and MAdds within 3% of the paper.')
