@@ -138,3 +138,9 @@ def test_whole_model_exports_to_onnx(tmp_path):
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_caller_arguments_override_the_variant():
+    model = scnet.create_model('scnet26_cifar', channels=(16, 32, 64, 128), num_classes=2)
+    assert model.layer4[0].conv3.out_channels == 512
+    assert scnet.create_model('scnet50', layers=(1, 1, 1, 1)).layer3[0].conv2.in_channels == 256

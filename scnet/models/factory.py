@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import warnings
 from typing import List, Optional
 
 import timm
@@ -46,8 +47,8 @@ def _unknown(name: str) -> UnknownModelError:
                              '(`scnet models` lists them; any other timm model: timm.create_model)')
 
 
-def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] = None, num_classes: int = 1000,
-                 **kwargs) -> nn.Module:
+def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] = None,
+                 num_classes: Optional[int] = None, **kwargs) -> nn.Module:
     """Build a network of the zoo.
 
     Args:
@@ -55,7 +56,8 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
         pretrained: load the authors' ImageNet weights (scnet50, scnet50_v1d, scnet101), downloaded once and
             cached; the classifier is dropped when ``num_classes`` is not 1000. Baselines get timm's weights.
         checkpoint: a local ``.safetensors`` or PyTorch file in either layout (the authors' or ours, detected).
-        num_classes: classifier outputs (0 for none).
+        num_classes: classifier outputs (0 for none). Default: the checkpoint's class count, else 1000. A value
+            that differs from the checkpoint's gives a new, freshly initialised classifier (fine-tuning).
         **kwargs: any argument of timm's ResNet (``features_only``, ``output_stride``, ``drop_path_rate``, ...),
             and for SC models the SC-Conv options ``pooling_r``, ``pool``, ``identity``, ``upsample``.
     """
@@ -64,6 +66,10 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
     if pretrained and checkpoint:
         raise ValueError('pass either pretrained=True or checkpoint=PATH, not both')
     state_dict = read_checkpoint(checkpoint) if checkpoint else None  # fail before building on a bad file
+    saved_classes = state_dict['fc.weight'].shape[0] if state_dict and 'fc.weight' in state_dict else None
+    new_head = num_classes is not None and saved_classes is not None and num_classes != saved_classes
+    if num_classes is None:
+        num_classes = saved_classes or 1000
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except TypeError as e:
@@ -73,5 +79,8 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
                             f'SC models: {", ".join(list_models("*sc*"))}') from None
         raise TypeError(f'{name}: {e}') from None
     if state_dict is not None:
-        load_into(model, state_dict, source=str(checkpoint))
+        if new_head:
+            warnings.warn(f'{checkpoint} has {saved_classes} classes and the model {num_classes}: its classifier '
+                          'is not loaded, the new one is freshly initialised (fine-tuning)', stacklevel=2)
+        load_into(model, state_dict, source=str(checkpoint), new_head=new_head)
     return model

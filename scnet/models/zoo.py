@@ -18,6 +18,7 @@ from timm.models.resnet import Bottleneck
 
 from scnet.models.blocks import SCBottleneck
 from scnet.models.resnet import SCResNet
+from scnet.weights.official import OFFICIAL_WEIGHTS, pretrained_state_dict
 
 __all__ = ['SC_OPTIONS', 'ZOO_ARCHITECTURES']
 
@@ -63,12 +64,7 @@ def _small_cfg() -> Dict[str, Any]:
 
 _AUTHORS = dict(origin_url='https://github.com/MCG-NKU/SCNet', paper_ids='CVPR 2020', license='other')
 default_cfgs = generate_default_cfgs({
-    'scnet50.authors_in1k': _cfg('https://backseason.oss-cn-beijing.aliyuncs.com/scnet/scnet50-dc6a7e87.pth',
-                                 **_AUTHORS),
-    'scnet50_v1d.authors_in1k': _cfg(
-        'https://backseason.oss-cn-beijing.aliyuncs.com/scnet/scnet50_v1d-4109d1e1.pth', **_AUTHORS),
-    'scnet101.authors_in1k': _cfg('https://backseason.oss-cn-beijing.aliyuncs.com/scnet/scnet101-44c5b751.pth',
-                                  **_AUTHORS),
+    **{f'{name}.authors_in1k': _cfg(url, **_AUTHORS) for name, url in OFFICIAL_WEIGHTS.items()},
     **{name: _cfg() for name in ('scnext50_32x4d', 'scnext101_32x4d', 'se_scnet50', 'se_scnet101',
                                  'ge_scnet50', 'scnet101_v1d', 'resnext50_2x40d', 'ge_resnet50', 'scnet26')},
     'scnet26_cifar': _small_cfg(),
@@ -85,12 +81,11 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SCResNet:
         raise TypeError(f'{variant} has no SC-Conv layers, so it takes none of {", ".join(sc_options)}')
     block_args.update(sc_options)
     if pretrained:
-        from scnet.weights.official import pretrained_state_dict  # deferred: downloads only when asked
-
         overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
-        overlay.setdefault('state_dict', pretrained_state_dict(variant))
+        overlay.setdefault('state_dict', pretrained_state_dict(variant))  # download, check, convert
         kwargs['pretrained_cfg_overlay'] = overlay
-    return build_model_with_cfg(SCResNet, variant, pretrained, **model_args, block_args=block_args, **kwargs)
+    model_args.update(kwargs)  # the caller's choices (channels, stem_width, ...) override the variant's
+    return build_model_with_cfg(SCResNet, variant, pretrained, block_args=block_args, **model_args)
 
 
 def _register(name: str) -> None:

@@ -6,12 +6,15 @@ refused file raises ``CheckpointError`` saying so instead of a pickle traceback.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
+import pickletools
+import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Union
 
 import torch
 from safetensors import SafetensorError
@@ -25,6 +28,9 @@ __all__ = ['StateDict', 'read_state_dict', 'save_state_dict', 'load_into']
 
 StateDict = Dict[str, torch.Tensor]
 PathLike = Union[str, os.PathLike]
+
+# Harmless classes that training scripts store beside the weights (timm saves its argparse arguments).
+_SAFE_GLOBALS = [argparse.Namespace]
 
 # Containers that training scripts wrap a state dict in (ours, timm's, torchvision's, Lightning's).
 _CONTAINER_KEYS = ('state_dict', 'model', 'model_state_dict', 'state_dict_ema', 'model_ema', 'net')
@@ -55,6 +61,37 @@ def _unwrap(obj: object, path: Path) -> StateDict:
     return tensors
 
 
+def _pickle_bytes(path: Path) -> bytes:
+    """The pickle stream of a legacy ``torch.save`` file, or of the ``data.pkl`` inside a zip checkpoint."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            member = next((n for n in archive.namelist() if n.endswith('data.pkl')), None)
+            return archive.read(member) if member else b''
+    return path.read_bytes()
+
+
+def _foreign_imports(path: Path) -> List[str]:
+    """Names outside torch and the standard containers that a pickle would import when loaded.
+
+    Read with ``pickletools.genops``, which decodes opcodes without executing any of them: this only tells
+    the user *why* a file was refused, the refusal itself is ``weights_only``'s.
+    """
+    names: List[str] = []
+    strings: List[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(_pickle_bytes(path)):
+            if op.name in ('GLOBAL', 'INST'):
+                names.append(str(arg).replace(' ', '.'))
+            elif op.name == 'STACK_GLOBAL' and len(strings) >= 2:
+                names.append(f'{strings[-2]}.{strings[-1]}')
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # not a pickle at all: nothing to report
+        pass
+    allowed = ('torch.', 'collections.OrderedDict', '_codecs.encode', 'builtins.set', 'argparse.Namespace')
+    return list(dict.fromkeys(n for n in names if not n.startswith(allowed)))
+
+
 def read_state_dict(path: PathLike) -> StateDict:
     """Read a state dict from a ``.safetensors`` or PyTorch file, without running any code it may carry.
 
@@ -70,15 +107,21 @@ def read_state_dict(path: PathLike) -> StateDict:
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f'{path}: not a readable safetensors file ({e}); re-export or re-download it')
     try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f'{path}: refused to load: the file asks to run code or build Python objects while unpickling, '
-            f'and scnet loads only plain tensors (weights_only). If you trust where it came from, load it '
-            f'yourself and save its state dict with safetensors. Detail: {str(e).splitlines()[0]}') from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or corrupt?): '
-                              f'{str(e).splitlines()[0] if str(e) else type(e).__name__}') from None
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            obj = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError:
+        imports = _foreign_imports(path)
+        if imports:
+            raise CheckpointError(
+                f'{path}: refused to load: unpickling it would import {", ".join(imports[:5])}, i.e. run code. '
+                'scnet loads only plain tensors (weights_only). If you trust where the file came from, load it '
+                'yourself and save its state dict with safetensors') from None
+        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (corrupt, or not a checkpoint at all); '
+                              'weights_only unpickling rejected it') from None
+    except Exception as e:  # torch.load raises many types on damaged files: all mean the same to a user
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {detail}') \
+            from None
     return _unwrap(obj, path)
 
 
@@ -99,23 +142,29 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: PathLike,
     return path
 
 
+def _natural(key: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', key)]
+
+
 def _names(keys: Iterable[str], limit: int = 12) -> str:
-    keys = sorted(keys)
+    keys = sorted(keys, key=_natural)
     shown = ', '.join(keys[:limit])
     return shown + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
 
 
 def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = 'checkpoint',
-              ignore_missing_head: bool = True) -> None:
+              new_head: bool = False) -> None:
     """Copy ``state_dict`` into ``model``, or raise ``CheckpointError`` naming every key that does not fit.
 
-    Missing keys, unexpected keys and shape mismatches are all reported together. A classifier in the
-    checkpoint that the model lacks (a ``features_only`` backbone) is ignored when ``ignore_missing_head``.
+    Missing keys, unexpected keys and shape mismatches are all reported together. The checkpoint's classifier
+    (``fc.*``) is left out when the model has none (a ``features_only`` backbone) or when ``new_head`` asks
+    to keep the model's own, freshly initialised one (fine-tuning on other classes).
     """
     own = model.state_dict()
     state_dict = dict(state_dict)
-    if ignore_missing_head and 'fc.weight' not in own:
+    if new_head or 'fc.weight' not in own:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith('fc.')}
+        own = {k: v for k, v in own.items() if not k.startswith('fc.')}
     missing = set(own) - set(state_dict)
     unexpected = set(state_dict) - set(own)
     mismatched = {k: (tuple(state_dict[k].shape), tuple(own[k].shape))
@@ -135,4 +184,4 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sourc
         else:
             lines.append('  check that the model name matches the checkpoint (see `scnet models`)')
         raise CheckpointError('\n'.join(lines))
-    model.load_state_dict(state_dict)
+    model.load_state_dict(state_dict, strict=not new_head)

@@ -86,10 +86,11 @@ def convert_authors_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateD
             seconds.add(key)
         else:
             out[key] = value
-    unpaired = sorted((seconds ^ set(firsts)))
-    if unpaired:
-        raise CheckpointError("authors' checkpoint is incomplete: these halves have no partner: " +
-                              ', '.join(unpaired[:8]) + (' ...' if len(unpaired) > 8 else ''))
+    orphans = [f'{firsts[k][0]} (no {k})' for k in sorted(set(firsts) - seconds)]
+    orphans += [f'{k} (no first half)' for k in sorted(seconds - set(firsts))]
+    if orphans:
+        raise CheckpointError("authors' checkpoint is incomplete, halves without their partner: " +
+                              ', '.join(orphans[:8]) + (' ...' if len(orphans) > 8 else ''))
     for second_key, (first_key, target) in firsts.items():
         a, b = state_dict[first_key], state_dict[second_key]
         # num_batches_tracked is a scalar counter, equal in both halves: keep one.

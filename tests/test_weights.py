@@ -1,0 +1,391 @@
+"""The authors' checkpoints, end to end, without the network: layout, conversion, loading, download, safety.
+
+The authors' networks are rebuilt literally in ``tests.authors_reference`` and pinned to the tensor list of
+their released files (``data/official_layout``). Filled with random weights *and* random BN statistics,
+they stand in for the real checkpoints: if converting such a state dict and loading it into our model
+reproduces their logits, it reproduces them for the real files too.
+
+Inputs are 112 px (and 112 x 144): the authors' code cannot run at 96 px and below (the r = 4 pooling meets a
+3 x 3 map in stage 4), and above that size our SCConv2d pools exactly as theirs does.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import scnet
+from scnet import CheckpointError
+from scnet.weights import (OFFICIAL_WEIGHTS, convert_authors_state_dict, load_into, official, pretrained_state_dict,
+                           read_checkpoint, read_state_dict, save_state_dict)
+from tests.authors_reference import (LAYOUTS, MIN_INPUT, build_reference, layout_table, load_layout,
+                                     random_authors_state_dict, randomize_)
+
+TOLERANCE = 1e-5
+SQUARE, NON_SQUARE = (112, 112), (112, 144)
+SEEDS = {name: i + 1 for i, name in enumerate(LAYOUTS)}
+
+
+def rel_diff(expected: torch.Tensor, actual: torch.Tensor) -> float:
+    """Largest absolute difference, relative to the largest expected magnitude."""
+    return ((expected - actual).abs().max() / expected.abs().max()).item()
+
+
+def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def random_input(size, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def random_reference(name: str) -> torch.nn.Module:
+    return randomize_(build_reference(name), seed=SEEDS[name]).eval()
+
+
+@pytest.fixture(scope='module')
+def scnet50_ref():
+    """The authors' scnet50 with random weights and statistics, shared by the loading tests."""
+    return random_reference('scnet50')
+
+
+@pytest.fixture(scope='module')
+def scnet50_expected(scnet50_ref):
+    """Their logits on the 112-px input."""
+    return logits(scnet50_ref, random_input(SQUARE))
+
+
+def assert_matches_reference(model, expected):
+    diff = rel_diff(expected, logits(model, random_input(SQUARE)))
+    assert diff < TOLERANCE, diff
+
+
+# --- the reference is the authors' network -------------------------------------------------------------
+
+
+@pytest.mark.parametrize('name', LAYOUTS)
+def test_reference_matches_released_layout(name):
+    """Names, order, shapes and dtypes of every tensor equal their released checkpoint's."""
+    with torch.device('meta'):
+        ref = build_reference(name)
+    got = [(k, tuple(v.shape), str(v.dtype).removeprefix('torch.')) for k, v in ref.state_dict().items()]
+    assert got == layout_table(name)
+    assert sum(p.numel() for p in ref.parameters()) == load_layout(name)['num_params']
+
+
+def test_reference_fails_below_min_input_like_theirs(scnet50_ref):
+    """Documents why the tests use 112 px: their fixed r x r pooling cannot pool a 3 x 3 map."""
+    with pytest.raises(RuntimeError):
+        logits(scnet50_ref, random_input((MIN_INPUT - 1,) * 2, batch=1))
+
+
+# --- conversion ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('name', LAYOUTS)
+def test_converted_weights_reproduce_authors_logits(name, request):
+    ref = request.getfixturevalue('scnet50_ref') if name == 'scnet50' else random_reference(name)
+    ours = scnet.create_model(name).eval()
+    ours.load_state_dict(convert_authors_state_dict(ref.state_dict()))  # strict: every key used, none missing
+    for size, batch in ((SQUARE, 2), (NON_SQUARE, 1)):
+        x = random_input(size, batch, seed=SEEDS[name])
+        expected, actual = logits(ref, x), logits(ours, x)
+        assert actual.shape == (batch, 1000)
+        diff = rel_diff(expected, actual)
+        print(f'{name} {size[0]}x{size[1]}: max relative logit difference {diff:.2e}')
+        assert diff < TOLERANCE, (name, size, diff)
+
+
+def test_nearest_upsampling_is_what_makes_it_match(scnet50_ref, scnet50_expected):
+    """The comparison is sensitive: the paper's bilinear up-sampling with the same weights is far off."""
+    ours = scnet.create_model('scnet50', upsample='bilinear')
+    ours.load_state_dict(convert_authors_state_dict(scnet50_ref.state_dict()))
+    assert rel_diff(scnet50_expected, logits(ours, random_input(SQUARE))) > 1e-3
+
+
+@pytest.mark.parametrize('name', LAYOUTS)
+def test_converted_layout_is_exactly_ours(name):
+    """From the JSON alone: every converted key, shape and dtype is our model's, and nothing else."""
+    converted = convert_authors_state_dict(random_authors_state_dict(name))
+    with torch.device('meta'):
+        own = scnet.create_model(name).state_dict()
+    assert {k: (tuple(v.shape), v.dtype) for k, v in converted.items()} == \
+        {k: (tuple(v.shape), v.dtype) for k, v in own.items()}
+    assert sum(v.numel() for k, v in converted.items() if 'running' not in k and 'num_batches' not in k) == \
+        load_layout(name)['num_params']
+
+
+def test_official_addresses_are_the_released_files():
+    """The addresses (with their sha256 prefixes) are those of the released files, one per model; the
+    authors' first scnet.py pointed scnet50 at the scnet101 file."""
+    for name in LAYOUTS:
+        url = load_layout(name)['url']
+        assert OFFICIAL_WEIGHTS.get(name) == url
+        if url:
+            assert timm.models.get_pretrained_cfg(name).url == url
+
+
+def test_incomplete_authors_checkpoint_names_the_unpaired_key(tmp_path):
+    state = random_authors_state_dict('scnet50')
+    del state['layer2.3.conv1_b.weight']
+    with pytest.raises(CheckpointError, match=r'layer2\.3\.conv1_b\.weight'):
+        convert_authors_state_dict(state)
+    path = tmp_path / 'incomplete.pth'
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r'layer2\.3\.conv1_b\.weight'):
+        scnet.create_model('scnet50', checkpoint=str(path))
+
+
+def test_incomplete_authors_checkpoint_names_the_orphan_half():
+    state = random_authors_state_dict('scnet50')
+    del state['layer2.3.conv1_b.weight']
+    with pytest.raises(CheckpointError, match=r'layer2\.3\.conv1_a\.weight'):
+        convert_authors_state_dict(state)
+
+
+# --- create_model(checkpoint=PATH) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('layout', ['authors_pth', 'ours_safetensors'])
+def test_checkpoint_of_either_layout_loads(layout, tmp_path, scnet50_ref, scnet50_expected):
+    state = scnet50_ref.state_dict()
+    if layout == 'authors_pth':
+        path = tmp_path / 'scnet50_authors.pth'
+        torch.save(state, path)
+    else:
+        path = save_state_dict(convert_authors_state_dict(state), tmp_path / 'scnet50.safetensors')
+    assert_matches_reference(scnet.create_model('scnet50', checkpoint=str(path)), scnet50_expected)
+
+
+@pytest.mark.parametrize('wrapper', ['state_dict', 'model'])
+def test_wrapped_and_prefixed_checkpoint_loads(wrapper, tmp_path, scnet50_ref):
+    """A training checkpoint ({'epoch': .., wrapper: {'module.' + name: tensor}}) in the authors' layout."""
+    state = {'module.' + k: v for k, v in scnet50_ref.state_dict().items()}
+    path = tmp_path / 'train.pth'
+    torch.save({'epoch': 90, wrapper: state}, path)
+    model = scnet.create_model('scnet50', checkpoint=str(path))
+    expected = convert_authors_state_dict(scnet50_ref.state_dict())
+    got = model.state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+# --- pretrained=True: download, hash check, cache, mirror ----------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def released_scnet50(tmp_path_factory, scnet50_ref):
+    """The random scnet50 saved as the authors' file: ``scnet50-<sha256[:8]>.pth`` (module-wide, read only)."""
+    folder = tmp_path_factory.mktemp('release')
+    draft = folder / 'draft.pth'
+    torch.save(scnet50_ref.state_dict(), draft)
+    return draft.rename(folder / f'scnet50-{sha256(draft)[:8]}.pth')
+
+
+@pytest.fixture
+def source(tmp_path, released_scnet50):
+    """A private copy of the released file, in a folder of its own (tests may delete it)."""
+    folder = tmp_path / 'server'
+    folder.mkdir()
+    return Path(shutil.copy(released_scnet50, folder))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / 'cache'
+    monkeypatch.setenv('SCNET_CACHE', str(folder))
+    monkeypatch.delenv('SCNET_WEIGHTS_MIRROR', raising=False)
+    return folder
+
+
+@pytest.fixture
+def published(source, cache, monkeypatch):
+    """scnet50's official address points at the local copy."""
+    monkeypatch.setitem(official.OFFICIAL_WEIGHTS, 'scnet50', source.as_uri())
+    return source
+
+
+def test_pretrained_downloads_verifies_and_caches(published, cache, scnet50_expected):
+    assert_matches_reference(scnet.create_model('scnet50', pretrained=True), scnet50_expected)
+    cached = cache / published.name
+    assert cached.is_file() and sha256(cached) == sha256(published)
+    published.unlink()  # the server is gone: the cached copy must serve
+    assert_matches_reference(scnet.create_model('scnet50', pretrained=True), scnet50_expected)
+
+
+def test_timm_create_model_pretrained(published, cache, scnet50_expected):
+    assert_matches_reference(timm.create_model('scnet50', pretrained=True), scnet50_expected)
+
+
+def test_pretrained_with_new_classifier(published, cache, scnet50_ref):
+    model = scnet.create_model('scnet50', pretrained=True, num_classes=10)
+    assert model.fc.weight.shape == (10, 2048)
+    expected = convert_authors_state_dict(scnet50_ref.state_dict())
+    got = model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in expected.items() if not k.startswith('fc.'))
+
+
+def test_pretrained_features_only(published, cache, scnet50_ref):
+    backbone = scnet.create_model('scnet50', pretrained=True, features_only=True)
+    x = random_input(SQUARE, batch=1)
+    features = logits(backbone, x)
+    assert [f.shape[1] for f in features] == [64, 256, 512, 1024, 2048]
+    with torch.no_grad():
+        r = scnet50_ref
+        expected = r.layer4(r.layer3(r.layer2(r.layer1(r.maxpool(r.relu(r.bn1(r.conv1(x))))))))
+    assert rel_diff(expected, features[-1]) < TOLERANCE
+
+
+def test_mirror_replaces_the_host(source, cache, monkeypatch, scnet50_expected):
+    monkeypatch.setitem(official.OFFICIAL_WEIGHTS, 'scnet50', f'https://unreachable.invalid/scnet/{source.name}')
+    monkeypatch.setenv('SCNET_WEIGHTS_MIRROR', source.parent.as_uri())
+    assert official.official_url('scnet50') == source.as_uri()
+    assert_matches_reference(scnet.create_model('scnet50', pretrained=True), scnet50_expected)
+    assert (cache / source.name).is_file()
+
+
+def test_hash_mismatch_is_refused_and_not_cached(source, cache, monkeypatch):
+    wrong = source.with_name('scnet50-00000000.pth')
+    assert not sha256(source).startswith('00000000')
+    source.rename(wrong)
+    monkeypatch.setitem(official.OFFICIAL_WEIGHTS, 'scnet50', wrong.as_uri())
+    with pytest.raises(CheckpointError, match='sha256'):
+        scnet.create_model('scnet50', pretrained=True)
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_corrupt_cache_entry_is_downloaded_again(published, cache, scnet50_ref):
+    cache.mkdir()
+    cached = cache / published.name
+    cached.write_bytes(b'interrupted download')
+    state = pretrained_state_dict('scnet50', progress=False)
+    assert sha256(cached) == sha256(published)
+    expected = convert_authors_state_dict(scnet50_ref.state_dict())
+    assert all(torch.equal(state[k], v) for k, v in expected.items())
+
+
+def test_unreachable_address_is_a_checkpoint_error(cache, monkeypatch, tmp_path):
+    monkeypatch.setitem(official.OFFICIAL_WEIGHTS, 'scnet50', (tmp_path / 'gone-12345678.pth').as_uri())
+    with pytest.raises(CheckpointError, match='checkpoint=PATH'):
+        pretrained_state_dict('scnet50', progress=False)
+
+
+@pytest.mark.parametrize('name', ['scnext50_32x4d', 'scnet101_v1d'])
+def test_pretrained_without_released_weights_names_the_released_ones(name, cache):
+    with pytest.raises(CheckpointError) as info:
+        scnet.create_model(name, pretrained=True)
+    assert name in str(info.value)
+    assert all(released in str(info.value) for released in ('scnet50', 'scnet50_v1d', 'scnet101'))
+
+
+# --- safe loading --------------------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this runs a shell command: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'echo pwned > {self.marker}',)
+
+
+def test_payload_is_live(tmp_path):
+    """Control for the next test: an unrestricted unpickler really does run it."""
+    marker = tmp_path / 'control'
+    pickle.loads(pickle.dumps(_Payload(marker)))
+    assert marker.exists()
+
+
+@pytest.mark.filterwarnings('ignore:Detected pickle protocol')
+@pytest.mark.parametrize('writer', ['torch.save', 'pickle.dump'])
+def test_malicious_pickle_is_refused_without_running(writer, tmp_path):
+    marker = tmp_path / 'pwned'
+    path = tmp_path / 'evil.pth'
+    obj = {'state_dict': {'conv1.weight': torch.zeros(1)}, 'hook': _Payload(marker)}
+    if writer == 'torch.save':
+        torch.save(obj, path)
+    else:
+        with open(path, 'wb') as f:
+            pickle.dump(obj, f)
+    with pytest.raises(CheckpointError, match='run code'):
+        scnet.create_model('scnet50', checkpoint=str(path))
+    with pytest.raises(CheckpointError, match='run code'):
+        read_checkpoint(path)
+    assert not marker.exists()
+
+
+def _truncated(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    return path
+
+
+def test_truncated_pth_is_a_checkpoint_error(tmp_path):
+    path = tmp_path / 'weights.pth'
+    torch.save({'w': torch.randn(4096)}, path)
+    with pytest.raises(CheckpointError, match='truncated or corrupt'):
+        read_state_dict(_truncated(path))
+    with pytest.raises(CheckpointError):
+        scnet.create_model('scnet50', checkpoint=str(path))
+
+
+def test_truncated_safetensors_is_a_checkpoint_error(tmp_path):
+    path = save_state_dict({'w': torch.randn(4096)}, tmp_path / 'weights.safetensors')
+    with pytest.raises(CheckpointError, match='safetensors'):
+        read_state_dict(_truncated(path))
+
+
+def test_garbage_file_is_a_checkpoint_error(tmp_path):
+    path = tmp_path / 'weights.pth'
+    path.write_bytes(b'hello world, not a checkpoint' * 8)
+    with pytest.raises(CheckpointError):
+        read_state_dict(path)
+
+
+def test_missing_file_is_a_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match='no such'):
+        scnet.create_model('scnet50', checkpoint=str(tmp_path / 'absent.pth'))
+
+
+# --- reports of keys that do not fit -------------------------------------------------------------------
+
+
+def test_key_report_names_missing_extra_and_misshaped_keys(tmp_path):
+    state = scnet.create_model('scnet26').state_dict()
+    del state['layer2.1.conv2.k3.weight']
+    state['layer9.0.extra.weight'] = torch.zeros(3)
+    state['layer1.0.conv2.k2.weight'] = torch.zeros(5, 5, 3, 3)
+    path = save_state_dict(state, tmp_path / 'bad.safetensors')
+    with pytest.raises(CheckpointError) as info:
+        scnet.create_model('scnet26', checkpoint=str(path))
+    for key in ('layer2.1.conv2.k3.weight', 'layer9.0.extra.weight', 'layer1.0.conv2.k2.weight'):
+        assert key in str(info.value)
+
+
+def test_key_report_suggests_num_classes(tmp_path):
+    ten = scnet.create_model('scnet26', num_classes=10)
+    with pytest.raises(CheckpointError, match='num_classes=10'):
+        load_into(scnet.create_model('scnet26'), ten.state_dict(), source='ten classes')
+
+
+def test_checkpoint_class_count_is_the_default_and_another_count_fine_tunes(tmp_path):
+    ten = scnet.create_model('scnet26', num_classes=10)
+    path = save_state_dict(ten.state_dict(), tmp_path / 'ten.safetensors')
+    assert scnet.create_model('scnet26', checkpoint=str(path)).fc.out_features == 10
+    with pytest.warns(UserWarning, match='10 classes and the model 3'):
+        three = scnet.create_model('scnet26', checkpoint=str(path), num_classes=3)
+    assert three.fc.out_features == 3
+    torch.testing.assert_close(three.layer4[1].conv2.k4.weight, ten.layer4[1].conv2.k4.weight)
