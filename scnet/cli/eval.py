@@ -1,0 +1,47 @@
+"""``scnet eval``: single-crop top-1 / top-5 of a checkpoint on a folder of images."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from scnet.cli.formatting import render_table
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser('eval', help='top-1 / top-5 of a checkpoint on an image folder',
+                       description='Evaluate a checkpoint (ours or the authors\') on DIR/val/<class>/* or '
+                                   'DIR/<class>/*: resize, centre crop, single-crop top-1 and top-5.')
+    p.add_argument('--model', required=True, help='zoo model name the checkpoint belongs to')
+    p.add_argument('--checkpoint', required=True, help='model.safetensors, last.pt, or an authors\' .pth')
+    p.add_argument('--data', required=True, help='image folder: DIR/val/<class>/* or DIR/<class>/*')
+    p.add_argument('--format', choices=('table', 'json'), default='table', help='output format')
+    p.add_argument('--output', help='also write the result as JSON to this file')
+    p.add_argument('--batch-size', type=int, default=64, help='images per batch (default 64)')
+    p.add_argument('--workers', type=int, default=4, help='data loading processes (default 4)')
+    p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='device')
+    p.add_argument('--image-size', type=int, help='crop size (default: the checkpoint\'s, else 224)')
+    p.add_argument('--resize', type=int, help='short side before the crop (default: the checkpoint\'s, else 256)')
+    p.add_argument('--skip-bad-images', action='store_true', help='skip unreadable images instead of stopping')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from scnet.train.checkpoint_eval import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.model, Path(args.checkpoint), Path(args.data), batch_size=args.batch_size,
+                                 workers=args.workers, device=args.device, image_size=args.image_size,
+                                 eval_resize=args.resize, skip_bad_images=args.skip_bad_images,
+                                 progress=not args.quiet)
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    if args.format == 'json':
+        print(json.dumps(result, indent=2))
+    else:
+        print(render_table(['model', 'images', 'top-1 (%)', 'top-5 (%)', 'loss'],
+                           [[result['model'], result['images'], f"{result['top1']:.2f}", f"{result['top5']:.2f}",
+                             f"{result['loss']:.4f}"]]))
+        if result['skipped_images']:
+            print(f"skipped {result['skipped_images']} unreadable images")
+    return 0

@@ -1,0 +1,1 @@
+"""Data: ImageNet-layout folders checked before a run, the paper's transforms, the embedded dataset."""

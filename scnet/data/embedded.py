@@ -1,0 +1,285 @@
+"""The embedded default dataset of ``scnet train``: thin shape outlines in clutter, generated offline.
+
+Each image shows the thin outline of one shape (the class) at a random position, scale, rotation, aspect and
+colour, over a smooth random colour field with pixel noise and a few *distractor strokes*: short segments, arcs
+and corners drawn with the same pen and colour as the shape. Every local piece of every class (a straight
+stroke, a curved stroke, a corner) therefore also appears, at random, in the clutter of every class, and the
+strokes have the same width everywhere: a 3x3 or 7x7 patch does not tell the classes apart. What does is the
+arrangement of the strokes over most of the image (how many corners a closed outline has, how they are placed),
+so a network must integrate over a large receptive field, the property self-calibrated convolutions are about.
+
+There is no class-specific shortcut: colours, background, stroke width, size (circumradius), position, rotation,
+aspect and clutter are drawn from the same distributions for every class, and classes are balanced.
+
+``build_embedded_dataset(root)`` writes ``root/{train,val}/<class>/NNNNN.png`` (torchvision ``ImageFolder``
+layout, so the real data pipeline reads it) and ``root/dataset.json``. It is deterministic (one random stream
+per image, derived from ``(seed, split, index)``), takes a few seconds, and is safe against interruption: the
+dataset is written into a temporary sibling folder that is renamed into place only when complete, so a folder
+that exists with a matching ``dataset.json`` and file counts is complete and is reused as is.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = ['EMBEDDED_NAME', 'GENERATOR_VERSION', 'CLASSES', 'DEFAULT_IMAGE_SIZE', 'DEFAULT_TRAIN_PER_CLASS',
+           'DEFAULT_VAL_PER_CLASS', 'DEFAULT_SEED', 'default_root', 'DEFAULT_ROOT', 'build_embedded_dataset',
+           'render_image', 'read_description', 'is_complete']
+
+#: Name of the dataset, recorded in ``dataset.json``.
+EMBEDDED_NAME = 'scnet-shapes'
+#: Bumped whenever the images a given seed produces change; a folder of another version is regenerated.
+GENERATOR_VERSION = 1
+#: The classes, in ``ImageFolder`` (sorted) order.
+CLASSES = ('circle', 'cross', 'heart', 'hexagon', 'pentagon', 'square', 'star', 'triangle')
+DEFAULT_IMAGE_SIZE = 32
+DEFAULT_TRAIN_PER_CLASS = 1500
+DEFAULT_VAL_PER_CLASS = 250
+DEFAULT_SEED = 0
+
+_SPLITS = ('train', 'val')
+_SUPERSAMPLE = 4          # strokes are drawn at 4x and box-filtered down: anti-aliased, sub-pixel widths
+_CURVE_POINTS = 48        # every outline, circles included, is one polyline drawn by the same pen
+
+
+def default_root() -> Path:
+    """``$SCNET_CACHE/datasets/<name>`` if ``$SCNET_CACHE`` is set, else ``~/.cache/scnet/datasets/<name>``."""
+    base = os.environ.get('SCNET_CACHE')
+    root = Path(base) if base else Path.home() / '.cache' / 'scnet'
+    return root / 'datasets' / EMBEDDED_NAME
+
+
+#: Where ``scnet train`` without ``--data`` puts the dataset (evaluated at import; call ``default_root()``
+#: to honour a later change of ``$SCNET_CACHE``).
+DEFAULT_ROOT = default_root()
+
+
+# ----------------------------------------------------------------------------------------------------- shapes
+def _polygon(n: int) -> np.ndarray:
+    a = np.arange(n) * (2 * math.pi / n) + math.pi / 2
+    return np.stack([np.cos(a), np.sin(a)], 1)
+
+
+def _star(rng: np.random.Generator) -> np.ndarray:
+    inner = rng.uniform(0.38, 0.5)
+    a = np.arange(10) * (math.pi / 5) + math.pi / 2
+    r = np.where(np.arange(10) % 2 == 0, 1.0, inner)
+    return np.stack([r * np.cos(a), r * np.sin(a)], 1)
+
+
+def _cross(rng: np.random.Generator) -> np.ndarray:
+    w = rng.uniform(0.28, 0.38)               # half-width of the arms; arm ends touch the unit circle
+    e = math.sqrt(1 - w * w)
+    pts = [(w, e), (w, w), (e, w), (e, -w), (w, -w), (w, -e), (-w, -e), (-w, -w), (-e, -w), (-e, w), (-w, w),
+           (-w, e)]
+    return np.array(pts, dtype=np.float64)
+
+
+def _heart(rng: np.random.Generator) -> np.ndarray:
+    t = np.linspace(0, 2 * math.pi, _CURVE_POINTS, endpoint=False)
+    x = 16 * np.sin(t) ** 3
+    y = 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
+    pts = np.stack([x, -y], 1)
+    pts -= (pts.max(0) + pts.min(0)) / 2
+    return pts / np.linalg.norm(pts, axis=1).max()
+
+
+def _unit_outline(cls: str, rng: np.random.Generator) -> np.ndarray:
+    """The closed outline of ``cls`` as vertices inside the unit circle, touching it."""
+    if cls == 'circle':
+        return _polygon(_CURVE_POINTS)
+    if cls == 'triangle':
+        return _polygon(3)
+    if cls == 'square':
+        return _polygon(4)
+    if cls == 'pentagon':
+        return _polygon(5)
+    if cls == 'hexagon':
+        return _polygon(6)
+    if cls == 'star':
+        return _star(rng)
+    if cls == 'cross':
+        return _cross(rng)
+    if cls == 'heart':
+        return _heart(rng)
+    raise ValueError(f'unknown class {cls!r}')
+
+
+# -------------------------------------------------------------------------------------------------- rendering
+def _random_colour(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(0.0, 1.0, 3)
+
+
+def _luma(c: np.ndarray) -> float:
+    return float(c @ np.array([0.299, 0.587, 0.114]))
+
+
+def _distractor(rng: np.random.Generator, size: float) -> List[np.ndarray]:
+    """A short stroke anywhere: a segment, an arc or a corner (the local pieces every outline is made of)."""
+    kind = rng.integers(3)
+    length = rng.uniform(0.15, 0.3) * size
+    start = rng.uniform(0, size, 2)
+    heading = rng.uniform(0, 2 * math.pi)
+    if kind == 0:                                   # segment
+        end = start + length * np.array([math.cos(heading), math.sin(heading)])
+        return [np.stack([start, end])]
+    if kind == 1:                                   # arc of a circle, as curved as the outlines' curves
+        radius = rng.uniform(0.2, 0.45) * size
+        span = length / radius
+        a = heading + np.linspace(0, span, 8)
+        centre = start - radius * np.array([math.cos(heading), math.sin(heading)])
+        return [centre + radius * np.stack([np.cos(a), np.sin(a)], 1)]
+    angle = rng.uniform(math.radians(30), math.radians(150))   # corner: two segments meeting at a vertex
+    d1 = np.array([math.cos(heading), math.sin(heading)])
+    d2 = np.array([math.cos(heading + angle), math.sin(heading + angle)])
+    return [np.stack([start + d1 * length / 2, start, start + d2 * length / 2])]
+
+
+def render_image(cls: str, rng: np.random.Generator, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+    """One ``size`` x ``size`` RGB uint8 image of class ``cls``, drawn with ``rng``."""
+    s = _SUPERSAMPLE
+    # the outline: circumradius, centre (fully inside the image), rotation, aspect, all class-independent
+    radius = rng.uniform(0.26, 0.44) * size
+    aspect = math.exp(rng.uniform(-0.15, 0.15))
+    rot = rng.uniform(0, 2 * math.pi)
+    pts = _unit_outline(cls, rng) * np.array([aspect, 1 / aspect])
+    c, sn = math.cos(rot), math.sin(rot)
+    pts = pts @ np.array([[c, sn], [-sn, c]]) * radius
+    margin = 1.0
+    pts *= min(1.0, 0.999 * (size - 2 * margin) / float((pts.max(0) - pts.min(0)).max()))   # always fits
+    lo, hi = pts.min(0), pts.max(0)
+    centre = np.array([rng.uniform(margin - lo[i], size - margin - hi[i]) for i in range(2)])
+    strokes = [np.concatenate([pts, pts[:1]]) + centre]
+    strokes += [p for _ in range(rng.integers(2, 5)) for p in _distractor(rng, size)]
+    # one pen for everything: same width, same colour
+    width = rng.uniform(0.8, 1.3) * s
+    canvas = Image.new('L', (size * s, size * s), 0)
+    draw = ImageDraw.Draw(canvas)
+    for p in strokes:
+        draw.line([tuple(q) for q in (p * s).tolist()], fill=255, width=max(1, round(width)), joint='curve')
+    alpha = np.asarray(canvas.resize((size, size), Image.Resampling.BOX), dtype=np.float32)[..., None] / 255.0
+    # background: a smooth colour field (bilinear over a 3x3 grid of colours near one base colour) + noise
+    base = _random_colour(rng)
+    pen = _random_colour(rng)
+    while abs(_luma(pen) - _luma(base)) < 0.3:
+        pen = _random_colour(rng)
+    grid = np.clip(base + rng.normal(0, 0.08, (3, 3, 3)), 0, 1).astype(np.float32)
+    field = np.asarray(Image.fromarray((grid * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR),
+                       dtype=np.float32) / 255.0
+    img = field * (1 - alpha) + pen.astype(np.float32) * alpha
+    img += rng.normal(0, rng.uniform(0.02, 0.08), img.shape).astype(np.float32)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, _SPLITS.index(split), index])
+
+
+# ----------------------------------------------------------------------------------------------- the folder
+def _description(seed: int, train_per_class: int, val_per_class: int, image_size: int) -> Dict:
+    return {
+        'name': EMBEDDED_NAME,
+        'generator_version': GENERATOR_VERSION,
+        'task': 'classify the thin outline of a shape among distractor strokes of the same pen',
+        'classes': list(CLASSES),
+        'image_size': image_size,
+        'channels': 3,
+        'format': 'png',
+        'seed': seed,
+        'train_per_class': train_per_class,
+        'val_per_class': val_per_class,
+        'counts': {'train': train_per_class * len(CLASSES), 'val': val_per_class * len(CLASSES)},
+        'layout': '<split>/<class>/NNNNN.png',
+    }
+
+
+def read_description(root: Union[str, Path]) -> Optional[Dict]:
+    """The ``dataset.json`` of ``root``, or None when it is missing or unreadable."""
+    try:
+        with open(Path(root) / 'dataset.json', encoding='utf-8') as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(root: Union[str, Path], description: Dict) -> bool:
+    """Whether ``root`` holds exactly the dataset ``description`` describes (its json and every file)."""
+    root = Path(root)
+    found = read_description(root)
+    if found is None or {k: v for k, v in found.items() if k != 'created'} != description:
+        return False
+    per_split = {'train': description['train_per_class'], 'val': description['val_per_class']}
+    for split, n in per_split.items():
+        if not (root / split).is_dir() or sorted(p.name for p in (root / split).iterdir()) != sorted(CLASSES):
+            return False
+        for cls in CLASSES:
+            names = {p.name for p in (root / split / cls).iterdir()}
+            if names != {f'{i:05d}.png' for i in range(n)}:
+                return False
+    return True
+
+
+def _write_split(folder: Path, split: str, per_class: int, seed: int, size: int) -> None:
+    for ci, cls in enumerate(CLASSES):
+        (folder / split / cls).mkdir(parents=True)
+        for j in range(per_class):
+            arr = render_image(cls, _image_rng(seed, split, ci * per_class + j), size)
+            Image.fromarray(arr).save(folder / split / cls / f'{j:05d}.png', compress_level=1)
+
+
+def _remove_dataset_folder(path: Path) -> None:
+    """Delete a folder only if it holds nothing but (parts of) an embedded dataset."""
+    extra = [p.name for p in path.iterdir() if p.name not in ('train', 'val', 'dataset.json')]
+    if extra:
+        raise FileExistsError(f'{path} is not an embedded dataset folder (it holds {", ".join(sorted(extra)[:3])}); '
+                              'refusing to replace it: pass another root or empty it')
+    shutil.rmtree(path)
+
+
+def build_embedded_dataset(root: Union[str, Path, None] = None, *, seed: int = DEFAULT_SEED,
+                           train_per_class: int = DEFAULT_TRAIN_PER_CLASS,
+                           val_per_class: int = DEFAULT_VAL_PER_CLASS,
+                           image_size: int = DEFAULT_IMAGE_SIZE) -> Path:
+    """Write the embedded dataset to ``root`` (default ``default_root()``) unless it is already there; return root.
+
+    A complete folder with the same ``dataset.json`` is reused untouched. Anything else at ``root`` that is an
+    (incomplete, older, other-parameter) embedded dataset is replaced; a folder holding other files is refused.
+    """
+    root = Path(root).expanduser() if root is not None else default_root()
+    for name, v, least in (('train_per_class', train_per_class, 1), ('val_per_class', val_per_class, 1),
+                           ('image_size', image_size, 8)):
+        if int(v) != v or v < least:
+            raise ValueError(f'{name} must be an integer >= {least}, got {v!r}')
+    description = _description(int(seed), int(train_per_class), int(val_per_class), int(image_size))
+    if is_complete(root, description):
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise FileExistsError(f'{root} exists and is not a folder')
+    tmp = root.parent / f'.{root.name}.tmp-{os.getpid()}'
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir()
+        for split, n in (('train', train_per_class), ('val', val_per_class)):
+            _write_split(tmp, split, n, int(seed), int(image_size))
+        with open(tmp / 'dataset.json', 'w', encoding='utf-8') as f:   # written last: marks completeness
+            json.dump({**description, 'created': time.strftime('%Y-%m-%dT%H:%M:%S%z')}, f, indent=2)
+        if root.exists():
+            if is_complete(root, description):      # another process finished the same dataset meanwhile
+                shutil.rmtree(tmp)
+                return root
+            _remove_dataset_folder(root)
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root

@@ -1,0 +1,128 @@
+"""Image-classification data in the ImageNet folder layout, checked before a run starts.
+
+``DIR/train/<class>/*.jpg`` and ``DIR/val/<class>/*.jpg``: torchvision's ``ImageFolder`` reads it. What this
+module adds is what a long run needs from its data: problems found before the first step (an empty class
+folder, train and val with different classes), and an unreadable image either stopping the run with its
+path named or, when asked, skipped and counted.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from PIL import Image
+from torch.utils.data import default_collate
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from scnet.errors import ScnetError
+
+__all__ = ['DataError', 'BadImageError', 'find_classes', 'split_folders', 'CheckedImageFolder',
+           'collate_skipping_bad']
+
+
+class DataError(ScnetError):
+    """A dataset folder that cannot be used as it is."""
+
+
+class BadImageError(DataError):
+    """An image file that cannot be decoded."""
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def find_classes(folder: Path) -> List[str]:
+    """Sorted class folder names of ``folder``; an error names every class folder without an image."""
+    if not folder.is_dir():
+        raise DataError(f'{folder}: no such folder')
+    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith('.'))
+    if not classes:
+        raise DataError(f'{folder}: no class folders; expected {folder}/<class>/<image files>')
+    empty = [c for c in classes if not any(_is_image(f) for _, _, files in os.walk(folder / c) for f in files)]
+    if empty:
+        raise DataError(f'{folder}: class folder(s) without images: {", ".join(empty)}; add images or remove '
+                        f'them (image types: {", ".join(IMG_EXTENSIONS)})')
+    return classes
+
+
+def split_folders(root: Path) -> Tuple[Path, Path, List[str]]:
+    """``root/train`` and ``root/val`` with their common class list; an error if the class sets differ."""
+    root = Path(root)
+    train, val = root / 'train', root / 'val'
+    for split in (train, val):
+        if not split.is_dir():
+            raise DataError(f'{root}: expected {split.name}/ with one folder per class (ImageNet layout: '
+                            f'{root}/train/<class>/*.jpg and {root}/val/<class>/*.jpg)')
+    train_classes, val_classes = find_classes(train), find_classes(val)
+    if train_classes != val_classes:
+        only_train = sorted(set(train_classes) - set(val_classes))
+        only_val = sorted(set(val_classes) - set(train_classes))
+        raise DataError(f'{root}: train and val have different classes (only in train: '
+                        f'{", ".join(only_train) or "-"}; only in val: {", ".join(only_val) or "-"})')
+    return train, val, train_classes
+
+
+def decode_rgb(path: str) -> Image.Image:
+    """Decode an image fully (a truncated file fails here, not later) and convert it to RGB."""
+    with open(path, 'rb') as f:
+        image = Image.open(f)
+        image.load()
+    return image.convert('RGB')
+
+
+class CheckedImageFolder(ImageFolder):
+    """``ImageFolder`` whose unreadable images raise ``BadImageError`` naming the file, or, with
+    ``skip_bad_images``, come out as ``None`` for ``collate_skipping_bad`` to drop and count.
+
+    ``classes`` fixes the class order (the training set's), so a val set's indices match the model's.
+
+    With ``augment_seed`` set, the random transform of sample ``i`` in epoch ``e`` draws from a generator
+    seeded by (seed, e, i) only: the same crop and flip whichever process, worker or resumed run decodes it,
+    which is what lets K processes train exactly like one and a resumed run like an uninterrupted one.
+    """
+
+    def __init__(self, root: Path, transform: Optional[Callable] = None, *,
+                 classes: Optional[Sequence[str]] = None, skip_bad_images: bool = False) -> None:
+        self._fixed_classes = list(classes) if classes is not None else None
+        self.skip_bad_images = skip_bad_images
+        self.augment_seed: Optional[int] = None
+        self.epoch = 0
+        super().__init__(str(root), transform=transform)
+
+    def find_classes(self, directory: str):
+        classes = self._fixed_classes or find_classes(Path(directory))
+        missing = [c for c in classes if not (Path(directory) / c).is_dir()]
+        if missing:
+            raise DataError(f'{directory}: missing class folder(s) {", ".join(missing)}')
+        return classes, {c: i for i, c in enumerate(classes)}
+
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        try:
+            image = decode_rgb(path)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            if self.skip_bad_images:
+                return None
+            raise BadImageError(f'{path}: unreadable image ({e}); fix or remove it, or pass --skip-bad-images '
+                                'to skip such files') from None
+        if self.transform is None:
+            return image, target
+        if self.augment_seed is None:
+            return self.transform(image), target
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.augment_seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            return self.transform(image), target
+
+
+def collate_skipping_bad(batch):
+    """Collate the readable samples of a batch; returns ``(images, targets, number_skipped)``."""
+    good = [sample for sample in batch if sample is not None]
+    skipped = len(batch) - len(good)
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    images, targets = default_collate(good)
+    return images, targets, skipped

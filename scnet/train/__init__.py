@@ -1,0 +1,1 @@
+"""Training and evaluation of classifiers with the paper's recipes, on one process or many (torchrun)."""

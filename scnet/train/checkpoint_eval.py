@@ -1,0 +1,88 @@
+"""Accuracy of a checkpoint on a folder of images: single-crop top-1 and top-5, as the paper reports them.
+
+The folder is ``DIR/val/<class>/...`` or ``DIR/<class>/...``. The checkpoint's class names (kept in the
+metadata of the ``model.safetensors`` that ``scnet train`` writes, or in ``last.pt``) must be the folder's;
+a checkpoint without names (the authors' ImageNet files) needs as many class folders as it has classes,
+taken in sorted order (the usual ImageNet synset order).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from safetensors import safe_open
+from torch.utils.data import DataLoader
+
+from scnet.data.folders import CheckedImageFolder, DataError, collate_skipping_bad, find_classes
+from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from scnet.train import distributed
+from scnet.train.loop import evaluate
+from scnet.train.sampling import StridedSampler
+
+__all__ = ['checkpoint_metadata', 'evaluate_checkpoint']
+
+
+_JSON_KEYS = ('classes', 'mean', 'std', 'model_kwargs', 'image_size', 'eval_resize')
+
+
+def checkpoint_metadata(path: Path) -> Dict[str, Any]:
+    """Model name, classes, input settings and model options recorded with a checkpoint ({} if none)."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            raw = f.metadata() or {}
+        meta = {k: json.loads(raw[k]) for k in _JSON_KEYS if k in raw}
+        if raw.get('model'):
+            meta['model'] = raw['model']
+        return meta
+    except Exception:  # not safetensors: a training state (last.pt) carries its config
+        if path.suffix != '.pt':
+            return {}
+        from scnet.train.state import load_state
+        config = load_state(path).get('config') or {}
+        return {k: config[k] for k in (*_JSON_KEYS, 'model') if k in config}
+
+
+def _class_folder(data: Path) -> Path:
+    data = Path(data)
+    return data / 'val' if (data / 'val').is_dir() else data
+
+
+def evaluate_checkpoint(model_name: str, checkpoint: Path, data: Path, *, batch_size: int = 64, workers: int = 4,
+                        device: str = 'auto', image_size: Optional[int] = None, eval_resize: Optional[int] = None,
+                        skip_bad_images: bool = False, progress: bool = True) -> Dict[str, Any]:
+    """Top-1 / top-5 / loss of ``checkpoint`` (built as ``model_name``) on the images under ``data``."""
+    from scnet.models import create_model
+
+    meta = checkpoint_metadata(checkpoint)
+    folder = _class_folder(data)
+    classes: List[str] = find_classes(folder)
+    saved = meta.get('classes')
+    if saved is not None and saved != classes:
+        only_ckpt = sorted(set(saved) - set(classes))
+        only_data = sorted(set(classes) - set(saved))
+        raise DataError(f'{folder}: its classes do not match the checkpoint\'s (only in the checkpoint: '
+                        f'{", ".join(only_ckpt[:10]) or "-"}; only in the folder: {", ".join(only_data[:10]) or "-"})')
+    model = create_model(model_name, checkpoint=str(checkpoint), **meta.get('model_kwargs', {}))
+    num_classes = getattr(model, 'num_classes', None)
+    if saved is None and num_classes != len(classes):
+        raise DataError(f'{folder}: {len(classes)} class folders, but the checkpoint has {num_classes} classes '
+                        f'and no class names; give a folder with exactly its {num_classes} classes (sorted order)')
+    size = image_size or meta.get('image_size', 224)
+    resize = eval_resize or meta.get('eval_resize', 256 if size == 224 else size)
+    mean, std = meta.get('mean', IMAGENET_MEAN), meta.get('std', IMAGENET_STD)
+    dataset = CheckedImageFolder(folder, eval_transform(size, resize, mean, std), classes=classes,
+                                 skip_bad_images=skip_bad_images)
+    ctx = distributed.setup(device)
+    try:
+        model.to(ctx.device)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping_bad,
+                            sampler=StridedSampler(len(dataset), rank=ctx.rank, world_size=ctx.world_size))
+        result = evaluate(model, loader, ctx, progress=progress, desc='eval')
+    finally:
+        distributed.teardown()
+    return {'model': model_name, 'checkpoint': str(checkpoint), 'data': str(folder),
+            'top1': result['val_top1'], 'top5': result['val_top5'], 'loss': result['val_loss'],
+            'images': result['val_images'], 'skipped_images': result['val_skipped_images'],
+            'classes': len(classes), 'image_size': size, 'eval_resize': resize}

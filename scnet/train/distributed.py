@@ -1,0 +1,72 @@
+"""One process or many: the process group that ``torchrun`` describes in the environment.
+
+``torchrun --nproc_per_node=K -m scnet train ...`` sets RANK / WORLD_SIZE / LOCAL_RANK; without them the run
+is a single process. NCCL is the backend on GPUs, gloo on CPUs.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ['Context', 'setup', 'teardown', 'all_reduce_sum', 'barrier']
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _device(choice: str, local_rank: int) -> torch.device:
+    if choice == 'auto':
+        choice = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if choice.startswith('cuda'):
+        if not torch.cuda.is_available():
+            from scnet.errors import ScnetError
+            raise ScnetError('--device cuda asked for, but PyTorch sees no CUDA GPU here; use --device cpu')
+        return torch.device('cuda', local_rank if choice == 'cuda' else int(choice.split(':')[1]))
+    return torch.device('cpu')
+
+
+def setup(device: str = 'auto') -> Context:
+    """Join the process group if launched by torchrun (else a single process) and pick the device."""
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    rank = int(os.environ.get('RANK', '0'))
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    dev = _device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if dev.type == 'cuda':
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend='nccl' if dev.type == 'cuda' else 'gloo')
+    return Context(rank, world_size, local_rank, dev)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum of ``values`` over all processes (itself in a single process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

@@ -1,0 +1,175 @@
+"""One epoch of training and one pass of evaluation, exact over any number of processes.
+
+Sums (loss x images, correct predictions, images) are accumulated per process and added up across processes,
+so the numbers logged are those of the whole data set, not of process 0's share.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from scnet.data.folders import BadImageError
+from scnet.errors import ScnetError
+from scnet.train.distributed import Context, all_reduce_sum
+
+__all__ = ['NonFiniteLossError', 'StepSettings', 'train_one_epoch', 'evaluate', 'topk_correct']
+
+
+class NonFiniteLossError(ScnetError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class StepSettings:
+    accum_steps: int = 1
+    aux_weight: float = 0.0
+    label_smoothing: float = 0.0
+    amp: bool = False
+    channels_last: bool = False
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> torch.Tensor:
+    """Number of samples whose target is among the top-k logits, for each k (k capped at the class count)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = top == targets[:, None]
+    return torch.stack([hits[:, :k].any(dim=1).sum() for k in ks]).to(torch.float64)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if device.type == 'cpu' else torch.float16)
+
+
+def _unwrap_worker_error(e: Exception) -> Exception:
+    """A BadImageError raised in a DataLoader worker arrives wrapped in a traceback: keep its own message."""
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else str(e)
+    return BadImageError(last.split('BadImageError: ', 1)[-1])
+
+
+def _split_outputs(outputs):
+    return outputs if isinstance(outputs, tuple) else (outputs, None)
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler, ctx: Context,
+                    settings: StepSettings, *, epoch: int, scaler: Optional[torch.amp.GradScaler] = None,
+                    progress: bool = True) -> Dict[str, float]:
+    """Train for one epoch (one pass of ``loader``'s micro-batches); returns the epoch's averages."""
+    model.train()
+    device = ctx.device
+    # loss x n, correct@1, images, aux loss x n, skipped
+    sums = torch.zeros(5, dtype=torch.float64)
+    step_images = torch.zeros(1, dtype=torch.float64)
+    bar = tqdm(total=len(loader.batch_sampler) // settings.accum_steps, desc=f'epoch {epoch} train',
+               unit='step', disable=None if (progress and ctx.is_main) else True, dynamic_ncols=True, leave=False)
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    micro = 0
+    iterator = iter(loader)
+    while True:
+        try:
+            images, targets, skipped = next(iterator)
+        except StopIteration:
+            break
+        except BadImageError as e:
+            raise _unwrap_worker_error(e) from None
+        micro += 1
+        sums[4] += skipped
+        last_micro = micro % settings.accum_steps == 0
+        if len(targets):
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            if settings.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            sync = contextlib.nullcontext() if last_micro or not hasattr(model, 'no_sync') else model.no_sync()
+            with sync:
+                with _autocast(device, settings.amp):
+                    logits, side = _split_outputs(model(images))
+                    loss = F.cross_entropy(logits.float(), targets, label_smoothing=settings.label_smoothing)
+                    total = loss
+                    if side is not None:
+                        side_loss = F.cross_entropy(side.float(), targets, label_smoothing=settings.label_smoothing)
+                        total = loss + settings.aux_weight * side_loss
+                        sums[3] += side_loss.detach().double().cpu() * len(targets)
+                scaled = total / settings.accum_steps
+                (scaler.scale(scaled) if scaler else scaled).backward()
+            sums[0] += loss.detach().double().cpu() * len(targets)
+            sums[1] += topk_correct(logits.detach(), targets, ks=(1,)).cpu()[0]
+            sums[2] += len(targets)
+        if not last_micro:
+            continue
+        # every process checks the same all-reduced value, so all stop together on a bad step
+        check = all_reduce_sum(torch.tensor([float(sums[0]), float(sums[3])], dtype=torch.float64))
+        if not all(math.isfinite(v) for v in check.tolist()):
+            raise NonFiniteLossError(f'the loss became non-finite at epoch {epoch}, step {micro // settings.accum_steps}')
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        step_images += 1
+        if ctx.is_main:
+            bar.update(1)
+            elapsed = time.perf_counter() - start
+            bar.set_postfix_str(f'loss {sums[0] / max(sums[2], 1):.3f}  '
+                                f'{sums[2] * ctx.world_size / max(elapsed, 1e-9):.0f} img/s')
+    bar.close()
+    elapsed = time.perf_counter() - start
+    total = all_reduce_sum(sums)
+    n = max(float(total[2]), 1.0)
+    result = {'train_loss': float(total[0]) / n, 'train_top1': 100.0 * float(total[1]) / n,
+              'images_per_sec': float(total[2]) / max(elapsed, 1e-9), 'epoch_time_s': elapsed,
+              'skipped_images': int(total[4]), 'train_images': int(total[2])}
+    if float(total[3]) > 0:
+        result['aux_train_loss'] = float(total[3]) / n
+    return result
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, ctx: Context, *, amp: bool = False, channels_last: bool = False,
+             progress: bool = True, desc: str = 'val') -> Dict[str, float]:
+    """Loss, top-1 and top-5 (percent) over every image of ``loader``'s data set, counted once."""
+    model.eval()
+    # loss x n, correct@1, correct@5, images, side correct@1, side correct@5, skipped
+    sums = torch.zeros(7, dtype=torch.float64)
+    has_side = False
+    bar = tqdm(loader, desc=desc, unit='batch', disable=None if (progress and ctx.is_main) else True, dynamic_ncols=True,
+               leave=False)
+    try:
+        for images, targets, skipped in bar:
+            sums[6] += skipped
+            if not len(targets):
+                continue
+            images, targets = images.to(ctx.device), targets.to(ctx.device)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with _autocast(ctx.device, amp):
+                logits, side = _split_outputs(model(images))
+            logits = logits.float()
+            sums[0] += F.cross_entropy(logits, targets, reduction='sum').double().cpu()
+            sums[1:3] += topk_correct(logits, targets).cpu()
+            sums[3] += len(targets)
+            if side is not None:
+                has_side = True
+                sums[4:6] += topk_correct(side.float(), targets).cpu()
+    except BadImageError as e:
+        raise _unwrap_worker_error(e) from None
+    total = all_reduce_sum(sums)
+    n = max(float(total[3]), 1.0)
+    result = {'val_loss': float(total[0]) / n, 'val_top1': 100.0 * float(total[1]) / n,
+              'val_top5': 100.0 * float(total[2]) / n, 'val_images': int(total[3]),
+              'val_skipped_images': int(total[6])}
+    if has_side:
+        result.update(aux_val_top1=100.0 * float(total[4]) / n, aux_val_top5=100.0 * float(total[5]) / n)
+    return result

@@ -1,0 +1,69 @@
+"""Which images each process sees, so that K processes train exactly like one.
+
+Training: each epoch draws one permutation (seeded by seed and epoch, the same in every process) and cuts it
+into global batches of ``batch_size``; a global batch is cut into ``world_size x accum_steps`` equal shards,
+and process ``r`` at accumulation step ``a`` takes shard ``r * accum_steps + a``. So a 2-process run and a
+1-process run with ``accum_steps=2`` see the same shards in the same steps, and average the same gradients.
+The last incomplete global batch is dropped.
+
+Evaluation: process ``r`` takes images ``r, r + K, r + 2K, ...``: every image exactly once, no padding
+(torch's DistributedSampler pads with repeats, which would count some images twice).
+"""
+from __future__ import annotations
+
+from typing import Iterator, List
+
+import torch
+from torch.utils.data import Sampler
+
+__all__ = ['ShardedBatchSampler', 'StridedSampler']
+
+
+class ShardedBatchSampler(Sampler[List[int]]):
+    """Yields this process's micro-batches: ``steps x accum_steps`` lists of ``batch_size / (K x accum)``."""
+
+    def __init__(self, num_images: int, batch_size: int, *, rank: int = 0, world_size: int = 1,
+                 accum_steps: int = 1, seed: int = 0) -> None:
+        shards = world_size * accum_steps
+        if batch_size % shards:
+            raise ValueError(f'batch size {batch_size} must be divisible by processes x accumulation steps '
+                             f'({world_size} x {accum_steps} = {shards})')
+        if num_images < batch_size:
+            raise ValueError(f'{num_images} training images are fewer than one batch of {batch_size}: '
+                             'lower --batch-size')
+        self.num_images, self.batch_size = num_images, batch_size
+        self.rank, self.accum_steps, self.seed = rank, accum_steps, seed
+        self.micro = batch_size // shards
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def steps(self) -> int:
+        return self.num_images // self.batch_size
+
+    def __len__(self) -> int:
+        return self.steps * self.accum_steps
+
+    def __iter__(self) -> Iterator[List[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.num_images, generator=generator).tolist()
+        for step in range(self.steps):
+            batch = order[step * self.batch_size:(step + 1) * self.batch_size]
+            for a in range(self.accum_steps):
+                shard = self.rank * self.accum_steps + a
+                yield batch[shard * self.micro:(shard + 1) * self.micro]
+
+
+class StridedSampler(Sampler[int]):
+    """Indices ``rank, rank + world_size, ...``: each image of the set in exactly one process, once."""
+
+    def __init__(self, num_images: int, *, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = list(range(rank, num_images, world_size))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)

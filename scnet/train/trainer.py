@@ -1,0 +1,226 @@
+"""A whole training run: data, model, optimiser, schedule, logs and checkpoints in one output folder.
+
+The folder after a run::
+
+    config.json          the recipe, the classes, the number of processes
+    metrics.jsonl        one JSON line per epoch (epoch, lr, train_loss, val_top1, val_top5, images_per_sec, ...)
+    tensorboard/         the same scalars for TensorBoard
+    last.pt              the full state (model, optimiser, schedule, epoch, RNG states, metrics), every epoch
+    model.safetensors    the final weights (classes and input settings in its metadata)
+    side_head.safetensors  the res3 side classifier, when --aux-weight is on
+
+Reproducibility: the data order and the augmentation randomness of each epoch are seeded from (seed, epoch,
+process), not carried over from the previous epoch, so a run resumed from ``last.pt`` after a kill replays
+exactly the epochs it lost and ends with the same weights as an uninterrupted run (on CPU).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from scnet.data.folders import CheckedImageFolder, collate_skipping_bad, split_folders
+from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from scnet.errors import CheckpointError, ScnetError
+from scnet.train import distributed
+from scnet.train.loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
+from scnet.train.recipe import Recipe
+from scnet.train.sampling import ShardedBatchSampler, StridedSampler
+from scnet.train.side_output import WithSideOutput
+from scnet.train.state import load_state, restore_rng_states, rng_states, save_atomic
+
+__all__ = ['train', 'RunError']
+
+
+class RunError(ScnetError):
+    """An output folder or resume request that does not fit."""
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _lr_factor(recipe: Recipe, steps_per_epoch: int):
+    """The lr multiplier after ``step`` optimiser steps: linear warm-up, then step decay or cosine."""
+    warmup = recipe.warmup_epochs * steps_per_epoch
+    total = recipe.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if recipe.schedule == 'cosine':
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1.0, total - warmup))))
+        return recipe.lr_gamma ** (step // (recipe.lr_step * steps_per_epoch))
+    return factor
+
+
+def _data_root(recipe: Recipe, ctx: distributed.Context) -> Path:
+    if recipe.data:
+        return Path(recipe.data)
+    from scnet.data.embedded import DEFAULT_ROOT, build_embedded_dataset
+
+    if ctx.is_main:
+        build_embedded_dataset(DEFAULT_ROOT)
+    distributed.barrier()
+    return Path(DEFAULT_ROOT)
+
+
+def _loader(dataset, ctx: distributed.Context, recipe: Recipe, **kwargs) -> DataLoader:
+    return DataLoader(dataset, num_workers=recipe.workers, collate_fn=collate_skipping_bad,
+                      pin_memory=ctx.device.type == 'cuda', persistent_workers=False, **kwargs)
+
+
+def _check_output(output: Path, resume: bool) -> Optional[Dict[str, Any]]:
+    last = output / 'last.pt'
+    if resume:
+        if not last.is_file():
+            raise RunError(f'{output}: nothing to resume (no last.pt); start the run without --resume')
+        return load_state(last)
+    if last.is_file() or (output / 'model.safetensors').is_file():
+        raise RunError(f'{output} already holds a run: pass --resume to continue it, or choose another --output')
+    return None
+
+
+def _write_metrics(output: Path, history: List[Dict[str, Any]]) -> None:
+    tmp = output / '.metrics.jsonl.partial'
+    tmp.write_text(''.join(json.dumps(row) + '\n' for row in history))
+    tmp.replace(output / 'metrics.jsonl')
+
+
+def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool = True) -> Dict[str, Any]:
+    """Run ``recipe`` into ``output``; returns the last epoch's metrics. See the module docstring."""
+    from scnet.models import create_model
+    from scnet.weights import save_state_dict
+
+    output = Path(output)
+    ctx = distributed.setup(recipe.device)
+    try:
+        if ctx.is_main:
+            output.mkdir(parents=True, exist_ok=True)
+        state = _check_output(output, resume)
+        root = _data_root(recipe, ctx)
+        train_dir, val_dir, classes = split_folders(root)
+        if state is not None and state['classes'] != classes:
+            raise RunError(f'{output}: the run was trained on classes {state["classes"][:5]}..., the data at {root} '
+                           f'has {classes[:5]}...: resume with the same data')
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        train_set = CheckedImageFolder(train_dir, train_transform(recipe.image_size, recipe.augment, mean, std),
+                                       classes=classes, skip_bad_images=recipe.skip_bad_images)
+        train_set.augment_seed = recipe.seed
+        val_set = CheckedImageFolder(val_dir, eval_transform(recipe.image_size, recipe.eval_resize, mean, std),
+                                     classes=classes, skip_bad_images=recipe.skip_bad_images)
+        batch_sampler = ShardedBatchSampler(len(train_set), recipe.batch_size, rank=ctx.rank,
+                                            world_size=ctx.world_size, accum_steps=recipe.accum_steps,
+                                            seed=recipe.seed)
+        val_loader = _loader(val_set, ctx, recipe, batch_size=max(1, batch_sampler.micro),
+                             sampler=StridedSampler(len(val_set), rank=ctx.rank, world_size=ctx.world_size))
+
+        _seed_everything(recipe.seed)  # same initial weights in every process
+        net: nn.Module = create_model(recipe.model, num_classes=len(classes), **recipe.model_kwargs)
+        model = WithSideOutput(net, len(classes)) if recipe.aux_weight > 0 else net
+        side = model.side if isinstance(model, WithSideOutput) else None
+        model.to(ctx.device)
+        if recipe.channels_last:
+            model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.peak_lr, momentum=recipe.momentum,
+                                    nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(recipe, batch_sampler.steps))
+        scaler = torch.amp.GradScaler('cuda') if recipe.amp and ctx.device.type == 'cuda' else None
+        history: List[Dict[str, Any]] = []
+        start_epoch = 0
+        if state is not None:
+            if state['config']['model'] != recipe.model or (state.get('side_head') is None) != (side is None):
+                raise RunError(f'{output}: last.pt is a run of {state["config"]["model"]} (aux head: '
+                               f'{state.get("side_head") is not None}); resume it with the same model and --aux-weight')
+            net.load_state_dict(state['model'])
+            if side is not None:
+                side.load_state_dict(state['side_head'])
+            optimizer.load_state_dict(state['optimizer'])
+            scheduler.load_state_dict(state['scheduler'])
+            if scaler and state.get('scaler'):
+                scaler.load_state_dict(state['scaler'])
+            restore_rng_states(state['rng'])
+            start_epoch, history = state['epoch'], list(state['history'])
+        train_model = model
+        if ctx.distributed:
+            train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[ctx.device.index] if ctx.device.type == 'cuda' else None)
+        if recipe.compile:
+            train_model = torch.compile(train_model)
+
+        config = dict(recipe.to_dict(), classes=classes, data_root=str(root), world_size=ctx.world_size,
+                      peak_lr=recipe.peak_lr, mean=list(mean), std=list(std))
+        writer = None
+        if ctx.is_main:
+            (output / 'config.json').write_text(json.dumps(config, indent=2))
+            _write_metrics(output, history)
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(output / 'tensorboard'), purge_step=start_epoch + 1)
+
+        settings = StepSettings(recipe.accum_steps, recipe.aux_weight, recipe.label_smoothing, recipe.amp,
+                                recipe.channels_last)
+        for epoch in range(start_epoch + 1, recipe.epochs + 1):
+            # each epoch's randomness depends on (seed, epoch) and, for augmentation, the image index only:
+            # what makes a resumed run and a K-process run exact
+            torch.manual_seed(recipe.seed * 100_003 + epoch * 1_009 + ctx.rank)
+            batch_sampler.set_epoch(epoch)
+            train_set.epoch = epoch
+            train_loader = _loader(train_set, ctx, recipe, batch_sampler=batch_sampler)
+            lr = optimizer.param_groups[0]['lr']
+            try:
+                row = train_one_epoch(train_model, train_loader, optimizer, scheduler, ctx, settings, epoch=epoch,
+                                      scaler=scaler, progress=progress)
+            except NonFiniteLossError as e:
+                kept = f'{output / "last.pt"} (epoch {epoch - 1})' if epoch > 1 else 'none yet'
+                raise NonFiniteLossError(f'{e}; nothing of this epoch was saved, last good checkpoint: {kept}. '
+                                         'Lower the learning rate (--lr) or check the data') from None
+            row = {'epoch': epoch, 'lr': lr, **row,
+                   **evaluate(model, val_loader, ctx, amp=recipe.amp, channels_last=recipe.channels_last,
+                              progress=progress)}
+            history.append(row)
+            if ctx.is_main:
+                save_atomic({'model': net.state_dict(), 'side_head': side.state_dict() if side else None,
+                             'optimizer': optimizer.state_dict(),
+                             'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict() if scaler else None,
+                             'epoch': epoch, 'rng': rng_states(), 'history': history, 'classes': classes,
+                             'config': config}, output / 'last.pt')
+                _write_metrics(output, history)
+                for key, value in row.items():
+                    if key != 'epoch':
+                        writer.add_scalar(key, value, epoch)
+                writer.flush()
+                print(_epoch_line(row, recipe.epochs), flush=True)
+            distributed.barrier()
+
+        if ctx.is_main:
+            meta = {'model': recipe.model, 'classes': json.dumps(classes), 'image_size': str(recipe.image_size),
+                    'eval_resize': str(recipe.eval_resize), 'mean': json.dumps(list(mean)),
+                    'std': json.dumps(list(std)), 'model_kwargs': json.dumps(recipe.model_kwargs)}
+            save_state_dict(net.state_dict(), output / 'model.safetensors', metadata=meta)
+            if side is not None:
+                save_state_dict(side.state_dict(), output / 'side_head.safetensors', metadata=meta)
+            writer.close()
+        return history[-1] if history else {}
+    finally:
+        distributed.teardown()
+
+
+def _epoch_line(row: Dict[str, Any], epochs: int) -> str:
+    text = (f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f}  "
+            f"val top-1 {row['val_top1']:.2f}%  top-5 {row['val_top5']:.2f}%  "
+            f"{row['images_per_sec']:.0f} img/s  {row['epoch_time_s']:.1f}s")
+    if 'aux_val_top1' in row:
+        text += f"  side top-1 {row['aux_val_top1']:.2f}%"
+    if row.get('skipped_images') or row.get('val_skipped_images'):
+        text += f"  skipped {row['skipped_images']} train / {row['val_skipped_images']} val images"
+    return text

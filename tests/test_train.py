@@ -1,0 +1,259 @@
+"""`scnet train` / `scnet eval` end to end on tiny generated folders, through the command line."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from scnet.cli.main import main
+from scnet.train.recipe import RecipeError, list_recipes, load_recipe
+from scnet.train.sampling import ShardedBatchSampler, StridedSampler
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_RECIPE = """
+model: scnet26_cifar
+model_kwargs: {channels: [8, 16, 32, 64]}
+epochs: 3
+batch_size: 8
+base_lr: 0.5
+weight_decay: 5.0e-4
+schedule: cosine
+image_size: 16
+eval_resize: 16
+augment: flip
+workers: 0
+"""
+
+
+def write_folder(root: Path, classes=('bar', 'dot', 'ring'), per_class=(12, 4), size=16, seed=0):
+    """Tiny learnable images: each class a different bright pattern on noise."""
+    rng = np.random.default_rng(seed)
+    for split, n in zip(('train', 'val'), per_class):
+        for ci, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = (rng.random((size, size, 3)) * 80).astype(np.uint8)
+                if ci == 0:
+                    img[size // 2 - 1:size // 2 + 1, :] = 255
+                elif ci == 1:
+                    img[size // 2 - 2:size // 2 + 2, size // 2 - 2:size // 2 + 2] = 255
+                else:
+                    img[2, :] = img[-3, :] = img[:, 2] = img[:, -3] = 255
+                Image.fromarray(img).save(root / split / name / f'{i:03d}.png')
+    return root
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_folder(tmp_path / 'data')
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / 'tiny.yaml'
+    path.write_text(TINY_RECIPE)
+    return path
+
+
+def train_args(data, recipe, output, *extra):
+    return ['train', '--data', str(data), '--config', str(recipe), '--output', str(output), '--quiet', *extra]
+
+
+def read_metrics(run):
+    return [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+
+
+def test_train_writes_every_artifact_and_eval_reads_it(data, recipe, tmp_path, capsys):
+    run = tmp_path / 'run'
+    assert main(train_args(data, recipe, run, '--aux-weight', '0.3', '--seed', '3')) == 0
+    rows = read_metrics(run)
+    assert [r['epoch'] for r in rows] == [1, 2, 3]
+    for key in ('epoch', 'lr', 'train_loss', 'val_top1', 'val_top5', 'images_per_sec', 'aux_val_top1',
+                'aux_val_top5', 'aux_train_loss', 'skipped_images'):
+        assert key in rows[-1]
+    assert rows[-1]['val_images'] == 12 and rows[-1]['train_images'] == 32  # 36 images, batches of 8
+    assert rows[-1]['train_loss'] < rows[0]['train_loss']
+    config = json.loads((run / 'config.json').read_text())
+    assert config['classes'] == ['bar', 'dot', 'ring'] and config['seed'] == 3 and config['aux_weight'] == 0.3
+    assert any((run / 'tensorboard').iterdir())
+    with safe_open(str(run / 'model.safetensors'), 'pt') as f:
+        meta = f.metadata()
+    assert json.loads(meta['classes']) == ['bar', 'dot', 'ring'] and meta['image_size'] == '16'
+    assert 'score.weight' in load_file(run / 'side_head.safetensors')
+    assert 'epoch 3/3' in capsys.readouterr().out
+
+    out_json = tmp_path / 'eval.json'
+    assert main(['eval', '--model', 'scnet26_cifar', '--checkpoint', str(run / 'model.safetensors'), '--data',
+                 str(data), '--format', 'json', '--workers', '0', '--quiet', '--output', str(out_json)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result == json.loads(out_json.read_text())
+    assert result['images'] == 12 and 0 <= result['top1'] <= 100 and result['top5'] == 100.0
+    assert result['top1'] == pytest.approx(rows[-1]['val_top1'])
+    # a folder of images nobody prepared as train/val: the class folders themselves
+    assert main(['eval', '--model', 'scnet26_cifar', '--checkpoint', str(run / 'last.pt'), '--data',
+                 str(data / 'train'), '--workers', '0', '--quiet']) == 0
+    assert 'top-1 (%)' in capsys.readouterr().out
+
+
+def test_existing_run_is_never_overwritten_and_resume_needs_a_run(data, recipe, tmp_path, capsys):
+    run = tmp_path / 'run'
+    assert main(train_args(data, recipe, run, '--epochs', '1')) == 0
+    before = (run / 'last.pt').read_bytes()
+    assert main(train_args(data, recipe, run)) == 2
+    assert 'already holds a run: pass --resume' in capsys.readouterr().err
+    assert (run / 'last.pt').read_bytes() == before
+    assert main(train_args(data, recipe, tmp_path / 'empty', '--resume')) == 2
+    assert 'nothing to resume' in capsys.readouterr().err
+
+
+def _run_cli(args, **kwargs):
+    return subprocess.Popen([sys.executable, '-m', 'scnet', *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_ends_with_identical_weights(data, recipe, tmp_path):
+    """SIGKILL during epoch 2, resume: the final weights equal an uninterrupted run's, bit for bit."""
+    full, killed = tmp_path / 'full', tmp_path / 'killed'
+    args = ['--epochs', '4', '--seed', '7']
+    reference = _run_cli(train_args(data, recipe, full, *args))
+    victim = _run_cli(train_args(data, recipe, killed, *args))
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (killed / 'metrics.jsonl').exists() and len(read_metrics(killed)) >= 1:
+            break
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert reference.wait() == 0, reference.stderr.read()
+    state = torch.load(killed / 'last.pt', weights_only=True)  # the checkpoint a kill leaves is readable
+    assert 1 <= state['epoch'] < 4 and not (killed / 'model.safetensors').exists()
+    resumed = _run_cli(['train', '--output', str(killed), '--resume', '--quiet'])
+    assert resumed.wait() == 0, resumed.stderr.read()
+    a, b = load_file(full / 'model.safetensors'), load_file(killed / 'model.safetensors')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r['epoch'] for r in read_metrics(killed)] == [1, 2, 3, 4]
+    assert [r['train_loss'] for r in read_metrics(killed)] == [r['train_loss'] for r in read_metrics(full)]
+
+
+@pytest.mark.slow
+def test_two_processes_follow_the_one_process_loss_curve(data, recipe, tmp_path):
+    """torchrun with 2 CPU processes (gloo) = 1 process accumulating the same two shards per step."""
+    one, two = tmp_path / 'one', tmp_path / 'two'
+    single = _run_cli(train_args(data, recipe, one, '--accum-steps', '2', '--epochs', '2'))
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    pair = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port',
+                           '29533', '-m', 'scnet', *train_args(data, recipe, two, '--epochs', '2')],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert pair.returncode == 0, pair.stderr[-3000:]
+    assert single.wait() == 0, single.stderr.read()
+    a, b = read_metrics(one), read_metrics(two)
+    assert json.loads((two / 'config.json').read_text())['world_size'] == 2
+    np.testing.assert_allclose([r['train_loss'] for r in a], [r['train_loss'] for r in b], rtol=1e-4)
+    assert [r['val_images'] for r in b] == [12, 12]  # every validation image counted once over 2 processes
+    assert [r['train_images'] for r in b] == [32, 32]
+
+
+def test_sharded_batches_partition_each_global_batch():
+    one = list(ShardedBatchSampler(40, 8, accum_steps=2, seed=1))
+    ranks = [list(ShardedBatchSampler(40, 8, rank=r, world_size=2, seed=1)) for r in (0, 1)]
+    assert len(one) == 10 and [len(b) for b in one] == [4] * 10
+    assert [b for pair in zip(*ranks) for b in pair] == one  # rank r in step i = micro-batch r of step i
+    assert sorted(i for b in one for i in b) == sorted(set(i for b in one for i in b))
+    with pytest.raises(ValueError, match='divisible'):
+        ShardedBatchSampler(40, 6, world_size=4)
+    with pytest.raises(ValueError, match='fewer than one batch'):
+        ShardedBatchSampler(5, 8)
+
+
+def test_strided_eval_sampler_counts_each_image_once():
+    parts = [list(StridedSampler(11, rank=r, world_size=3)) for r in range(3)]
+    assert sorted(i for p in parts for i in p) == list(range(11))
+
+
+def test_shipped_recipes_follow_the_paper():
+    names = list_recipes()
+    assert {'scnet50', 'resnet50', 'scnext101_32x4d', 'scnet50_r2', 'scnet50_300ep', 'embedded'} <= set(names)
+    r = load_recipe('scnet50')
+    assert (r.epochs, r.batch_size, r.peak_lr, r.momentum, r.weight_decay, r.lr_step, r.lr_gamma) == \
+        (100, 256, 0.1, 0.9, 1e-4, 30, 0.1)
+    assert (r.image_size, r.eval_resize, r.augment) == (224, 256, 'random-resized-crop')
+    assert load_recipe('scnet50', batch_size=64).peak_lr == pytest.approx(0.025)  # linear scaling
+    assert load_recipe('scnet50_300ep').epochs == 300
+    assert load_recipe('scnet50_r2').model_kwargs == {'pooling_r': 2}
+    for name in names:
+        assert load_recipe(name).model
+
+
+def test_recipe_errors_name_the_problem(tmp_path):
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('modle: scnet50\n')
+    with pytest.raises(RecipeError, match='unknown setting.*modle'):
+        load_recipe(str(bad))
+    with pytest.raises(RecipeError, match='no such recipe'):
+        load_recipe('nonexistent_recipe')
+    with pytest.raises(RecipeError, match='epochs must be >= 1'):
+        load_recipe('scnet50', epochs=0)
+
+
+# --- bad input -------------------------------------------------------------------------------------------
+
+
+def test_truncated_image_stops_with_its_path_or_is_skipped_and_counted(data, recipe, tmp_path, capsys):
+    bad = data / 'train' / 'dot' / '003.png'
+    bad.write_bytes(bad.read_bytes()[:40])
+    assert main(train_args(data, recipe, tmp_path / 'a', '--epochs', '1')) == 2
+    assert str(bad) in capsys.readouterr().err
+    assert main(train_args(data, recipe, tmp_path / 'b', '--epochs', '1', '--skip-bad-images')) == 0
+    rows = read_metrics(tmp_path / 'b')
+    assert rows[0]['skipped_images'] == 1 and rows[0]['train_images'] == 31
+
+
+def test_empty_class_folder_and_class_mismatch(data, recipe, tmp_path, capsys):
+    (data / 'train' / 'empty').mkdir()
+    (data / 'val' / 'empty').mkdir()
+    assert main(train_args(data, recipe, tmp_path / 'a')) == 2
+    assert 'without images: empty' in capsys.readouterr().err
+    (data / 'train' / 'empty').rmdir()
+    (data / 'val' / 'empty').rmdir()
+    (data / 'val' / 'ring').rename(data / 'val' / 'circle')
+    assert main(train_args(data, recipe, tmp_path / 'b')) == 2
+    err = capsys.readouterr().err
+    assert 'different classes' in err and 'only in train: ring' in err and 'only in val: circle' in err
+
+
+def test_eval_refuses_a_checkpoint_with_other_classes(data, recipe, tmp_path, capsys):
+    run = tmp_path / 'run'
+    assert main(train_args(data, recipe, run, '--epochs', '1')) == 0
+    other = write_folder(tmp_path / 'other', classes=('cat', 'dog', 'ring'))
+    assert main(['eval', '--model', 'scnet26_cifar', '--checkpoint', str(run / 'model.safetensors'), '--data',
+                 str(other), '--workers', '0', '--quiet']) == 2
+    assert "do not match the checkpoint's" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, recipe, tmp_path, capsys, monkeypatch):
+    import scnet.train.loop as loop
+
+    run = tmp_path / 'run'
+    real = loop.F.cross_entropy
+    calls = {'n': 0}
+
+    def exploding(*args, **kwargs):  # 4 steps per epoch: the loss turns NaN in epoch 2
+        calls['n'] += 1
+        loss = real(*args, **kwargs)
+        return loss * float('nan') if calls['n'] > 5 and kwargs.get('reduction') != 'sum' else loss
+
+    monkeypatch.setattr(loop.F, 'cross_entropy', exploding)
+    assert main(train_args(data, recipe, run)) == 2
+    err = capsys.readouterr().err
+    assert 'non-finite at epoch 2' in err and 'last good checkpoint' in err and '(epoch 1)' in err
+    assert torch.load(run / 'last.pt', weights_only=True)['epoch'] == 1
