@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ['Context', 'setup', 'teardown', 'all_reduce_sum', 'barrier']
+__all__ = ['Context', 'setup', 'teardown', 'all_reduce_sum', 'barrier', 'broadcast_buffers']
 
 
 @dataclass(frozen=True)
@@ -70,3 +70,10 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Give every process process 0's buffers (BN running statistics), so all evaluate the same model."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)

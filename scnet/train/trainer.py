@@ -184,6 +184,7 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
                 kept = f'{output / "last.pt"} (epoch {epoch - 1})' if epoch > 1 else 'none yet'
                 raise NonFiniteLossError(f'{e}; nothing of this epoch was saved, last good checkpoint: {kept}. '
                                          'Lower the learning rate (--lr) or check the data') from None
+            distributed.broadcast_buffers(model)
             row = {'epoch': epoch, 'lr': lr, **row,
                    **evaluate(model, val_loader, ctx, amp=recipe.amp, channels_last=recipe.channels_last,
                               progress=progress)}
