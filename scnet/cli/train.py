@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -49,10 +48,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scnet.models import create_model  # noqa: F401  (registers the zoo before names are checked)
     from scnet.models.factory import _unknown, list_models
     from scnet.train.recipe import load_recipe
-    from scnet.train.trainer import RunError, train
+    from scnet.train.run_folder import RunError
+    from scnet.train.trainer import train
 
     overrides = dict(model=args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      seed=args.seed, workers=args.workers, device=args.device, amp=args.amp,

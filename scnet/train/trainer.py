@@ -18,9 +18,8 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict
 
 import numpy as np
 import torch
@@ -29,19 +28,15 @@ from torch.utils.data import DataLoader
 
 from scnet.data.folders import CheckedImageFolder, collate_skipping_bad, split_folders
 from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
-from scnet.errors import CheckpointError, ScnetError
 from scnet.train import distributed
 from scnet.train.loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
 from scnet.train.recipe import Recipe
 from scnet.train.sampling import ShardedBatchSampler, StridedSampler
 from scnet.train.side_output import WithSideOutput
-from scnet.train.state import load_state, restore_rng_states, rng_states, save_atomic
+from scnet.train.run_folder import RunError, RunFolder
+from scnet.train.state import restore_rng_states
 
 __all__ = ['train', 'RunError']
-
-
-class RunError(ScnetError):
-    """An output folder or resume request that does not fit."""
 
 
 def _seed_everything(seed: int) -> None:
@@ -80,23 +75,6 @@ def _loader(dataset, ctx: distributed.Context, recipe: Recipe, **kwargs) -> Data
                       pin_memory=ctx.device.type == 'cuda', persistent_workers=False, **kwargs)
 
 
-def _check_output(output: Path, resume: bool) -> Optional[Dict[str, Any]]:
-    last = output / 'last.pt'
-    if resume:
-        if not last.is_file():
-            raise RunError(f'{output}: nothing to resume (no last.pt); start the run without --resume')
-        return load_state(last)
-    if last.is_file() or (output / 'model.safetensors').is_file():
-        raise RunError(f'{output} already holds a run: pass --resume to continue it, or choose another --output')
-    return None
-
-
-def _write_metrics(output: Path, history: List[Dict[str, Any]]) -> None:
-    tmp = output / '.metrics.jsonl.partial'
-    tmp.write_text(''.join(json.dumps(row) + '\n' for row in history))
-    tmp.replace(output / 'metrics.jsonl')
-
-
 def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool = True) -> Dict[str, Any]:
     """Run ``recipe`` into ``output``; returns the last epoch's metrics. See the module docstring."""
     from scnet.models import create_model
@@ -105,9 +83,8 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
     output = Path(output)
     ctx = distributed.setup(recipe.device)
     try:
-        if ctx.is_main:
-            output.mkdir(parents=True, exist_ok=True)
-        state = _check_output(output, resume)
+        run = RunFolder(output, resume=resume, is_main=ctx.is_main, final_files=('model.safetensors',))
+        state = run.state
         root = _data_root(recipe, ctx)
         train_dir, val_dir, classes = split_folders(root)
         if state is not None and state['classes'] != classes:
@@ -136,8 +113,6 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
                                     nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(recipe, batch_sampler.steps))
         scaler = torch.amp.GradScaler('cuda') if recipe.amp and ctx.device.type == 'cuda' else None
-        history: List[Dict[str, Any]] = []
-        start_epoch = 0
         if state is not None:
             if state['config']['model'] != recipe.model or (state.get('side_head') is None) != (side is None):
                 raise RunError(f'{output}: last.pt is a run of {state["config"]["model"]} (aux head: '
@@ -150,7 +125,6 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
             if scaler and state.get('scaler'):
                 scaler.load_state_dict(state['scaler'])
             restore_rng_states(state['rng'])
-            start_epoch, history = state['epoch'], list(state['history'])
         train_model = model
         if ctx.distributed:
             train_model = nn.parallel.DistributedDataParallel(
@@ -160,16 +134,11 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
 
         config = dict(recipe.to_dict(), classes=classes, data_root=str(root), world_size=ctx.world_size,
                       peak_lr=recipe.peak_lr, mean=list(mean), std=list(std))
-        writer = None
-        if ctx.is_main:
-            (output / 'config.json').write_text(json.dumps(config, indent=2))
-            _write_metrics(output, history)
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(output / 'tensorboard'), purge_step=start_epoch + 1)
+        run.start(config)
 
         settings = StepSettings(recipe.accum_steps, recipe.aux_weight, recipe.label_smoothing, recipe.amp,
                                 recipe.channels_last)
-        for epoch in range(start_epoch + 1, recipe.epochs + 1):
+        for epoch in range(run.start_epoch + 1, recipe.epochs + 1):
             # each epoch's randomness depends on (seed, epoch) and, for augmentation, the image index only:
             # what makes a resumed run and a K-process run exact
             torch.manual_seed(recipe.seed * 100_003 + epoch * 1_009 + ctx.rank)
@@ -188,18 +157,11 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
             row = {'epoch': epoch, 'lr': lr, **row,
                    **evaluate(model, val_loader, ctx, amp=recipe.amp, channels_last=recipe.channels_last,
                               progress=progress)}
-            history.append(row)
+            run.end_epoch(row, {'model': net.state_dict(), 'side_head': side.state_dict() if side else None,
+                                'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
+                                'scaler': scaler.state_dict() if scaler else None, 'classes': classes,
+                                'config': config})
             if ctx.is_main:
-                save_atomic({'model': net.state_dict(), 'side_head': side.state_dict() if side else None,
-                             'optimizer': optimizer.state_dict(),
-                             'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict() if scaler else None,
-                             'epoch': epoch, 'rng': rng_states(), 'history': history, 'classes': classes,
-                             'config': config}, output / 'last.pt')
-                _write_metrics(output, history)
-                for key, value in row.items():
-                    if key != 'epoch':
-                        writer.add_scalar(key, value, epoch)
-                writer.flush()
                 print(_epoch_line(row, recipe.epochs), flush=True)
             distributed.barrier()
 
@@ -210,8 +172,8 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
             save_state_dict(net.state_dict(), output / 'model.safetensors', metadata=meta)
             if side is not None:
                 save_state_dict(side.state_dict(), output / 'side_head.safetensors', metadata=meta)
-            writer.close()
-        return history[-1] if history else {}
+        run.close()
+        return run.history[-1] if run.history else {}
     finally:
         distributed.teardown()
 
