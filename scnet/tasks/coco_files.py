@@ -1,0 +1,135 @@
+"""COCO-format annotation files, checked before any training starts.
+
+pycocotools reads the files and computes the metrics; what it does not do is tell a user, before hours of
+training, that the file is not COCO JSON, that images it lists are missing, that a box is outside its image or
+has no area, or that a keypoint array has the wrong length. ``load_coco`` checks all of that up front and
+reports every problem found (the first few of each kind, with counts) in one ``CocoDataError``.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from scnet.data.folders import DataError
+
+__all__ = ['CocoDataError', 'TASKS', 'load_coco', 'read_coco_json']
+
+#: What an annotation file is used for: boxes, boxes and masks, or person keypoints.
+TASKS = ('bbox', 'segm', 'keypoints')
+_SHOWN = 5          # problems of one kind shown in the message
+_EDGE_SLACK = 1.0   # pixels a box may pass the image border (rounding in converters is common)
+
+
+class CocoDataError(DataError):
+    """An annotation file or image folder that cannot be used."""
+
+
+def read_coco_json(path: Path) -> Dict:
+    """The parsed file, or a ``CocoDataError`` saying why it is not COCO JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise CocoDataError(f'{path}: no such annotation file')
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CocoDataError(f'{path}: not JSON ({e}); expected a COCO annotation file') from None
+    if not isinstance(data, dict):
+        raise CocoDataError(f'{path}: not COCO JSON: the top level is a {type(data).__name__}, not an object with '
+                            '"images", "annotations" and "categories"')
+    missing = [k for k in ('images', 'annotations', 'categories') if not isinstance(data.get(k), list)]
+    if missing:
+        raise CocoDataError(f'{path}: not COCO JSON: no list "{missing[0]}"'
+                            + (f' (also missing: {", ".join(missing[1:])})' if missing[1:] else ''))
+    return data
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.by_kind: Dict[str, List[str]] = defaultdict(list)
+
+    def add(self, kind: str, detail: str) -> None:
+        self.by_kind[kind].append(detail)
+
+    def raise_if_any(self, path: Path) -> None:
+        if not self.by_kind:
+            return
+        parts = []
+        for kind, details in self.by_kind.items():
+            shown = '; '.join(details[:_SHOWN]) + (f'; ... ({len(details) - _SHOWN} more)' if len(details) > _SHOWN
+                                                   else '')
+            parts.append(f'{len(details)} {kind}: {shown}')
+        raise CocoDataError(f'{path}: ' + ' | '.join(parts))
+
+
+def _check_keypoint_categories(data: Dict, problems: _Problems) -> Dict[int, int]:
+    lengths = {}
+    for cat in data['categories']:
+        names = cat.get('keypoints')
+        if isinstance(names, list) and names:
+            lengths[cat['id']] = len(names)
+    if not lengths:
+        problems.add('keypoint definitions missing', 'no category lists "keypoints" names')
+    return lengths
+
+
+def load_coco(annotation_file: Path, images_dir: Optional[Path] = None, *, task: str = 'bbox'):
+    """Check ``annotation_file`` (and that ``images_dir`` holds every image it lists) and return a
+    ``pycocotools.coco.COCO`` over it. ``task`` decides what annotations must carry (see ``TASKS``)."""
+    from pycocotools.coco import COCO
+
+    if task not in TASKS:
+        raise ValueError(f'task must be one of {TASKS}, got {task!r}')
+    path = Path(annotation_file)
+    data = read_coco_json(path)
+    problems = _Problems()
+    images = {}
+    for img in data['images']:
+        if not isinstance(img, dict) or not {'id', 'file_name', 'width', 'height'} <= set(img):
+            problems.add('images without id/file_name/width/height', str(img)[:80])
+            continue
+        images[img['id']] = img
+        if images_dir is not None and not (Path(images_dir) / img['file_name']).is_file():
+            problems.add(f'images listed but missing from {images_dir}', str(img['file_name']))
+    categories = {c.get('id') for c in data['categories'] if isinstance(c, dict)}
+    keypoint_lengths = _check_keypoint_categories(data, problems) if task == 'keypoints' else {}
+    for ann in data['annotations']:
+        if not isinstance(ann, dict):
+            problems.add('annotations that are not objects', str(ann)[:80])
+            continue
+        aid = ann.get('id', '?')
+        img = images.get(ann.get('image_id'))
+        if img is None:
+            problems.add('annotations of unknown images', f'annotation {aid} -> image_id {ann.get("image_id")}')
+            continue
+        if ann.get('category_id') not in categories:
+            problems.add('annotations of unknown categories', f'annotation {aid} -> {ann.get("category_id")}')
+        box = ann.get('bbox')
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            problems.add('annotations without a [x, y, w, h] bbox', f'annotation {aid}')
+        else:
+            x, y, w, h = box
+            if w <= 0 or h <= 0:
+                problems.add('boxes with zero or negative area', f'annotation {aid} in {img["file_name"]}: {box}')
+            elif x < -_EDGE_SLACK or y < -_EDGE_SLACK or x + w > img['width'] + _EDGE_SLACK or \
+                    y + h > img['height'] + _EDGE_SLACK:
+                problems.add('boxes outside their image', f'annotation {aid} in {img["file_name"]} '
+                             f'({img["width"]}x{img["height"]}): {box}')
+        if task == 'segm' and not ann.get('segmentation'):
+            problems.add('annotations without a segmentation', f'annotation {aid}')
+        if task == 'keypoints' and ann.get('category_id') in keypoint_lengths:
+            kps = ann.get('keypoints')
+            expected = 3 * keypoint_lengths[ann['category_id']]
+            if not isinstance(kps, list) or len(kps) != expected:
+                problems.add('keypoint arrays of the wrong length',
+                             f'annotation {aid}: {len(kps) if isinstance(kps, list) else kps!r} values, expected '
+                             f'{expected} (x, y, visibility per keypoint)')
+    problems.raise_if_any(path)
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco.createIndex()
+    return coco
