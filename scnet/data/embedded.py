@@ -48,6 +48,7 @@ DEFAULT_SEED = 0
 _SPLITS = ('train', 'val')
 _SUPERSAMPLE = 4          # strokes are drawn at 4x and box-filtered down: anti-aliased, sub-pixel widths
 _CURVE_POINTS = 48        # every outline, circles included, is one polyline drawn by the same pen
+_DISTRACTORS = (2, 5)     # distractor strokes per image: integers in [low, high)
 
 
 def default_root() -> Path:
@@ -158,7 +159,7 @@ def render_image(cls: str, rng: np.random.Generator, size: int = DEFAULT_IMAGE_S
     lo, hi = pts.min(0), pts.max(0)
     centre = np.array([rng.uniform(margin - lo[i], size - margin - hi[i]) for i in range(2)])
     strokes = [np.concatenate([pts, pts[:1]]) + centre]
-    strokes += [p for _ in range(rng.integers(2, 5)) for p in _distractor(rng, size)]
+    strokes += [p for _ in range(rng.integers(*_DISTRACTORS)) for p in _distractor(rng, size)]
     # one pen for everything: same width, same colour
     width = rng.uniform(0.8, 1.3) * s
     canvas = Image.new('L', (size * s, size * s), 0)

@@ -79,7 +79,7 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
                             f'SC models: {", ".join(list_models("*sc*"))}') from None
         raise TypeError(f'{name}: {e}') from None
     if state_dict is not None:
-        if new_head:
+        if new_head and num_classes:  # num_classes=0 (a backbone) drops the head on purpose
             warnings.warn(f'{checkpoint} has {saved_classes} classes and the model {num_classes}: its classifier '
                           'is not loaded, the new one is freshly initialised (fine-tuning)', stacklevel=2)
         load_into(model, state_dict, source=str(checkpoint), new_head=new_head)

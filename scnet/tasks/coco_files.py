@@ -124,9 +124,9 @@ def load_coco(annotation_file: Path, images_dir: Optional[Path] = None, *, task:
             kps = ann.get('keypoints')
             expected = 3 * keypoint_lengths[ann['category_id']]
             if not isinstance(kps, list) or len(kps) != expected:
+                found = f'{len(kps)} values' if isinstance(kps, list) else 'no "keypoints" list'
                 problems.add('keypoint arrays of the wrong length',
-                             f'annotation {aid}: {len(kps) if isinstance(kps, list) else kps!r} values, expected '
-                             f'{expected} (x, y, visibility per keypoint)')
+                             f'annotation {aid}: {found}, expected {expected} (x, y, visibility per keypoint)')
     problems.raise_if_any(path)
     coco = COCO()
     coco.dataset = data
