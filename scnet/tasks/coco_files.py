@@ -100,7 +100,10 @@ def load_coco(annotation_file: Path, images_dir: Optional[Path] = None, *, task:
         if not isinstance(ann, dict):
             problems.add('annotations that are not objects', str(ann)[:80])
             continue
-        aid = ann.get('id', '?')
+        aid = ann.get('id')
+        if aid is None:
+            problems.add('annotations without an "id"', str(ann)[:80])
+            continue
         img = images.get(ann.get('image_id'))
         if img is None:
             problems.add('annotations of unknown images', f'annotation {aid} -> image_id {ann.get("image_id")}')

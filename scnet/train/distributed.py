@@ -62,8 +62,12 @@ def teardown() -> None:
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum of ``values`` over all processes (itself in a single process)."""
     if dist.is_initialized() and dist.get_world_size() > 1:
-        values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        # NCCL reduces only GPU tensors: move there and back (gloo takes them where they are)
+        device = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' \
+            else values.device
+        reduced = values.to(device, copy=True)
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+        return reduced.to(values.device)
     return values
 
 

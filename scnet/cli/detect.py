@@ -1,0 +1,180 @@
+"""``scnet detect``: Faster / Mask R-CNN with a zoo backbone on COCO-format data (train, eval, predict, shapes)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from scnet.cli.formatting import render_table
+
+_TRAIN_EPILOG = """\
+recipes: --config takes a YAML file or a shipped detection recipe (scnet/recipes/detection/): faster_rcnn_2x
+and mask_rcnn_2x are the paper's setting (short side 800, batch 16 with lr 0.02, momentum 0.9, weight decay
+1e-4, 24 epochs with lr / 10 after epochs 16 and 22, warm-up); shapes is a CPU-sized recipe for the rendered
+shapes of `scnet detect shapes`. Without --config: faster_rcnn_2x for --task bbox, mask_rcnn_2x for segm.
+Flags override the recipe; --epochs N moves the lr decay points to the same fractions of N; --lr left out:
+0.02 x batch / 16.
+
+backbone weights: --backbone-checkpoint takes a classification model.safetensors of `scnet train`, an
+authors' checkpoint (their layout, detected), or 'pretrained' (the authors' / timm's ImageNet weights,
+downloaded once). With weights, batch norm is frozen and the stem + stage 1 are not trained; without, the
+backbone is trained from scratch (all stages, batch norm learning).
+
+many processes: torchrun --nproc_per_node=K -m scnet detect train ...  (NCCL on GPUs, gloo on CPUs);
+--batch-size is the global batch; every validation image is evaluated once.
+
+output: DIR/metrics.jsonl (a line per epoch: lr, losses, bbox_AP ... bbox_APl, segm_AP ... segm_APl),
+DIR/tensorboard/, DIR/last.pt (every epoch, written atomically), DIR/model.safetensors (final weights, with
+the task, backbone, categories and image sizes in its metadata). --resume continues DIR/last.pt."""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser('detect', help='object detection / instance segmentation with a zoo backbone',
+                       description='Faster R-CNN and Mask R-CNN (torchvision) on an FPN over any zoo model, '
+                                   'trained and evaluated on COCO-format data with COCO metrics.')
+    actions = p.add_subparsers(dest='action', required=True, metavar='ACTION')
+
+    t = actions.add_parser('train', help='train a detector (Faster / Mask R-CNN) on COCO-format data',
+                           description='Train Faster R-CNN (--task bbox) or Mask R-CNN (--task segm) with a zoo '
+                                       'backbone, evaluating with COCO metrics after each epoch.',
+                           epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument('--task', choices=('bbox', 'segm'), help='bbox: Faster R-CNN; segm: Mask R-CNN (boxes + masks)')
+    t.add_argument('--backbone', help='zoo model name (see `scnet models`)')
+    t.add_argument('--backbone-checkpoint', help="classification checkpoint for the backbone, or 'pretrained'")
+    t.add_argument('--train-ann', help='COCO annotation JSON of the training set')
+    t.add_argument('--train-images', help='folder of the training images')
+    t.add_argument('--val-ann', help='COCO annotation JSON of the validation set')
+    t.add_argument('--val-images', help='folder of the validation images')
+    t.add_argument('--config', help='recipe: a YAML file or a shipped detection recipe name')
+    t.add_argument('--epochs', type=int, help='number of epochs')
+    t.add_argument('--batch-size', type=int, help='global batch size (images per step over all processes)')
+    t.add_argument('--lr', type=float, help='peak learning rate (default: 0.02 x batch / 16)')
+    t.add_argument('--image-size', type=int,
+                   help="short side of the images (the long-side limit scales with it; default: the recipe's)")
+    t.add_argument('--output', help='run folder (default: runs/<task>-<backbone>-<date>-<time>)')
+    t.add_argument('--resume', action='store_true', help='continue the run in --output from its last.pt')
+    t.add_argument('--seed', type=int, help='random seed (initial heads, data order, flips)')
+    t.add_argument('--workers', type=int, help='data loading processes per training process')
+    t.add_argument('--device', choices=('auto', 'cpu', 'cuda'), help='device (default: cuda if available)')
+    t.add_argument('--quiet', action='store_true', help='no progress bars')
+    t.set_defaults(run=run_train)
+
+    e = actions.add_parser('eval', help='COCO metrics of a detection checkpoint',
+                           description='Evaluate a checkpoint of `scnet detect train` (model.safetensors or '
+                                       'last.pt) on COCO-format data with pycocotools: AP, AP50, AP75, APs, APm, '
+                                       'APl (percent) for boxes and, for Mask R-CNN, masks.')
+    e.add_argument('--checkpoint', required=True,
+                   help='model.safetensors or last.pt of scnet detect train (or the run folder)')
+    e.add_argument('--val-ann', required=True, help='COCO annotation JSON')
+    e.add_argument('--val-images', required=True, help='folder of its images')
+    e.add_argument('--format', choices=('table', 'json'), default='table', help='output format')
+    e.add_argument('--output', help='also write the result as JSON to this file')
+    e.add_argument('--batch-size', type=int, default=2, help='images per forward pass (default 2)')
+    e.add_argument('--workers', type=int, default=2, help='data loading processes (default 2)')
+    e.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='device')
+    e.add_argument('--image-size', type=int, help="short side (default: the checkpoint's)")
+    e.add_argument('--quiet', action='store_true', help='no progress bar')
+    e.set_defaults(run=run_eval)
+
+    pr = actions.add_parser('predict', help='draw detections on your own images (PNG)',
+                            description='Run a detection checkpoint on image files or folders and write each '
+                                        'image with its boxes, labels, scores (and masks) drawn as OUTPUT/<name>.png, '
+                                        'plus OUTPUT/predictions.json.')
+    pr.add_argument('--checkpoint', required=True, help='model.safetensors or last.pt of scnet detect train')
+    pr.add_argument('--images', required=True, nargs='+', help='image files and/or folders of images')
+    pr.add_argument('--output', required=True, help='folder for the PNGs and predictions.json')
+    pr.add_argument('--score-threshold', type=float, default=0.5, help='draw detections scoring at least this (0.5)')
+    pr.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='device')
+    pr.add_argument('--image-size', type=int, help="short side (default: the checkpoint's)")
+    pr.add_argument('--quiet', action='store_true', help='no progress bar')
+    pr.set_defaults(run=run_predict)
+
+    s = actions.add_parser('shapes', help='write a small COCO-format set of rendered shapes',
+                           description='Render squares, discs and triangles on noise, with COCO JSON (boxes, '
+                                       'polygon masks, areas): DIR/instances_{train,val}.json, DIR/{train,val}/.')
+    s.add_argument('output', help='folder to write')
+    s.add_argument('--num-train', type=int, default=64, help='training images (64)')
+    s.add_argument('--num-val', type=int, default=16, help='validation images (16)')
+    s.add_argument('--image-size', type=int, default=128, help='image side in pixels (128)')
+    s.add_argument('--seed', type=int, default=0, help='random seed (0)')
+    s.set_defaults(run=run_shapes)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from scnet.tasks.detection import load_detection_recipe, train_detector
+    from scnet.train.run_folder import RunError
+
+    overrides = dict(task=args.task, backbone=args.backbone, backbone_checkpoint=args.backbone_checkpoint,
+                     train_ann=args.train_ann, train_images=args.train_images, val_ann=args.val_ann,
+                     val_images=args.val_images, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                     seed=args.seed, workers=args.workers, device=args.device)
+    config = args.config
+    if args.resume:
+        if not args.output:
+            raise RunError('--resume needs --output DIR, the folder of the run to continue')
+        saved = Path(args.output) / 'config.json'
+        if config is None and saved.is_file():
+            config = str(saved)  # the run's own settings; flags given now still override them
+    elif config is None:
+        config = 'mask_rcnn_2x' if args.task == 'segm' else 'faster_rcnn_2x'
+    recipe = load_detection_recipe(config, **overrides)
+    if args.image_size:
+        recipe.max_size = max(args.image_size, round(args.image_size * recipe.max_size / recipe.min_size))
+        recipe.min_size = args.image_size
+        recipe.validate()
+    output = Path(args.output or f'runs/{recipe.task}-{recipe.backbone}-{time.strftime("%Y%m%d-%H%M%S")}')
+    last = train_detector(recipe, output, resume=args.resume, progress=not args.quiet)
+    if last:
+        scores = '  '.join(f"{kind} AP {last[f'{kind}_AP']:.1f}" for kind in ('bbox', 'segm') if f'{kind}_AP' in last)
+        print(f"done: {scores}; weights in {output / 'model.safetensors'}; "
+              f"scnet detect eval --checkpoint {output / 'model.safetensors'} --val-ann ... --val-images ...")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from scnet.tasks.detection import METRICS, evaluate_checkpoint
+
+    result = evaluate_checkpoint(Path(args.checkpoint), Path(args.val_ann), Path(args.val_images),
+                                 batch_size=args.batch_size, workers=args.workers, device=args.device,
+                                 image_size=args.image_size, progress=not args.quiet)
+    if int(os.environ.get('RANK', '0')) != 0:
+        return 0  # under torchrun every process evaluated its share; process 0 reports
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    if args.format == 'json':
+        print(json.dumps(result, indent=2))
+    else:
+        rows = [[kind, *(f'{result[kind][m]:.1f}' for m in METRICS)] for kind in ('bbox', 'segm') if kind in result]
+        print(f"{result['task']} checkpoint of {result['backbone']}, {result['images']} images, short side "
+              f"{result['min_size']} (AP in percent; -1: no object of that size)")
+        print(render_table(['', *METRICS], rows))
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from scnet.tasks.detection import predict
+
+    summary = predict(Path(args.checkpoint), [Path(p) for p in args.images], Path(args.output),
+                      score_threshold=args.score_threshold, device=args.device, image_size=args.image_size,
+                      progress=not args.quiet)
+    total = sum(len(s['detections']) for s in summary)
+    print(f"{len(summary)} image(s), {total} detection(s) at score >= {args.score_threshold}: "
+          f"{Path(args.output)}/*.png, {Path(args.output) / 'predictions.json'}")
+    return 0
+
+
+def run_shapes(args: argparse.Namespace) -> int:
+    from scnet.tasks.synthetic import make_shapes_coco
+
+    try:
+        paths = make_shapes_coco(args.output, num_train=args.num_train, num_val=args.num_val,
+                                 image_size=args.image_size, seed=args.seed)
+    except ValueError as e:
+        from scnet.errors import ScnetError
+        raise ScnetError(str(e)) from None
+    print(f'wrote {args.num_train} + {args.num_val} images of shapes to {paths.root}; train on them with:')
+    print('  scnet detect train --config shapes --task bbox ' + ' '.join(paths.cli_args())
+          + ' --output runs/shapes')
+    return 0

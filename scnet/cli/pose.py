@@ -1,0 +1,195 @@
+"""``scnet pose train | eval | predict``: top-down keypoints with a zoo backbone (simple baselines, Table 5)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from scnet.cli.formatting import render_table
+
+_TRAIN_EPILOG = """\
+recipe: --config takes a YAML file or a shipped name (scnet/recipes/pose/): simple_baselines_256x192 and
+simple_baselines_384x288 (the paper's: Adam lr 1e-3, 140 epochs, lr x0.1 at 90 and 120, global batch 128 =
+32 per GPU x 4, flip / scale / rotation / half-body augmentation, sigma 2, flip test, ImageNet-pretrained
+backbone), or people (the synthetic set on a CPU). Without --config: the paper's settings with a randomly
+initialised backbone (--pretrained or --backbone-checkpoint for ImageNet weights). Flags override the recipe;
+--epochs rescales the lr steps (90 and 120 of 140 become 9 and 12 of 14).
+
+many processes: torchrun --nproc_per_node=K -m scnet pose train ... (NCCL on GPUs, gloo on CPUs);
+--batch-size is the global batch. Every validation crop is evaluated once.
+
+output: DIR/metrics.jsonl (epoch, lr, train_loss, kpt_AP, kpt_AP50, kpt_AP75, kpt_APm, kpt_APl, kpt_AR..., in
+percent; -1 where no person of that size exists), DIR/tensorboard/, DIR/last.pt (every epoch, atomically), DIR/model.safetensors (final weights with
+what eval and predict need), DIR/keypoints_val.json. --resume continues DIR/last.pt with DIR's settings."""
+
+
+def _data_flags(p: argparse.ArgumentParser, *, train: bool) -> None:
+    if train:
+        p.add_argument('--train-ann', help='COCO keypoint annotation file of the training set')
+        p.add_argument('--train-images', help='folder of the training images')
+    p.add_argument('--val-ann', required=not train, help='COCO keypoint annotation file of the validation set')
+    p.add_argument('--val-images', required=not train, help='folder of the validation images')
+    p.add_argument('--boxes', help='person boxes for validation: a COCO detection-results JSON '
+                                   '([{"image_id", "category_id", "bbox", "score"}, ...]); default: ground-truth boxes')
+    p.add_argument('--box-score-thresh', type=float, help='drop detected boxes scoring below this (default 0)')
+
+
+def add_parser(sub) -> None:
+    pose = sub.add_parser('pose', help='top-down human keypoints (simple baselines) with a zoo backbone',
+                          description='Train, evaluate (COCO OKS AP) and run a top-down keypoint network: a zoo '
+                                      'backbone, three 4x4 deconvolutions, one heatmap per keypoint (Table 5).')
+    actions = pose.add_subparsers(dest='pose_command', required=True, metavar='ACTION')
+
+    t = actions.add_parser('train', help='train on a COCO-format keypoint data set',
+                           description='Train the simple-baselines pose network over a zoo backbone on COCO-format '
+                                       'keypoint annotations; evaluates OKS AP on the validation set every epoch.',
+                           epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument('--config', help='recipe: a YAML file or a shipped pose recipe name')
+    t.add_argument('--backbone', help='zoo model name (see `scnet models`)')
+    t.add_argument('--backbone-checkpoint', help='ImageNet weights for the backbone (ours or the authors\' layout)')
+    t.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=None,
+                   help='start from the published ImageNet weights (downloaded once)')
+    _data_flags(t, train=True)
+    t.add_argument('--epochs', type=int, help='number of epochs (the lr steps scale with it)')
+    t.add_argument('--batch-size', type=int, help='global batch size (over all processes)')
+    t.add_argument('--lr', type=float, help='learning rate (Adam; default 1e-3)')
+    t.add_argument('--image-size', help='input crop: HEIGHTxWIDTH (256x192, 384x288) or a height (width = 3/4)')
+    t.add_argument('--output', help='run folder (default: runs/pose-<backbone>-<date>-<time>)')
+    t.add_argument('--resume', action='store_true', help='continue the run in --output from its last.pt')
+    t.add_argument('--seed', type=int, help='random seed (weights, data order, augmentation)')
+    t.add_argument('--workers', type=int, help='data loading processes per training process')
+    t.add_argument('--device', choices=('auto', 'cpu', 'cuda'), help='device (default: cuda if available)')
+    t.add_argument('--amp', action='store_true', default=None, help='mixed precision')
+    t.add_argument('--eval-every', type=int, help='evaluate every N epochs (and after the last)')
+    t.add_argument('--no-flip-test', dest='flip_test', action='store_false', default=None,
+                   help='evaluate without averaging with mirrored crops')
+    t.add_argument('--quiet', action='store_true', help='no progress bars')
+    t.set_defaults(run=run_train)
+
+    e = actions.add_parser('eval', help='COCO OKS AP of a checkpoint',
+                           description='Keypoint AP, AP50, AP75, APm, APl (and AR) of a `scnet pose train` checkpoint '
+                                       'on a COCO-format annotation file, through pycocotools (OKS), in percent '
+                                       '(-1 where the data has no person of that size range).')
+    e.add_argument('--checkpoint', required=True, help='model.safetensors or last.pt of `scnet pose train` '
+                                                       '(or its run folder)')
+    _data_flags(e, train=False)
+    e.add_argument('--format', choices=('table', 'json'), default='table', help='output format')
+    e.add_argument('--output', help='also write the metrics as JSON to this file')
+    e.add_argument('--results', help='write the people found, in COCO keypoint results format, to this file')
+    e.add_argument('--no-flip-test', dest='flip_test', action='store_false', help='no flip test')
+    e.add_argument('--batch-size', type=int, default=32, help='crops per batch (default 32)')
+    e.add_argument('--workers', type=int, default=2, help='data loading processes (default 2)')
+    e.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='device')
+    e.add_argument('--quiet', action='store_true', help='no progress bar')
+    e.set_defaults(run=run_eval)
+
+    p = actions.add_parser('predict', help='draw keypoints on your images',
+                           description='Find the keypoints of each person and draw them with the skeleton; one PNG '
+                                       'per image and keypoints.json in --output. People: the boxes of --boxes, or '
+                                       'each whole image as one person.')
+    p.add_argument('--checkpoint', required=True, help='model.safetensors or last.pt of `scnet pose train`')
+    p.add_argument('--images', required=True, nargs='+', help='image files and/or folders')
+    p.add_argument('--output', required=True, help='folder for the PNGs and keypoints.json')
+    p.add_argument('--boxes', help='person boxes: {"image.jpg": [[x, y, w, h(, score)], ...]} or '
+                                   '[{"file_name", "bbox", "score"}, ...]; default: the whole image')
+    p.add_argument('--box-score-thresh', type=float, default=0.0, help='skip boxes scoring below this')
+    p.add_argument('--kpt-thresh', type=float, default=0.2, help='draw keypoints scoring above this (default 0.2)')
+    p.add_argument('--no-flip-test', dest='flip_test', action='store_false', help='no flip test')
+    p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='device')
+    p.set_defaults(run=run_predict)
+
+    s = actions.add_parser('synth', help='write the synthetic people data set (stick figures, COCO format)',
+                           description='Render stick figures with COCO\'s 17 keypoints on noisy backgrounds: '
+                                       'DIR/train/, DIR/val/, DIR/person_keypoints_{train,val}.json and '
+                                       'DIR/detections_val.json (jittered boxes with scores, for --boxes). The same '
+                                       'seed writes the same files.')
+    s.add_argument('--output', required=True, help='folder to write (must not hold annotation files yet)')
+    s.add_argument('--num-train', type=int, default=200, help='training images (default 200)')
+    s.add_argument('--num-val', type=int, default=50, help='validation images (default 50)')
+    s.add_argument('--image-size', type=int, default=256, help='image side in pixels (default 256)')
+    s.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
+    s.set_defaults(run=run_synth)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from scnet.tasks.pose_run import load_pose_recipe, parse_image_size, train_pose
+    from scnet.train.run_folder import RunError
+
+    overrides = dict(backbone=args.backbone, backbone_checkpoint=args.backbone_checkpoint, pretrained=args.pretrained,
+                     train_ann=args.train_ann, train_images=args.train_images, val_ann=args.val_ann,
+                     val_images=args.val_images, val_boxes=args.boxes, box_score_thresh=args.box_score_thresh,
+                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                     image_size=parse_image_size(args.image_size) if args.image_size else None, seed=args.seed,
+                     workers=args.workers, device=args.device, amp=args.amp, eval_every=args.eval_every,
+                     flip_test=args.flip_test)
+    config = args.config
+    if args.resume:
+        if not args.output:
+            raise RunError('--resume needs --output DIR, the folder of the run to continue')
+        saved = Path(args.output) / 'config.json'
+        if config is None and saved.is_file():
+            config = str(saved)
+    recipe = load_pose_recipe(config, **overrides)
+    output = Path(args.output or f'runs/pose-{recipe.backbone}-{time.strftime("%Y%m%d-%H%M%S")}')
+    last = train_pose(recipe, output, resume=args.resume, progress=not args.quiet)
+    if last and 'kpt_AP' in last and os.environ.get('RANK', '0') == '0':
+        print(f"done: keypoint AP {last['kpt_AP']:.2f} (AP50 {last['kpt_AP50']:.2f}, AP75 {last['kpt_AP75']:.2f}); "
+              f"weights in {output / 'model.safetensors'}")
+    return 0
+
+
+def _fmt(value) -> str:
+    return '-' if value is None or value < 0 else f'{value:.2f}'
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from scnet.tasks.pose_eval import METRICS
+    from scnet.tasks.pose_run import evaluate_pose_checkpoint
+
+    result = evaluate_pose_checkpoint(Path(args.checkpoint), Path(args.val_ann), Path(args.val_images),
+                                      boxes=Path(args.boxes) if args.boxes else None,
+                                      box_score_thresh=args.box_score_thresh or 0.0, flip_test=args.flip_test,
+                                      batch_size=args.batch_size, workers=args.workers, device=args.device,
+                                      progress=not args.quiet, results_file=args.results)
+    if os.environ.get('RANK', '0') != '0':   # under torchrun every process has the metrics; one reports them
+        return 0
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    if args.format == 'json':
+        print(json.dumps(result, indent=2))
+    else:
+        names = [m.replace('kpt_', '') for m in METRICS]
+        boxes = 'GT' if result['boxes'] == 'ground truth' else Path(result['boxes']).name
+        print(render_table(['backbone', 'boxes', 'crops', *names],
+                           [[result['backbone'], boxes, result['val_crops'], *(_fmt(result[m]) for m in METRICS)]]))
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from scnet.tasks.pose_run import predict_pose
+
+    written = predict_pose(Path(args.checkpoint), args.images, Path(args.output),
+                           boxes=Path(args.boxes) if args.boxes else None, kpt_thresh=args.kpt_thresh,
+                           box_score_thresh=args.box_score_thresh, flip_test=args.flip_test, device=args.device)
+    print(f'{len(written)} image(s) drawn in {args.output} (keypoints in {Path(args.output) / "keypoints.json"})')
+    return 0
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from scnet.tasks.pose_run import PoseError
+    from scnet.tasks.synthetic_pose import make_detections, make_people_coco
+
+    root = Path(args.output)
+    if any((root / f'person_keypoints_{split}.json').exists() for split in ('train', 'val')):
+        raise PoseError(f'{root} already holds a data set; choose another --output')
+    if args.num_train < 1 or args.num_val < 1:
+        raise PoseError('--num-train and --num-val must be at least 1')
+    paths = make_people_coco(root, num_train=args.num_train, num_val=args.num_val, image_size=args.image_size,
+                             seed=args.seed)
+    dets = make_detections(paths['val_ann'], root / 'detections_val.json', seed=args.seed)
+    print(f"wrote {args.num_train} training and {args.num_val} validation images under {root}:\n"
+          f"  --train-ann {paths['train_ann']} --train-images {paths['train_images']}\n"
+          f"  --val-ann {paths['val_ann']} --val-images {paths['val_images']}\n  --boxes {dets}")
+    return 0

@@ -1,0 +1,443 @@
+"""`scnet detect`: Faster / Mask R-CNN over zoo backbones, trained and evaluated on rendered COCO-format shapes.
+
+Every run here is single-threaded (``torch.set_num_threads(1)``): on a shared 2-core machine the detectors'
+many small operations run several times faster on one thread than on two competing for busy cores.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import scnet
+from scnet.cli.main import main
+from scnet.tasks.detection import (METRICS, _lr_factor, build_detector, load_detection_recipe,
+                                   list_detection_recipes)
+from scnet.tasks.synthetic import SHAPES, make_shapes_coco
+from scnet.train.recipe import RecipeError
+from scnet.weights import save_state_dict
+
+REPO = Path(__file__).resolve().parents[1]
+#: The short CPU run whose AP the README quotes: `--config shapes --image-size 96 --epochs 8` on 32 + 16 images.
+AP_RUN = ['--config', 'shapes', '--image-size', '96', '--epochs', '8', '--seed', '0']
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def shapes(tmp_path_factory):
+    """32 training and 16 validation images of 96 px."""
+    return make_shapes_coco(tmp_path_factory.mktemp('shapes'), num_train=32, num_val=16, image_size=96, seed=0)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """8 + 4 images of 64 px: for runs that only have to work, not learn."""
+    return make_shapes_coco(tmp_path / 'tiny', num_train=8, num_val=4, image_size=64, seed=1)
+
+
+def read_metrics(run):
+    return [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+
+
+def detect_train(data, output, *extra):
+    return main(['detect', 'train', *data.cli_args(), '--output', str(output), '--quiet', *extra])
+
+
+def tiny_args(task='bbox'):
+    return ['--config', 'shapes', '--task', task, '--image-size', '64', '--epochs', '2', '--batch-size', '4']
+
+
+@pytest.mark.parametrize('action', ['train', 'eval', 'predict', 'shapes'])
+def test_every_detect_action_has_help(action, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(['detect', action, '--help'])
+    assert e.value.code == 0 and f'usage: scnet detect {action}' in capsys.readouterr().out
+
+
+def test_shapes_command_writes_a_set_and_says_how_to_train_on_it(tmp_path, capsys):
+    assert main(['detect', 'shapes', str(tmp_path / 's'), '--num-train', '2', '--num-val', '1',
+                 '--image-size', '64']) == 0
+    assert 'scnet detect train --config shapes' in capsys.readouterr().out
+    assert len(list((tmp_path / 's' / 'train').glob('*.png'))) == 2
+    assert (tmp_path / 's' / 'instances_val.json').is_file()
+    assert main(['detect', 'shapes', str(tmp_path / 't'), '--image-size', '8']) == 2
+
+
+# --- every backbone of the zoo ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('name', scnet.list_models())
+def test_every_zoo_backbone_builds_faster_and_mask_rcnn(name):
+    """Built on the meta device (no memory, no init time); the FPN runs on a meta image, so the four stages
+    are wired with the right strides and widths."""
+    with torch.device('meta'):
+        faster = build_detector('bbox', name, num_classes=80)
+        mask = build_detector('segm', name, num_classes=80)
+        features = mask.backbone.eval()(torch.empty(1, 3, 256, 256))
+    assert type(faster).__name__ == 'FasterRCNN' and type(mask).__name__ == 'MaskRCNN'
+    assert faster.roi_heads.box_predictor.cls_score.out_features == 81  # 80 categories + background
+    assert mask.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 81
+    strides = {'0': 4, '1': 8, '2': 16, '3': 32, 'pool': 64}
+    if name.endswith('_cifar'):  # stride-1 stem without max-pool: stages at strides 1-8
+        strides = {k: v // 4 for k, v in strides.items()}
+    assert {k: (v.shape[1], 256 // v.shape[-1]) for k, v in features.items()} == \
+        {k: (256, s) for k, s in strides.items()}
+
+
+def test_full_size_backbone_detects_on_cpu():
+    """A real forward pass of Mask R-CNN on SCNeXt-50 (eval mode: boxes, labels, scores, masks per image)."""
+    torch.manual_seed(0)
+    model = build_detector('segm', 'scnext50_32x4d', num_classes=3, min_size=96, max_size=128).eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 96, 128), torch.rand(3, 80, 80)])
+    assert len(out) == 2 and set(out[0]) == {'boxes', 'labels', 'scores', 'masks'}
+    assert out[0]['masks'].shape[-2:] == (96, 128) and out[1]['masks'].shape[-2:] == (80, 80)
+
+
+# --- training, evaluation, prediction --------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def bbox_run(shapes, tmp_path_factory):
+    run = tmp_path_factory.mktemp('bbox') / 'run'
+    recipe = run.parent / 'eval_at_end.yaml'
+    recipe.write_text('base: shapes\neval_every: 4\n')
+    args = [a if a != 'shapes' else str(recipe) for a in AP_RUN]
+    assert main(['detect', 'train', *shapes.cli_args(), '--task', 'bbox', '--output', str(run), '--quiet',
+                 *args]) == 0
+    return run
+
+
+@pytest.mark.slow
+def test_faster_rcnn_loss_falls_and_ap_is_far_above_chance(bbox_run, capsys):
+    rows = read_metrics(bbox_run)
+    assert [r['epoch'] for r in rows] == list(range(1, 9))
+    for key in ('lr', 'train_loss', 'train_loss_classifier', 'train_loss_box_reg', 'train_loss_objectness',
+                'train_loss_rpn_box_reg', 'images_per_sec', 'epoch_time_s'):
+        assert key in rows[0]
+    assert 'bbox_AP' in rows[3] and 'bbox_AP' not in rows[0]  # eval_every 4 (and always the last epoch)
+    assert rows[-1]['train_loss'] < 0.8 * rows[0]['train_loss']
+    last = rows[-1]
+    print(f"shapes, 8 epochs: bbox AP {last['bbox_AP']:.1f} AP50 {last['bbox_AP50']:.1f} "
+          f"AP75 {last['bbox_AP75']:.1f}")
+    # chance is ~0: random boxes almost never reach IoU 0.5 with the right category
+    assert last['bbox_AP50'] > 25 and last['bbox_AP'] > 10
+    assert last['val_images'] == 16 and 'segm_AP' not in last
+    assert rows[-1]['lr'] < rows[0]['lr'] or rows[0]['lr'] < 0.02  # warm-up, then decay after epoch 6
+    config = json.loads((bbox_run / 'config.json').read_text())
+    assert config['categories'] == [{'id': i + 1, 'name': n} for i, n in enumerate(SHAPES)]
+    assert (config['min_size'], config['lr_steps'], config['resolved_frozen_bn']) == (96, [6.0], False)
+    with safe_open(str(bbox_run / 'model.safetensors'), 'pt') as f:
+        meta = f.metadata()
+    assert meta['task'] == 'bbox' and meta['backbone'] == 'scnet26' and meta['min_size'] == '96'
+    assert [c['name'] for c in json.loads(meta['categories'])] == list(SHAPES)
+    assert any((bbox_run / 'tensorboard').iterdir())
+
+
+@pytest.mark.slow
+def test_eval_json_has_the_six_metrics_and_matches_training(bbox_run, shapes, tmp_path, capsys):
+    capsys.readouterr()
+    out = tmp_path / 'eval.json'
+    assert main(['detect', 'eval', '--checkpoint', str(bbox_run / 'model.safetensors'), '--val-ann',
+                 str(shapes.val_ann), '--val-images', str(shapes.val_images), '--format', 'json', '--workers', '0',
+                 '--quiet', '--output', str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)  # stdout is the JSON alone: pycocotools' prints kept out
+    assert result == json.loads(out.read_text())
+    assert set(result['bbox']) == set(METRICS) and 'segm' not in result
+    assert all(isinstance(v, float) for v in result['bbox'].values())
+    last = read_metrics(bbox_run)[-1]
+    assert result['bbox'] == pytest.approx({m: last[f'bbox_{m}'] for m in METRICS})
+    assert result['bbox_AP'] == result['bbox']['AP'] and result['images'] == 16
+    assert main(['detect', 'eval', '--checkpoint', str(bbox_run), '--val-ann', str(shapes.val_ann),
+                 '--val-images', str(shapes.val_images), '--workers', '0', '--quiet']) == 0
+    table = capsys.readouterr().out
+    assert 'AP50' in table and 'APl' in table and table.splitlines()[-1].startswith('bbox')
+
+
+@pytest.mark.slow
+def test_predict_draws_on_any_image_and_writes_pngs_of_its_size(bbox_run, shapes, tmp_path, capsys):
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    Image.open(shapes.val_images / '000001.png').resize((150, 110)).save(photos / 'wide.jpg')
+    out = tmp_path / 'drawn'
+    assert main(['detect', 'predict', '--checkpoint', str(bbox_run / 'model.safetensors'), '--images',
+                 str(photos), str(shapes.val_images / '000000.png'), '--output', str(out), '--quiet',
+                 '--score-threshold', '0.3']) == 0
+    assert sorted(p.name for p in out.glob('*.png')) == ['000000.png', 'wide.png']
+    assert Image.open(out / 'wide.png').size == (150, 110) and Image.open(out / '000000.png').size == (96, 96)
+    drawn = np.asarray(Image.open(out / '000000.png'))
+    assert not np.array_equal(drawn, np.asarray(Image.open(shapes.val_images / '000000.png')))  # boxes drawn
+    summary = json.loads((out / 'predictions.json').read_text())
+    found = summary[1]['detections']
+    assert found and all(d['category'] in SHAPES and d['score'] >= 0.3 and len(d['bbox']) == 4 for d in found)
+    assert '2 image(s)' in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_mask_rcnn_killed_run_resumes_to_the_same_weights(tiny, tmp_path, capsys, monkeypatch):
+    """Stopped after epoch 1 (Ctrl-C), resumed: the same weights, bit for bit, as an uninterrupted run."""
+    import scnet.tasks.detection as detection
+
+    full, stopped = tmp_path / 'full', tmp_path / 'stopped'
+    assert detect_train(tiny, full, *tiny_args('segm')) == 0
+    rows = read_metrics(full)
+    for kind in ('bbox', 'segm'):
+        assert all(f'{kind}_{m}' in rows[-1] for m in METRICS)
+    assert 'train_loss_mask' in rows[0]
+
+    real = detection._train_one_epoch
+
+    def interrupted(*args, epoch, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(*args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(detection, '_train_one_epoch', interrupted)
+    assert detect_train(tiny, stopped, *tiny_args('segm')) == 130
+    assert torch.load(stopped / 'last.pt', weights_only=True)['epoch'] == 1
+    assert not (stopped / 'model.safetensors').exists()
+    monkeypatch.setattr(detection, '_train_one_epoch', real)
+    assert main(['detect', 'train', '--output', str(stopped), '--resume', '--quiet']) == 0
+    a, b = load_file(full / 'model.safetensors'), load_file(stopped / 'model.safetensors')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_metrics(stopped) == [dict(r, epoch_time_s=s['epoch_time_s'], images_per_sec=s['images_per_sec'])
+                                     for r, s in zip(rows, read_metrics(stopped))]
+
+    capsys.readouterr()
+    assert main(['detect', 'eval', '--checkpoint', str(full / 'last.pt'), '--val-ann', str(tiny.val_ann),
+                 '--val-images', str(tiny.val_images), '--format', 'json', '--workers', '0', '--quiet']) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result['segm']) == set(METRICS) and set(result['bbox']) == set(METRICS)
+    assert result['segm'] == pytest.approx({m: rows[-1][f'segm_{m}'] for m in METRICS})
+    # translucent masks drawn under the boxes
+    assert main(['detect', 'predict', '--checkpoint', str(full), '--images', str(tiny.val_images / '000000.png'),
+                 '--output', str(tmp_path / 'drawn'), '--score-threshold', '0', '--quiet']) == 0
+    assert Image.open(tmp_path / 'drawn' / '000000.png').size == (64, 64)
+    assert json.loads((tmp_path / 'drawn' / 'predictions.json').read_text())[0]['detections']
+
+
+def test_existing_run_is_never_overwritten_and_resume_needs_one(tiny, tmp_path, capsys):
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'model.safetensors').write_bytes(b'x')
+    assert detect_train(tiny, run, *tiny_args()) == 2
+    assert 'already holds a run: pass --resume' in capsys.readouterr().err
+    assert main(['detect', 'train', '--output', str(tmp_path / 'empty'), '--resume']) == 2
+    assert 'nothing to resume' in capsys.readouterr().err
+
+
+# --- backbone weights ------------------------------------------------------------------------------------
+
+
+def _body_matches(model, state, keys):
+    body = model.backbone.body.state_dict()
+    return all(torch.equal(body[k], state[k]) for k in keys)
+
+
+def test_classification_checkpoint_of_scnet_train_loads_into_the_backbone(tmp_path):
+    """A ``scnet train`` model.safetensors: its weights, with frozen BN statistics and its model options."""
+    torch.manual_seed(0)
+    kwargs = {'channels': [16, 32, 64, 128]}
+    classifier = scnet.create_model('scnet26', num_classes=3, **kwargs)
+    for m in classifier.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    state = classifier.state_dict()
+    path = save_state_dict(state, tmp_path / 'model.safetensors',
+                           metadata={'model': 'scnet26', 'model_kwargs': json.dumps(kwargs)})
+    recipe = load_detection_recipe('shapes', backbone_checkpoint=str(path))
+    from scnet.tasks.detection import _resolve_backbone
+
+    checkpoint, pretrained, resolved = _resolve_backbone(recipe)
+    assert (checkpoint, pretrained, resolved) == (str(path), False, kwargs)
+    model = build_detector('bbox', 'scnet26', 3, backbone_checkpoint=checkpoint, backbone_kwargs=resolved)
+    keys = [k for k in state if not k.startswith('fc.') and 'num_batches_tracked' not in k]
+    assert _body_matches(model, state, keys)
+    body = model.backbone.body
+    assert type(body.layer1[0].bn1).__name__ == 'FrozenBatchNorm2d'  # statistics frozen
+    assert not any(p.requires_grad for n, p in body.named_parameters() if n.startswith(('conv1', 'layer1')))
+    assert all(p.requires_grad for n, p in body.named_parameters() if n.startswith(('layer2', 'layer3', 'layer4')))
+
+
+def test_authors_checkpoint_loads_into_the_backbone(tmp_path):
+    from scnet.weights import convert_authors_state_dict
+    from tests.authors_reference import random_authors_state_dict
+
+    theirs = random_authors_state_dict('scnet50')
+    path = tmp_path / 'scnet50-authors.pth'
+    torch.save(theirs, path)
+    model = build_detector('segm', 'scnet50', 2, backbone_checkpoint=str(path))
+    ours = convert_authors_state_dict(theirs)
+    assert _body_matches(model, ours, [k for k in ours if not k.startswith('fc.') and 'num_batches' not in k])
+
+
+def test_wrong_backbone_checkpoints_are_named(tiny, tmp_path, capsys):
+    path = save_state_dict(scnet.create_model('resnet26_cifar', num_classes=3).state_dict(),
+                           tmp_path / 'model.safetensors', metadata={'model': 'resnet26_cifar'})
+    assert detect_train(tiny, tmp_path / 'a', *tiny_args(), '--backbone-checkpoint', str(path)) == 2
+    assert 'holds a resnet26_cifar, not a scnet26' in capsys.readouterr().err
+    assert detect_train(tiny, tmp_path / 'b', *tiny_args(), '--backbone-checkpoint', str(tmp_path / 'nope.pth')) == 2
+    assert 'no such backbone checkpoint' in capsys.readouterr().err
+    assert main(['detect', 'eval', '--checkpoint', str(path), '--val-ann', str(tiny.val_ann), '--val-images',
+                 str(tiny.val_images)]) == 2
+    assert 'not a detection checkpoint' in capsys.readouterr().err
+
+
+# --- bad data --------------------------------------------------------------------------------------------
+
+
+def _edit(path: Path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _one_error_line(capsys, *expected):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith('scnet detect: error:')
+    for text in expected:
+        assert text in err, err
+
+
+def test_annotation_file_that_is_not_coco_json(tiny, tmp_path, capsys):
+    tiny.train_ann.write_text('{"images": [], "annotations": [')
+    assert detect_train(tiny, tmp_path / 'a', *tiny_args()) == 2
+    _one_error_line(capsys, str(tiny.train_ann), 'not JSON')
+    tiny.train_ann.write_text('[1, 2]')
+    assert detect_train(tiny, tmp_path / 'b', *tiny_args()) == 2
+    _one_error_line(capsys, 'not COCO JSON')
+    assert not (tmp_path / 'a').exists()  # no empty run folder left behind
+
+
+def test_image_listed_but_missing(tiny, tmp_path, capsys):
+    (tiny.val_images / '000002.png').unlink()
+    assert detect_train(tiny, tmp_path / 'run', *tiny_args()) == 2
+    _one_error_line(capsys, 'images listed but missing', '000002.png')
+
+
+@pytest.mark.parametrize('box, problem', [([10, 10, 0, 12], 'zero or negative area'),
+                                          ([50, 40, 30, 20], 'boxes outside their image')])
+def test_bad_boxes_are_named(tiny, tmp_path, capsys, box, problem):
+    def change(data):
+        data['annotations'][3]['bbox'] = box
+    _edit(tiny.train_ann, change)
+    assert detect_train(tiny, tmp_path / 'run', *tiny_args()) == 2
+    _one_error_line(capsys, problem, str(box))
+
+
+def test_segm_needs_masks_and_val_categories_must_be_known(tiny, tmp_path, capsys):
+    _edit(tiny.train_ann, lambda d: d['annotations'][0].pop('segmentation'))
+    assert detect_train(tiny, tmp_path / 'a', *tiny_args('segm')) == 2
+    _one_error_line(capsys, 'without a segmentation')
+    _edit(tiny.val_ann, lambda d: d['categories'].append({'id': 9, 'name': 'star'}))
+    assert detect_train(tiny, tmp_path / 'b', *tiny_args('bbox')) == 2
+    _one_error_line(capsys, 'not trained on: star')
+
+
+def test_images_of_another_size_or_not_images_stop_before_training(tiny, tmp_path, capsys):
+    Image.new('RGB', (40, 30)).save(tiny.train_images / '000003.png')
+    (tiny.train_images / '000005.png').write_text('not a picture')
+    assert detect_train(tiny, tmp_path / 'run', *tiny_args()) == 2
+    _one_error_line(capsys, '000003.png is 40x30 pixels, the file says 64x64', 'not readable images',
+                    '000005.png')
+
+
+def test_image_damaged_past_its_header_stops_the_run_naming_it(tiny, tmp_path, capsys):
+    bad = tiny.val_images / '000001.png'
+    bad.write_bytes(bad.read_bytes()[:200])
+    assert detect_train(tiny, tmp_path / 'run', *tiny_args()) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith('scnet detect: error:') and f'{bad}: cannot decode the image' in err[-1]
+
+
+# --- recipes, schedule, synthetic data -------------------------------------------------------------------
+
+
+def test_shipped_recipes_are_the_papers_2x_setting():
+    assert {'faster_rcnn_2x', 'mask_rcnn_2x', 'shapes'} <= set(list_detection_recipes())
+    r = load_detection_recipe('faster_rcnn_2x')
+    assert (r.task, r.min_size, r.max_size, r.batch_size, r.peak_lr, r.momentum, r.weight_decay) == \
+        ('bbox', 800, 1333, 16, 0.02, 0.9, 1e-4)
+    assert (r.epochs, r.lr_steps, r.lr_gamma, r.trainable_layers, r.frozen_bn) == (24, [16, 22], 0.1, 3, True)
+    m = load_detection_recipe('mask_rcnn_2x')
+    assert m.task == 'segm' and m.epochs == 24 and m.mask_head_dim == 256
+    assert load_detection_recipe('faster_rcnn_2x', batch_size=8).peak_lr == pytest.approx(0.01)  # linear scaling
+    assert load_detection_recipe('faster_rcnn_2x', epochs=12).lr_steps == [8, 11]  # the 2x points, in proportion
+    shapes = load_detection_recipe('shapes')
+    assert shapes.backbone_kwargs == {'channels': [16, 32, 64, 128]} and shapes.grad_clip == 10
+    assert r.grad_clip is None
+    assert load_detection_recipe('shapes', backbone='resnet50').backbone_kwargs == {}
+    with pytest.raises(RecipeError, match='unknown backbone'):
+        load_detection_recipe('shapes', backbone='resnet5')
+    with pytest.raises(RecipeError, match='no such recipe'):
+        load_detection_recipe('faster_rcnn_3x')
+
+
+def test_schedule_warms_up_then_decays_at_the_steps():
+    r = load_detection_recipe('faster_rcnn_2x', epochs=24)
+    f = _lr_factor(r, steps_per_epoch=100)
+    assert f(0) == pytest.approx(0.001) and f(250) == pytest.approx(0.5005) and f(500) == 1.0
+    assert f(1599) == 1.0 and f(1600) == pytest.approx(0.1) and f(2200) == pytest.approx(0.01)
+
+
+def test_shapes_set_is_deterministic_and_valid_coco(tmp_path):
+    from scnet.tasks.coco_files import load_coco
+
+    a = make_shapes_coco(tmp_path / 'a', num_train=3, num_val=2, image_size=64, seed=5)
+    b = make_shapes_coco(tmp_path / 'b', num_train=3, num_val=2, image_size=64, seed=5)
+    assert a.train_ann.read_bytes() == b.train_ann.read_bytes()
+    assert (a.val_images / '000001.png').read_bytes() == (b.val_images / '000001.png').read_bytes()
+    coco = load_coco(a.train_ann, a.train_images, task='segm')
+    anns = coco.dataset['annotations']
+    assert anns and all(a['iscrowd'] == 0 and a['area'] > 0 and a['segmentation'] for a in anns)
+    mask = coco.annToMask(anns[0])  # the polygon is where the shape was drawn
+    x, y, w, h = anns[0]['bbox']
+    assert abs(int(mask.sum()) - anns[0]['area']) < 0.25 * anns[0]['area']
+    assert mask[int(y + h / 2), int(x + w / 2)] == 1
+
+
+# --- many processes --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_evaluate_every_image_once(tiny, tmp_path, capsys):
+    """torchrun, 2 CPU processes (gloo): a run trains; the 2-process evaluation of its checkpoint equals the
+    single-process one (each image evaluated once, detections gathered)."""
+    run = tmp_path / 'run'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    launch = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port', '29547',
+              '-m', 'scnet', 'detect']
+    train = subprocess.run([*launch, 'train', *tiny.cli_args(), *tiny_args(), '--output', str(run), '--quiet'],
+                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert train.returncode == 0, train.stderr[-3000:]
+    rows = read_metrics(run)
+    assert json.loads((run / 'config.json').read_text())['world_size'] == 2
+    assert [r['val_images'] for r in rows] == [4, 4] and [r['train_images'] for r in rows] == [8, 8]
+    evaluation = subprocess.run([*launch, 'eval', '--checkpoint', str(run), '--val-ann', str(tiny.val_ann),
+                                 '--val-images', str(tiny.val_images), '--format', 'json', '--workers', '0',
+                                 '--quiet'], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    two = json.loads(evaluation.stdout)
+    assert two['bbox'] == pytest.approx({m: rows[-1][f'bbox_{m}'] for m in METRICS})
+    capsys.readouterr()
+    assert main(['detect', 'eval', '--checkpoint', str(run), '--val-ann', str(tiny.val_ann), '--val-images',
+                 str(tiny.val_images), '--format', 'json', '--workers', '0', '--quiet']) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert two['images'] == one['images'] == 4
+    assert two['bbox'] == pytest.approx(one['bbox'], abs=0.05)

@@ -1,0 +1,490 @@
+"""`scnet pose`: the simple-baselines keypoint network over every zoo backbone, its geometry (crops, heatmaps,
+decoding, flip test), and train / eval / predict end to end on synthetic COCO-format people."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from scnet.cli.main import main
+from scnet.models import list_models
+from scnet.tasks.pose_data import (Instance, KeypointSpec, PoseCropSet, apply, box_to_region, crop_matrix,
+                                   crop_to_heatmap, decode_heatmaps, flip_average, heatmap_targets, heatmap_to_crop,
+                                   warp)
+from scnet.tasks.pose_eval import METRICS, coco_keypoint_metrics, oks_nms, predict_keypoints
+from scnet.tasks.pose_model import build_pose_model
+from scnet.tasks.pose_run import load_pose_recipe
+from scnet.tasks.synthetic_pose import COCO_KEYPOINTS, COCO_SKELETON, make_detections, make_people_coco
+from scnet.train.distributed import Context
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = KeypointSpec(list(COCO_KEYPOINTS), [(a - 1, b - 1) for a, b in COCO_SKELETON])
+CPU = Context(0, 1, 0, torch.device('cpu'))
+TINY_BACKBONE = dict(channels=(16, 32, 64, 128), stem_width=16)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Tiny ops on a shared 2-core machine run far faster on one thread than fighting over two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def data_args(paths, *, train=True):
+    args = ['--val-ann', str(paths['val_ann']), '--val-images', str(paths['val_images'])]
+    if train:
+        args = ['--train-ann', str(paths['train_ann']), '--train-images', str(paths['train_images'])] + args
+    return args
+
+
+def read_metrics(run):
+    return [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+
+
+def mean_pose_metrics(paths):
+    """Chance: every ground-truth box of the validation set given the training set's mean pose (relative to
+    its box), with full confidence."""
+    from scnet.tasks.pose_run import _load_split
+
+    train, _ = _load_split(str(paths['train_ann']), str(paths['train_images']))
+    val, spec = _load_split(str(paths['val_ann']), str(paths['val_images']))
+    total, count = np.zeros((17, 2)), np.zeros(17)
+    for a in train.dataset['annotations']:
+        k, (x, y, w, h) = np.array(a['keypoints']).reshape(17, 3), a['bbox']
+        seen = k[:, 2] > 0
+        total[seen] += (k[seen, :2] - [x, y]) / [w, h]
+        count[seen] += 1
+    mean = total / np.maximum(count, 1)[:, None]
+    results = []
+    for a in val.dataset['annotations']:
+        if a['num_keypoints'] > 0:
+            xy = mean * a['bbox'][2:] + a['bbox'][:2]
+            results.append({'image_id': a['image_id'], 'category_id': 1, 'score': 1.0,
+                            'keypoints': np.concatenate([xy, np.ones((17, 1))], 1).ravel().tolist()})
+    return coco_keypoint_metrics(val, results, spec)
+
+
+# --- the network -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('name', list_models())
+def test_every_zoo_backbone_builds_the_pose_network(name):
+    with torch.device('meta'):
+        model = build_pose_model(name, 17)
+        heatmaps = model(torch.empty(2, 3, 256, 192))
+    assert model.stride == 4 and heatmaps.shape == (2, 17, 64, 48)
+    assert all(p.requires_grad for p in model.parameters())  # fine-tuned whole, as simple-baselines
+    assert not any('Frozen' in type(m).__name__ for m in model.modules())
+    deconvs = [m for m in model.deconv if isinstance(m, torch.nn.ConvTranspose2d)]
+    expected = 1 if name.endswith('_cifar') else 3  # stride-8 CIFAR stems need one to reach stride 4
+    assert len(deconvs) == expected and all(d.kernel_size == (4, 4) and d.out_channels == 256 for d in deconvs)
+    assert model.final.kernel_size == (1, 1) and model.final.out_channels == 17
+
+
+def test_head_init_and_a_real_forward():
+    torch.manual_seed(0)
+    model = build_pose_model('scnet26', 17, backbone_kwargs=TINY_BACKBONE, deconv_channels=32).eval()
+    assert float(model.final.weight.detach().std()) == pytest.approx(0.001, rel=0.2)
+    assert float(model.deconv[0].weight.detach().std()) == pytest.approx(0.001, rel=0.2)
+    assert model(torch.randn(1, 3, 128, 96)).shape == (1, 17, 32, 24)
+
+
+# --- geometry ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('rotation,flip', [(0.0, False), (25.0, False), (0.0, True), (-40.0, True)])
+def test_warped_crop_puts_each_point_where_the_matrix_says(rotation, flip):
+    image = np.zeros((200, 300, 3), np.uint8)
+    point = np.array([123.0, 77.0])
+    image[77, 123] = 255
+    centre, size = box_to_region([100, 50, 60, 80], 192 / 256)
+    matrix = crop_matrix(centre, size, (256, 192), rotation, flip)
+    crop = np.asarray(warp(Image.fromarray(image), matrix, (256, 192)))[..., 0].astype(float)
+    ys, xs = np.nonzero(crop)
+    found = np.array([(xs * crop[ys, xs]).sum(), (ys * crop[ys, xs]).sum()]) / crop[ys, xs].sum()
+    np.testing.assert_allclose(found, apply(matrix, point), atol=0.05)
+
+
+def test_heatmap_target_decodes_back_to_its_point():
+    """A keypoint -> crop -> Gaussian target -> argmax + quarter offset -> image: within 0.5 heatmap pixel."""
+    rng = np.random.default_rng(0)
+    centre, size = box_to_region([40, 30, 120, 200], 0.75)
+    matrix = crop_matrix(centre, size, (256, 192))
+    image_px_per_heatmap_px = 4 * size[0] / 192
+    points = np.column_stack([rng.uniform(45, 155, 50), rng.uniform(35, 225, 50)])
+    heat = crop_to_heatmap(apply(matrix, points), 4)
+    targets, weights = heatmap_targets(heat, np.ones(50, bool), (64, 48), sigma=2.0)
+    assert weights.tolist() == [1.0] * 50 and targets.max() <= 1.0
+    positions, scores = decode_heatmaps(torch.from_numpy(targets)[None])
+    assert float(scores.min()) > 0.9
+    assert np.abs(positions[0].numpy() - heat).max() <= 0.5
+    back = apply(np.linalg.inv(matrix), heatmap_to_crop(positions[0].double().numpy(), 4))
+    assert np.abs(back - points).max() <= 0.5 * image_px_per_heatmap_px
+
+
+def test_targets_of_unlabelled_or_far_away_keypoints_weigh_nothing():
+    targets, weights = heatmap_targets(np.array([[10.0, 10.0], [5.0, 5.0], [-20.0, 3.0], [52.0, 30.0]]),
+                                       np.array([True, False, True, True]), (64, 48), 2.0)
+    assert weights.tolist() == [1.0, 0.0, 0.0, 1.0]  # the last is just outside: its Gaussian's tail is inside
+    assert targets[1].max() == 0 and targets[2].max() == 0 and 0 < targets[3].max() < 0.5
+
+
+def test_flip_test_of_a_symmetric_input_is_symmetric(tmp_path):
+    """A mirror-symmetric image: flip-averaged heatmaps equal their own mirror image with left and right
+    swapped (no one-pixel shift on this grid), and each left keypoint mirrors its right one in the image."""
+    torch.manual_seed(0)
+    model = build_pose_model('scnet26', 17, backbone_kwargs=TINY_BACKBONE, deconv_channels=32)
+    with torch.no_grad():  # give BN some statistics so the random network's maps are not flat
+        model.train()(torch.randn(4, 3, 128, 96))
+    model.eval()
+    perm = SPEC.flip_permutation
+    assert [COCO_KEYPOINTS[i] for i in perm[:7]] == ['nose', 'right_eye', 'left_eye', 'right_ear', 'left_ear',
+                                                      'right_shoulder', 'left_shoulder']
+    half = np.random.default_rng(1).integers(0, 255, (160, 60, 3), dtype=np.uint8)
+    image = np.concatenate([half, half[:, ::-1]], axis=1)   # 120 wide, mirror axis at x = 59.5
+    x = torch.randn(2, 3, 128, 96)
+    x = (x + x.flip(-1)) / 2
+    with torch.no_grad():
+        avg = flip_average(model(x), model(x.flip(-1)), perm)
+    torch.testing.assert_close(avg.flip(-1)[:, perm], avg, rtol=0, atol=1e-6)
+    path = tmp_path / 'symmetric.png'
+    Image.fromarray(image).save(path)
+    centre, size = box_to_region([10, 20, 100, 120], 0.75)   # centred on the mirror axis
+    crops = PoseCropSet([Instance(1, str(path), centre, size)], (128, 96))
+    kps = predict_keypoints(model, crops, SPEC, CPU, flip_test=True, progress=False)[0]['keypoints']
+    pairs = [(i, p) for i, p in enumerate(perm) if i < p]
+    for left, right in pairs:
+        assert kps[left, 0] + kps[right, 0] == pytest.approx(2 * 59.5, abs=1e-6)
+        assert kps[left, 1] == pytest.approx(kps[right, 1], abs=1e-6)
+
+
+def test_oks_nms_keeps_people_and_drops_duplicates():
+    a = np.column_stack([np.linspace(10, 60, 17), np.linspace(10, 90, 17), np.ones(17)])
+    people = [{'keypoints': a, 'score': 0.9, 'area': 4000.0},
+              {'keypoints': a + [0.5, 0.5, 0], 'score': 0.8, 'area': 4000.0},    # a duplicate
+              {'keypoints': a + [80, 0, 0], 'score': 0.7, 'area': 4000.0}]      # someone else
+    assert oks_nms(people, SPEC.sigmas, 0.9) == [0, 2]
+
+
+# --- the synthetic data set ------------------------------------------------------------------------------------
+
+
+def test_synthetic_people_follow_coco_rules_and_the_seed(tmp_path):
+    a = make_people_coco(tmp_path / 'a', num_train=12, num_val=3, image_size=128, seed=5)
+    b = make_people_coco(tmp_path / 'b', num_train=12, num_val=3, image_size=128, seed=5)
+    assert a['train_ann'].read_text() == b['train_ann'].read_text()
+    assert (a['train_images'] / '000003.jpg').read_bytes() == (b['train_images'] / '000003.jpg').read_bytes()
+    data = json.loads(a['train_ann'].read_text())
+    assert data['categories'][0]['keypoints'] == list(COCO_KEYPOINTS)
+    assert data['categories'][0]['skeleton'] == [list(p) for p in COCO_SKELETON]
+    per_image = np.bincount([ann['image_id'] for ann in data['annotations']])[1:]
+    assert len(data['images']) == 12 and per_image.min() >= 1 and per_image.max() <= 3
+    all_v = []
+    for ann in data['annotations']:
+        k = np.array(ann['keypoints']).reshape(17, 3)
+        x, y, w, h = ann['bbox']
+        assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= 128 and y + h <= 128
+        assert ann['num_keypoints'] == int((k[:, 2] > 0).sum()) and 0 < ann['area'] <= w * h
+        assert (k[k[:, 2] == 0, :2] == 0).all()          # unlabelled: x = y = 0
+        assert ((k[k[:, 2] > 0, :2] >= 0) & (k[k[:, 2] > 0, :2] < 128)).all()
+        all_v += k[:, 2].tolist()
+    assert {0, 1, 2} <= set(all_v)                       # some unlabelled, some hidden, most visible
+    dets = json.loads(make_detections(a['val_ann'], tmp_path / 'dets.json').read_text())
+    assert {d['category_id'] for d in dets} == {1, 2} and all(0 < d['score'] <= 1 for d in dets)
+
+
+# --- train, eval, predict end to end ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def people(tmp_path_factory):
+    root = tmp_path_factory.mktemp('people')
+    paths = make_people_coco(root, num_train=100, num_val=30, image_size=192, seed=1)
+    paths['boxes'] = make_detections(paths['val_ann'], root / 'detections_val.json', seed=1)
+    return paths
+
+
+@pytest.fixture(scope='module')
+def trained(people, tmp_path_factory):
+    """The shipped 'people' recipe, 8 epochs (about half a minute on 2 busy cores)."""
+    run = tmp_path_factory.mktemp('runs') / 'people'
+    assert main(['pose', 'train', '--config', 'people', *data_args(people), '--epochs', '8', '--eval-every', '4',
+                 '--output', str(run), '--quiet']) == 0
+    return run
+
+
+def test_training_lowers_the_loss_and_logs_every_metric(trained, people):
+    rows = read_metrics(trained)
+    assert [r['epoch'] for r in rows] == list(range(1, 9))
+    losses = [r['train_loss'] for r in rows]
+    assert losses[-1] < 0.6 * losses[0] and all(b < a for a, b in zip(losses, losses[1:]))
+    assert [r['lr'] for r in rows] == [2e-3] * 6 + [2e-4] * 2   # step at 8 of 10 epochs -> 6 of 8
+    for row in (rows[3], rows[7]):
+        assert all(isinstance(row[m], float) for m in ('kpt_AP', 'kpt_AP50', 'kpt_AP75', 'kpt_APm', 'kpt_AR'))
+    assert 'kpt_AP' not in rows[0] and rows[-1]['train_crops'] > 150
+    assert rows[-1]['kpt_AP'] > rows[3]['kpt_AP']
+    with safe_open(str(trained / 'model.safetensors'), 'pt') as f:
+        meta = f.metadata()
+    assert meta['task'] == 'pose' and meta['backbone'] == 'scnet26'
+    assert json.loads(meta['keypoints'])['names'] == list(COCO_KEYPOINTS)
+    assert json.loads(meta['input_size']) == [128, 96] and json.loads(meta['heatmap_size']) == [32, 24]
+    results = json.loads((trained / 'keypoints_val.json').read_text())
+    assert results and len(results[0]['keypoints']) == 51
+    assert any((trained / 'tensorboard').iterdir())
+
+
+def test_eval_json_has_every_metric_and_ap_clearly_above_chance(trained, people, capsys, tmp_path):
+    out = tmp_path / 'eval.json'
+    assert main(['pose', 'eval', '--checkpoint', str(trained / 'model.safetensors'), *data_args(people, train=False),
+                 '--format', 'json', '--workers', '0', '--quiet', '--output', str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result == json.loads(out.read_text())
+    assert set(METRICS) <= set(result) and result['boxes'] == 'ground truth'
+    assert all(isinstance(result[m], float) for m in ('kpt_AP', 'kpt_AP50', 'kpt_AP75', 'kpt_APm', 'kpt_AR'))
+    assert result['kpt_AP'] == pytest.approx(read_metrics(trained)[-1]['kpt_AP'])
+    chance = mean_pose_metrics(people)
+    print(f"\nsynthetic people, 8 epochs: AP {result['kpt_AP']:.2f} AP50 {result['kpt_AP50']:.2f} "
+          f"(mean pose in the true boxes: AP {chance['kpt_AP']:.2f} AP50 {chance['kpt_AP50']:.2f})", file=sys.stderr)
+    assert chance['kpt_AP'] < 1.0
+    assert result['kpt_AP'] > 5.0 and result['kpt_AP50'] > 30.0
+    assert result['kpt_AP'] > 20 * chance['kpt_AP']
+    # the training state reads too, and the table format
+    assert main(['pose', 'eval', '--checkpoint', str(trained / 'last.pt'), *data_args(people, train=False),
+                 '--workers', '0', '--quiet', '--no-flip-test']) == 0
+    table = capsys.readouterr().out
+    assert 'AP50' in table and 'APm' in table and 'scnet26' in table
+
+
+def test_eval_with_detected_boxes(trained, people, capsys, tmp_path):
+    results = tmp_path / 'results.json'
+    assert main(['pose', 'eval', '--checkpoint', str(trained), *data_args(people, train=False), '--boxes',
+                 str(people['boxes']), '--format', 'json', '--workers', '0', '--quiet', '--results',
+                 str(results)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    n_gt = sum(1 for a in json.loads(people['val_ann'].read_text())['annotations'] if a['num_keypoints'])
+    n_dets = sum(1 for d in json.loads(people['boxes'].read_text()) if d['category_id'] == 1)
+    assert result['boxes'] == str(people['boxes']) and result['val_crops'] == n_dets > n_gt
+    assert result['kpt_AP'] > 3.0 and result['kpt_AP50'] > 20.0
+    assert all(r['category_id'] == 1 for r in json.loads(results.read_text()))
+    assert main(['pose', 'eval', '--checkpoint', str(trained), *data_args(people, train=False), '--boxes',
+                 str(people['boxes']), '--box-score-thresh', '0.5', '--format', 'json', '--workers', '0',
+                 '--quiet']) == 0
+    assert json.loads(capsys.readouterr().out)['val_crops'] == n_gt   # the false alarms score below 0.3
+
+
+def test_predict_draws_pngs(trained, people, tmp_path, capsys):
+    images = [people['val_images'] / '000001.jpg', people['val_images'] / '000002.jpg']
+    anns = json.loads(people['val_ann'].read_text())['annotations']
+    boxes = tmp_path / 'boxes.json'
+    boxes.write_text(json.dumps({'000001.jpg': [a['bbox'] for a in anns if a['image_id'] == 1]}))
+    out = tmp_path / 'drawn'
+    assert main(['pose', 'predict', '--checkpoint', str(trained / 'model.safetensors'), '--images',
+                 *map(str, images), '--boxes', str(boxes), '--output', str(out)]) == 0
+    assert '2 image(s) drawn' in capsys.readouterr().out
+    for image in images:
+        drawn = Image.open(out / f'{image.stem}.png')
+        assert drawn.format == 'PNG' and drawn.size == Image.open(image).size
+    assert np.abs(np.asarray(Image.open(out / '000001.png'), dtype=int) -
+                  np.asarray(Image.open(images[0]), dtype=int)).max() > 100   # something was drawn
+    record = json.loads((out / 'keypoints.json').read_text())
+    assert len(record[0]['people']) == sum(a['image_id'] == 1 for a in anns) and record[1]['people'] == []
+    assert set(record[0]['people'][0]['keypoints']) == set(COCO_KEYPOINTS)
+    # no boxes: each whole image is one person; a folder of images works too
+    assert main(['pose', 'predict', '--checkpoint', str(trained), '--images', str(people['val_images']),
+                 '--output', str(tmp_path / 'all')]) == 0
+    record = json.loads((tmp_path / 'all' / 'keypoints.json').read_text())
+    assert len(record) == 30 and all(len(r['people']) == 1 for r in record)
+
+
+# --- runs: resume, no overwrite, many processes --------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def small(tmp_path_factory):
+    return make_people_coco(tmp_path_factory.mktemp('small'), num_train=10, num_val=3, image_size=96, seed=2)
+
+
+def small_train(small, run, *extra):
+    return ['pose', 'train', '--config', 'people', *data_args(small), '--output', str(run), '--quiet',
+            '--epochs', '2', '--seed', '3', *extra]
+
+
+def test_interrupted_run_resumes_to_the_same_weights(small, tmp_path, monkeypatch, capsys):
+    from scnet.train.run_folder import RunFolder
+
+    full, cut = tmp_path / 'full', tmp_path / 'cut'
+    assert main(small_train(small, full)) == 0
+    assert main(small_train(small, full)) == 2
+    assert 'already holds a run: pass --resume' in capsys.readouterr().err
+    original = RunFolder.end_epoch
+
+    def end_epoch_then_die(self, row, state):
+        original(self, row, state)
+        raise KeyboardInterrupt   # killed right after epoch 1 was saved
+
+    monkeypatch.setattr(RunFolder, 'end_epoch', end_epoch_then_die)
+    assert main(small_train(small, cut)) == 130
+    monkeypatch.setattr(RunFolder, 'end_epoch', original)
+    assert torch.load(cut / 'last.pt', weights_only=True)['epoch'] == 1 and not (cut / 'model.safetensors').exists()
+    assert main(['pose', 'train', '--output', str(cut), '--resume', '--quiet']) == 0
+    a, b = load_file(full / 'model.safetensors'), load_file(cut / 'model.safetensors')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r['train_loss'] for r in read_metrics(cut)] == [r['train_loss'] for r in read_metrics(full)]
+    assert main(['pose', 'train', '--output', str(tmp_path / 'none'), '--resume']) == 2
+    assert 'nothing to resume' in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small, tmp_path, monkeypatch, capsys):
+    import scnet.tasks.pose_run as pose_run
+
+    real, calls = pose_run.heatmap_loss, {'n': 0}
+    people = sum(1 for a in json.loads(small['train_ann'].read_text())['annotations'] if a['num_keypoints'])
+    steps = people // 4   # batches of 4, the last partial one dropped
+
+    def exploding(*args):   # NaN from the first step of epoch 2
+        calls['n'] += 1
+        return real(*args) * (float('nan') if calls['n'] > steps else 1.0)
+
+    monkeypatch.setattr(pose_run, 'heatmap_loss', exploding)
+    run = tmp_path / 'run'
+    assert main(small_train(small, run)) == 2
+    err = capsys.readouterr().err
+    assert 'non-finite at epoch 2' in err and 'last good checkpoint' in err and '(epoch 1)' in err
+    assert torch.load(run / 'last.pt', weights_only=True)['epoch'] == 1
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_every_crop_once(small, tmp_path, capsys):
+    run = tmp_path / 'ddp'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    out = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port',
+                          '29547', '-m', 'scnet', *small_train(small, run, '--epochs', '1', '--batch-size', '4')],
+                         cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    n_val = sum(1 for a in json.loads(small['val_ann'].read_text())['annotations'] if a['num_keypoints'])
+    row = read_metrics(run)[0]
+    assert row['val_crops'] == n_val and 'kpt_AP' in row
+    assert json.loads((run / 'config.json').read_text())['world_size'] == 2
+    assert out.stdout.count('done:') == 1
+    # the same metrics as one process evaluating the final weights alone
+    results = tmp_path / 'alone.json'
+    assert main(['pose', 'eval', '--checkpoint', str(run), *data_args(small, train=False), '--format', 'json',
+                 '--workers', '0', '--quiet', '--results', str(results)]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert all(alone[m] == row[m] for m in METRICS)
+
+    def people(path):
+        return sorted(json.dumps(r, sort_keys=True) for r in json.loads(path.read_text()))
+    assert people(results) == people(run / 'keypoints_val.json')
+
+
+# --- recipes ---------------------------------------------------------------------------------------------------
+
+
+def test_shipped_pose_recipes_follow_simple_baselines():
+    r = load_pose_recipe('simple_baselines_256x192')
+    assert (r.optimizer, r.lr, r.epochs, r.lr_steps, r.lr_gamma, r.batch_size) == \
+        ('adam', 1e-3, 140, [90, 120], 0.1, 128)
+    assert (r.image_size, r.sigma, r.flip, r.flip_test, r.deconv_channels, r.deconv_kernel) == \
+        ([256, 192], 2.0, True, True, 256, 4)
+    assert r.pretrained and not r.frozen_bn and r.trainable_layers == 5 and r.half_body_prob == 0.3
+    big = load_pose_recipe('simple_baselines_384x288')
+    assert big.image_size == [384, 288] and big.sigma == 3.0 and big.lr_steps == [90, 120]
+    assert load_pose_recipe('simple_baselines_256x192', epochs=14).milestones == [9, 12]
+    assert load_pose_recipe(None, epochs=20).milestones == [13, 17]
+    assert load_pose_recipe('people').image_size == [128, 96]
+    assert load_pose_recipe('people', image_size='256x192').image_size == [256, 192]
+
+
+@pytest.mark.parametrize('action', ['train', 'eval', 'predict', 'synth'])
+def test_every_pose_action_has_help(action, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(['pose', action, '--help'])
+    assert e.value.code == 0 and f'usage: scnet pose {action}' in capsys.readouterr().out
+
+
+# --- bad input: one line naming the problem, exit 2, before any work ---------------------------------------------
+
+
+def _broken_copy(small, tmp_path, edit):
+    data = json.loads(small['train_ann'].read_text())
+    edit(data)
+    path = tmp_path / 'broken.json'
+    path.write_text(json.dumps(data))
+    return dict(small, train_ann=path)
+
+
+def _set_first(key, value):
+    def edit(data):
+        data['annotations'][0][key] = value
+    return edit
+
+
+@pytest.mark.parametrize('edit,message', [
+    (_set_first('keypoints', [10, 10, 2] * 16), 'keypoint arrays of the wrong length: annotation 1: 48 values, '
+                                                'expected 51'),
+    (_set_first('bbox', [10, 10, 0, 40]), 'boxes with zero or negative area'),
+    (_set_first('bbox', [50, 50, 200, 40]), 'boxes outside their image'),
+    (lambda d: d['images'][0].update(file_name='nowhere.jpg'), 'images listed but missing'),
+    (lambda d: d['categories'][0].pop('keypoints'), 'keypoint definitions missing'),
+])
+def test_bad_annotations_stop_with_one_line(small, tmp_path, capsys, edit, message):
+    paths = _broken_copy(small, tmp_path, edit)
+    assert main(['pose', 'train', *data_args(paths), '--output', str(tmp_path / 'run'), '--quiet']) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(paths['train_ann']) in err and err.count('\n') == 1
+    assert not (tmp_path / 'run' / 'last.pt').exists()
+
+
+def test_unreadable_image_stops_the_run_naming_it(small, tmp_path, capsys):
+    import shutil
+
+    images = tmp_path / 'train'
+    shutil.copytree(small['train_images'], images)
+    bad = images / '000004.jpg'
+    bad.write_bytes(bad.read_bytes()[:300])
+    assert main(['pose', 'train', '--config', 'people', *data_args(dict(small, train_images=images)), '--output',
+                 str(tmp_path / 'run'), '--quiet', '--epochs', '1']) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and 'unreadable image' in err and err.count('\n') == 1
+
+
+def test_files_that_are_not_coco_json(small, tmp_path, capsys):
+    text = tmp_path / 'notes.json'
+    text.write_text('this is not json')
+    assert main(['pose', 'train', *data_args(dict(small, train_ann=text)), '--output', str(tmp_path / 'a')]) == 2
+    assert 'not JSON' in capsys.readouterr().err
+    text.write_text('[1, 2, 3]')
+    assert main(['pose', 'train', *data_args(dict(small, val_ann=text)), '--output', str(tmp_path / 'b')]) == 2
+    assert 'not COCO JSON: the top level is a list' in capsys.readouterr().err
+    assert main(['pose', 'eval', '--checkpoint', str(tmp_path / 'x.safetensors'), *data_args(small, train=False)]) == 2
+    assert 'no such checkpoint file' in capsys.readouterr().err
+
+
+def test_bad_detection_files_and_checkpoints(trained, small, people, tmp_path, capsys):
+    dets = tmp_path / 'dets.json'
+    dets.write_text(json.dumps([{'image_id': 1, 'category_id': 1, 'bbox': [5, 5, 0, 10], 'score': 0.9},
+                                {'image_id': 999, 'category_id': 1, 'bbox': [5, 5, 10, 10], 'score': 0.9}]))
+    assert main(['pose', 'eval', '--checkpoint', str(trained), *data_args(people, train=False), '--boxes',
+                 str(dets)]) == 2
+    err = capsys.readouterr().err
+    assert 'boxes with zero or negative area' in err and 'images not in the annotation file' in err
+    assert err.count('\n') == 1
+    dets.write_text('{"not": "a list"}')
+    assert main(['pose', 'eval', '--checkpoint', str(trained), *data_args(people, train=False), '--boxes',
+                 str(dets)]) == 2
+    assert 'not COCO detection results' in capsys.readouterr().err
+    # a classification checkpoint is not a pose checkpoint
+    from scnet.weights import save_state_dict
+    other = save_state_dict({'w': torch.zeros(2)}, tmp_path / 'cls.safetensors', metadata={'model': 'scnet26'})
+    assert main(['pose', 'eval', '--checkpoint', str(other), *data_args(people, train=False)]) == 2
+    assert 'not a pose checkpoint' in capsys.readouterr().err
