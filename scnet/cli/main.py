@@ -10,7 +10,7 @@ from typing import List, Optional
 from scnet.errors import ScnetError
 
 #: Sub-commands, each a module of ``scnet.cli`` with ``add_parser(subparsers)`` setting ``run``.
-COMMANDS = ('models', 'profile', 'convert', 'train', 'eval', 'plot', 'detect', 'pose')
+COMMANDS = ('models', 'profile', 'convert', 'train', 'eval', 'plot', 'pose', 'cam', 'features', 'erf', 'detect')
 
 
 def build_parser() -> argparse.ArgumentParser:
