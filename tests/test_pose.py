@@ -367,7 +367,7 @@ def test_two_processes_evaluate_every_crop_once(small, tmp_path, capsys):
     run = tmp_path / 'ddp'
     env = dict(os.environ, OMP_NUM_THREADS='1')
     out = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port',
-                          '29547', '-m', 'scnet', *small_train(small, run, '--epochs', '1', '--batch-size', '4')],
+                          '29561', '-m', 'scnet', *small_train(small, run, '--epochs', '1', '--batch-size', '4')],
                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     n_val = sum(1 for a in json.loads(small['val_ann'].read_text())['annotations'] if a['num_keypoints'])
