@@ -58,6 +58,7 @@ from scnet.tasks.detection_data import (CocoDetectionSet, category_labels, check
 from scnet.train import distributed
 from scnet.train.recipe import RecipeError
 from scnet.train.run_folder import RunError, RunFolder
+from scnet.weights.io import read_metadata
 
 __all__ = ['TASKS', 'METRICS', 'DetectionRecipe', 'load_detection_recipe', 'list_detection_recipes',
            'build_detector', 'train_detector', 'evaluate_detector', 'coco_metrics', 'load_detector',
@@ -290,16 +291,6 @@ def build_detector(task: str, backbone: str, num_classes: int, min_size: int = 8
                     mask_predictor=MaskRCNNPredictor(mask_head_dim, mask_head_dim, num_classes + 1), **common)
 
 
-def _checkpoint_metadata(path: str) -> Dict[str, str]:
-    try:
-        from safetensors import safe_open
-
-        with safe_open(path, 'pt') as f:
-            return dict(f.metadata() or {})
-    except Exception:
-        return {}
-
-
 def _resolve_backbone(recipe: DetectionRecipe) -> Tuple[Optional[str], bool, Dict[str, Any]]:
     """(checkpoint file, pretrained, backbone kwargs) of the recipe; kwargs of a ``scnet train`` checkpoint
     (its metadata's ``model_kwargs``, e.g. narrower channels) are adopted."""
@@ -311,7 +302,7 @@ def _resolve_backbone(recipe: DetectionRecipe) -> Tuple[Optional[str], bool, Dic
     if not Path(ckpt).is_file():
         raise CheckpointError(f'{ckpt}: no such backbone checkpoint (a classification model.safetensors, an '
                               f'authors\' .pth, or "{PRETRAINED}" for the ImageNet weights)')
-    meta = _checkpoint_metadata(ckpt)
+    meta = read_metadata(ckpt)
     if 'task' in meta:
         raise CheckpointError(f'{ckpt} is a detection checkpoint ({meta["task"]}), not a classification one; '
                               'resume a detection run with --resume')
@@ -707,7 +698,7 @@ def load_detector(checkpoint: Path, *, device: str = 'cpu',
         path = path / 'model.safetensors'
     if not path.is_file():
         raise CheckpointError(f'{path}: no such checkpoint (model.safetensors or last.pt of scnet detect train)')
-    meta = _checkpoint_metadata(str(path))
+    meta = read_metadata(str(path))
     if meta:
         if meta.get('format') != 'scnet-detection':
             raise CheckpointError(f'{path}: not a detection checkpoint of scnet detect train (its metadata has no '

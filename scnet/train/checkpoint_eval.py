@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from safetensors import safe_open
 from torch.utils.data import DataLoader
 
 from scnet.data.folders import CheckedImageFolder, DataError, collate_skipping_bad, find_classes
@@ -19,6 +18,7 @@ from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from scnet.train import distributed
 from scnet.train.loop import evaluate
 from scnet.train.sampling import StridedSampler
+from scnet.weights.io import read_metadata
 
 __all__ = ['checkpoint_metadata', 'evaluate_checkpoint']
 
@@ -29,19 +29,17 @@ _JSON_KEYS = ('classes', 'mean', 'std', 'model_kwargs', 'image_size', 'eval_resi
 def checkpoint_metadata(path: Path) -> Dict[str, Any]:
     """Model name, classes, input settings and model options recorded with a checkpoint ({} if none)."""
     path = Path(path)
-    try:
-        with safe_open(str(path), framework='pt') as f:
-            raw = f.metadata() or {}
+    raw = read_metadata(path)
+    if raw:
         meta = {k: json.loads(raw[k]) for k in _JSON_KEYS if k in raw}
         if raw.get('model'):
             meta['model'] = raw['model']
         return meta
-    except Exception:  # not safetensors: a training state (last.pt) carries its config
-        if path.suffix != '.pt':
-            return {}
-        from scnet.train.state import load_state
-        config = load_state(path).get('config') or {}
-        return {k: config[k] for k in (*_JSON_KEYS, 'model') if k in config}
+    if path.suffix != '.pt':
+        return {}
+    from scnet.train.state import load_state  # a training state (last.pt) carries its config
+    config = load_state(path).get('config') or {}
+    return {k: config[k] for k in (*_JSON_KEYS, 'model') if k in config}
 
 
 def _class_folder(data: Path) -> Path:

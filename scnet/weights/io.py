@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Union
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file as _load_safetensors
 from safetensors.torch import save_file as _save_safetensors
 from torch import nn
 
 from scnet.errors import CheckpointError
 
-__all__ = ['StateDict', 'read_state_dict', 'save_state_dict', 'load_into']
+__all__ = ['StateDict', 'read_state_dict', 'read_metadata', 'save_state_dict', 'load_into']
 
 StateDict = Dict[str, torch.Tensor]
 PathLike = Union[str, os.PathLike]
@@ -123,6 +123,16 @@ def read_state_dict(path: PathLike) -> StateDict:
         raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {detail}') \
             from None
     return _unwrap(obj, path)
+
+
+def read_metadata(path: PathLike) -> Dict[str, str]:
+    """The string metadata of a ``.safetensors`` file (what ``scnet`` runs record with their weights); ``{}`` for
+    any other file."""
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            return dict(f.metadata() or {})
+    except Exception:  # not safetensors (a .pt / .pth), or unreadable: no metadata
+        return {}
 
 
 def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: PathLike,
