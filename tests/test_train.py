@@ -205,6 +205,30 @@ def test_recipe_errors_name_the_problem(tmp_path):
         load_recipe('scnet50', epochs=0)
 
 
+def test_every_kind_of_recipe_reads_the_same_way(tmp_path):
+    """Classification, detection and pose recipes share one reader (scnet.train.recipe.RecipeReader)."""
+    from scnet.tasks.detection import load_detection_recipe
+    from scnet.tasks.pose_run import load_pose_recipe
+
+    for load, shipped, kind in ((load_recipe, 'scnet50', 'recipe'), (load_pose_recipe, 'people', 'pose recipe'),
+                                (load_detection_recipe, 'shapes', 'detection recipe')):
+        child = tmp_path / f'{shipped}_child.yaml'
+        child.write_text(f'base: {shipped}\ndescription: a shipped name as base\nseed: 7\n')
+        assert load(str(child)).seed == 7 and load(str(child)).to_dict() == load(shipped, seed=7).to_dict()
+        child.write_text(f'base: {shipped}\nepocs: 7\n')
+        with pytest.raises(RecipeError, match=f'{child}: unknown setting.s. epocs; known: '):
+            load(str(child))
+        child.write_text('base: missing.yaml\n')
+        with pytest.raises(RecipeError, match=f'{child}: base missing.yaml: no such recipe file or shipped {kind} '
+                                              rf'\(shipped: .*{shipped}'):
+            load(str(child))
+        child.write_text(f'base: {child.name}\n')
+        with pytest.raises(RecipeError, match='base recipes form a cycle'):
+            load(str(child))
+        with pytest.raises(RecipeError, match='unknown setting.s. nonsense'):
+            load(shipped, nonsense=1)
+
+
 # --- bad input -------------------------------------------------------------------------------------------
 
 

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 from scnet.cli.formatting import render_table
+from scnet.cli.run_flags import (add_device_flag, add_eval_flags, add_quiet_flag, add_report_flags, add_run_flags,
+                                 run_config)
 
 _TRAIN_EPILOG = """\
 recipes: --config takes a YAML file or a shipped detection recipe (scnet/recipes/detection/): faster_rcnn_2x
@@ -53,12 +55,9 @@ def add_parser(sub) -> None:
     t.add_argument('--lr', type=float, help='peak learning rate (default: 0.02 x batch / 16)')
     t.add_argument('--image-size', type=int,
                    help="short side of the images (the long-side limit scales with it; default: the recipe's)")
-    t.add_argument('--output', help='run folder (default: runs/<task>-<backbone>-<date>-<time>)')
-    t.add_argument('--resume', action='store_true', help='continue the run in --output from its last.pt')
-    t.add_argument('--seed', type=int, help='random seed (initial heads, data order, flips)')
-    t.add_argument('--workers', type=int, help='data loading processes per training process')
-    t.add_argument('--device', choices=('auto', 'cpu', 'cuda'), help='device (default: cuda if available)')
-    t.add_argument('--quiet', action='store_true', help='no progress bars')
+    add_run_flags(t, output_default='runs/<task>-<backbone>-<date>-<time>',
+                  seed_help='initial heads, data order, flips')
+    add_quiet_flag(t, bars=True)
     t.set_defaults(run=run_train)
 
     e = actions.add_parser('eval', help='COCO metrics of a detection checkpoint',
@@ -69,13 +68,10 @@ def add_parser(sub) -> None:
                    help='model.safetensors or last.pt of scnet detect train (or the run folder)')
     e.add_argument('--val-ann', required=True, help='COCO annotation JSON')
     e.add_argument('--val-images', required=True, help='folder of its images')
-    e.add_argument('--format', choices=('table', 'json'), default='table', help='output format')
-    e.add_argument('--output', help='also write the result as JSON to this file')
-    e.add_argument('--batch-size', type=int, default=2, help='images per forward pass (default 2)')
-    e.add_argument('--workers', type=int, default=2, help='data loading processes (default 2)')
-    e.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='device')
+    add_report_flags(e)
+    add_eval_flags(e, batch_size=2, batch_help='images per forward pass', workers=2)
     e.add_argument('--image-size', type=int, help="short side (default: the checkpoint's)")
-    e.add_argument('--quiet', action='store_true', help='no progress bar')
+    add_quiet_flag(e)
     e.set_defaults(run=run_eval)
 
     pr = actions.add_parser('predict', help='draw detections on your own images (PNG)',
@@ -86,9 +82,9 @@ def add_parser(sub) -> None:
     pr.add_argument('--images', required=True, nargs='+', help='image files and/or folders of images')
     pr.add_argument('--output', required=True, help='folder for the PNGs and predictions.json')
     pr.add_argument('--score-threshold', type=float, default=0.5, help='draw detections scoring at least this (0.5)')
-    pr.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='device')
+    add_device_flag(pr)
     pr.add_argument('--image-size', type=int, help="short side (default: the checkpoint's)")
-    pr.add_argument('--quiet', action='store_true', help='no progress bar')
+    add_quiet_flag(pr)
     pr.set_defaults(run=run_predict)
 
     s = actions.add_parser('shapes', help='write a small COCO-format set of rendered shapes',
@@ -104,21 +100,12 @@ def add_parser(sub) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from scnet.tasks.detection import load_detection_recipe, train_detector
-    from scnet.train.run_folder import RunError
 
     overrides = dict(task=args.task, backbone=args.backbone, backbone_checkpoint=args.backbone_checkpoint,
                      train_ann=args.train_ann, train_images=args.train_images, val_ann=args.val_ann,
                      val_images=args.val_images, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      seed=args.seed, workers=args.workers, device=args.device)
-    config = args.config
-    if args.resume:
-        if not args.output:
-            raise RunError('--resume needs --output DIR, the folder of the run to continue')
-        saved = Path(args.output) / 'config.json'
-        if config is None and saved.is_file():
-            config = str(saved)  # the run's own settings; flags given now still override them
-    elif config is None:
-        config = 'mask_rcnn_2x' if args.task == 'segm' else 'faster_rcnn_2x'
+    config = run_config(args, default='mask_rcnn_2x' if args.task == 'segm' else 'faster_rcnn_2x')
     recipe = load_detection_recipe(config, **overrides)
     if args.image_size:
         recipe.max_size = max(args.image_size, round(args.image_size * recipe.max_size / recipe.min_size))

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from scnet.cli.formatting import render_table
+from scnet.cli.run_flags import add_eval_flags, add_quiet_flag, add_report_flags
 
 
 def add_parser(sub) -> None:
@@ -15,15 +16,12 @@ def add_parser(sub) -> None:
     p.add_argument('--model', required=True, help='zoo model name the checkpoint belongs to')
     p.add_argument('--checkpoint', required=True, help='model.safetensors, last.pt, or an authors\' .pth')
     p.add_argument('--data', required=True, help='image folder: DIR/val/<class>/* or DIR/<class>/*')
-    p.add_argument('--format', choices=('table', 'json'), default='table', help='output format')
-    p.add_argument('--output', help='also write the result as JSON to this file')
-    p.add_argument('--batch-size', type=int, default=64, help='images per batch (default 64)')
-    p.add_argument('--workers', type=int, default=4, help='data loading processes (default 4)')
-    p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='device')
+    add_report_flags(p)
+    add_eval_flags(p, batch_size=64, batch_help='images per batch', workers=4)
     p.add_argument('--image-size', type=int, help='crop size (default: the checkpoint\'s, else 224)')
     p.add_argument('--resize', type=int, help='short side before the crop (default: the checkpoint\'s, else 256)')
     p.add_argument('--skip-bad-images', action='store_true', help='skip unreadable images instead of stopping')
-    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    add_quiet_flag(p)
     p.set_defaults(run=run)
 
 

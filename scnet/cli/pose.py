@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 from scnet.cli.formatting import render_table
+from scnet.cli.run_flags import (add_device_flag, add_eval_flags, add_quiet_flag, add_report_flags, add_run_flags,
+                                 run_config)
 
 _TRAIN_EPILOG = """\
 recipe: --config takes a YAML file or a shipped name (scnet/recipes/pose/): simple_baselines_256x192 and
@@ -56,16 +58,12 @@ def add_parser(sub) -> None:
     t.add_argument('--batch-size', type=int, help='global batch size (over all processes)')
     t.add_argument('--lr', type=float, help='learning rate (Adam; default 1e-3)')
     t.add_argument('--image-size', help='input crop: HEIGHTxWIDTH (256x192, 384x288) or a height (width = 3/4)')
-    t.add_argument('--output', help='run folder (default: runs/pose-<backbone>-<date>-<time>)')
-    t.add_argument('--resume', action='store_true', help='continue the run in --output from its last.pt')
-    t.add_argument('--seed', type=int, help='random seed (weights, data order, augmentation)')
-    t.add_argument('--workers', type=int, help='data loading processes per training process')
-    t.add_argument('--device', choices=('auto', 'cpu', 'cuda'), help='device (default: cuda if available)')
+    add_run_flags(t, output_default='runs/pose-<backbone>-<date>-<time>', seed_help='weights, data order, augmentation')
     t.add_argument('--amp', action='store_true', default=None, help='mixed precision')
     t.add_argument('--eval-every', type=int, help='evaluate every N epochs (and after the last)')
     t.add_argument('--no-flip-test', dest='flip_test', action='store_false', default=None,
                    help='evaluate without averaging with mirrored crops')
-    t.add_argument('--quiet', action='store_true', help='no progress bars')
+    add_quiet_flag(t, bars=True)
     t.set_defaults(run=run_train)
 
     e = actions.add_parser('eval', help='COCO OKS AP of a checkpoint',
@@ -75,14 +73,11 @@ def add_parser(sub) -> None:
     e.add_argument('--checkpoint', required=True, help='model.safetensors or last.pt of `scnet pose train` '
                                                        '(or its run folder)')
     _data_flags(e, train=False)
-    e.add_argument('--format', choices=('table', 'json'), default='table', help='output format')
-    e.add_argument('--output', help='also write the metrics as JSON to this file')
+    add_report_flags(e, what='metrics')
     e.add_argument('--results', help='write the people found, in COCO keypoint results format, to this file')
     e.add_argument('--no-flip-test', dest='flip_test', action='store_false', help='no flip test')
-    e.add_argument('--batch-size', type=int, default=32, help='crops per batch (default 32)')
-    e.add_argument('--workers', type=int, default=2, help='data loading processes (default 2)')
-    e.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='device')
-    e.add_argument('--quiet', action='store_true', help='no progress bar')
+    add_eval_flags(e, batch_size=32, batch_help='crops per batch', workers=2)
+    add_quiet_flag(e)
     e.set_defaults(run=run_eval)
 
     p = actions.add_parser('predict', help='draw keypoints on your images',
@@ -97,7 +92,7 @@ def add_parser(sub) -> None:
     p.add_argument('--box-score-thresh', type=float, default=0.0, help='skip boxes scoring below this')
     p.add_argument('--kpt-thresh', type=float, default=0.2, help='draw keypoints scoring above this (default 0.2)')
     p.add_argument('--no-flip-test', dest='flip_test', action='store_false', help='no flip test')
-    p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='device')
+    add_device_flag(p)
     p.set_defaults(run=run_predict)
 
     s = actions.add_parser('synth', help='write the synthetic people data set (stick figures, COCO format)',
@@ -115,7 +110,6 @@ def add_parser(sub) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from scnet.tasks.pose_run import load_pose_recipe, parse_image_size, train_pose
-    from scnet.train.run_folder import RunError
 
     overrides = dict(backbone=args.backbone, backbone_checkpoint=args.backbone_checkpoint, pretrained=args.pretrained,
                      train_ann=args.train_ann, train_images=args.train_images, val_ann=args.val_ann,
@@ -124,14 +118,7 @@ def run_train(args: argparse.Namespace) -> int:
                      image_size=parse_image_size(args.image_size) if args.image_size else None, seed=args.seed,
                      workers=args.workers, device=args.device, amp=args.amp, eval_every=args.eval_every,
                      flip_test=args.flip_test)
-    config = args.config
-    if args.resume:
-        if not args.output:
-            raise RunError('--resume needs --output DIR, the folder of the run to continue')
-        saved = Path(args.output) / 'config.json'
-        if config is None and saved.is_file():
-            config = str(saved)
-    recipe = load_pose_recipe(config, **overrides)
+    recipe = load_pose_recipe(run_config(args), **overrides)
     output = Path(args.output or f'runs/pose-{recipe.backbone}-{time.strftime("%Y%m%d-%H%M%S")}')
     last = train_pose(recipe, output, resume=args.resume, progress=not args.quiet)
     if last and 'kpt_AP' in last and os.environ.get('RANK', '0') == '0':

@@ -5,6 +5,8 @@ import argparse
 import time
 from pathlib import Path
 
+from scnet.cli.run_flags import add_quiet_flag, add_run_flags, run_config
+
 _EPILOG = """\
 recipes: --config takes a YAML file or the name of a shipped recipe (scnet/recipes/: one per row of the
 paper's Tables 1-3, e.g. scnet50, scnet50_r2, scnet50_300ep). Flags override the recipe. Without --data the
@@ -29,11 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument('--epochs', type=int, help='number of epochs')
     p.add_argument('--batch-size', type=int, help='global batch size')
     p.add_argument('--lr', type=float, help='peak learning rate (default: 0.1 x batch / 256)')
-    p.add_argument('--output', help='run folder (default: runs/<model>-<date>-<time>)')
-    p.add_argument('--resume', action='store_true', help='continue the run in --output from its last.pt')
-    p.add_argument('--seed', type=int, help='random seed (initial weights, data order, augmentation)')
-    p.add_argument('--workers', type=int, help='data loading processes per training process')
-    p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), help='device (default: cuda if available)')
+    add_run_flags(p, output_default='runs/<model>-<date>-<time>',
+                  seed_help='initial weights, data order, augmentation')
     p.add_argument('--amp', action='store_true', default=None,
                    help='mixed precision (bfloat16 autocast on CPU, float16 on CUDA)')
     p.add_argument('--channels-last', action='store_true', default=None, help='channels_last memory format')
@@ -43,14 +42,13 @@ def add_parser(sub) -> None:
     p.add_argument('--image-size', type=int, help='training and evaluation crop size')
     p.add_argument('--skip-bad-images', action='store_true', default=None,
                    help='skip unreadable images (counted in the log) instead of stopping')
-    p.add_argument('--quiet', action='store_true', help='no progress bars')
+    add_quiet_flag(p, bars=True)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from scnet.models.factory import _unknown, list_models
     from scnet.train.recipe import load_recipe
-    from scnet.train.run_folder import RunError
     from scnet.train.trainer import train
 
     overrides = dict(model=args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -58,15 +56,7 @@ def run(args: argparse.Namespace) -> int:
                      channels_last=args.channels_last, compile=args.compile, aux_weight=args.aux_weight,
                      accum_steps=args.accum_steps, image_size=args.image_size,
                      skip_bad_images=args.skip_bad_images)
-    config = args.config
-    if args.resume:
-        if not args.output:
-            raise RunError('--resume needs --output DIR, the folder of the run to continue')
-        saved = Path(args.output) / 'config.json'
-        if config is None and saved.is_file():
-            config = str(saved)  # the run's own settings; flags given now still override them
-    elif config is None:
-        config = 'embedded' if args.data is None else 'imagenet_100ep'
+    config = run_config(args, default='embedded' if args.data is None else 'imagenet_100ep')
     recipe = load_recipe(config, **overrides)
     if recipe.model not in list_models():
         raise _unknown(recipe.model)

@@ -56,8 +56,9 @@ from scnet.tasks.coco_files import CocoDataError, load_coco
 from scnet.tasks.detection_data import (CocoDetectionSet, category_labels, check_images, collate,
                                         matched_categories)
 from scnet.train import distributed
-from scnet.train.recipe import RecipeError
+from scnet.train.recipe import RecipeError, RecipeReader, check_settings, device_check
 from scnet.train.run_folder import RunError, RunFolder
+from scnet.train.schedule import lr_schedule
 from scnet.weights.io import read_metadata
 
 __all__ = ['TASKS', 'METRICS', 'DetectionRecipe', 'load_detection_recipe', 'list_detection_recipes',
@@ -148,12 +149,9 @@ class DetectionRecipe:
             (self.eval_every >= 1 and self.eval_batch_size >= 1, 'eval_every and eval_batch_size must be >= 1'),
             (self.grad_clip is None or self.grad_clip > 0, f'grad_clip must be > 0 or null, got {self.grad_clip}'),
             (self.workers >= 0, f'workers must be >= 0, got {self.workers}'),
-            (self.device in ('auto', 'cpu', 'cuda') or self.device.startswith('cuda:'),
-             f'device must be auto, cpu or cuda, got {self.device!r}'),
+            device_check(self.device),
         ]
-        problems = [message for ok, message in checks if not ok]
-        if problems:
-            raise RecipeError('invalid settings: ' + '; '.join(problems))
+        check_settings(checks)
         return self
 
     def require_data(self) -> 'DetectionRecipe':
@@ -171,58 +169,19 @@ class DetectionRecipe:
         return {k: getattr(self, k) for k in ARCH_KEYS}
 
 
-_FIELDS = {f.name for f in dataclasses.fields(DetectionRecipe)}
+_READER = RecipeReader(DetectionRecipe, DETECTION_RECIPES_DIR, RUN_RECORD_KEYS, label='detection recipe')
 
 
 def list_detection_recipes() -> List[str]:
-    return sorted(p.stem for p in DETECTION_RECIPES_DIR.glob('*.yaml'))
-
-
-def _resolve(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    if path.parent == Path('.'):
-        shipped = DETECTION_RECIPES_DIR / (path.name if path.suffix == '.yaml' else f'{path.name}.yaml')
-        if shipped.is_file():
-            return shipped
-    raise RecipeError(f'{name_or_path}: no such recipe file or shipped detection recipe (shipped: '
-                      f'{", ".join(list_detection_recipes())})')
-
-
-def _read(path: Path, seen: tuple = ()) -> Dict[str, Any]:
-    import yaml
-
-    if path in seen:
-        raise RecipeError(f'{path}: base recipes form a cycle')
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f'{path}: not valid YAML ({e})') from None
-    if not isinstance(data, dict):
-        raise RecipeError(f'{path}: a recipe is a mapping of settings, found {type(data).__name__}')
-    if path.suffix == '.json':
-        data = {k: v for k, v in data.items() if k not in RUN_RECORD_KEYS}
-    base = data.pop('base', None)
-    data.pop('description', None)
-    unknown = sorted(set(data) - _FIELDS)
-    if unknown:
-        raise RecipeError(f'{path}: unknown setting(s) {", ".join(unknown)}; known: {", ".join(sorted(_FIELDS))}')
-    if base:  # a file next to this one, or a shipped recipe name
-        beside = path.parent / base
-        return {**_read(beside if beside.is_file() else _resolve(str(base)), seen + (path,)), **data}
-    return data
+    return _READER.names()
 
 
 def load_detection_recipe(config: Optional[str] = None, **overrides: Any) -> DetectionRecipe:
     """The recipe of ``config`` (a YAML path, a shipped name, or a run's config.json) with ``overrides``
     (those not None) on top. ``epochs`` given without ``lr_steps`` moves the decay points in proportion;
     ``backbone`` other than the file's, given without ``backbone_kwargs``, drops the file's backbone options."""
-    settings = _read(_resolve(config)) if config else {}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    unknown = sorted(set(overrides) - _FIELDS)
-    if unknown:
-        raise RecipeError(f'unknown setting(s) {", ".join(unknown)}')
+    settings = _READER.read(config)
+    overrides = _READER.overrides(overrides)
     if 'backbone' in overrides and 'backbone_kwargs' not in overrides and \
             overrides['backbone'] != settings.get('backbone', DetectionRecipe.backbone):
         overrides['backbone_kwargs'] = {}  # the file's options (e.g. narrower stages) belong to its backbone
@@ -230,12 +189,7 @@ def load_detection_recipe(config: Optional[str] = None, **overrides: Any) -> Det
     if 'epochs' in overrides and 'lr_steps' not in overrides and overrides['epochs'] != base_epochs:
         steps = settings.get('lr_steps', [16, 22])
         overrides['lr_steps'] = [round(s * overrides['epochs'] / base_epochs, 4) for s in steps]
-    settings.update(overrides)
-    try:
-        recipe = DetectionRecipe(**settings)
-    except TypeError as e:
-        raise RecipeError(str(e)) from None
-    return recipe.validate()
+    return _READER.build({**settings, **overrides})
 
 
 # ------------------------------------------------------------------------------------------------- model
@@ -442,17 +396,9 @@ class NonFiniteDetectionLoss(ScnetError):
 def _lr_factor(recipe: DetectionRecipe, steps_per_epoch: int):
     """Linear warm-up from ``warmup_factor`` over ``warmup_iters`` steps, then x ``lr_gamma`` at each of
     ``lr_steps`` (epochs, fractional ones allowed, counted in steps)."""
-    total = recipe.epochs * steps_per_epoch
-    warmup = min(recipe.warmup_iters, total)
-    milestones = [int(round(s * steps_per_epoch)) for s in recipe.lr_steps]
-
-    def factor(step: int) -> float:
-        f = 1.0
-        if step < warmup:
-            alpha = step / warmup
-            f = recipe.warmup_factor * (1 - alpha) + alpha
-        return f * recipe.lr_gamma ** sum(step >= m for m in milestones)
-    return factor
+    return lr_schedule(warmup_steps=min(recipe.warmup_iters, recipe.epochs * steps_per_epoch),
+                       warmup_start=recipe.warmup_factor, gamma=recipe.lr_gamma,
+                       milestones=[int(round(s * steps_per_epoch)) for s in recipe.lr_steps])
 
 
 def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, ctx: distributed.Context, *,

@@ -31,7 +31,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
@@ -44,11 +43,12 @@ from scnet.tasks.pose_data import (Augment, Instance, KeypointSpec, PoseCropSet,
                                    complete_annotations, gt_instances, load_detections)
 from scnet.tasks.pose_eval import evaluate_pose, predict_keypoints
 from scnet.tasks.pose_model import SimplePose, backbone_stride, build_pose_model
-from scnet.train import distributed
+from scnet.train import distributed, schedule
 from scnet.train.loop import NonFiniteLossError
-from scnet.train.recipe import RECIPES_DIR, RecipeError
+from scnet.train.recipe import RECIPES_DIR, RecipeError, RecipeReader, check_settings, device_check
 from scnet.train.run_folder import RunError, RunFolder
 from scnet.train.state import load_state, restore_rng_states
+from scnet.weights.io import read_metadata
 
 __all__ = ['PoseRecipe', 'POSE_RECIPES_DIR', 'list_pose_recipes', 'load_pose_recipe', 'parse_image_size',
            'train_pose', 'load_pose_checkpoint', 'evaluate_pose_checkpoint', 'predict_pose', 'PoseError']
@@ -136,7 +136,7 @@ class PoseRecipe:
         return [max(1, int(round(s * self.epochs / span))) for s in self.lr_steps]
 
     def lr_factor(self, finished_epochs: int) -> float:
-        return self.lr_gamma ** sum(1 for m in self.milestones if finished_epochs >= m)
+        return schedule.lr_factor(finished_epochs, milestones=self.milestones, gamma=self.lr_gamma)
 
     @property
     def augment(self) -> Augment:
@@ -157,74 +157,29 @@ class PoseRecipe:
             (self.deconv_layers is None or self.deconv_layers >= 0,
              f'deconv_layers must be >= 0, got {self.deconv_layers}'),
             (self.box_padding >= 1, f'box_padding must be >= 1, got {self.box_padding}'),
-            (self.device in ('auto', 'cpu', 'cuda') or self.device.startswith('cuda:'),
-             f'device must be auto, cpu or cuda, got {self.device!r}'),
+            device_check(self.device),
         ]
-        problems = [message for ok, message in checks if not ok]
-        if problems:
-            raise RecipeError('invalid settings: ' + '; '.join(problems))
+        check_settings(checks)
         return self
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-_FIELDS = {f.name for f in dataclasses.fields(PoseRecipe)}
+_READER = RecipeReader(PoseRecipe, POSE_RECIPES_DIR, RUN_RECORD_KEYS, label='pose recipe')
 
 
 def list_pose_recipes() -> List[str]:
-    return sorted(p.stem for p in POSE_RECIPES_DIR.glob('*.yaml'))
-
-
-def _resolve(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    if path.parent == Path('.'):
-        shipped = POSE_RECIPES_DIR / (path.name if path.suffix == '.yaml' else f'{path.name}.yaml')
-        if shipped.is_file():
-            return shipped
-    raise RecipeError(f'{name_or_path}: no such recipe file or shipped pose recipe (shipped: '
-                      f'{", ".join(list_pose_recipes())})')
-
-
-def _read(path: Path, seen: tuple = ()) -> Dict[str, Any]:
-    if path in seen:
-        raise RecipeError(f'{path}: base recipes form a cycle')
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f'{path}: not valid YAML ({e})') from None
-    if not isinstance(data, dict):
-        raise RecipeError(f'{path}: a recipe is a mapping of settings, found {type(data).__name__}')
-    if path.suffix == '.json':
-        data = {k: v for k, v in data.items() if k not in RUN_RECORD_KEYS}
-    base = data.pop('base', None)
-    data.pop('description', None)
-    unknown = sorted(set(data) - _FIELDS)
-    if unknown:
-        raise RecipeError(f'{path}: unknown setting(s) {", ".join(unknown)}; known: {", ".join(sorted(_FIELDS))}')
-    if base:
-        base_path = Path(base) if Path(base).is_absolute() else path.parent / base
-        data = {**_read(_resolve(str(base_path)), seen + (path,)), **data}
-    return data
+    return _READER.names()
 
 
 def load_pose_recipe(config: Optional[str] = None, **overrides: Any) -> PoseRecipe:
     """The recipe of ``config`` (a YAML file, a run's config.json or a shipped name) with ``overrides`` (not
     None) on top. ``lr_steps`` of a file are kept relative to its ``epochs``: ``--epochs`` rescales them."""
-    settings = _read(_resolve(config)) if config else {}
+    settings = _READER.read(config)
     if settings.get('schedule_epochs') is None:   # the steps are written for the file's own epochs
         settings['schedule_epochs'] = settings.get('epochs', PoseRecipe.epochs)
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(settings) - _FIELDS)
-    if unknown:
-        raise RecipeError(f'unknown setting(s) {", ".join(unknown)}')
-    try:
-        recipe = PoseRecipe(**settings)
-    except TypeError as e:
-        raise RecipeError(str(e)) from None
-    return recipe.validate()
+    return _READER.build({**settings, **_READER.overrides(overrides)})
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -508,8 +463,6 @@ class PoseCheckpoint:
 
 def load_pose_checkpoint(path: Path) -> PoseCheckpoint:
     """The network of a ``scnet pose train`` checkpoint: its ``model.safetensors`` or its ``last.pt``."""
-    from safetensors import safe_open
-
     from scnet.weights import read_state_dict
 
     path = Path(path)
@@ -517,13 +470,8 @@ def load_pose_checkpoint(path: Path) -> PoseCheckpoint:
         path = path / 'model.safetensors' if (path / 'model.safetensors').is_file() else path / 'last.pt'
     if not path.is_file():
         raise CheckpointError(f'{path}: no such checkpoint file')
-    meta: Optional[Dict[str, str]] = None
-    try:
-        with safe_open(str(path), framework='pt') as f:
-            meta = f.metadata() or {}
-    except Exception:
-        meta = None
-    if meta is not None:
+    meta = read_metadata(path)
+    if meta or path.suffix == '.safetensors':   # a .safetensors file without pose metadata is refused here too
         if meta.get('task') != 'pose':
             raise CheckpointError(f'{path}: not a pose checkpoint (its metadata does not say how to build the pose '
                                   'network); give the model.safetensors or last.pt of `scnet pose train`')

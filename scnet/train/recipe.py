@@ -5,29 +5,47 @@ A run's own ``config.json`` reads back as a recipe too (what ``--resume`` contin
 The files in ``scnet/recipes/`` are the paper's section 4.1 settings, one per row of Tables 1-3 that the zoo
 builds. A file may name a ``base:`` file whose settings it extends. ``lr`` left empty means the paper's rule:
 0.1 for a batch of 256, scaled linearly with the (global) batch size.
+
+``RecipeReader`` reads every kind of recipe (these, ``scnet.tasks.detection``'s and ``scnet.tasks.pose_run``'s)
+the same way: ``base:`` chains, unknown settings refused, flags on top, a run's ``config.json`` read back.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Generic, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 import yaml
 
 from scnet.data.transforms import AUGMENTATIONS
 from scnet.errors import ScnetError
 
-__all__ = ['Recipe', 'RecipeError', 'RECIPES_DIR', 'list_recipes', 'load_recipe', 'SCHEDULES']
+__all__ = ['Recipe', 'RecipeError', 'RecipeReader', 'RECIPES_DIR', 'list_recipes', 'load_recipe', 'SCHEDULES',
+           'check_settings', 'device_check']
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / 'recipes'
 SCHEDULES = ('step', 'cosine')
 #: What a run's config.json records beside its recipe (so that it can be read back as a recipe).
 RUN_RECORD_KEYS = ('classes', 'data_root', 'world_size', 'peak_lr', 'mean', 'std')
+R = TypeVar('R')
 
 
 class RecipeError(ScnetError):
     """A recipe file or setting that cannot be used."""
+
+
+def check_settings(checks: Iterable[Tuple[bool, str]]) -> None:
+    """Raise one ``RecipeError`` naming every failed ``(ok, message)`` check of a recipe's ``validate``."""
+    problems = [message for ok, message in checks if not ok]
+    if problems:
+        raise RecipeError('invalid settings: ' + '; '.join(problems))
+
+
+def device_check(device: str) -> Tuple[bool, str]:
+    """The ``(ok, message)`` check of a recipe's ``device``: auto, cpu, cuda or cuda:N."""
+    return (device in ('auto', 'cpu', 'cuda') or device.startswith('cuda:'),
+            f'device must be auto, cpu or cuda, got {device!r}')
 
 
 @dataclass
@@ -77,68 +95,107 @@ class Recipe:
             (self.aux_weight >= 0, f'aux_weight must be >= 0, got {self.aux_weight}'),
             (self.workers >= 0, f'workers must be >= 0, got {self.workers}'),
             (self.image_size >= 8, f'image_size must be >= 8, got {self.image_size}'),
-            (self.device in ('auto', 'cpu', 'cuda') or self.device.startswith('cuda:'),
-             f"device must be auto, cpu or cuda, got {self.device!r}"),
+            device_check(self.device),
         ]
-        problems = [message for ok, message in checks if not ok]
-        if problems:
-            raise RecipeError('invalid settings: ' + '; '.join(problems))
+        check_settings(checks)
         return self
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-_FIELDS = {f.name for f in dataclasses.fields(Recipe)}
+class RecipeReader(Generic[R]):
+    """How one kind of recipe is read: its dataclass, the folder of its shipped YAML files, and what a run's
+    ``config.json`` records beside the recipe (dropped when the run's settings are read back as a recipe).
+
+    A file may name a ``base:`` (a file beside it, or a shipped name) whose settings it extends; ``description:``
+    is free text. Unknown settings are refused, naming the file and the known ones.
+    """
+
+    def __init__(self, recipe_type: Type[R], directory: Path, run_record_keys: Sequence[str] = (),
+                 label: str = 'recipe') -> None:
+        self.recipe_type = recipe_type
+        self.directory = Path(directory)
+        self.run_record_keys = tuple(run_record_keys)
+        self.label = label                     # in messages: 'no such recipe file or shipped <label>'
+        self.fields = frozenset(f.name for f in dataclasses.fields(recipe_type))
+
+    def names(self) -> List[str]:
+        """The shipped recipes (``--config NAME`` finds them)."""
+        return sorted(p.stem for p in self.directory.glob('*.yaml'))
+
+    def resolve(self, name_or_path: str, beside: Optional[Path] = None) -> Path:
+        """A recipe file: ``name_or_path`` in ``beside`` (a base's folder), as a path, or a shipped name."""
+        path = Path(name_or_path)
+        if beside is not None and (beside / path).is_file():
+            return beside / path
+        if path.is_file():
+            return path
+        if path.parent == Path('.'):
+            shipped = self.directory / (path.name if path.suffix == '.yaml' else f'{path.name}.yaml')
+            if shipped.is_file():
+                return shipped
+        raise RecipeError(f'{name_or_path}: no such recipe file or shipped {self.label} (shipped: '
+                          f'{", ".join(self.names())})')
+
+    def read(self, config: Optional[str]) -> Dict[str, Any]:
+        """The settings that ``config`` (a YAML file, a shipped name or a run's config.json) and its bases give."""
+        return self._read(self.resolve(config)) if config else {}
+
+    def _read(self, path: Path, seen: tuple = ()) -> Dict[str, Any]:
+        if path in seen:
+            raise RecipeError(f'{path}: base recipes form a cycle: {" -> ".join(map(str, seen + (path,)))}')
+        try:
+            data = yaml.safe_load(path.read_text()) or {}  # YAML is a superset of JSON: a run's config.json too
+        except yaml.YAMLError as e:
+            raise RecipeError(f'{path}: not valid YAML ({e})') from None
+        if not isinstance(data, dict):
+            raise RecipeError(f'{path}: a recipe is a mapping of settings, found {type(data).__name__}')
+        if path.suffix == '.json':
+            data = {k: v for k, v in data.items() if k not in self.run_record_keys}
+        base = data.pop('base', None)
+        data.pop('description', None)
+        unknown = sorted(set(data) - self.fields)
+        if unknown:
+            raise RecipeError(f'{path}: unknown setting(s) {", ".join(unknown)}; known: '
+                              f'{", ".join(sorted(self.fields))}')
+        if base:
+            try:
+                base_path = self.resolve(str(base), beside=path.parent)
+            except RecipeError as e:
+                raise RecipeError(f'{path}: base {e}') from None
+            return {**self._read(base_path, seen + (path,)), **data}
+        return data
+
+    def overrides(self, overrides: Mapping[str, Any]) -> Dict[str, Any]:
+        """The ``overrides`` that are not None, checked to be settings."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = sorted(set(given) - self.fields)
+        if unknown:
+            raise RecipeError(f'unknown setting(s) {", ".join(unknown)}')
+        return given
+
+    def build(self, settings: Mapping[str, Any]) -> R:
+        """The validated recipe of ``settings``."""
+        try:
+            recipe = self.recipe_type(**settings)
+        except TypeError as e:
+            raise RecipeError(str(e)) from None
+        return recipe.validate()
+
+    def load(self, config: Optional[str], overrides: Mapping[str, Any]) -> R:
+        """The recipe of ``config`` with ``overrides`` (those not None) on top."""
+        return self.build({**self.read(config), **self.overrides(overrides)})
 
 
-def list_recipes() -> list:
+_READER = RecipeReader(Recipe, RECIPES_DIR, RUN_RECORD_KEYS)
+
+
+def list_recipes() -> List[str]:
     """Names of the recipes shipped in ``scnet/recipes`` (``--config NAME`` finds them)."""
-    return sorted(p.stem for p in RECIPES_DIR.glob('*.yaml'))
-
-
-def _resolve(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    if path.parent == Path('.'):
-        shipped = RECIPES_DIR / (path.name if path.suffix == '.yaml' else f'{path.name}.yaml')
-        if shipped.is_file():
-            return shipped
-    raise RecipeError(f'{name_or_path}: no such recipe file or shipped recipe (shipped: {", ".join(list_recipes())})')
-
-
-def _read(path: Path, seen: tuple = ()) -> Dict[str, Any]:
-    if path in seen:
-        raise RecipeError(f'{path}: base recipes form a cycle: {" -> ".join(map(str, seen + (path,)))}')
-    try:
-        data = yaml.safe_load(path.read_text()) or {}  # YAML is a superset of JSON: a run's config.json too
-    except yaml.YAMLError as e:
-        raise RecipeError(f'{path}: not valid YAML ({e})') from None
-    if isinstance(data, dict) and path.suffix == '.json':
-        data = {k: v for k, v in data.items() if k not in RUN_RECORD_KEYS}
-    if not isinstance(data, dict):
-        raise RecipeError(f'{path}: a recipe is a mapping of settings, found {type(data).__name__}')
-    base = data.pop('base', None)
-    unknown = sorted(set(data) - _FIELDS - {'description'})
-    if unknown:
-        raise RecipeError(f'{path}: unknown setting(s) {", ".join(unknown)}; known: {", ".join(sorted(_FIELDS))}')
-    data.pop('description', None)
-    if base:
-        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
-        return {**_read(_resolve(str(base_path)), seen + (path,)), **data}
-    return data
+    return _READER.names()
 
 
 def load_recipe(config: Optional[str] = None, **overrides: Any) -> Recipe:
     """The recipe of ``config`` (a YAML path or a shipped name), with ``overrides`` (not None) on top."""
-    settings = _read(_resolve(config)) if config else {}
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(settings) - _FIELDS)
-    if unknown:
-        raise RecipeError(f'unknown setting(s) {", ".join(unknown)}')
-    try:
-        recipe = Recipe(**settings)
-    except TypeError as e:
-        raise RecipeError(str(e)) from None
-    return recipe.validate()
+    return _READER.load(config, overrides)

@@ -16,7 +16,6 @@ exactly the epochs it lost and ends with the same weights as an uninterrupted ru
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 from typing import Any, Dict
@@ -34,6 +33,7 @@ from scnet.train.recipe import Recipe
 from scnet.train.sampling import ShardedBatchSampler, StridedSampler
 from scnet.train.side_output import WithSideOutput
 from scnet.train.run_folder import RunError, RunFolder
+from scnet.train.schedule import lr_schedule
 from scnet.train.state import restore_rng_states
 
 __all__ = ['train', 'RunError']
@@ -46,17 +46,13 @@ def _seed_everything(seed: int) -> None:
 
 
 def _lr_factor(recipe: Recipe, steps_per_epoch: int):
-    """The lr multiplier after ``step`` optimiser steps: linear warm-up, then step decay or cosine."""
-    warmup = recipe.warmup_epochs * steps_per_epoch
+    """The lr multiplier after ``step`` optimiser steps: linear warm-up (the first step at 1 / warm-up steps),
+    then cosine or x lr_gamma every lr_step epochs."""
     total = recipe.epochs * steps_per_epoch
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if recipe.schedule == 'cosine':
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1.0, total - warmup))))
-        return recipe.lr_gamma ** (step // (recipe.lr_step * steps_per_epoch))
-    return factor
+    period = recipe.lr_step * steps_per_epoch
+    return lr_schedule(warmup_steps=recipe.warmup_epochs * steps_per_epoch, warmup_counts_current=True,
+                       cosine_steps=total if recipe.schedule == 'cosine' else None,
+                       milestones=range(period, total + 1, period), gamma=recipe.lr_gamma)
 
 
 def _data_root(recipe: Recipe, ctx: distributed.Context) -> Path:

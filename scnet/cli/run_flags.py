@@ -1,0 +1,63 @@
+"""Flags that the training and evaluation commands share (``scnet train``, ``scnet eval``, ``scnet detect ...``,
+``scnet pose ...``), with the same meaning and help everywhere, and the ``--resume`` rule of the training ones."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional
+
+__all__ = ['DEVICES', 'add_run_flags', 'add_report_flags', 'add_eval_flags', 'add_device_flag', 'add_quiet_flag',
+           'run_config']
+
+DEVICES = ('auto', 'cpu', 'cuda')
+
+
+def add_run_flags(p: argparse.ArgumentParser, *, output_default: str, seed_help: str) -> None:
+    """``--output``, ``--resume``, ``--seed``, ``--workers``, ``--device`` of a training command.
+
+    ``output_default``: the run folder without ``--output`` (for the help); ``seed_help``: what the seed decides.
+    Everything left out is None, so that the recipe's value stands.
+    """
+    p.add_argument('--output', help=f'run folder (default: {output_default})')
+    p.add_argument('--resume', action='store_true', help='continue the run in --output from its last.pt')
+    p.add_argument('--seed', type=int, help=f'random seed ({seed_help})')
+    p.add_argument('--workers', type=int, help='data loading processes per training process')
+    p.add_argument('--device', choices=DEVICES, help='device (default: cuda if available)')
+
+
+def add_report_flags(p: argparse.ArgumentParser, *, what: str = 'result') -> None:
+    """``--format`` (table or json on stdout) and ``--output`` (the ``what`` as a JSON file) of an evaluation."""
+    p.add_argument('--format', choices=('table', 'json'), default='table', help='output format')
+    p.add_argument('--output', help=f'also write the {what} as JSON to this file')
+
+
+def add_eval_flags(p: argparse.ArgumentParser, *, batch_size: int, batch_help: str, workers: int) -> None:
+    """``--batch-size``, ``--workers``, ``--device`` of an evaluation command, with their defaults."""
+    p.add_argument('--batch-size', type=int, default=batch_size, help=f'{batch_help} (default {batch_size})')
+    p.add_argument('--workers', type=int, default=workers, help=f'data loading processes (default {workers})')
+    add_device_flag(p)
+
+
+def add_device_flag(p: argparse.ArgumentParser) -> None:
+    """``--device`` of a command that runs a checkpoint (default auto: cuda if available)."""
+    p.add_argument('--device', choices=DEVICES, default='auto', help='device')
+
+
+def add_quiet_flag(p: argparse.ArgumentParser, *, bars: bool = False) -> None:
+    """``--quiet``: no progress bar (``bars``: the command shows several, e.g. training and evaluation)."""
+    p.add_argument('--quiet', action='store_true', help='no progress bars' if bars else 'no progress bar')
+
+
+def run_config(args: argparse.Namespace, default: Optional[str] = None) -> Optional[str]:
+    """The recipe a training command reads: ``--config``; with ``--resume`` and no ``--config``, the run's own
+    ``config.json`` (flags given now still override it); otherwise ``default``."""
+    from scnet.train.run_folder import RunError
+
+    if args.resume:
+        if not args.output:
+            raise RunError('--resume needs --output DIR, the folder of the run to continue')
+        saved = Path(args.output) / 'config.json'
+        if args.config is None and saved.is_file():
+            return str(saved)  # the run's own settings; flags given now still override them
+        return args.config
+    return default if args.config is None else args.config
