@@ -1,0 +1,206 @@
+"""The input pipeline: tensor decoders give PIL's pixels for every format, corrupt files still fail with their
+path, augmentation is seeded per sample whichever decoder, and the throughput benchmark returns sane rows."""
+import io
+import json
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from scnet.bench.pipeline import BATCH_SIZE, measure_pipeline, workers_needed, write_photo_like_jpegs
+from scnet.data.folders import (DECODERS, BadImageError, CheckedImageFolder, available_decoders, decode_rgb,
+                                decode_rgb_tensor, default_decoder)
+from scnet.data.transforms import IMAGENET_STD, eval_transform, train_transform
+
+TENSOR_DECODERS = [d for d in available_decoders() if d != 'pil']
+
+
+def _rgb(seed=0, size=(40, 30)):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8))
+
+
+def _animated_gif(path):
+    frames = [_rgb(s).convert('P') for s in range(3)]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+
+
+def _grey16(path):
+    Image.fromarray((np.random.default_rng(1).random((30, 40)) * 65535).astype(np.uint16)).save(path)
+
+
+# name -> (file name, writer); every one must decode to PIL's RGB pixels
+FORMATS = {
+    'jpeg': ('a.jpg', lambda p: _rgb().save(p, quality=90)),
+    'progressive-jpeg': ('a.jpg', lambda p: _rgb().save(p, quality=90, progressive=True)),
+    'greyscale-jpeg': ('a.jpg', lambda p: _rgb().convert('L').save(p)),
+    'cmyk-jpeg': ('a.jpg', lambda p: _rgb().convert('CMYK').save(p)),
+    'png': ('a.png', lambda p: _rgb().save(p)),
+    'rgba-png': ('a.png', lambda p: _rgb().convert('RGBA').save(p)),
+    'greyscale-alpha-png': ('a.png', lambda p: _rgb().convert('LA').save(p)),
+    'palette-png-transparent': ('a.png', lambda p: _rgb().convert('P').save(p, transparency=3)),
+    'one-bit-png': ('a.png', lambda p: _rgb().convert('1').save(p)),
+    'palette-gif': ('a.gif', lambda p: _rgb().convert('P').save(p)),
+    'animated-gif': ('a.gif', _animated_gif),
+    'webp': ('a.webp', lambda p: _rgb().save(p, quality=90)),
+    'bmp': ('a.bmp', lambda p: _rgb().save(p)),          # torchvision cannot read it: PIL does
+    'tiff': ('a.tiff', lambda p: _rgb().save(p)),
+}
+
+
+@pytest.mark.parametrize('decoder', TENSOR_DECODERS)
+@pytest.mark.parametrize('kind', sorted(FORMATS))
+def test_tensor_decoders_give_pils_pixels_for_every_format(kind, decoder, tmp_path):
+    name, write = FORMATS[kind]
+    path = tmp_path / name
+    write(path)
+    image = decode_rgb_tensor(str(path), decoder)
+    assert image.dtype == torch.uint8 and image.shape == (3, 30, 40)
+    assert torch.equal(image, TF.pil_to_tensor(decode_rgb(str(path))))
+
+
+@pytest.mark.parametrize('decoder', TENSOR_DECODERS)
+def test_sixteen_bit_png_is_scaled_to_eight_bits(decoder, tmp_path):
+    # PIL's I;16 -> RGB clips at 255 (a white picture); the tensor decoders scale to 8 bits instead
+    # (torchvision keeps the top byte, torchcodec rounds value / 257: one level apart at most)
+    path = tmp_path / 'deep.png'
+    _grey16(path)
+    image = decode_rgb_tensor(str(path), decoder)
+    expected = torch.from_numpy(np.asarray(Image.open(path)) / 257).expand(3, -1, -1)
+    assert image.dtype == torch.uint8 and image.shape == (3, 30, 40)
+    assert (image.double() - expected).abs().max() <= 1
+
+
+def test_decoder_names_are_checked(tmp_path):
+    assert default_decoder() in TENSOR_DECODERS and set(available_decoders()) <= set(DECODERS)
+    path = tmp_path / 'a.jpg'
+    _rgb().save(path)
+    with pytest.raises(ValueError, match='not a tensor decoder'):
+        decode_rgb_tensor(str(path), 'pil')
+    root = write_photo_like_jpegs(tmp_path / 'data', 2, size=(16, 12), classes=1)
+    with pytest.raises(ValueError, match='not available here'):
+        CheckedImageFolder(root, decoder='imagemagick')
+
+
+@pytest.fixture
+def photos(tmp_path):
+    return write_photo_like_jpegs(tmp_path / 'data', 6, size=(64, 48), classes=2)
+
+
+@pytest.mark.parametrize('decoder', available_decoders())
+@pytest.mark.parametrize('damage', ['truncated-jpeg', 'truncated-png', 'not-an-image', 'empty'])
+def test_corrupt_file_names_its_path_or_is_skipped(photos, decoder, damage):
+    bad = photos / 'class0' / '00000.jpg'
+    if damage == 'truncated-jpeg':
+        bad.write_bytes(bad.read_bytes()[:len(bad.read_bytes()) // 2])
+    elif damage == 'truncated-png':
+        buffer = io.BytesIO()
+        _rgb().save(buffer, 'PNG')
+        bad = bad.with_suffix('.png')
+        bad.write_bytes(buffer.getvalue()[:200])
+    elif damage == 'not-an-image':
+        bad.write_text('hello')
+    else:
+        bad.write_bytes(b'')
+    dataset = CheckedImageFolder(photos, train_transform(32), decoder=decoder)
+    index = [p for p, _ in dataset.samples].index(str(bad))
+    with pytest.raises(BadImageError, match='unreadable image') as error:
+        dataset[index]
+    assert str(bad) in str(error.value)
+    dataset.skip_bad_images = True
+    assert dataset[index] is None
+
+
+@pytest.mark.parametrize('decoder', available_decoders())
+def test_same_seed_epoch_and_index_give_the_same_crop(photos, decoder):
+    dataset = CheckedImageFolder(photos, train_transform(32), decoder=decoder)
+    dataset.augment_seed = 7
+    first = dataset[3][0]
+    torch.manual_seed(123)  # the global generator does not matter
+    assert torch.equal(dataset[3][0], first)
+    dataset.epoch = 1
+    assert not torch.equal(dataset[3][0], first)
+
+
+@pytest.mark.parametrize('decoder', TENSOR_DECODERS)
+@pytest.mark.parametrize('pipeline', ['random-resized-crop', 'pad-crop', 'eval'])
+def test_tensor_and_pil_paths_agree_within_one_level(photos, decoder, pipeline):
+    transform = eval_transform(32, 36) if pipeline == 'eval' else train_transform(32, pipeline)
+    pil, tensor = (CheckedImageFolder(photos, transform, decoder=d) for d in ('pil', decoder))
+    pil.augment_seed = tensor.augment_seed = 5
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    for index in range(len(pil)):
+        a, b = pil[index][0], tensor[index][0]
+        assert a.shape == b.shape == (3, 32, 32)
+        levels = (a - b) * std * 255  # the difference in 0..255 pixel levels
+        # rounding apart: some values differ by one level (PIL and torch round resampled values
+        # differently, most often when the crop is enlarged), never more, and not in one direction
+        assert levels.abs().max() <= 1.01 and levels.mean().abs() < 0.05
+
+
+def test_without_transform_the_decoders_output_comes_back(photos):
+    image, target = CheckedImageFolder(photos, decoder=TENSOR_DECODERS[0])[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 48, 64) and target == 0
+    image, _ = CheckedImageFolder(photos, decoder='pil')[0]
+    assert isinstance(image, Image.Image) and image.mode == 'RGB'
+
+
+# --- the benchmark -------------------------------------------------------------------------------------------
+
+
+def test_photo_like_jpegs_compress_like_photos(tmp_path):
+    root = write_photo_like_jpegs(tmp_path / 'p', 18, size=(160, 120), classes=3)
+    files = sorted(root.rglob('*.jpg'))
+    assert len(files) == 18 and sorted(p.name for p in root.iterdir()) == ['class0', 'class1', 'class2']
+    bits_per_pixel = np.mean([f.stat().st_size for f in files]) * 8 / (160 * 120)
+    assert 2 < bits_per_pixel < 8          # a photo at quality 90; noise would be ~12, a gradient < 1
+    with Image.open(files[0]) as image:
+        assert image.size == (160, 120) and image.format == 'JPEG'
+    with pytest.raises(ValueError):
+        write_photo_like_jpegs(tmp_path / 'q', 0)
+
+
+def test_measure_pipeline_tiny_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+    rows = measure_pipeline(decoders=('pil', TENSOR_DECODERS[0]), image_size=32, images=8, workers=(0, 1),
+                            source_size=(64, 48))
+    assert [(r['decoder'], r['workers']) for r in rows] == [('pil', 0), ('pil', 1), (TENSOR_DECODERS[0], 0),
+                                                            (TENSOR_DECODERS[0], 1)]
+    for row in rows:
+        assert row['images'] == 8 and row['image_size'] == 32 and row['source_size'] == [64, 48]
+        assert row['seconds'] > 0 and row['images_per_s'] == pytest.approx(8 / row['seconds'], rel=0.01)
+        assert row['images_per_s_per_worker'] == pytest.approx(row['images_per_s'] / max(1, row['workers']),
+                                                                rel=0.01)
+        assert row['decode_images_per_s'] > 0 and row['torch_threads'] == 1 and row['batch_size'] == BATCH_SIZE
+    json.dumps(rows)
+    assert list(tmp_path.iterdir()) == []   # the synthetic images are removed
+    assert torch.get_num_threads() == 1     # restored (the suite runs one thread)
+
+
+def test_measure_pipeline_on_a_folder_repeats_its_images(photos):
+    rows = measure_pipeline(photos, decoders=(TENSOR_DECODERS[0],), image_size=16, images=10)
+    assert len(rows) == 1 and rows[0]['images'] == 10 and rows[0]['source_size'] == [64, 48]
+    assert len(list(photos.rglob('*.jpg'))) == 6   # left as it was
+
+
+def test_measure_pipeline_refuses_bad_arguments():
+    with pytest.raises(ValueError, match='available here'):
+        measure_pipeline(decoders=('imagemagick',), images=2)
+    with pytest.raises(ValueError, match='workers'):
+        measure_pipeline(workers=(-1,), images=2)
+    with pytest.raises(ValueError, match='positive'):
+        measure_pipeline(images=0)
+
+
+def test_workers_needed_rounds_up_with_headroom():
+    assert workers_needed(1000, 250, headroom=1) == 4
+    assert workers_needed(1000, 260, headroom=1) == 4
+    assert workers_needed(1000, 250) == 5          # 25 % spare
+    assert workers_needed(2470, 800) == 4
+    with pytest.raises(ValueError):
+        workers_needed(0, 100)
+    with pytest.raises(ValueError):
+        workers_needed(1000, 100, headroom=0.5)
