@@ -2,9 +2,10 @@
 
 ``SCConv2d`` is the layer; ``convert`` puts it into any CNN; ``create_model`` / ``list_models`` build the
 paper's networks (registered in timm, so ``timm.create_model('scnet50')`` works once scnet is imported);
-``scnet.weights`` loads the authors' checkpoints.
+``scnet.weights`` loads the authors' checkpoints; ``deploy`` folds the BatchNorms for inference.
 """
 from scnet.convert import ConversionReport, convert
+from scnet.deploy import DeployReport, deploy
 from scnet.errors import CheckpointError, ScnetError, UnknownModelError
 from scnet.layers import GatherExcite, SCConv2d
 from scnet.models import PAPER_MODELS, create_model, list_models
@@ -12,4 +13,5 @@ from scnet.models import PAPER_MODELS, create_model, list_models
 __version__ = '0.1.0'
 
 __all__ = ['SCConv2d', 'GatherExcite', 'convert', 'ConversionReport', 'create_model', 'list_models',
-           'PAPER_MODELS', 'ScnetError', 'UnknownModelError', 'CheckpointError', '__version__']
+           'PAPER_MODELS', 'deploy', 'DeployReport', 'ScnetError', 'UnknownModelError', 'CheckpointError',
+           '__version__']

@@ -1,0 +1,220 @@
+"""``scnet.deploy``: BatchNorm folding (by structure, confirmed by a probe, checked on the result), channels-last,
+torch.compile, and the report.
+
+BN statistics and affine parameters are randomised in every test ("pretrained-like": the freshly built
+networks have mean 0, variance 1, and timm zero-initialises each block's last BN), so folding changes the
+weights for real and a wrong fold shows in the logits.
+"""
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import scnet
+from scnet.deploy import DeployedModel, DeployError, DeployReport
+from scnet.layers import SCConv2d
+
+
+def randomise_bns(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Running statistics and affine parameters like a trained network's (last BN of a block small)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                if m.running_mean is not None:
+                    m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+                    m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                if m.weight is not None:
+                    m.weight.copy_((torch.rand(n, generator=g) + 0.5) * (0.2 if name.endswith('bn3') else 1.0))
+                    m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+    return model
+
+
+def batchnorms(model: nn.Module):
+    return [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def logits_diff(original: nn.Module, deployed: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((original.eval()(x) - deployed(x)).abs().max())
+
+
+@pytest.mark.parametrize('name', scnet.list_models())
+def test_every_zoo_model_folds_every_batchnorm_and_keeps_its_logits(name):
+    """Whole zoo at 32 px: no BN left (GE gates included), logits unchanged on an input other than the probe."""
+    model = randomise_bns(scnet.create_model(name, num_classes=10), seed=len(name))
+    n_bns = len(batchnorms(model))
+    deployed = scnet.deploy(model, channels_last=False, example_input=torch.randn(1, 3, 32, 32))
+    report = deployed.report
+    assert report.unfolded == [] and report.folded_count == n_bns
+    assert batchnorms(deployed.module) == []
+    assert report.max_abs_diff <= 1e-4
+    assert logits_diff(model, deployed, torch.randn(2, 3, 32, 32)) <= 1e-4
+    if name.startswith('ge_'):
+        assert any(f.rule == 'GatherExcite gather' for f in report.folded)
+
+
+@pytest.mark.parametrize('name', ['scnet26_cifar', 'resnet26_cifar'])
+def test_small_models_rules_and_channels_last(name):
+    model = randomise_bns(scnet.create_model(name, num_classes=10))
+    deployed = scnet.deploy(model)  # default probe: the model's pretrained_cfg size, batch 2
+    assert deployed.report.probe_shape == (2, 3, 32, 32)
+    assert deployed.report.channels_last and not deployed.report.compiled
+    folded = {f.bn: f for f in deployed.report.folded}
+    assert folded['bn1'].conv == 'conv1' and folded['layer2.0.downsample.1'].rule == 'Sequential'
+    if name.startswith('scnet'):
+        assert folded['layer1.0.bn2'].conv == 'layer1.0.conv2.k1, layer1.0.conv2.k4'
+        assert folded['layer1.0.conv2.k2_norm'].rule == folded['layer1.0.conv2.k3_norm'].rule == 'SCConv2d k2/k3'
+        k1 = deployed.module.layer1[0].conv2.k1
+        assert k1.bias is not None and k1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(3, 3, 32, 32)  # ordinary NCHW input
+    assert x.is_contiguous()
+    assert logits_diff(model, deployed, x) <= 1e-4
+    out = deployed(x)  # no torch.no_grad() needed
+    assert out.shape == (3, 10) and out.grad_fn is None
+
+
+def test_v1d_deep_stem_avg_down_and_avd():
+    model = randomise_bns(scnet.create_model('scnet50_v1d', num_classes=10))
+    deployed = scnet.deploy(model, example_input=torch.randn(2, 3, 64, 64))
+    folded = {f.bn: f for f in deployed.report.folded}
+    assert folded['conv1.1'].rule == 'Sequential'            # inside the deep stem
+    assert folded['bn1'].conv == 'conv1.6'                    # the stem's last conv takes the model's bn1
+    assert folded['layer2.0.downsample.2'].conv == 'layer2.0.downsample.1'  # after the avg_down pool
+    assert deployed.report.unfolded == [] and batchnorms(deployed.module) == []
+    assert logits_diff(model, deployed, torch.randn(1, 3, 64, 64)) <= 1e-4
+
+
+def test_torchvision_resnet18_converted_to_sc_conv():
+    model = torchvision.models.resnet18(num_classes=10)
+    scnet.convert(model)
+    randomise_bns(model)
+    deployed = scnet.deploy(model, example_input=torch.randn(2, 3, 32, 32))
+    assert isinstance(deployed.module, torchvision.models.ResNet)
+    rules = {f.rule for f in deployed.report.folded}
+    assert {'conv2/bn2 (SCConv2d halves)', 'SCConv2d k2/k3', 'conv1/bn1', 'Sequential'} <= rules
+    assert deployed.report.unfolded == [] and batchnorms(deployed.module) == []
+    assert logits_diff(model, deployed, torch.randn(2, 3, 32, 32)) <= 1e-4
+
+
+class ReusedConvOutput(nn.Module):
+    """``bn1`` looks foldable by name, but ``conv1``'s output is also added to the result: it must stay."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.shared = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8))  # run twice below
+        self.conv3, self.bn3 = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        y = self.conv1(x)
+        z = self.bn2(self.conv2(torch.relu(self.bn1(y) + y)))
+        z = self.shared(self.shared(z))
+        c = self.conv3(z)
+        return self.bn3(c), c  # conv3's output is also returned
+
+
+def test_batchnorm_after_a_reused_conv_output_is_left_and_output_stays_right():
+    model = randomise_bns(ReusedConvOutput())
+    deployed = scnet.deploy(model)
+    reasons = {u.name: u.reason for u in deployed.report.unfolded}
+    assert set(reasons) == {'bn1', 'shared.1', 'bn3'}
+    assert 'also used elsewhere (add)' in reasons['bn1']
+    assert 'ran 2 time(s)' in reasons['shared.1']
+    assert 'the network output' in reasons['bn3']
+    assert [f.bn for f in deployed.report.folded] == ['bn2']
+    assert deployed.report.probe_shape == (2, 3, 64, 64)  # no cfg: the default probe size
+    assert isinstance(deployed.module.bn1, nn.BatchNorm2d) and isinstance(deployed.module.bn2, nn.Identity)
+    x = torch.randn(2, 3, 20, 20)
+    with torch.no_grad():
+        for a, b in zip(model.eval()(x), deployed(x)):
+            assert float((a - b).abs().max()) <= 1e-5
+
+
+def test_batchnorms_that_cannot_fold_are_reported_with_the_reason():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU(),
+                          nn.Conv2d(4, 4, 3), nn.SyncBatchNorm(4), nn.ReLU(), nn.BatchNorm2d(4))
+    deployed = scnet.deploy(randomise_bns(model), channels_last=False)
+    reasons = {u.name: u.reason for u in deployed.report.unfolded}
+    assert 'no running statistics' in reasons['1']
+    assert 'SyncBatchNorm is not a plain BatchNorm2d' in reasons['4']
+    assert 'no convolution feeds it' in reasons['6']
+    assert deployed.report.folded_count == 0
+    assert 'left 3' in str(deployed.report) and '  - 1: no running statistics' in str(deployed.report)
+
+
+def test_callers_model_is_neither_changed_nor_run():
+    model = randomise_bns(scnet.create_model('scnet26_cifar', num_classes=10)).train()
+    before = copy.deepcopy(model.state_dict())
+    ran = []
+    model.register_forward_hook(lambda module, *_: ran.append(module is model))  # the copy keeps the hook
+    scnet.deploy(model, example_input=torch.randn(2, 3, 32, 32))
+    assert ran and not any(ran) and model.training
+    assert all(p.requires_grad for p in model.parameters())
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert len(batchnorms(model)) == 45 and model.layer1[0].conv2.k1.bias is None
+
+
+def test_deployed_model_is_an_inference_module():
+    model = randomise_bns(scnet.create_model('resnet26_cifar', num_classes=10))
+    deployed = scnet.deploy(model, channels_last=False)
+    assert isinstance(deployed, DeployedModel) and isinstance(deployed.report, DeployReport)
+    assert deployed.fc is deployed.module.fc and deployed.pretrained_cfg['input_size'] == (3, 32, 32)
+    assert not deployed.train().training and not deployed.module.training  # stays in eval mode
+    assert not any(p.requires_grad for p in deployed.parameters())
+    assert set(deployed.state_dict()) == {f'module.{k}' for k in deployed.module.state_dict()}
+    twin = copy.deepcopy(deployed)
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(twin(x), deployed(x)) and twin.report.folded_count == 29
+    data = deployed.report.to_dict()
+    assert data['folded_count'] == 29 and data['unfolded'] == [] and data['channels_last'] is False
+    assert '"folded_count": 29' in deployed.report.to_json()
+
+
+def test_compile_gives_the_same_logits_and_leaves_the_global_config_alone():
+    import torch._inductor.config as inductor_config
+
+    torch.manual_seed(0)
+    model = randomise_bns(nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), SCConv2d(8, 8), nn.BatchNorm2d(8),
+        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)))
+    freezing = inductor_config.freezing
+    x = torch.randn(2, 3, 16, 16)
+    deployed = scnet.deploy(model, compile=True, example_input=x)
+    assert inductor_config.freezing == freezing
+    assert deployed.report.compiled and deployed.report.folded_count == 4
+    assert deployed._compiled is not None
+    assert logits_diff(model, deployed, torch.randn(2, 3, 16, 16)) <= 1e-4  # same shape: no recompilation
+
+
+class Noisy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn1(self.conv1(x)) + torch.rand(1)  # not a function of its input: no copy can match it
+
+
+def test_a_copy_that_does_not_match_raises_naming_the_difference():
+    with pytest.raises(DeployError, match=r'differs from the original by [0-9.e-]+ \(max abs\)'):
+        scnet.deploy(Noisy())
+    assert issubclass(DeployError, scnet.ScnetError)
+
+
+def test_bad_inputs_raise_one_clear_error():
+    with torch.device('meta'):
+        meta = scnet.create_model('resnet26_cifar', num_classes=10)
+    with pytest.raises(DeployError, match='meta device'):
+        scnet.deploy(meta)
+    with pytest.raises(DeployError, match='takes an nn.Module'):
+        scnet.deploy(lambda x: x)
+    with pytest.raises(DeployError, match=r'failed on the probe input of shape \(2, 1, 32, 32\).*example_input='):
+        scnet.deploy(scnet.create_model('resnet26_cifar', num_classes=10), example_input=torch.randn(2, 1, 32, 32))
+    with pytest.raises(DeployError, match='example_input must be a tensor'):
+        scnet.deploy(nn.Conv2d(3, 3, 1), example_input=[1, 2])
