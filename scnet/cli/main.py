@@ -10,7 +10,8 @@ from typing import List, Optional
 from scnet.errors import ScnetError
 
 #: Sub-commands, each a module of ``scnet.cli`` with ``add_parser(subparsers)`` setting ``run``.
-COMMANDS = ('models', 'profile', 'convert', 'train', 'eval', 'plot', 'pose', 'cam', 'features', 'erf', 'detect')
+COMMANDS = ('models', 'profile', 'convert', 'train', 'eval', 'plot', 'pose', 'cam', 'features', 'erf', 'detect',
+            'export', 'benchmark')
 
 
 def build_parser() -> argparse.ArgumentParser:

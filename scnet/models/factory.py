@@ -19,7 +19,7 @@ from scnet.errors import UnknownModelError
 from scnet.models.zoo import SC_OPTIONS, ZOO_ARCHITECTURES
 from scnet.weights import load_into, read_checkpoint
 
-__all__ = ['PAPER_MODELS', 'BASELINES', 'create_model', 'list_models']
+__all__ = ['PAPER_MODELS', 'BASELINES', 'create_model', 'list_models', 'validate_model_name']
 
 #: Baselines of the paper that timm provides (built as timm defines them).
 BASELINES = ('resnet50', 'resnet101', 'resnext50_32x4d', 'resnext101_32x4d', 'seresnet50', 'seresnet101',
@@ -47,6 +47,13 @@ def _unknown(name: str) -> UnknownModelError:
                              '(`scnet models` lists them; any other timm model: timm.create_model)')
 
 
+def validate_model_name(name: str) -> str:
+    """``name`` if ``create_model`` accepts it, else ``UnknownModelError`` with the closest names."""
+    if name not in list_models():
+        raise _unknown(name)
+    return name
+
+
 def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] = None,
                  num_classes: Optional[int] = None, **kwargs) -> nn.Module:
     """Build a network of the zoo.
@@ -61,8 +68,7 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
         **kwargs: any argument of timm's ResNet (``features_only``, ``output_stride``, ``drop_path_rate``, ...),
             and for SC models the SC-Conv options ``pooling_r``, ``pool``, ``identity``, ``upsample``.
     """
-    if name not in list_models():
-        raise _unknown(name)
+    validate_model_name(name)
     if pretrained and checkpoint:
         raise ValueError('pass either pretrained=True or checkpoint=PATH, not both')
     state_dict = read_checkpoint(checkpoint) if checkpoint else None  # fail before building on a bad file

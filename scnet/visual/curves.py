@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from scnet.errors import ScnetError
+from scnet.files import write_json_atomic
 
 __all__ = ['MetricsError', 'read_metrics', 'run_model', 'summarize', 'plot_runs', 'METRIC_KEYS', 'FIGURES',
            'DPI']
@@ -308,16 +309,6 @@ def _save_atomic(fig, path: Path) -> None:
             tmp.unlink()
 
 
-def _write_json_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + '\n', encoding='utf-8')
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def plot_runs(run_dirs: Sequence[PathLike], output_dir: PathLike, *,
               labels: Optional[Sequence[str]] = None) -> List[Path]:
     """Draw the curves of one or more runs and summarise them; returns the paths written.
@@ -357,6 +348,6 @@ def plot_runs(run_dirs: Sequence[PathLike], output_dir: PathLike, *,
     summary = {'runs': [dict(label=label, model=model, run_dir=str(d), **summarize(metrics))
                         for (d, metrics), label, model in zip(runs, labels, models)]}
     path = output_dir / 'summary.json'
-    _write_json_atomic(summary, path)
+    write_json_atomic(summary, path)
     written.append(path)
     return written

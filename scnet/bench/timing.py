@@ -1,0 +1,67 @@
+"""Interleaved timing: every round runs each contender once, in a rotating order.
+
+Why interleave instead of timing one model after the other: on a shared or thermally throttled machine the
+speed drifts over minutes, and a sequential comparison folds that drift into the ratio. Rounds that run each
+contender once, back to back, expose all of them to the same conditions, and rotating who goes first removes
+the advantage of running right after a particular neighbour (warm caches, a just-woken thread pool). The
+median over rounds ignores the odd round hit by a background job; the spread says how much to trust it.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Dict, List, Mapping, Optional
+
+__all__ = ['time_interleaved', 'summarize']
+
+Step = Callable[[], None]
+
+
+def time_interleaved(steps: Mapping[str, Step], *, warmup: int = 3, repeats: int = 10,
+                     sync: Optional[Callable[[], None]] = None,
+                     progress: Optional[Callable[[int], None]] = None) -> Dict[str, List[float]]:
+    """Seconds per call of each step, ``repeats`` rounds after ``warmup`` rounds that are not recorded.
+
+    ``sync`` runs after each call before the clock stops (``torch.cuda.synchronize`` on a GPU, where calls
+    only queue work). ``progress(n)`` is told when n more calls are done (for a progress bar).
+    """
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f'warmup must be >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}')
+    names = list(steps)
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    for round_index in range(warmup + repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            steps[name]()
+            if sync is not None:
+                sync()
+            elapsed = time.perf_counter() - start
+            if round_index >= warmup:
+                times[name].append(elapsed)
+            if progress is not None:
+                progress(1)
+    return times
+
+
+def summarize(seconds: List[float], items_per_call: int = 1) -> Dict[str, float]:
+    """Median, extremes and spread of per-call times, and the throughput at the median.
+
+    ``spread_pct`` is the inter-quartile range over the median, in percent: a robust "how noisy was this".
+    """
+    if not seconds:
+        raise ValueError('no timings to summarize')
+    ordered = sorted(seconds)
+    median = statistics.median(ordered)
+    if len(ordered) >= 4:
+        q1, _, q3 = statistics.quantiles(ordered, n=4, method='inclusive')
+    else:
+        q1, q3 = ordered[0], ordered[-1]
+    return {
+        'median_ms': median * 1e3,
+        'min_ms': ordered[0] * 1e3,
+        'max_ms': ordered[-1] * 1e3,
+        'spread_pct': (q3 - q1) / median * 100.0 if median > 0 else 0.0,
+        'items_per_s': items_per_call / median if median > 0 else float('inf'),
+        'repeats': len(ordered),
+    }

@@ -1,0 +1,229 @@
+"""``scnet benchmark`` and ``scnet.bench``: interleaved timing, memory, GEMM rates, reports, CLI flags.
+
+Small networks at 32 px keep every run to a few seconds; speed *figures* are not asserted here (they belong
+to benchmarks/ on a quiet machine), only that the measurements are the right ones and are reported right.
+"""
+import json
+
+import pytest
+import torch
+
+from scnet.bench.cases import BenchmarkError, Contender, Settings, build_step
+from scnet.bench.machine import machine_facts
+from scnet.bench.memory import cpu_step_peak
+from scnet.bench.rates import conv1x1_gflops, gemm_rates, matmul_gflops
+from scnet.bench.runner import run_benchmark
+from scnet.bench.timing import summarize, time_interleaved
+from scnet.cli.main import main
+from scnet.errors import UnknownModelError
+
+SMALL = dict(input_size=(32, 32), seed=0)
+
+
+# --- timing ---------------------------------------------------------------------------------------------
+
+def test_rounds_rotate_the_order_and_drop_the_warmup():
+    calls, syncs = [], []
+    steps = {name: (lambda name=name: calls.append(name)) for name in 'abc'}
+    ticks = []
+    times = time_interleaved(steps, warmup=2, repeats=4, sync=lambda: syncs.append(1), progress=ticks.append)
+    assert {k: len(v) for k, v in times.items()} == {'a': 4, 'b': 4, 'c': 4}
+    assert len(calls) == len(syncs) == sum(ticks) == 18
+    rounds = [calls[i:i + 3] for i in range(0, 18, 3)]
+    assert rounds[:4] == [list('abc'), list('bca'), list('cab'), list('abc')]
+    assert all(t >= 0 for v in times.values() for t in v)
+
+
+def test_time_interleaved_rejects_bad_counts():
+    with pytest.raises(ValueError, match='repeats'):
+        time_interleaved({'a': lambda: None}, repeats=0)
+    with pytest.raises(ValueError, match='warmup'):
+        time_interleaved({'a': lambda: None}, warmup=-1)
+
+
+def test_summarize_median_spread_and_throughput():
+    s = summarize([0.4, 0.1, 0.2, 0.3, 0.2], items_per_call=8)
+    assert s['median_ms'] == pytest.approx(200.0)
+    assert s['min_ms'] == pytest.approx(100.0) and s['max_ms'] == pytest.approx(400.0)
+    assert s['items_per_s'] == pytest.approx(40.0)
+    assert s['spread_pct'] == pytest.approx((0.3 - 0.2) / 0.2 * 100)   # inclusive quartiles: 0.2 and 0.3
+    assert s['repeats'] == 5
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+# --- machine and rates ----------------------------------------------------------------------------------
+
+def test_machine_facts_are_json_and_name_the_cpu_and_threads():
+    facts = machine_facts('cpu')
+    json.dumps(facts)
+    assert facts['torch_threads'] == torch.get_num_threads()
+    assert facts['cpu'] and facts['usable_cpus'] >= 1
+    assert facts['versions']['torch'] == torch.__version__.split('+')[0] or facts['versions']['torch']
+    assert 'gpu' not in facts
+
+
+def test_gemm_rates_are_positive_and_finite():
+    assert 0 < matmul_gflops(size=128, repeats=2) < 1e6
+    assert 0 < conv1x1_gflops(channels=32, spatial=8, repeats=2) < 1e6
+    rates = gemm_rates()
+    assert rates['dtype'] == 'float32' and rates['matmul_gflops'] > 0 and rates['conv1x1_gflops'] > 0
+
+
+# --- cases ----------------------------------------------------------------------------------------------
+
+def test_settings_refuse_what_cannot_run():
+    with pytest.raises(BenchmarkError, match='mode'):
+        Settings(mode='serve')
+    with pytest.raises(BenchmarkError, match='batch size'):
+        Settings(batch_size=0)
+    with pytest.raises(BenchmarkError, match='device'):
+        Settings(device='tpu')
+    if not torch.cuda.is_available():
+        with pytest.raises(BenchmarkError, match='no CUDA GPU'):
+            Settings(device='cuda')
+    with pytest.raises(BenchmarkError, match='variant'):
+        Contender('x', variant='tensorrt')
+
+
+def test_same_contender_same_weights_and_a_real_training_step():
+    settings = Settings(mode='train', batch_size=2, **SMALL)
+    a = build_step(Contender.zoo('resnet26_cifar'), settings)
+    b = build_step(Contender.zoo('resnet26_cifar'), settings)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(pa, pb)
+    before = a.model.fc.weight.detach().clone()
+    a()
+    assert not torch.equal(before, a.model.fc.weight)      # the optimizer stepped
+    assert a.model.training
+
+
+def test_unknown_models_are_named():
+    with pytest.raises(UnknownModelError, match='scnet5O'):
+        build_step(Contender.zoo('scnet5O'), Settings(**SMALL))
+
+
+# --- memory ---------------------------------------------------------------------------------------------
+
+def test_cpu_peak_grows_with_the_batch():
+    small = cpu_step_peak(Contender.zoo('resnet26_cifar'), Settings(mode='train', batch_size=2, **SMALL))
+    large = cpu_step_peak(Contender.zoo('resnet26_cifar'), Settings(mode='train', batch_size=64, **SMALL))
+    assert small['method'] == 'rss high-water mark'
+    assert 0 <= small['peak_mb'] < large['peak_mb']
+    # 64 images of resnet26_cifar's activations, saved for backward, are several MiB at least
+    assert large['peak_mb'] - small['peak_mb'] > 5
+
+
+def test_memory_failure_names_the_contender():
+    with pytest.raises(BenchmarkError, match='ghost.*memory measurement failed'):
+        cpu_step_peak(Contender('ghost', kwargs={'name': 'nope'}), Settings(**SMALL))
+
+
+# --- runner ---------------------------------------------------------------------------------------------
+
+def test_report_rows_ratios_and_rates():
+    report = run_benchmark([Contender.zoo('resnet26_cifar'), Contender.zoo('scnet26_cifar')],
+                           Settings(**SMALL), batch_sizes=[1, 2], warmup=1, repeats=3, memory=False)
+    json.dumps(report, allow_nan=False)
+    assert report['baseline'] == 'resnet26_cifar'
+    assert [(r['model'], r['batch_size']) for r in report['results']] == [
+        ('resnet26_cifar', 1), ('scnet26_cifar', 1), ('resnet26_cifar', 2), ('scnet26_cifar', 2)]
+    for r in report['results']:
+        assert r['repeats'] == 3 and r['images_per_s'] > 0
+        assert r['gflops_per_s'] == pytest.approx(2 * r['forward_gmacs'] * r['images_per_s'])
+        assert r['fraction_of_matmul'] == pytest.approx(r['gflops_per_s'] / report['gemm']['matmul_gflops'])
+    base, sc = report['results'][2], report['results'][3]
+    assert base['speed_ratio'] == 1.0
+    assert sc['speed_ratio'] == pytest.approx(sc['images_per_s'] / base['images_per_s'])
+    # forward MACs as `scnet profile` counts them: scnet26_cifar at 32 px
+    from scnet import create_model
+    from scnet.complexity import count_complexity
+    assert sc['forward_gmacs'] * 1e9 == pytest.approx(count_complexity(create_model('scnet26_cifar'), 32)[1])
+
+
+def test_report_with_memory_has_memory_ratios():
+    report = run_benchmark([Contender.zoo('resnet26_cifar'), Contender.zoo('scnet26_cifar')],
+                           Settings(mode='train', batch_size=4, **SMALL), warmup=0, repeats=1, rates=False)
+    base, sc = report['results']
+    assert 'gemm' not in report and 'gflops_per_s' not in base
+    assert base['memory_ratio'] == 1.0
+    assert sc['memory_ratio'] == pytest.approx(sc['memory']['peak_mb'] / base['memory']['peak_mb'])
+
+
+def test_training_at_batch_one_on_one_pixel_maps_gets_a_way_out():
+    # scnet26_cifar at 32 px pools its last stage to 1x1: batch norm cannot train on one value per channel
+    with pytest.raises(BenchmarkError, match='batch-size 2'):
+        run_benchmark([Contender.zoo('scnet26_cifar')], Settings(mode='train', batch_size=1, **SMALL),
+                      warmup=0, repeats=1, memory=False, rates=False)
+
+
+def test_runner_refuses_empty_and_duplicate_contenders():
+    with pytest.raises(BenchmarkError, match='at least one'):
+        run_benchmark([], Settings(**SMALL))
+    with pytest.raises(BenchmarkError, match='own label'):
+        run_benchmark([Contender.zoo('resnet26_cifar')] * 2, Settings(**SMALL))
+
+
+# --- CLI ------------------------------------------------------------------------------------------------
+
+def _cli(tmp_path, *extra):
+    out = tmp_path / 'report.json'
+    code = main(['benchmark', '--models', 'resnet26_cifar', 'scnet26_cifar', '--input-size', '32', '--warmup', '1',
+                 '--repeats', '2', '--no-memory', '--quiet', '--output', str(out), *extra])
+    return code, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def test_cli_writes_the_report_and_prints_a_table(tmp_path, capsys):
+    code, report = _cli(tmp_path, '--batch-size', '2', '--seed', '3', '--threads', '1')
+    assert code == 0
+    assert report['settings']['batch_sizes'] == [2] and report['settings']['seed'] == 3
+    assert report['machine']['torch_threads'] == 1
+    printed = capsys.readouterr().out
+    assert 'vs resnet26_cifar' in printed and 'scnet26_cifar' in printed and 'GEMM rate' in printed
+
+
+def test_cli_default_batch_sizes_follow_the_mode(tmp_path):
+    _, infer = _cli(tmp_path)
+    assert infer['settings']['batch_sizes'] == [1, 8]
+    assert infer['settings']['warmup'] == 1 and infer['settings']['repeats'] == 2
+
+
+def test_cli_train_mode_amp_and_channels_last(tmp_path, capsys):
+    code, report = _cli(tmp_path, '--mode', 'train', '--batch-size', '2', '--amp', '--channels-last',
+                        '--format', 'markdown')
+    assert code == 0
+    s = report['settings']
+    assert s['mode'] == 'train' and s['amp'] and s['channels_last'] and report['gemm']['dtype'] == 'bfloat16'
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith('|---') for line in lines) == 1
+    header = lines[[line.startswith('|---') for line in lines].index(True) - 1]
+    assert 'images/s' in header and 'GFLOP/s' not in header   # no inference-only columns in a training table
+
+
+def test_cli_json_format_prints_the_report(tmp_path, capsys):
+    code, report = _cli(tmp_path, '--batch-size', '1', '--format', 'json')
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)['results'] == report['results']
+
+
+def test_cli_compile(tmp_path):
+    out = tmp_path / 'c.json'
+    assert main(['benchmark', '--models', 'resnet26_cifar', '--input-size', '32', '--batch-size', '2', '--warmup',
+                 '1', '--repeats', '1', '--no-memory', '--quiet', '--compile', '--output', str(out)]) == 0
+    assert json.loads(out.read_text())['settings']['compile'] is True
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--models', 'scnet5O'], "unknown model 'scnet5O'"),
+    (['--batch-size', '0'], '--batch-size must be positive'),
+    (['--threads', '0'], '--threads must be at least 1'),
+    (['--repeats', '0'], '--repeats'),
+    (['--mode', 'train', '--variants', 'deployed'], 'eager models only'),
+    (['--output', '/no/such/folder/r.json'], 'does not exist'),
+    (['--input-size', '0'], 'must be positive'),
+] + ([] if torch.cuda.is_available() else [(['--device', 'cuda'], 'no CUDA GPU')]))
+def test_cli_errors_are_one_line(args, message, capsys):
+    assert main(['benchmark', '--models', 'resnet26_cifar', '--input-size', '32', '--quiet', '--no-memory',
+                 *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and 'Traceback' not in err and len(err.strip().splitlines()) == 1
