@@ -1,0 +1,195 @@
+"""``scnet.export`` and ``scnet export``: ONNX / TorchScript / torch.export files that load back in their runtime
+and compute what the network computes, written atomically, with one-line errors."""
+import json
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import scnet
+from scnet.cli.main import main
+from scnet.export import ExportError, LoadedModel, check_parity, export_model, load_exported, write_json
+from scnet.weights.io import save_state_dict
+
+SUFFIX = {'onnx': 'onnx', 'torchscript': 'ts', 'exported': 'pt2'}
+
+
+def randomise_bns(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+    return model
+
+
+@pytest.fixture(scope='module')
+def tiny():
+    """A narrow SCNet-26 (every layer type of the zoo, few weights) and its deployed copy."""
+    model = randomise_bns(scnet.create_model('scnet26_cifar', num_classes=10, channels=(8, 16, 32, 64))).eval()
+    return model, scnet.deploy(model, channels_last=False, example_input=torch.randn(2, 3, 16, 16))
+
+
+def leftovers(folder):
+    return [p.name for p in folder.iterdir() if p.name.startswith('.')]
+
+
+@pytest.mark.parametrize('fmt', ['onnx', 'torchscript', 'exported'])
+def test_each_format_round_trips_with_a_dynamic_batch(fmt, tiny, tmp_path):
+    model, deployed = tiny
+    path = export_model(deployed, fmt, tmp_path / f'tiny.{SUFFIX[fmt]}', torch.randn(1, 3, 16, 16))
+    assert path.is_file() and leftovers(tmp_path) == []
+    loaded = load_exported(path, fmt)
+    assert isinstance(loaded, LoadedModel) and loaded.fmt == fmt and fmt in repr(loaded)
+    for batch in (1, 3):  # traced on one batch size, run on another
+        x = torch.randn(batch, 3, 16, 16)
+        assert loaded(x).shape == (batch, 10)
+        assert check_parity(model, loaded, x) < 1e-4
+
+
+def test_onnx_file_holds_the_folded_network_and_a_batch_axis(tiny, tmp_path):
+    model, deployed = tiny
+    folded = export_model(deployed, 'onnx', tmp_path / 'folded.onnx', torch.randn(1, 3, 16, 16))
+    graph = onnx.load(str(folded)).graph
+    assert 'BatchNormalization' not in {node.op_type for node in graph.node}
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, free batch dimension
+    fixed = export_model(model, 'onnx', tmp_path / 'fixed.onnx', torch.randn(1, 3, 16, 16), dynamic_batch=False)
+    dims = onnx.load(str(fixed)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3, 16, 16]
+    assert check_parity(model, load_exported(fixed, 'onnx'), torch.randn(1, 3, 16, 16)) < 1e-4
+
+
+def test_a_failed_export_leaves_the_previous_file_and_no_partial_file(tiny, tmp_path, monkeypatch):
+    model, _ = tiny
+    target = tmp_path / 'model.ts'
+    target.write_text('previous')
+
+    def broken_save(*args, **kwargs):
+        raise OSError('disk full')
+    monkeypatch.setattr(torch.jit, 'save', broken_save)
+    with pytest.raises(OSError, match='disk full'):
+        export_model(model, 'torchscript', target, torch.randn(1, 3, 16, 16))
+    assert target.read_text() == 'previous' and leftovers(tmp_path) == []
+
+
+def test_export_errors_name_the_problem(tiny, tmp_path):
+    model, _ = tiny
+    x = torch.randn(1, 3, 16, 16)
+    with pytest.raises(ExportError, match="unknown export format 'tflite'; choose one of onnx, torchscript"):
+        export_model(model, 'tflite', tmp_path / 'm', x)
+    with pytest.raises(ExportError, match='no such directory'):
+        export_model(model, 'onnx', tmp_path / 'missing' / 'm.onnx', x)
+    with pytest.raises(ExportError, match='is a directory'):
+        export_model(model, 'torchscript', tmp_path, x)
+    with pytest.raises(ExportError, match='training mode: call model.eval()'):
+        export_model(nn.Conv2d(3, 3, 1), 'onnx', tmp_path / 'm.onnx', x)
+    with pytest.raises(ExportError, match='batched tensor'):
+        export_model(model, 'onnx', tmp_path / 'm.onnx', [1, 2])
+    with pytest.raises(ExportError, match='no such file'):
+        load_exported(tmp_path / 'none.onnx', 'onnx')
+    (tmp_path / 'text.pt2').write_text('not a model')
+    for fmt in ('onnx', 'torchscript', 'exported'):
+        with pytest.raises(ExportError, match=f'cannot be loaded as {fmt}.*--format {fmt}') as e:
+            load_exported(tmp_path / 'text.pt2', fmt)
+        assert '\n' not in str(e.value)
+    with pytest.raises(ExportError, match=r'returns shape \(1, 3, 16, 16\), the model \(1, 10\)'):
+        check_parity(model, lambda t: t, x)
+    assert issubclass(ExportError, scnet.ScnetError)
+
+
+def test_write_json_is_atomic_and_readable(tmp_path):
+    path = write_json(tmp_path / 'r.json', {'a': 1})
+    assert json.loads(path.read_text()) == {'a': 1} and leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------------- the command
+
+
+def export_cli(capsys, *argv):
+    code = main(['export', '--repeats', '1', *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_onnx_prints_the_table_and_writes_the_report(tmp_path, capsys):
+    out_file = tmp_path / 'net.onnx'
+    code, out, err = export_cli(capsys, '--model', 'scnet26_cifar', '--num-classes', '10', '--format', 'onnx',
+                                '--output', str(out_file), '--input-size', '16x24')
+    assert code == 0, err
+    assert '45 BatchNorms folded, 0 left' in out
+    assert 'max abs diff' in out and 'onnxruntime (CPU)' in out and 'exported ms/batch' in out
+    report = json.loads((tmp_path / 'net.onnx.json').read_text())
+    assert report['input_shape'] == [1, 3, 16, 24] and report['parity_ok'] is True
+    assert report['max_abs_diff'] < 1e-4 and report['folded_bns'] == 45 and report['deployed'] is True
+    assert report['file_bytes'] == out_file.stat().st_size and report['repeats'] == 1
+    assert set(report['ms_per_batch']) == {'torch_eager', 'exported'} and 'onnxruntime' in report
+    assert leftovers(tmp_path) == []
+
+
+def test_cli_refuses_to_overwrite_without_force_and_no_deploy(tmp_path, capsys):
+    out_file = tmp_path / 'net.ts'
+    args = ['--model', 'resnet26_cifar', '--num-classes', '3', '--format', 'torchscript', '--output', str(out_file),
+            '--input-size', '16', '--no-deploy']
+    assert export_cli(capsys, *args)[0] == 0
+    report = json.loads((tmp_path / 'net.ts.json').read_text())
+    assert report['deployed'] is False and report['folded_bns'] == 0 and report['unfolded_bns'] is None
+    before = out_file.read_bytes()
+    code, _, err = export_cli(capsys, *args)
+    assert code == 2 and err.strip() == f'scnet export: error: {out_file} exists; pass --force to replace it, or ' \
+                                        'choose another --output'
+    assert out_file.read_bytes() == before
+    code, out, _ = export_cli(capsys, *args[:-1], '--force')  # deployed this time
+    assert code == 0 and '29 BatchNorms folded' in out
+    assert json.loads((tmp_path / 'net.ts.json').read_text())['deployed'] is True
+
+
+def test_cli_loads_a_safetensors_checkpoint(tmp_path, capsys):
+    model = randomise_bns(scnet.create_model('resnet26_cifar', num_classes=7)).eval()
+    checkpoint = save_state_dict(model.state_dict(), tmp_path / 'weights.safetensors')
+    out_file = tmp_path / 'net.pt2'
+    code, out, err = export_cli(capsys, '--model', 'resnet26_cifar', '--checkpoint', str(checkpoint),
+                                '--format', 'exported', '--output', str(out_file), '--batch-size', '2')
+    assert code == 0, err
+    report = json.loads((tmp_path / 'net.pt2.json').read_text())
+    assert report['checkpoint'] == str(checkpoint) and report['input_shape'] == [2, 3, 32, 32]
+    x = torch.randn(4, 3, 32, 32)
+    assert check_parity(model, load_exported(out_file, 'exported'), x) < 1e-4  # the checkpoint's 7 classes
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--model', 'scnet26_cifr'], "unknown model 'scnet26_cifr'. Did you mean scnet26_cifar"),
+    (['--output', '{tmp}/missing/net.onnx'], 'missing: no such directory; create it first'),
+    (['--output', '{tmp}'], 'is a directory; --output takes a file name'),
+    (['--checkpoint', '{tmp}/garbage.pth'], 'garbage.pth: not a readable PyTorch checkpoint'),
+    (['--checkpoint', '{tmp}/none.safetensors'], 'none.safetensors: no such checkpoint file'),
+    (['--batch-size', '0'], '--batch-size and --repeats must be positive'),
+    (['--num-classes', '-1'], '--num-classes must be 0 (no classifier) or more'),
+    (['--input-size', 'big'], "input size 'big' is not N or HxW"),
+])
+def test_cli_errors_are_one_line_with_exit_2(argv, message, tmp_path, capsys):
+    (tmp_path / 'garbage.pth').write_bytes(b'\x00not a checkpoint')
+    argv = [a.replace('{tmp}', str(tmp_path)) for a in argv]
+    base = {'--model': 'resnet26_cifar', '--format': 'torchscript', '--output': str(tmp_path / 'net.ts')}
+    for flag, value in zip(argv[::2], argv[1::2]):
+        base[flag] = value
+    code, _, err = export_cli(capsys, *[x for kv in base.items() for x in kv])
+    assert code == 2 and message in err
+    assert err.count('\n') == 1 and err.startswith('scnet export: error: ')
+    assert not (tmp_path / 'net.ts').exists()
+
+
+def test_cli_unknown_format_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(['export', '--model', 'resnet26_cifar', '--format', 'tflite', '--output', 'x'])
+    assert e.value.code == 2 and "invalid choice: 'tflite'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(['export', '--help'])
+    assert e.value.code == 0
+    usage = capsys.readouterr().out
+    for flag in ('--model', '--checkpoint', '--num-classes', '--format', '--output', '--input-size', '--batch-size',
+                 '--repeats', '--no-deploy', '--force'):
+        assert flag in usage
