@@ -189,7 +189,11 @@ def test_compile_gives_the_same_logits_and_leaves_the_global_config_alone():
     assert inductor_config.freezing == freezing
     assert deployed.report.compiled and deployed.report.folded_count == 4
     assert deployed._compiled is not None
-    assert logits_diff(model, deployed, torch.randn(2, 3, 16, 16)) <= 1e-4  # same shape: no recompilation
+    with torch.profiler.profile() as profile:
+        assert logits_diff(model, deployed, torch.randn(2, 3, 16, 16)) <= 1e-4  # same shape: no recompilation
+    # inductor's freezing was on when it compiled: weights prepacked into oneDNN convolutions
+    assert any('_convolution_pointwise' in event.key for event in profile.key_averages())
+    assert inductor_config.freezing == freezing
 
 
 class Noisy(nn.Module):
