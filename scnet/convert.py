@@ -96,7 +96,7 @@ def convert(model: nn.Module, *, exclude: Iterable[str] = (), **sc_options) -> C
         model: any ``nn.Module`` (your network, a torchvision or timm model).
         exclude: shell patterns of module names to leave alone, e.g. ``('layer4.*',)``.
         **sc_options: ``SCConv2d`` options (``pooling_r``, ``pool``, ``identity``, ``upsample``,
-            ``norm_layer``).
+            ``norm_layer``, ``memory_efficient``).
 
     Returns:
         A ``ConversionReport`` listing the converted layers and the skipped 3x3 convs with their reasons.

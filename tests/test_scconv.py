@@ -118,6 +118,52 @@ def test_train_mode_backward_and_norm_statistics():
     assert layer.k2_norm.num_batches_tracked.item() == 1
 
 
+def _saved_bytes(fn) -> int:
+    """Bytes of distinct storages autograd keeps for backward while ``fn()`` runs (parameters included)."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(storages.values())
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_memory_efficient_training_same_gradients_less_saved(stride):
+    torch.manual_seed(0)
+    plain = randomise_norms(SCConv2d(16, 16, stride=stride, memory_efficient=False)).double()
+    lean = randomise_norms(SCConv2d(16, 16, stride=stride)).double()
+    lean.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 16, 24, 24, dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_a, saved_a = _saved_bytes(lambda: plain(xa))
+    out_b, saved_b = _saved_bytes(lambda: lean(xb))
+    torch.testing.assert_close(out_b, out_a, rtol=0, atol=0)
+    weights = torch.randn_like(out_a)
+    (out_a * weights).sum().backward()
+    (out_b * weights).sum().backward()
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-12, atol=1e-12)
+    for (name, pa), pb in zip(plain.named_parameters(), lean.parameters()):
+        torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-12, atol=1e-12, msg=name)
+    # the batch norms ran once each: the recomputed part holds no running statistics
+    for bn in ('k2_norm', 'k3_norm'):
+        assert getattr(lean, bn).num_batches_tracked.item() == 1
+        torch.testing.assert_close(getattr(lean, bn).running_mean, getattr(plain, bn).running_mean)
+    # two half-width maps at the input resolution (the gate and the product) are not kept
+    half_map = 4 * 8 * 24 * 24 * 8
+    assert saved_a - saved_b >= 1.9 * half_map   # (the small pooled context is kept instead)
+    assert 'memory_efficient=False' in repr(plain) and 'memory_efficient' not in repr(lean)
+
+
+def test_memory_efficient_is_a_model_option():
+    from scnet import create_model
+    model = create_model('scnet26_cifar', memory_efficient=False)
+    assert not any(m.memory_efficient for m in model.modules() if isinstance(m, SCConv2d))
+    assert all(m.memory_efficient for m in create_model('scnet26_cifar').modules() if isinstance(m, SCConv2d))
+
+
 @pytest.mark.parametrize('kwargs, message', [
     (dict(in_channels=7, out_channels=8), 'in_channels=7 must be even'),
     (dict(in_channels=8, out_channels=6, groups=2), 'out_channels=6'),

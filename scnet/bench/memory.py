@@ -7,10 +7,15 @@ fresh process (``multiprocessing`` spawn) that builds the same contender (same f
 the kernel's high-water mark (``/proc/self/clear_refs``) once the model, input and optimizer exist, runs the
 steps, and reports ``VmHWM - VmRSS`` before the steps: what the steps themselves added at their peak
 (activations saved for backward, gradients, optimizer state, workspaces).
+
+The child runs with glibc's ``MALLOC_MMAP_THRESHOLD_`` at 64 KiB: every tensor buffer is then its own
+mapping, returned to the kernel when freed, so the resident set follows the live tensors instead of
+glibc's caching of freed heap (which made repeated measurements of one model differ by some 5%).
 """
 from __future__ import annotations
 
 import multiprocessing
+import os
 import resource
 from typing import Dict, Optional
 
@@ -21,6 +26,7 @@ from scnet.bench.cases import BenchmarkError, Contender, Settings, Step
 __all__ = ['cuda_step_peak', 'cpu_step_peak']
 
 _MB = 2 ** 20
+_MMAP_THRESHOLD = 'MALLOC_MMAP_THRESHOLD_'
 
 
 def cuda_step_peak(step: Step, steps: int = 2) -> Dict[str, object]:
@@ -87,7 +93,15 @@ def cpu_step_peak(contender: Contender, settings: Settings, steps: int = 2,
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(child, contender, settings, steps, threads or torch.get_num_threads()),
                        daemon=True)
-    proc.start()
+    saved = os.environ.get(_MMAP_THRESHOLD)
+    os.environ[_MMAP_THRESHOLD] = str(64 * 1024)  # read by the child's C library at start-up
+    try:
+        proc.start()
+    finally:
+        if saved is None:
+            del os.environ[_MMAP_THRESHOLD]
+        else:
+            os.environ[_MMAP_THRESHOLD] = saved
     child.close()
     try:
         result = parent.recv()

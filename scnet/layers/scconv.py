@@ -25,6 +25,15 @@ than ``r``. Here the pooling window is clamped, per dimension, to the map's exte
 ``h < r`` is pooled over its whole height (the calibration context becomes global along that axis).
 Maps of at least ``r`` pixels take exactly the authors' floor-mode pooling, so their checkpoints give
 their numbers wherever their code runs at all.
+
+Training memory. Written plainly, autograd keeps four half-width maps per layer for backward that a plain
+3x3 convolution does not have: K3's output (for its BN), the BN's output and the gate (for the product),
+and the product (for K4). Two of them are cheap to recompute: with ``memory_efficient=True`` (the
+default) the product and K4 run under ``torch.utils.checkpoint``, which keeps only their inputs and
+recomputes the gate, the product and K4's forward during backward. That cuts SCNet-50's saved
+activations at batch 16 from 1.18x to 1.10x ResNet-50's for about 4% more arithmetic (K4's forward once
+more); nothing stateful runs twice (the BNs stay outside the recomputed part). ``memory_efficient=False``
+keeps everything, as the authors' code does.
 """
 from __future__ import annotations
 
@@ -33,6 +42,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ['SCConv2d', 'NormLayer']
 
@@ -72,6 +82,8 @@ class SCConv2d(nn.Module):
         upsample: ``'nearest'`` (the authors' released code) or ``'bilinear'`` (the paper's text).
         norm_layer: builds the normalisation after K2 and after K3 from a channel count;
             ``None`` for none (for networks without normalisation).
+        memory_efficient: in training, recompute the gate, the product and K4 during backward instead of
+            keeping their maps (see the module doc); no effect on results or in inference.
     """
 
     def __init__(
@@ -87,6 +99,7 @@ class SCConv2d(nn.Module):
             identity: bool = True,
             upsample: str = 'nearest',
             norm_layer: Optional[NormLayer] = nn.BatchNorm2d,
+            memory_efficient: bool = True,
             device=None,
             dtype=None,
     ) -> None:
@@ -119,6 +132,7 @@ class SCConv2d(nn.Module):
         self.pool = pool
         self.identity = bool(identity)
         self.upsample = upsample
+        self.memory_efficient = bool(memory_efficient)
 
         half_in, half_out = in_channels // 2, out_channels // 2
         dd = dict(device=device, dtype=dtype)
@@ -142,27 +156,42 @@ class SCConv2d(nn.Module):
         self.k3_norm = norm(half_in)
         self.k4 = conv3x3(half_in, half_out, stride)   # path 1: output transform (eq. 5)
 
-    def calibration_gate(self, x1: torch.Tensor) -> torch.Tensor:
-        """``sigmoid(X1 + Up(K2(Pool_r(X1))))``, the gate of equation 4, for the self-calibrated half."""
+    def _context(self, x1: torch.Tensor) -> torch.Tensor:
+        """``K2(Pool_r(X1))`` with its normalisation, at the pooled resolution (equations 2 and 3)."""
         context = x1
         if self.pooling_r > 1:
             h, w = x1.shape[-2:]
             window = (min(self.pooling_r, h), min(self.pooling_r, w))  # clamped on small maps, see module doc
             pool = F.avg_pool2d if self.pool == 'avg' else F.max_pool2d
             context = pool(x1, window, window)
-        context = self.k2_norm(self.k2(context))
-        if self.pooling_r > 1:
+        return self.k2_norm(self.k2(context))
+
+    def _gate(self, x1: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """``sigmoid(X1 + Up(context))`` (or without ``X1``): the gate of equation 4."""
+        if context.shape[-2:] != x1.shape[-2:]:
             if self.upsample == 'nearest':
                 context = F.interpolate(context, size=x1.shape[-2:], mode='nearest')
             else:
                 context = F.interpolate(context, size=x1.shape[-2:], mode='bilinear', align_corners=False)
         return torch.sigmoid(x1 + context if self.identity else context)
 
+    def _calibrate(self, features: torch.Tensor, x1: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """``Y1 = K4(K3(X1) * gate)``: equations 4 and 5, given the normalised ``K3(X1)``."""
+        return self.k4(features * self._gate(x1, context))
+
+    def calibration_gate(self, x1: torch.Tensor) -> torch.Tensor:
+        """``sigmoid(X1 + Up(K2(Pool_r(X1))))``, the gate of equation 4, for the self-calibrated half."""
+        return self._gate(x1, self._context(x1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_plain, x_calib = torch.split(x, self.in_channels // 2, dim=1)
         y_plain = self.k1(x_plain)
-        y_calib = self.k3_norm(self.k3(x_calib)) * self.calibration_gate(x_calib)
-        y_calib = self.k4(y_calib)
+        context = self._context(x_calib)
+        features = self.k3_norm(self.k3(x_calib))
+        if self.memory_efficient and self.training and torch.is_grad_enabled():
+            y_calib = checkpoint(self._calibrate, features, x_calib, context, use_reentrant=False)
+        else:
+            y_calib = self._calibrate(features, x_calib, context)
         return torch.cat([y_plain, y_calib], dim=1)
 
     def extra_repr(self) -> str:
@@ -172,4 +201,5 @@ class SCConv2d(nn.Module):
         if self.groups != 1:
             s += f', groups={self.groups}'
         s += f', pooling_r={self.pooling_r}, pool={self.pool!r}, identity={self.identity}'
-        return s + f', upsample={self.upsample!r}'
+        s += f', upsample={self.upsample!r}'
+        return s if self.memory_efficient else s + ', memory_efficient=False'

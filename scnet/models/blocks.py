@@ -32,7 +32,8 @@ class AvgDownsample(nn.AvgPool2d):
 class SCBottleneck(Bottleneck):
     """timm ``Bottleneck`` whose ``conv2`` is a self-calibrated convolution.
 
-    Keyword args beyond timm's: ``pooling_r``, ``pool``, ``identity``, ``upsample`` (see ``SCConv2d``) and
+    Keyword args beyond timm's: ``pooling_r``, ``pool``, ``identity``, ``upsample``, ``memory_efficient`` (see
+    ``SCConv2d``) and
     ``avd`` (the v1d down-sampling average pool).
     """
 
@@ -47,6 +48,7 @@ class SCBottleneck(Bottleneck):
             pool: str = 'avg',
             identity: bool = True,
             upsample: str = 'nearest',
+            memory_efficient: bool = True,
             avd: bool = False,
             **kwargs,
     ) -> None:
@@ -57,7 +59,7 @@ class SCBottleneck(Bottleneck):
         self.conv2 = SCConv2d(
             plain.in_channels, plain.out_channels,
             stride=plain.stride[0], dilation=plain.dilation[0], groups=plain.groups,
-            pooling_r=pooling_r, pool=pool, identity=identity, upsample=upsample,
+            pooling_r=pooling_r, pool=pool, identity=identity, upsample=upsample, memory_efficient=memory_efficient,
             norm_layer=kwargs.get('norm_layer', nn.BatchNorm2d),
             device=plain.weight.device, dtype=plain.weight.dtype,
         )

@@ -23,7 +23,7 @@ from scnet.weights.official import OFFICIAL_WEIGHTS, pretrained_state_dict
 __all__ = ['SC_OPTIONS', 'ZOO_ARCHITECTURES']
 
 #: Keyword arguments of SC models that configure every ``SCConv2d`` of the network.
-SC_OPTIONS = ('pooling_r', 'pool', 'identity', 'upsample')
+SC_OPTIONS = ('pooling_r', 'pool', 'identity', 'upsample', 'memory_efficient')
 
 #: name -> SCResNet arguments of every network this module registers.
 ZOO_ARCHITECTURES: Dict[str, Dict[str, Any]] = {
