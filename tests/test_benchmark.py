@@ -206,6 +206,20 @@ def test_cli_json_format_prints_the_report(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)['results'] == report['results']
 
 
+def test_cli_variants_deployed_and_onnxruntime_agree_with_eager(tmp_path):
+    code, report = _cli(tmp_path, '--batch-size', '2', '--variants', 'eager', 'deployed', 'onnxruntime')
+    assert code == 0
+    rows = {r['model']: r for r in report['results']}
+    assert set(rows) == {f'{m}{v}' for m in ('resnet26_cifar', 'scnet26_cifar')
+                         for v in ('', ' [deployed]', ' [onnxruntime]')}
+    assert 'max_abs_diff_vs_eager' not in rows['scnet26_cifar']
+    for m in ('resnet26_cifar', 'scnet26_cifar'):
+        for v in (' [deployed]', ' [onnxruntime]'):
+            assert rows[m + v]['variant'] == v.strip(' []')
+            assert rows[m + v]['max_abs_diff_vs_eager'] < 1e-3
+            assert rows[m + v]['images_per_s'] > 0
+
+
 def test_cli_compile(tmp_path):
     out = tmp_path / 'c.json'
     assert main(['benchmark', '--models', 'resnet26_cifar', '--input-size', '32', '--batch-size', '2', '--warmup',
@@ -227,3 +241,36 @@ def test_cli_errors_are_one_line(args, message, capsys):
                  *args]) == 2
     err = capsys.readouterr().err
     assert message in err and 'Traceback' not in err and len(err.strip().splitlines()) == 1
+
+
+# --- benchmarks/: the other implementations ------------------------------------------------------------
+
+def _benchmarks_module(name):
+    import importlib
+    import os
+    import sys
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks')
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
+def test_other_implementations_compute_the_same_function():
+    diffs = _benchmarks_module('other_implementations').output_differences(size=128, batch=2)
+    assert diffs['logit_scale'] > 1
+    assert diffs['literal_eqs_2_5'] < 1e-4 * diffs['logit_scale']
+    assert diffs['authors_structure'] < 1e-4 * diffs['logit_scale']
+
+
+def test_literal_twin_trains_like_scnet():
+    impl = _benchmarks_module('implementations')
+    torch.manual_seed(0)
+    ours = impl.create_model('scnet26_cifar', memory_efficient=False).double()
+    literal = impl.literal_scnet('scnet26_cifar').double()
+    literal.load_state_dict(impl.ours_to_literal_state(ours))
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    ours(x).square().mean().backward()
+    literal(x).square().mean().backward()
+    twins = dict(literal.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(twins[impl.literal_key(name)].grad, p.grad, rtol=1e-9, atol=1e-12, msg=name)
