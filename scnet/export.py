@@ -175,6 +175,9 @@ def load_exported(path: PathLike, fmt: str, *, num_threads: int = 0) -> LoadedMo
 
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = num_threads or torch.get_num_threads()
+            # no busy-waiting between runs: spinning threads would steal the cores from whatever runs next
+            # in this process (torch, in a parity check or an interleaved benchmark)
+            options.add_session_config_entry('session.intra_op.allow_spinning', '0')
             session = onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
             name = session.get_inputs()[0].name
 
