@@ -55,7 +55,14 @@ DEFAULT_PROBE_SIZE = (3, 64, 64)
 
 
 class DeployError(ScnetError, RuntimeError):
-    """The deployed copy does not compute what the original computes, or the model cannot be probed."""
+    """The deployed copy does not compute what the original computes, or the model cannot be probed.
+
+    ``report`` is the ``DeployReport`` so far (what was folded, and the difference), or None.
+    """
+
+    def __init__(self, message: str, report: Optional['DeployReport'] = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass
@@ -393,7 +400,8 @@ def deploy(model: nn.Module, *, channels_last: bool = True, compile: bool = Fals
             ``torch._inductor.config`` is left as it is). The first compilation happens here, on the probe
             input: pass an ``example_input`` of the serving shape, as each new shape compiles once more.
         example_input: the probe: an input like the ones the network will see. Default: a random batch of 2
-            at the model's ``pretrained_cfg``/``default_cfg`` input size, else 3x64x64.
+            at the model's ``pretrained_cfg``/``default_cfg`` input size, else 3x64x64. The probe keeps every
+            proposed conv's output alive until its end (as a training forward pass would), so keep it small.
         tolerance: the largest accepted difference to the original on the probe, relative to the output's
             scale (``max(1, max |output|)``).
 
@@ -441,12 +449,19 @@ def deploy(model: nn.Module, *, channels_last: bool = True, compile: bool = Fals
         compiled = torch.compile(folded_model, backend='inductor', dynamic=False)
     deployed = DeployedModel(folded_model, report, compiled, {'freezing': True} if x.device.type == 'cpu' else None)
 
-    actual = deployed(x)  # also compiles, here rather than on the caller's first batch
+    try:
+        actual = deployed(x)  # also compiles, here rather than on the caller's first batch
+    except Exception as e:
+        if not compile:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        raise DeployError(f'torch.compile failed on the folded network ({type(e).__name__}: {first}); deploy with '
+                          'compile=False (folding and channels-last need no compiler)', report) from None
     diff, scale = _max_abs_diff(expected, actual)
     report.max_abs_diff = diff
     if not diff <= tolerance * max(1.0, scale):  # "not <=" also catches NaN
         raise DeployError(f'the deployed copy differs from the original by {diff:.3g} (max abs) on the probe, more '
-                          f'than {tolerance:g} x the output scale {max(1.0, scale):.3g}; see report.unfolded, try '
-                          'channels_last=False and compile=False, or, if the network itself amplifies float32 '
-                          'rounding that much, pass a larger tolerance=')
+                          f'than {tolerance:g} x the output scale {max(1.0, scale):.3g}; try channels_last=False and '
+                          'compile=False, or, if the network itself amplifies float32 rounding that much, pass a '
+                          'larger tolerance= (the error\'s .report lists what was folded)', report)
     return deployed

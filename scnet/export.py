@@ -87,6 +87,30 @@ def write_json(path: PathLike, data: object) -> Path:
     return path
 
 
+def _trace(model: nn.Module, fmt: str, x: torch.Tensor, dynamic_shapes) -> Callable[[Path], None]:
+    """Trace ``model`` on ``x`` with the exporter of ``fmt``; returns the function that writes the result."""
+    if fmt == 'onnx':
+        with torch.no_grad():
+            program = torch.onnx.export(model, (x,), dynamo=True, input_names=['input'], output_names=['output'],
+                                        dynamic_shapes=dynamic_shapes, verbose=False)
+        return lambda tmp: program.save(str(tmp), external_data=False)  # one file (fine below 2 GB)
+    if fmt == 'torchscript':
+        with _jit_deprecation_silenced(), torch.no_grad():
+            traced = torch.jit.trace(model, x, check_trace=False)
+
+        def save_script(tmp: Path) -> None:
+            with _jit_deprecation_silenced():
+                torch.jit.save(traced, str(tmp))
+        return save_script
+    with torch.no_grad():
+        program = torch.export.export(model, (x,), dynamic_shapes=dynamic_shapes)
+
+    def save_program(tmp: Path) -> None:
+        with open(tmp, 'wb') as f:  # a file object: torch.export would warn about a name not ending .pt2
+            torch.export.save(program, f)
+    return save_program
+
+
 def export_model(model: nn.Module, fmt: str, output: PathLike, example_input: torch.Tensor, *,
                  dynamic_batch: bool = True) -> Path:
     """Write ``model`` to ``output`` in format ``fmt`` and return the path.
@@ -115,6 +139,8 @@ def export_model(model: nn.Module, fmt: str, output: PathLike, example_input: to
     output = Path(output)
     if not output.parent.is_dir():
         raise ExportError(f'{output.parent}: no such directory; create it first or choose another --output')
+    if output.is_dir():
+        raise ExportError(f'{output} is a directory; give a file name to write, e.g. {output / "model.onnx"}')
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
         raise ExportError('example_input must be a batched tensor, e.g. torch.randn(1, 3, 224, 224)')
     x = example_input.detach()
@@ -122,23 +148,16 @@ def export_model(model: nn.Module, fmt: str, output: PathLike, example_input: to
         x = x.expand(2, *x.shape[1:]).contiguous()
     dynamic_shapes = ({0: torch.export.Dim('batch')},) if dynamic_batch else None
 
-    if fmt == 'onnx':
-        with torch.no_grad():
-            program = torch.onnx.export(model, (x,), dynamo=True, input_names=['input'], output_names=['output'],
-                                        dynamic_shapes=dynamic_shapes, verbose=False)
-        _write_atomically(output, lambda tmp: program.save(str(tmp), external_data=False))
-    elif fmt == 'torchscript':
-        with _jit_deprecation_silenced(), torch.no_grad():
-            traced = torch.jit.trace(model, x, check_trace=False)
-            _write_atomically(output, lambda tmp: torch.jit.save(traced, str(tmp)))
-    else:
-        with torch.no_grad():
-            program = torch.export.export(model, (x,), dynamic_shapes=dynamic_shapes)
-
-        def save(tmp: Path) -> None:
-            with open(tmp, 'wb') as f:  # a file object: torch.export would warn about a name not ending .pt2
-                torch.export.save(program, f)
+    try:
+        save = _trace(model, fmt, x, dynamic_shapes)
+    except Exception as e:  # the exporters raise many types, with pages of detail: one line, the cause chained
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        raise ExportError(f'{fmt} export of {type(model).__name__} failed ({type(e).__name__}: {first[:300]}); '
+                          'try another format, or export without scnet.deploy') from e
+    try:
         _write_atomically(output, save)
+    except OSError as e:
+        raise ExportError(f'{output}: cannot write ({e}); check the space and permissions there') from None
     return output
 
 

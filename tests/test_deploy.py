@@ -206,9 +206,22 @@ class Noisy(nn.Module):
 
 
 def test_a_copy_that_does_not_match_raises_naming_the_difference():
-    with pytest.raises(DeployError, match=r'differs from the original by [0-9.e-]+ \(max abs\)'):
+    with pytest.raises(DeployError, match=r'differs from the original by [0-9.e-]+ \(max abs\)') as e:
         scnet.deploy(Noisy())
+    assert [f.bn for f in e.value.report.folded] == ['bn1'] and e.value.report.max_abs_diff > 1e-4
     assert issubclass(DeployError, scnet.ScnetError)
+
+
+def test_a_failed_compilation_is_one_clear_error(monkeypatch):
+    def broken_compile(model, **kwargs):
+        def run(*args):
+            raise RuntimeError('no C++ compiler found\n(long inductor traceback)')
+        return run
+    monkeypatch.setattr(torch, 'compile', broken_compile)
+    with pytest.raises(DeployError, match=r'torch.compile failed on the folded network \(RuntimeError: no C\+\+ '
+                                          r'compiler found\); deploy with compile=False') as e:
+        scnet.deploy(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), compile=True)
+    assert '\n' not in str(e.value) and e.value.report.folded_count == 1
 
 
 def test_bad_inputs_raise_one_clear_error():

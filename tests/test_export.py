@@ -71,9 +71,20 @@ def test_a_failed_export_leaves_the_previous_file_and_no_partial_file(tiny, tmp_
     def broken_save(*args, **kwargs):
         raise OSError('disk full')
     monkeypatch.setattr(torch.jit, 'save', broken_save)
-    with pytest.raises(OSError, match='disk full'):
+    with pytest.raises(ExportError, match='model.ts: cannot write \\(disk full\\)'):
         export_model(model, 'torchscript', target, torch.randn(1, 3, 16, 16))
     assert target.read_text() == 'previous' and leftovers(tmp_path) == []
+
+
+class NotTraceable(nn.Module):
+    def forward(self, x):
+        return x[0] if x.sum() > 0 else x[1]  # data-dependent control flow: torch.export refuses it
+
+
+def test_a_failed_trace_is_one_line_naming_the_format(tmp_path):
+    with pytest.raises(ExportError, match=r'^exported export of NotTraceable failed \(') as e:
+        export_model(NotTraceable().eval(), 'exported', tmp_path / 'm.pt2', torch.randn(2, 3))
+    assert '\n' not in str(e.value) and e.value.__cause__ is not None and leftovers(tmp_path) == []
 
 
 def test_export_errors_name_the_problem(tiny, tmp_path):
