@@ -80,7 +80,7 @@ def _median_rows(rounds):
     for same in merged.values():
         row = dict(same[0])
         for key in ('seconds', 'images_per_s', 'images_per_s_per_worker', 'decode_images_per_s'):
-            row[key] = round(statistics.median(r[key] for r in same), 4 if key == 'seconds' else 1)
+            row[key] = round(statistics.median(r[key] for r in same), 6 if key == 'seconds' else 1)
         row['rounds'] = len(same)
         out.append(row)
     return out

@@ -172,7 +172,7 @@ def measure_pipeline(root: Optional[PathLike] = None, *, decoders: Sequence[str]
                 with _one_thread():  # workers > 0 run one thread each anyway (DataLoader sets it)
                     seconds = _loader_seconds(dataset, indices, count)
                 rate = images / seconds
-                rows.append({'decoder': decoder, 'workers': count, 'images': images, 'seconds': round(seconds, 4),
+                rows.append({'decoder': decoder, 'workers': count, 'images': images, 'seconds': round(seconds, 6),
                              'images_per_s': round(rate, 1),
                              'images_per_s_per_worker': round(rate / max(1, count), 1),
                              'decode_images_per_s': round(decode_rate, 1), 'image_size': image_size,
