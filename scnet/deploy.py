@@ -31,6 +31,7 @@ The caller's model is never modified nor run: ``deploy`` works on a deep copy.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
@@ -48,7 +49,7 @@ from scnet.errors import ScnetError
 from scnet.layers.gather_excite import GatherExcite
 from scnet.layers.scconv import SCConv2d
 
-__all__ = ['deploy', 'DeployedModel', 'DeployReport', 'FoldedBN', 'UnfoldedBN', 'DeployError']
+__all__ = ['deploy', 'DeployedModel', 'DeployReport', 'FoldedBN', 'UnfoldedBN', 'DeployError', 'compile_headroom']
 
 #: Probe resolution for models without a ``pretrained_cfg`` / ``default_cfg`` input size.
 DEFAULT_PROBE_SIZE = (3, 64, 64)
@@ -119,6 +120,20 @@ class DeployReport:
         return '\n'.join(lines)
 
 
+@contextlib.contextmanager
+def compile_headroom():
+    """Room for many compiled entries of one function while inside (Dynamo's recompile limits raised).
+
+    Networks of one family share code objects (every timm ResNet's ``forward``), and each network, input
+    shape and grad mode is one more compiled entry of that one function. Past Dynamo's limit (8 in PyTorch
+    2.14) it silently runs the function eagerly: a process that compiles a few networks would then serve
+    some of them uncompiled, and a benchmark would time an eager network as a compiled one.
+    """
+    import torch._dynamo
+    with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
+        yield
+
+
 class DeployedModel(nn.Module):
     """The inference network ``deploy`` returns: the folded ``module``, run without autograd.
 
@@ -131,7 +146,8 @@ class DeployedModel(nn.Module):
       compilations it may trigger (the first, and one per new input shape, as shapes are static) then freeze
       the weights into the graph (oneDNN-prepacked convolutions), and the global inductor config is the same
       after the call as before. (``torch.compile(options={'freezing': True})`` does not reach the check that
-      enables freezing in PyTorch 2.14: its convolutions stay plain ``aten`` calls.)
+      enables freezing in PyTorch 2.14: its convolutions stay plain ``aten`` calls.) The call also runs
+      under ``compile_headroom()``.
     * Attributes it does not have itself (``fc``, ``pretrained_cfg``, ``forward_features``, ...) are the
       folded network's.
     * It stays in eval mode: ``train()`` is a no-op, since a folded network cannot be trained as the original.
@@ -156,7 +172,7 @@ class DeployedModel(nn.Module):
                 return self.module(x, *args, **kwargs)
             import torch._inductor.config as inductor_config
 
-            with inductor_config.patch(self._inductor_config):  # scoped to this call, see the class docstring
+            with inductor_config.patch(self._inductor_config), compile_headroom():  # scoped to this call
                 return self._compiled(x, *args, **kwargs)
 
     def train(self, mode: bool = True) -> 'DeployedModel':

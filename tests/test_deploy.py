@@ -235,3 +235,13 @@ def test_bad_inputs_raise_one_clear_error():
         scnet.deploy(scnet.create_model('resnet26_cifar', num_classes=10), example_input=torch.randn(2, 1, 32, 32))
     with pytest.raises(DeployError, match='example_input must be a tensor'):
         scnet.deploy(nn.Conv2d(3, 3, 1), example_input=[1, 2])
+
+
+def test_compile_headroom_raises_the_recompile_limit_only_inside():
+    import torch._dynamo
+
+    from scnet.deploy import compile_headroom
+    before = torch._dynamo.config.recompile_limit
+    with compile_headroom():
+        assert torch._dynamo.config.recompile_limit >= 64
+    assert torch._dynamo.config.recompile_limit == before

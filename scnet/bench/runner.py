@@ -10,6 +10,7 @@ eager carry their largest logit difference from the eager model on the same batc
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -19,6 +20,7 @@ from scnet.bench.machine import machine_facts
 from scnet.bench.memory import cpu_step_peak, cuda_step_peak
 from scnet.bench.rates import gemm_rates
 from scnet.bench.timing import summarize, time_interleaved
+from scnet.deploy import compile_headroom
 
 __all__ = ['run_benchmark']
 
@@ -56,6 +58,13 @@ def run_benchmark(contenders: Sequence[Contender], settings: Settings, *, batch_
     if len(set(labels)) != len(labels):
         raise BenchmarkError(f'each contender needs its own label, got {labels}')
     sizes = list(batch_sizes) or [settings.batch_size]
+    # compiled contenders share code objects: see compile_headroom
+    with compile_headroom() if settings.compile else contextlib.nullcontext():
+        return _run(contenders, settings, sizes, warmup, repeats, memory, memory_steps, rates, progress)
+
+
+def _run(contenders, settings, sizes, warmup, repeats, memory, memory_steps, rates, progress):
+    labels = [c.label for c in contenders]
     report: Dict[str, object] = {
         'machine': machine_facts(settings.device),
         'settings': {**settings.as_dict(), 'batch_sizes': sizes, 'warmup': warmup, 'repeats': repeats},
