@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scnet.models.factory import _unknown, list_models
+    from scnet.models.factory import validate_model_name
     from scnet.train.recipe import load_recipe
     from scnet.train.trainer import train
 
@@ -58,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
                      skip_bad_images=args.skip_bad_images)
     config = run_config(args, default='embedded' if args.data is None else 'imagenet_100ep')
     recipe = load_recipe(config, **overrides)
-    if recipe.model not in list_models():
-        raise _unknown(recipe.model)
+    validate_model_name(recipe.model)
     output = Path(args.output or f'runs/{recipe.model}-{time.strftime("%Y%m%d-%H%M%S")}')
     last = train(recipe, output, resume=args.resume, progress=not args.quiet)
     if last:

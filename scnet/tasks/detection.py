@@ -36,7 +36,6 @@ import dataclasses
 import io
 import json
 import math
-import random
 import sys
 import time
 from collections import defaultdict
@@ -56,6 +55,7 @@ from scnet.tasks.coco_files import CocoDataError, load_coco
 from scnet.tasks.detection_data import (CocoDetectionSet, category_labels, check_images, collate,
                                         matched_categories)
 from scnet.train import distributed
+from scnet.train.state import seed_everything
 from scnet.train.recipe import RecipeError, RecipeReader, check_settings, device_check
 from scnet.train.run_folder import RunError, RunFolder
 from scnet.train.schedule import lr_schedule
@@ -466,12 +466,6 @@ def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler,
     return row
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _open_data(recipe: DetectionRecipe):
     """Both annotation files checked (every problem named before anything is built) and their categories."""
     recipe.require_data()
@@ -560,7 +554,7 @@ def train_detector(recipe: DetectionRecipe, output: Path, *, resume: bool = Fals
             checkpoint, pretrained, backbone_kwargs = None, False, saved['backbone_kwargs']
             trainable, frozen = saved['resolved_trainable_layers'], saved['resolved_frozen_bn']
             weights = saved['backbone_weights']
-        _seed_everything(recipe.seed)  # the same initial heads in every process
+        seed_everything(recipe.seed)  # the same initial heads in every process
         model = build_detector(recipe.task, recipe.backbone, len(categories), recipe.min_size, recipe.max_size,
                                backbone_checkpoint=checkpoint, pretrained_backbone=pretrained,
                                backbone_kwargs=backbone_kwargs, trainable_layers=trainable, frozen_bn=frozen,

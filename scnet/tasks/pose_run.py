@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,7 @@ from scnet.train import distributed, schedule
 from scnet.train.loop import NonFiniteLossError
 from scnet.train.recipe import RECIPES_DIR, RecipeError, RecipeReader, check_settings, device_check
 from scnet.train.run_folder import RunError, RunFolder
-from scnet.train.state import load_state, restore_rng_states
+from scnet.train.state import load_state, restore_rng_states, seed_everything
 from scnet.weights.io import read_metadata
 
 __all__ = ['PoseRecipe', 'POSE_RECIPES_DIR', 'list_pose_recipes', 'load_pose_recipe', 'parse_image_size',
@@ -184,17 +183,10 @@ def load_pose_recipe(config: Optional[str] = None, **overrides: Any) -> PoseReci
 
 # ------------------------------------------------------------------------------------------------ helpers
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _build(recipe: PoseRecipe, num_keypoints: int, *, with_weights: bool = True) -> SimplePose:
-    from scnet.models.factory import _unknown, list_models
+    from scnet.models.factory import validate_model_name
 
-    if recipe.backbone not in list_models():
-        raise _unknown(recipe.backbone)
+    validate_model_name(recipe.backbone)
     try:
         model = build_pose_model(recipe.backbone, num_keypoints,
                                  checkpoint=recipe.backbone_checkpoint if with_weights else None,
@@ -360,7 +352,7 @@ def train_pose(recipe: PoseRecipe, output: Path, *, resume: bool = False, progre
             raise CocoDataError(f'{recipe.train_ann}: no person with labelled keypoints to train on')
         val_instances = _val_instances(val_coco, val_spec, recipe, recipe.val_images, recipe.val_boxes)
 
-        _seed_everything(recipe.seed)   # the same initial weights in every process
+        seed_everything(recipe.seed)   # the same initial weights in every process
         model = _build(recipe, spec.num, with_weights=state is None)   # a resumed run has its own weights
         stride = model.stride
         if recipe.batch_size % ctx.world_size:

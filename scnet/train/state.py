@@ -17,7 +17,14 @@ import torch
 
 from scnet.errors import CheckpointError
 
-__all__ = ['save_atomic', 'load_state', 'rng_states', 'restore_rng_states']
+__all__ = ['save_atomic', 'load_state', 'rng_states', 'restore_rng_states', 'seed_everything']
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators: the same initial weights in every process of a run."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def save_atomic(state: Dict[str, Any], path: Path) -> None:

@@ -16,11 +16,9 @@ exactly the epochs it lost and ends with the same weights as an uninterrupted ru
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any, Dict
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -34,15 +32,9 @@ from scnet.train.sampling import ShardedBatchSampler, StridedSampler
 from scnet.train.side_output import WithSideOutput
 from scnet.train.run_folder import RunError, RunFolder
 from scnet.train.schedule import lr_schedule
-from scnet.train.state import restore_rng_states
+from scnet.train.state import restore_rng_states, seed_everything
 
 __all__ = ['train', 'RunError']
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _lr_factor(recipe: Recipe, steps_per_epoch: int):
@@ -98,7 +90,7 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
         val_loader = _loader(val_set, ctx, recipe, batch_size=max(1, batch_sampler.micro),
                              sampler=StridedSampler(len(val_set), rank=ctx.rank, world_size=ctx.world_size))
 
-        _seed_everything(recipe.seed)  # same initial weights in every process
+        seed_everything(recipe.seed)  # same initial weights in every process
         net: nn.Module = create_model(recipe.model, num_classes=len(classes), **recipe.model_kwargs)
         model = WithSideOutput(net, len(classes)) if recipe.aux_weight > 0 else net
         side = model.side if isinstance(model, WithSideOutput) else None

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from scnet.errors import ScnetError
 from scnet.files import write_json_atomic
+from scnet.visual.images import save_png
 
 __all__ = ['MetricsError', 'read_metrics', 'run_model', 'summarize', 'plot_runs', 'METRIC_KEYS', 'FIGURES',
            'DPI']
@@ -298,17 +299,6 @@ def _throughput_figure(runs, labels, colours):
                           'throughput (images/s)')
 
 
-def _save_atomic(fig, path: Path) -> None:
-    """Render to a temporary file beside ``path`` and rename: a viewer never sees half a PNG."""
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    try:
-        fig.savefig(tmp, dpi=DPI, format='png')
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def plot_runs(run_dirs: Sequence[PathLike], output_dir: PathLike, *,
               labels: Optional[Sequence[str]] = None) -> List[Path]:
     """Draw the curves of one or more runs and summarise them; returns the paths written.
@@ -342,7 +332,7 @@ def plot_runs(run_dirs: Sequence[PathLike], output_dir: PathLike, *,
     for name, draw in (('loss.png', _loss_figure), ('accuracy.png', _accuracy_figure), ('lr.png', _lr_figure),
                        ('throughput.png', _throughput_figure)):
         path = output_dir / name
-        _save_atomic(draw(runs, labels, colours), path)
+        save_png(draw(runs, labels, colours), path, dpi=DPI)
         written.append(path)
 
     summary = {'runs': [dict(label=label, model=model, run_dir=str(d), **summarize(metrics))

@@ -259,13 +259,14 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit // 2 - 1] + '...' + text[-(limit - limit // 2 - 2):]
 
 
-def save_png(fig, path: PathLike) -> Path:
-    """Render ``fig`` to ``path`` (a PNG of ``figsize * DPI`` pixels) through a temporary file and a rename."""
+def save_png(fig, path: PathLike, dpi: int = DPI) -> Path:
+    """Render ``fig`` to ``path`` (a PNG of ``figsize * dpi`` pixels) through a temporary file and a rename:
+    a viewer never sees half a PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
     try:
-        fig.savefig(tmp, dpi=DPI, format='png')
+        fig.savefig(tmp, dpi=dpi, format='png')
         os.replace(tmp, path)
     finally:
         if tmp.exists():
