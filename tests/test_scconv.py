@@ -1,5 +1,6 @@
 """SCConv2d against the literal equations, nn.Conv2d's interface, and PyTorch's compilers and exporters."""
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from scnet import SCConv2d
+from scnet.layers.calibration import calibrated_product
 from tests.reference import sc_conv_reference
 
 
@@ -18,8 +20,9 @@ def randomise_norms(module: nn.Module, seed: int = 0) -> nn.Module:
     for m in module.modules():
         if isinstance(m, nn.BatchNorm2d):
             with torch.no_grad():
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+                if m.affine:
+                    m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                    m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
                 m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
     return module
@@ -151,9 +154,9 @@ def test_memory_efficient_training_same_gradients_less_saved(stride):
     for bn in ('k2_norm', 'k3_norm'):
         assert getattr(lean, bn).num_batches_tracked.item() == 1
         torch.testing.assert_close(getattr(lean, bn).running_mean, getattr(plain, bn).running_mean)
-    # two half-width maps at the input resolution (the gate and the product) are not kept
+    # three half-width maps at the input resolution (BN3's output, the gate and the product) are not kept
     half_map = 4 * 8 * 24 * 24 * 8
-    assert saved_a - saved_b >= 1.9 * half_map   # (the small pooled context is kept instead)
+    assert saved_a - saved_b >= 2.9 * half_map
     assert 'memory_efficient=False' in repr(plain) and 'memory_efficient' not in repr(lean)
 
 
@@ -213,3 +216,92 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
     session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     torch.testing.assert_close(torch.from_numpy(out), layer(x).detach(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('cfg, norm', [
+    (dict(), None),
+    (dict(stride=2, dilation=2), None),
+    (dict(identity=False, upsample='bilinear', pooling_r=3), None),
+    (dict(pool='max', pooling_r=1), None),
+    (dict(groups=2), partial(nn.BatchNorm2d, momentum=None)),   # cumulative running average
+    (dict(), partial(nn.BatchNorm2d, affine=False)),
+])
+def test_one_map_training_path_equals_autograd(cfg, norm):
+    """The hand-written backward (memory_efficient=True) against plain autograd (memory_efficient=False):
+    outputs, every gradient, running statistics and batch counters, on maps the context divides and not."""
+    kwargs = dict(cfg, norm_layer=norm) if norm is not None else cfg
+    for size in ((16, 16), (14, 14), (7, 9)):
+        torch.manual_seed(0)
+        lean = randomise_norms(SCConv2d(8, 8, **kwargs)).double().train()
+        plain = randomise_norms(SCConv2d(8, 8, memory_efficient=False, **kwargs)).double().train()
+        plain.load_state_dict(lean.state_dict())
+        x = torch.randn(3, 8, *size, dtype=torch.float64)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        for _ in range(2):  # twice: the second step sees updated running statistics and counters
+            out_a, out_b = plain(xa), lean(xb)
+            torch.testing.assert_close(out_b, out_a, rtol=0, atol=0)
+            weights = torch.randn_like(out_a)
+            (out_a * weights).sum().backward()
+            (out_b * weights).sum().backward()
+        torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-10, atol=1e-12)
+        for (name, pa), pb in zip(plain.named_parameters(), lean.parameters()):
+            torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-10, atol=1e-12, msg=name)
+        for (name, ba), bb in zip(plain.named_buffers(), lean.buffers()):
+            torch.testing.assert_close(bb, ba, rtol=0, atol=0, msg=name)
+
+
+def test_one_map_training_path_under_bfloat16_autocast():
+    torch.manual_seed(0)
+    lean = SCConv2d(16, 16).train()
+    plain = SCConv2d(16, 16, memory_efficient=False).train()
+    plain.load_state_dict(lean.state_dict())
+    x = torch.randn(4, 16, 16, 16)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out_a, out_b = plain(xa), lean(xb)
+    assert out_b.dtype == torch.bfloat16
+    torch.testing.assert_close(out_b, out_a, rtol=0, atol=0)
+    out_a.float().sum().backward()
+    out_b.float().sum().backward()
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-3, atol=1e-3)
+    for (name, pa), pb in zip(plain.named_parameters(), lean.parameters()):
+        assert pb.grad.dtype == pa.dtype
+        torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-2, atol=1e-2, msg=name)
+
+
+def test_gate_broadcast_equals_pytorch_nearest_upsampling():
+    """Where the map is k times its context (k <= 24), the gate broadcasts each context cell over a k x k block
+    instead of up-sampling; it must give exactly what F.interpolate(mode='nearest') gives, for every k and
+    size, and larger or non-integer factors must still go through F.interpolate."""
+    g = torch.Generator().manual_seed(0)
+    for k in range(1, 31):
+        for h in (1, 2, 3, 5, 7, 13, 31, 64):
+            for identity in (True, False):
+                context = torch.randn(1, 2, h, 2, generator=g)
+                x1 = torch.randn(1, 2, h * k, 2 * k + (k == 27), generator=g)  # one non-integer width factor
+                features = torch.randn_like(x1)
+                up = F.interpolate(context, size=x1.shape[-2:], mode='nearest')
+                expected = features * torch.sigmoid(x1 + up if identity else up)
+                with torch.no_grad():
+                    got = calibrated_product(features, x1, context, identity, 'nearest')
+                torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=f'k={k} h={h}')
+
+
+def test_torchscript_and_torch_fx_trace_the_layer_in_both_modes():
+    from torchvision.models.feature_extraction import create_feature_extractor
+    layer = randomise_norms(SCConv2d(8, 8, stride=2, pooling_r=4))
+    for size in ((16, 16), (3, 5)):  # the second is smaller than r
+        x = torch.randn(2, 8, *size)
+        for training in (False, True):
+            layer.train(training)
+            expected = layer(x)
+            for converted in (torch.jit.script(layer), torch.fx.symbolic_trace(layer)):
+                torch.testing.assert_close(converted(x), expected, rtol=1e-6, atol=1e-6)
+            traced = torch.fx.symbolic_trace(layer)
+            xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+            layer(xa).square().sum().backward()
+            traced(xb).square().sum().backward()
+            torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-5, atol=1e-6)
+    layer.eval()
+    features = create_feature_extractor(layer, return_nodes={'k1': 'plain', 'k4': 'calibrated'})(x)
+    assert features['plain'].shape == features['calibrated'].shape == (2, 4, 2, 3)

@@ -28,23 +28,31 @@ their numbers wherever their code runs at all.
 
 Training memory. Written plainly, autograd keeps four half-width maps per layer for backward that a plain
 3x3 convolution does not have: K3's output (for its BN), the BN's output and the gate (for the product),
-and the product (for K4). Two of them are cheap to recompute: with ``memory_efficient=True`` (the
-default) the product and K4 run under ``torch.utils.checkpoint``, which keeps only their inputs and
-recomputes the gate, the product and K4's forward during backward. That cuts SCNet-50's saved
-activations at batch 16 from 1.18x to 1.10x ResNet-50's for about 4% more arithmetic (K4's forward once
-more); nothing stateful runs twice (the BNs stay outside the recomputed part). ``memory_efficient=False``
-keeps everything, as the authors' code does.
+and the product (for K4). With ``memory_efficient=True`` the BN after K3, the gate, the product and K4 run
+as one autograd node (``scnet.layers.calibration.CalibratedHalf``) that keeps only K3's output and rebuilds
+the rest with element-wise passes in backward; nothing stateful runs twice and no convolution runs again.
+``model.set_grad_checkpointing()`` (timm's switch) turns it on for every SC layer of a network, together
+with timm's own per-stage checkpointing. Inference is the same either way.
+
+Tracing and scripting. Everything that depends on a map's size lives in ``scnet.layers.calibration``'s
+``torch.fx.wrap``-ped functions, so the layer traces with ``torch.fx`` and compiles with TorchScript,
+``torch.compile`` and ``torch.export``.
 """
 from __future__ import annotations
 
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+
+from scnet.layers.calibration import CalibratedHalf, batch_norm_momentum, calibrated_product, pool_context
 
 __all__ = ['SCConv2d', 'NormLayer']
+
+# Leaves of torch.fx graphs: they branch on map sizes, which symbolic tracing cannot follow. fx.wrap acts on
+# the calling module's globals, so it is declared here, where the layer calls them.
+torch.fx.wrap('pool_context')
+torch.fx.wrap('calibrated_product')
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -82,8 +90,8 @@ class SCConv2d(nn.Module):
         upsample: ``'nearest'`` (the authors' released code) or ``'bilinear'`` (the paper's text).
         norm_layer: builds the normalisation after K2 and after K3 from a channel count;
             ``None`` for none (for networks without normalisation).
-        memory_efficient: in training, recompute the gate, the product and K4 during backward instead of
-            keeping their maps (see the module doc); no effect on results or in inference.
+        memory_efficient: in training, keep one half-width map for backward instead of four and rebuild the
+            others in backward (see the module doc); no effect on results or in inference.
     """
 
     def __init__(
@@ -160,38 +168,40 @@ class SCConv2d(nn.Module):
         """``K2(Pool_r(X1))`` with its normalisation, at the pooled resolution (equations 2 and 3)."""
         context = x1
         if self.pooling_r > 1:
-            h, w = x1.shape[-2:]
-            window = (min(self.pooling_r, h), min(self.pooling_r, w))  # clamped on small maps, see module doc
-            pool = F.avg_pool2d if self.pool == 'avg' else F.max_pool2d
-            context = pool(x1, window, window)
+            context = pool_context(x1, self.pooling_r, self.pool == 'max')
         return self.k2_norm(self.k2(context))
-
-    def _gate(self, x1: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """``sigmoid(X1 + Up(context))`` (or without ``X1``): the gate of equation 4."""
-        if context.shape[-2:] != x1.shape[-2:]:
-            if self.upsample == 'nearest':
-                context = F.interpolate(context, size=x1.shape[-2:], mode='nearest')
-            else:
-                context = F.interpolate(context, size=x1.shape[-2:], mode='bilinear', align_corners=False)
-        return torch.sigmoid(x1 + context if self.identity else context)
-
-    def _calibrate(self, features: torch.Tensor, x1: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """``Y1 = K4(K3(X1) * gate)``: equations 4 and 5, given the normalised ``K3(X1)``."""
-        return self.k4(features * self._gate(x1, context))
 
     def calibration_gate(self, x1: torch.Tensor) -> torch.Tensor:
         """``sigmoid(X1 + Up(K2(Pool_r(X1))))``, the gate of equation 4, for the self-calibrated half."""
-        return self._gate(x1, self._context(x1))
+        return calibrated_product(torch.ones_like(x1), x1, self._context(x1), self.identity, self.upsample)
+
+    @torch.jit.unused
+    def _one_map_path(self, features: torch.Tensor, x_calib: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """BN3, gate, product and K4 as one ``CalibratedHalf`` node when it applies, else ``None``: training-mode
+        ``nn.BatchNorm2d`` after K3 and autograd on, outside torch.fx, tracing and compilers (they plan
+        memory themselves or cannot run a custom autograd node)."""
+        bn, k4 = self.k3_norm, self.k4
+        if not (self.memory_efficient and self.training and torch.is_grad_enabled()
+                and type(bn) is nn.BatchNorm2d and bn.track_running_stats
+                and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not _fx_tracing()):
+            return None
+        return CalibratedHalf.apply(
+            features, x_calib, context, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+            batch_norm_momentum(bn), bn.eps, k4.weight, k4.bias, k4.stride, k4.padding, k4.dilation, k4.groups,
+            self.identity, self.upsample)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_plain, x_calib = torch.split(x, self.in_channels // 2, dim=1)
+        half = self.in_channels // 2
+        x_plain, x_calib = x[:, :half], x[:, half:]
         y_plain = self.k1(x_plain)
         context = self._context(x_calib)
-        features = self.k3_norm(self.k3(x_calib))
-        if self.memory_efficient and self.training and torch.is_grad_enabled():
-            y_calib = checkpoint(self._calibrate, features, x_calib, context, use_reentrant=False)
-        else:
-            y_calib = self._calibrate(features, x_calib, context)
+        features = self.k3(x_calib)
+        y_calib: Optional[torch.Tensor] = None
+        if not torch.jit.is_scripting():
+            y_calib = self._one_map_path(features, x_calib, context)
+        if y_calib is None:
+            y_calib = self.k4(calibrated_product(self.k3_norm(features), x_calib, context, self.identity,
+                                                 self.upsample))
         return torch.cat([y_plain, y_calib], dim=1)
 
     def extra_repr(self) -> str:
@@ -203,3 +213,9 @@ class SCConv2d(nn.Module):
         s += f', pooling_r={self.pooling_r}, pool={self.pool!r}, identity={self.identity}'
         s += f', upsample={self.upsample!r}'
         return s if self.memory_efficient else s + ', memory_efficient=False'
+
+
+def _fx_tracing() -> bool:
+    """True while ``torch.fx`` traces symbolically (a Python value there, so not under TorchScript)."""
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing  # not re-exported by torch.fx
+    return is_fx_symbolic_tracing()
