@@ -266,7 +266,8 @@ def test_one_map_training_path_under_bfloat16_autocast():
     torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-3, atol=1e-3)
     for (name, pa), pb in zip(plain.named_parameters(), lean.parameters()):
         assert pb.grad.dtype == pa.dtype
-        torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-2, atol=1e-2, msg=name)
+        # bfloat16 rounding: autograd sums the context's gradient in bfloat16, the one-map path in float32
+        torch.testing.assert_close(pb.grad, pa.grad, rtol=0, atol=0.01 * pa.grad.abs().max().item(), msg=name)
 
 
 def test_gate_broadcast_equals_pytorch_nearest_upsampling():

@@ -57,12 +57,18 @@ def _gate_logits(x1: Tensor, context: Tensor, identity: bool, upsample: str) -> 
     if h == big_h and w == big_w:
         return x1 + context if identity else context.clone()
     factors = _block_factors(x1, context, upsample)
-    if len(factors) == 2:  # broadcast over kh x kw blocks: no up-sampled copy of the context is made
+    if len(factors) == 2:  # broadcast over kh x kw blocks: no full-size up-sampled context is made
         kh, kw = factors[0], factors[1]
-        cells = context.reshape(n, c, h, 1, w, 1)
+        if x1.stride(1) == 1:  # channels innermost (channels-last): one broadcast, vectorised over channels
+            cells = context.reshape(n, c, h, 1, w, 1).expand(n, c, h, kh, w, kw)
+            blocks = x1.reshape(n, c, h, kh, w, kw)
+        else:  # rows innermost: repeat along rows first (a 1/kh-size copy), so the broadcast runs along rows
+            cells = context.unsqueeze(-1).expand(n, c, h, w, kw).reshape(n, c, h, 1, big_w).expand(
+                n, c, h, kh, big_w)
+            blocks = x1.reshape(n, c, h, kh, big_w)
         if identity:
-            return (x1.reshape(n, c, h, kh, w, kw) + cells).reshape(n, c, big_h, big_w)
-        return cells.expand(n, c, h, kh, w, kw).reshape(n, c, big_h, big_w).clone()
+            return (blocks + cells).reshape(n, c, big_h, big_w)
+        return cells.reshape(n, c, big_h, big_w).clone()  # reshape copies the expanded cells
     if upsample == 'nearest':
         up = F.interpolate(context, size=[big_h, big_w], mode='nearest')
     else:
@@ -134,16 +140,18 @@ class CalibratedHalf(torch.autograd.Function):
         features = torch.addcmul(shift.view(1, -1, 1, 1).to(opmath), z.to(opmath),
                                  scale.view(1, -1, 1, 1).to(opmath)).to(z.dtype)
         gate = torch.sigmoid(_gate_logits(x1, context, identity, upsample))
-        product = (features * gate).to(conv_dtype)
+        product = features * gate
 
         bias_sizes: Optional[List[int]] = None if k4_bias is None else [k4_bias.shape[0]]
         grad_product, grad_k4w, grad_k4b = torch.ops.aten.convolution_backward(
-            grad_y.to(conv_dtype), product, k4_weight.to(conv_dtype), bias_sizes, list(stride), list(padding),
+            grad_y.to(conv_dtype), product.to(conv_dtype), k4_weight.to(conv_dtype), bias_sizes, list(stride), list(padding),
             list(dilation), False, [0, 0], groups, [True, needs[9], k4_bias is not None and needs[10]])
-        del product
         grad_features = grad_product * gate
-        grad_logits = grad_features * features * (1 - gate)   # d sigmoid = gate * (1 - gate)
-        del gate, features, grad_product
+        del gate, grad_product
+        # d(product)/d(logits) = features * gate * (1 - gate), and features * (1 - gate) = features - product
+        diff = features.sub_(product) if features.dtype == product.dtype else features - product
+        grad_logits = diff.mul_(grad_features) if diff.dtype == grad_features.dtype else diff * grad_features
+        del features, product
         grad_x1 = grad_logits.to(x1.dtype) if identity and needs[1] else None
         grad_context = _up_adjoint(grad_logits, context, upsample).to(context.dtype) if needs[2] else None
 
