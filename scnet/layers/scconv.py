@@ -191,8 +191,8 @@ class SCConv2d(nn.Module):
             self.identity, self.upsample)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        half = self.in_channels // 2
-        x_plain, x_calib = x[:, :half], x[:, half:]
+        halves = torch.split(x, self.in_channels // 2, dim=1)  # one gradient concatenation in backward
+        x_plain, x_calib = halves[0], halves[1]
         y_plain = self.k1(x_plain)
         context = self._context(x_calib)
         features = self.k3(x_calib)
