@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from scnet import SCConv2d
 from scnet.bench.cases import BenchmarkError, Contender, Settings, build_step
 from scnet.bench.machine import machine_facts
 from scnet.bench.memory import cpu_step_peak
@@ -274,3 +275,39 @@ def test_literal_twin_trains_like_scnet():
     twins = dict(literal.named_parameters())
     for name, p in ours.named_parameters():
         torch.testing.assert_close(twins[impl.literal_key(name)].grad, p.grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_layer_profile_times_every_scnet50_shape_and_writes_json(tmp_path, capsys, monkeypatch):
+    profile = _benchmarks_module('layer_profile')
+    # the shape list is SCNet-50's: 16 bottlenecks, and the MAC counts are the layers' own
+    assert sum(count for *_, count in profile.SCNET50_SHAPES) == 16
+    layer = SCConv2d(64, 64, stride=2)
+    counted = {}
+    for name in ('k1', 'k2', 'k3', 'k4'):
+        getattr(layer, name).register_forward_hook(
+            lambda m, i, o, name=name: counted.__setitem__(name, o[0].numel() * m.weight[0].numel()))
+    layer.eval()(torch.randn(1, 64, 16, 16))
+    assert profile.macs(64, 16, 2)['scconv'] == sum(counted.values())
+    assert profile.macs(64, 16, 2)['conv'] == 64 * 64 * 9 * 8 * 8
+
+    out = tmp_path / 'layer_profile.json'
+    small = [(16, 8, 1, 2), (16, 8, 2, 1)]
+    rows = profile.profile_shapes('train', 2, 1, shapes=small)
+    assert [r['stride'] for r in rows] == [1, 2]
+    assert set(rows[0]['ms']) == {'conv3x3', 'scconv', 'scconv_plain_autograd'}
+    totals = profile.network_totals(rows)
+    assert totals['scconv'] == pytest.approx(2 * rows[0]['ms']['scconv'] + rows[1]['ms']['scconv'], abs=0.02)
+
+    monkeypatch.setattr(profile, 'SCNET50_SHAPES', small)  # the command on tiny shapes
+    threads = torch.get_num_threads()
+    try:
+        assert profile.main(['--threads', '1', '--rounds', '1', '--infer-batch', '1', '--train-batch', '2',
+                             '--output', str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads(out.read_text())
+    assert report['machine']['cpu'] and report['machine']['cpu_capability']
+    assert [(g['mode'], g['batch']) for g in report['groups']] == [('infer', 1), ('train', 2)]
+    assert 'all conv2 layers' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        profile.main(['--rounds', '0'])
