@@ -247,6 +247,26 @@ def test_pretrained_features_only(published, cache, scnet50_ref):
     assert rel_diff(expected, features[-1]) < TOLERANCE
 
 
+@pytest.mark.parametrize('name', ['scnet50', 'scnet50_v1d'])
+def test_pretrained_stem_adapts_to_in_chans(name, cache, tmp_path, monkeypatch, request):
+    """timm adapts the first conv named by ``pretrained_cfg['first_conv']`` (``conv1.0`` in the v1d deep stem)
+    to ``in_chans``: one channel gets the sum of the three RGB filters, every other tensor loads unchanged."""
+    ref = request.getfixturevalue('scnet50_ref') if name == 'scnet50' else random_reference(name)
+    draft = tmp_path / 'draft.pth'
+    torch.save(ref.state_dict(), draft)
+    released = draft.rename(tmp_path / f'{name}-{sha256(draft)[:8]}.pth')
+    monkeypatch.setitem(official.OFFICIAL_WEIGHTS, name, released.as_uri())
+    model = scnet.create_model(name, pretrained=True, in_chans=1)
+    stem = model.pretrained_cfg['first_conv']
+    assert stem == ('conv1.0' if name.endswith('_v1d') else 'conv1')
+    expected = convert_authors_state_dict(ref.state_dict())
+    got = model.state_dict()
+    assert got[f'{stem}.weight'].shape[1] == 1
+    assert torch.allclose(got[f'{stem}.weight'], expected[f'{stem}.weight'].sum(dim=1, keepdim=True))
+    assert all(torch.equal(got[k], v) for k, v in expected.items() if k != f'{stem}.weight')
+    assert logits(model, torch.randn(1, 1, *SQUARE)).shape == (1, 1000)
+
+
 def test_mirror_replaces_the_host(source, cache, monkeypatch, scnet50_expected):
     monkeypatch.setitem(official.OFFICIAL_WEIGHTS, 'scnet50', f'https://unreachable.invalid/scnet/{source.name}')
     monkeypatch.setenv('SCNET_WEIGHTS_MIRROR', source.parent.as_uri())

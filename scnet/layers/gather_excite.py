@@ -13,6 +13,10 @@ four stages). A map of any other size is first resampled to ``extent x extent`` 
 pooling, then gathered by the kernel: the gather keeps its global extent and its weights keep their meaning
 (each kernel tap covers the same relative region of the image). At the design size the pooling is the
 identity and the module is exactly a ``extent x extent`` depthwise "valid" convolution.
+
+Tracing and scripting. The size test lives in ``fit_to_extent``, a ``torch.fx.wrap``-ped function (a leaf of
+``torch.fx`` graphs, which cannot follow a branch on a map's size) written with integer comparisons only, so
+the layer also compiles with TorchScript, ``torch.compile`` and ``torch.export``.
 """
 from __future__ import annotations
 
@@ -20,7 +24,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['GatherExcite']
+__all__ = ['GatherExcite', 'fit_to_extent']
+
+
+def fit_to_extent(x: torch.Tensor, extent: int) -> torch.Tensor:
+    """``x`` resampled to ``extent x extent`` by adaptive average pooling; ``x`` itself when it has that size."""
+    if x.shape[-2] != extent or x.shape[-1] != extent:
+        return F.adaptive_avg_pool2d(x, extent)
+    return x
+
+
+# A leaf of torch.fx graphs (fx.wrap acts on this module's globals, where the layer calls it).
+torch.fx.wrap('fit_to_extent')
 
 
 class GatherExcite(nn.Module):
@@ -42,10 +57,7 @@ class GatherExcite(nn.Module):
         nn.init.constant_(self.gather.weight, 1.0 / (extent * extent))  # starts as a global average
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        summary = x
-        if tuple(x.shape[-2:]) != (self.extent, self.extent):
-            summary = F.adaptive_avg_pool2d(x, self.extent)
-        gate = torch.sigmoid(self.norm(self.gather(summary)))  # (N, C, 1, 1)
+        gate = torch.sigmoid(self.norm(self.gather(fit_to_extent(x, self.extent))))  # (N, C, 1, 1)
         return x * gate
 
     def extra_repr(self) -> str:

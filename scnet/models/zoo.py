@@ -50,25 +50,34 @@ ZOO_ARCHITECTURES: Dict[str, Dict[str, Any]] = {
 }
 
 
-def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+def _first_conv(stem_type: str) -> str:
+    """The first convolution of a stem of ``stem_type``: timm adapts pretrained weights to ``in_chans`` through it.
+
+    A deep stem (``stem_type='deep'``, the v1d models) is a Sequential of three convs: its first is
+    ``conv1.0``, timm's name for its own deep-stem ResNets.
+    """
+    return 'conv1.0' if 'deep' in stem_type else 'conv1'
+
+
+def _cfg(name: str, url: str = '', **kwargs) -> Dict[str, Any]:
     return {
         'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 0.875, 'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'conv1', 'classifier': 'fc', **kwargs,
+        'first_conv': _first_conv(ZOO_ARCHITECTURES[name].get('stem_type', '')), 'classifier': 'fc', **kwargs,
     }
 
 
-def _small_cfg() -> Dict[str, Any]:
-    return _cfg(input_size=(3, 32, 32), pool_size=(4, 4), crop_pct=1.0)
+def _small_cfg(name: str) -> Dict[str, Any]:
+    return _cfg(name, input_size=(3, 32, 32), pool_size=(4, 4), crop_pct=1.0)
 
 
 _AUTHORS = dict(origin_url='https://github.com/MCG-NKU/SCNet', paper_ids='CVPR 2020', license='other')
 default_cfgs = generate_default_cfgs({
-    **{f'{name}.authors_in1k': _cfg(url, **_AUTHORS) for name, url in OFFICIAL_WEIGHTS.items()},
-    **{name: _cfg() for name in ('scnext50_32x4d', 'scnext101_32x4d', 'se_scnet50', 'se_scnet101',
-                                 'ge_scnet50', 'scnet101_v1d', 'resnext50_2x40d', 'ge_resnet50', 'scnet26')},
-    'scnet26_cifar': _small_cfg(),
-    'resnet26_cifar': _small_cfg(),
+    **{f'{name}.authors_in1k': _cfg(name, url, **_AUTHORS) for name, url in OFFICIAL_WEIGHTS.items()},
+    **{name: _cfg(name) for name in ('scnext50_32x4d', 'scnext101_32x4d', 'se_scnet50', 'se_scnet101',
+                                     'ge_scnet50', 'scnet101_v1d', 'resnext50_2x40d', 'ge_resnet50', 'scnet26')},
+    'scnet26_cifar': _small_cfg('scnet26_cifar'),
+    'resnet26_cifar': _small_cfg('resnet26_cifar'),
 })
 
 
@@ -80,12 +89,15 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SCResNet:
     if sc_options and model_args['block'] is not SCBottleneck:
         raise TypeError(f'{variant} has no SC-Conv layers, so it takes none of {", ".join(sc_options)}')
     block_args.update(sc_options)
+    overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
     if pretrained:
-        overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
         overlay.setdefault('state_dict', pretrained_state_dict(variant))  # download, check, convert
-        kwargs['pretrained_cfg_overlay'] = overlay
     model_args.update(kwargs)  # the caller's choices (channels, stem_width, ...) override the variant's
-    return build_model_with_cfg(SCResNet, variant, pretrained, block_args=block_args, **model_args)
+    stem = _first_conv(model_args.get('stem_type', ''))
+    if stem != _first_conv(ZOO_ARCHITECTURES[variant].get('stem_type', '')):
+        overlay.setdefault('first_conv', stem)  # the caller chose another stem: the config names its conv
+    return build_model_with_cfg(SCResNet, variant, pretrained, block_args=block_args,
+                                pretrained_cfg_overlay=overlay or None, **model_args)
 
 
 def _register(name: str) -> None:
