@@ -2,8 +2,10 @@
 on top of it), TorchScript, timm's ``forward_intermediates`` / feature wrappers, and a pretrained config
 whose ``first_conv`` and ``classifier`` name real modules.
 
-Each test runs over every name of ``scnet.list_models()`` at narrow widths (the ``channels`` argument, which
-keeps each network's blocks, depth, stem and gates) on 64 px inputs, 32 px for the CIFAR-stem models.
+Each test runs over every name of ``scnet.list_models()`` at narrow widths and one block per stage (two in the
+third, so that both a down-sampling block and a plain one of each stage type are there): the ``channels``
+and ``layers`` arguments keep each network's block type, stem, shortcuts and gates; depth adds no code path.
+Inputs are 64 px, 32 px for the CIFAR-stem models.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def size_of(name: str) -> int:
 def small_args(name: str) -> dict:
     """Narrow widths that keep the structure: SCNeXt's 32 groups need 32 channels in each SC half."""
     channels = (32, 64, 128, 256) if '32x4d' in name else (16, 32, 64, 128)
-    return dict(num_classes=10, channels=channels)
+    return dict(num_classes=10, channels=channels, layers=(1, 1, 2, 1))
 
 
 @functools.lru_cache(maxsize=None)
