@@ -306,3 +306,46 @@ def test_torchscript_and_torch_fx_trace_the_layer_in_both_modes():
     layer.eval()
     features = create_feature_extractor(layer, return_nodes={'k1': 'plain', 'k4': 'calibrated'})(x)
     assert features['plain'].shape == features['calibrated'].shape == (2, 4, 2, 3)
+
+
+FUSED_GATE_SCRIPT = r'''
+import torch
+from scnet import SCConv2d
+from scnet.layers import gate_op
+from tests.reference import sc_conv_reference
+from tests.test_gate_op import _no_aten
+from tests.test_scconv import randomise_norms
+assert gate_op.INTERPRET_ON_CPU
+gate_op._aten_forward = gate_op._aten_backward = _no_aten   # the Triton kernels must run
+torch.manual_seed(0)
+layer = randomise_norms(SCConv2d(4, 4, stride=2)).eval()
+x = torch.randn(2, 4, 8, 6)
+with torch.no_grad():
+    torch.testing.assert_close(layer(x), sc_conv_reference(x, layer), rtol=1e-5, atol=1e-5)
+lean, plain = SCConv2d(4, 4).train(), SCConv2d(4, 4, memory_efficient=False).train()
+plain.load_state_dict(lean.state_dict())
+xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+ya, yb = lean(xa), plain(xb)
+torch.testing.assert_close(ya, yb, rtol=1e-6, atol=1e-6)
+ya.square().sum().backward()
+yb.square().sum().backward()
+torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
+print('fused ok')
+'''
+
+
+def test_layer_takes_the_fused_gate_where_it_is_available():
+    """Where gate_op_available (CUDA with triton; here Triton's interpreter on CPU tensors, in a subprocess),
+    the layer's gate and product run as the fused operator, in inference, in the one-map training path and
+    through plain autograd, with the literal equations' values."""
+    import os
+    import subprocess
+    import sys
+    from scnet.layers import gate_op
+    if not gate_op.HAS_TRITON:
+        pytest.skip('triton does not import here')
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TRITON_INTERPRET='1', SCNET_GATE_OP_INTERPRET='1', OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-c', FUSED_GATE_SCRIPT], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith('fused ok'), proc.stderr[-3000:]

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scnet.layers.gate_op import gate_op_available, gated_product
+
 __all__ = ['pool_context', 'calibrated_product', 'CalibratedHalf']
 
 def pool_context(x1: Tensor, pooling_r: int, use_max: bool) -> Tensor:
@@ -94,9 +96,13 @@ def _up_adjoint(grad: Tensor, context: Tensor, upsample: str) -> Tensor:
 def calibrated_product(features: Tensor, x1: Tensor, context: Tensor, identity: bool, upsample: str) -> Tensor:
     """``features * sigmoid(X1 + Up(context))``: the gate and product of equation 4.
 
-    Up-sampling by an integer factor is a broadcast over blocks instead of an up-sampled copy; without
-    autograd the sigmoid and the product run in place on the gate's own buffer (two passes fewer).
+    On CUDA (with triton) this is one fused kernel (``scnet.layers.gate_op``). Elsewhere: up-sampling by an
+    integer factor is a broadcast over blocks instead of an up-sampled copy, and without autograd the sigmoid
+    and the product run in place on the gate's own buffer (two passes fewer).
     """
+    if not torch.jit.is_scripting():
+        if upsample == 'nearest' and gate_op_available(x1):
+            return gated_product(features, x1, context, identity)
     logits = _gate_logits(x1, context, identity, upsample)
     if torch.is_grad_enabled() and (features.requires_grad or logits.requires_grad):
         return features * torch.sigmoid(logits)

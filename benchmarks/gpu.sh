@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The GPU run of the performance issue: under 8 minutes on one CUDA GPU, one JSON report.
+#
+#   bash benchmarks/gpu.sh                         # writes benchmarks/results/gpu.json
+#   bash benchmarks/gpu.sh --dry-run --output-dir D  # CPU rehearsal at tiny sizes (< 1 min): D/gpu_dry_run.json
+#   SCNET_GPU_DRY_RUN=1 bash benchmarks/gpu.sh       # the same rehearsal
+#
+# Sections (the fused gate op, resnet50/scnet50/authors' structure eager and compiled at batch 1, 32 and 256,
+# one `scnet train --amp` epoch, one DDP process over NCCL) each run with their own time limit; a failure is
+# recorded in the JSON and the others still run. See benchmarks/gpu.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-.venv/bin/python}
+if [ ! -x "$python" ]; then
+    python=$(command -v python3 || command -v python)
+fi
+exec "$python" benchmarks/gpu.py "$@"

@@ -1,0 +1,325 @@
+"""The fused gate operator (scnet.layers.gate_op): its ATen path, its registration (fake, autograd, compile,
+export), and its Triton kernels run by Triton's interpreter on the CPU (in a subprocess: the interpreter has to
+be chosen before triton is imported)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scnet.layers import gate_op
+from scnet.layers.gate_op import gate_op_available, gated_product, reference_gated_product
+
+REPO = Path(__file__).resolve().parents[1]
+CL = torch.channels_last
+
+# (H, W) <- (h, w): divisible, non-divisible, global context, identity size, and factors 25/26 where
+# float32(h / H) rounds below 1 / k (there the nearest rule is not i // k)
+SIZES = [((14, 14), (3, 3)), ((7, 7), (1, 1)), ((56, 56), (14, 14)), ((13, 11), (3, 4)), ((1, 1), (1, 1)),
+         ((8, 8), (8, 8)), ((75, 5), (3, 5)), ((52, 26), (2, 1))]
+
+
+def inputs(n, c, size, ctx, dtype=torch.float32, channels_last=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    f, x = (torch.randn(n, c, *size, generator=g).to(dtype) for _ in range(2))
+    context = torch.randn(n, c, *ctx, generator=g).to(dtype)
+    if channels_last:
+        f, x, context = (t.contiguous(memory_format=CL) for t in (f, x, context))
+    return f, x, context
+
+
+def kernel_rule(dst: np.ndarray, src: int, dst_size: int) -> np.ndarray:
+    """The kernels' index rule, in numpy float32: min(floor(dst * float32(src / dst_size)), src - 1)."""
+    scale = np.float32(src) / np.float32(dst_size)
+    return np.minimum(np.floor(dst.astype(np.float32) * scale), src - 1).astype(np.int64)
+
+
+def test_index_rule_equals_interpolate():
+    pairs = [(s, d) for s in range(1, 31) for d in range(1, 121)] + [(3, 75), (5, 130), (3, 14), (1, 7), (14, 56)]
+    for src, dst in pairs:
+        index = torch.arange(src, dtype=torch.float32).view(1, 1, 1, src)
+        expected = F.interpolate(index, size=(1, dst), mode='nearest').view(-1).long().numpy()
+        np.testing.assert_array_equal(kernel_rule(np.arange(dst), src, dst), expected, err_msg=f'{src} -> {dst}')
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+@pytest.mark.parametrize('identity', [True, False])
+def test_cpu_path_is_interpolate_sigmoid_mul(identity, channels_last):
+    for size, ctx in SIZES:
+        f, x, c = inputs(2, 3, size, ctx, channels_last=channels_last)
+        y = gated_product(f, x, c, identity)
+        assert torch.equal(y, reference_gated_product(f, x, c, identity)), (size, ctx)
+        assert y.is_contiguous(memory_format=CL if channels_last and size != (1, 1) else torch.contiguous_format)
+    assert not gate_op_available(f)
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
+def test_cpu_backward_matches_autograd(dtype, tol):
+    for identity in (True, False):
+        for size, ctx in SIZES:
+            f, x, c = inputs(2, 3, size, ctx, dtype=dtype, channels_last=size == (13, 11))
+            leaves = [t.requires_grad_() for t in (f, x, c)]
+            grad = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1)).to(dtype)
+            ours = torch.autograd.grad(gated_product(*leaves, identity), leaves, grad, allow_unused=True)
+            ref = torch.autograd.grad(reference_gated_product(*(t.float() for t in leaves), identity), leaves,
+                                      grad.float(), allow_unused=True)
+            for name, a, b in zip(('features', 'x1', 'context'), ours, ref):
+                if b is None:
+                    assert a is None and name == 'x1' and not identity
+                    continue
+                assert a.dtype == dtype
+                scale = max(1.0, float(b.abs().max()))
+                assert float((a.float() - b).abs().max()) <= tol * scale, (name, identity, size, ctx)
+
+
+def test_gradcheck_float64():
+    for size, ctx in (((7, 5), (2, 2)), ((6, 6), (3, 3))):
+        f, x, c = (t.double().requires_grad_() for t in inputs(2, 2, size, ctx))
+        assert torch.autograd.gradcheck(lambda a, b, d: gated_product(a, b, d, True), (f, x, c))
+        assert torch.autograd.gradcheck(lambda a, d: gated_product(a, x, d, False), (f, c))
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_opcheck_schema_fake_autograd_and_aot_dispatch(channels_last):
+    f, x, c = inputs(2, 3, (13, 11), (3, 4), channels_last=channels_last)
+    for identity in (True, False):
+        torch.library.opcheck(torch.ops.scnet.gated_product.default, (f, x, c, identity))
+        torch.library.opcheck(torch.ops.scnet.gated_product_backward.default, (torch.randn_like(f), f, x, c, identity))
+
+
+class Gate(torch.nn.Module):
+    def forward(self, f, x, c):
+        return gated_product(f, x, c, True) * 2
+
+
+def test_export_keeps_the_operator_as_one_node():
+    f, x, c = inputs(2, 3, (14, 14), (3, 3))
+    program = torch.export.export(Gate(), (f, x, c))
+    targets = [n.target for n in program.graph.nodes if n.op == 'call_function']
+    assert torch.ops.scnet.gated_product.default in targets
+    assert torch.equal(program.module()(f, x, c), Gate()(f, x, c))
+
+
+def test_compile_forward_and_backward():
+    f, x, c = inputs(2, 3, (13, 11), (3, 4), channels_last=True)
+    compiled = torch.compile(Gate(), backend='aot_eager', fullgraph=True)
+    a = [t.clone().requires_grad_() for t in (f, x, c)]
+    b = [t.clone().requires_grad_() for t in (f, x, c)]
+    ya, yb = compiled(*a), Gate()(*b)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    assert torch.equal(ya, yb)
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-6)
+
+
+def test_inputs_are_checked_and_promoted():
+    f, x, c = inputs(2, 3, (8, 8), (2, 2))
+    with pytest.raises(RuntimeError, match='differ in shape'):
+        gated_product(f, x[:, :2], c, True)
+    with pytest.raises(RuntimeError, match='batch and channels'):
+        gated_product(f, x, c[:, :2], True)
+    with pytest.raises(RuntimeError, match='share a dtype'):
+        torch.ops.scnet.gated_product(f, x.double(), c, True)
+    y = gated_product(f.bfloat16(), x, c.half(), True)  # promoted, as eager arithmetic would
+    assert y.dtype == torch.float32
+
+
+def test_cuda_branch_traces_into_the_three_triton_kernels():
+    """What torch.compile sees on a GPU, traced here on fake CUDA tensors: one Triton kernel forward, two
+    backward, no copies (the split-half view of x1 is read through its strides)."""
+    if not gate_op.HAS_TRITON:
+        pytest.skip('triton does not import here')
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.functional_tensor import dispatch_functionalize
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    with FakeTensorMode():
+        f = torch.empty(2, 4, 14, 14, device='cuda', dtype=torch.bfloat16).contiguous(memory_format=CL)
+        x = torch.empty(2, 8, 14, 14, device='cuda', dtype=torch.bfloat16).contiguous(memory_format=CL)[:, 4:]
+        c = torch.empty(2, 4, 3, 3, device='cuda', dtype=torch.bfloat16)
+
+    def step(f, x, c):
+        y = gated_product(f, x, c, True)
+        return (y,) + tuple(torch.ops.scnet.gated_product_backward(y, f, x, c, True))
+
+    import logging
+    logging.getLogger('torch._higher_order_ops.triton_kernel_wrap').setLevel(logging.ERROR)  # no driver here
+    graph = make_fx(dispatch_functionalize(step), tracing_mode='fake')(f, x, c).graph
+    kernels = [n for n in graph.nodes if 'triton_kernel_wrapper' in str(n.target)]
+    assert len(kernels) == 3
+    assert not [n for n in graph.nodes if n.target in (torch.ops.aten.copy.default, torch.ops.aten.copy_.default)]
+
+
+def test_kernels_compile_for_h200():
+    """The three kernels through Triton's whole compiler to sm_90 PTX and cubin (ptxas ships with triton; no
+    GPU needed), for each dtype, with the specialisations a launch makes (unit strides, 1x1 contexts)."""
+    if not gate_op.HAS_TRITON:
+        pytest.skip('triton does not import here')
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.backends import backends
+    if 'nvidia' not in backends:
+        pytest.skip('this triton has no NVIDIA backend')
+
+    def source(kernel, ptr, ones, consts):
+        sig, const = {}, dict(consts)
+        for name in kernel.arg_names:
+            if name in consts:
+                sig[name] = 'constexpr'
+            elif name in ones:
+                sig[name], const[name] = 'constexpr', 1
+            else:
+                sig[name] = f'*{ptr}' if name.endswith('_ptr') else 'i32'
+        return ASTSource(kernel, sig, constexprs=const)
+
+    target = GPUTarget('cuda', 90, 32)
+    cases = [('fp32', True, ()), ('bf16', True, ('fs_c', 'xs_c', 'os_c', 'gs_c', 'cs_c')),
+             ('fp16', False, ('fs_w', 'xs_w', 'os_w', 'gs_w', 'h', 'w')), ('bf16', False, ('fs_w', 'xs_w', 'os_w'))]
+    for ptr, identity, ones in cases:
+        for kernel, tiles in ((gate_op._gate_forward_kernel, dict(BC=32, BY=1, BX=32)),
+                              (gate_op._gate_backward_kernel, dict(BC=1, BY=16, BX=64))):
+            ones_here = tuple(o for o in ones if o in kernel.arg_names)
+            compiled = triton.compile(source(kernel, ptr, ones_here, dict(IDENTITY=identity, **tiles)), target=target)
+            assert 'ld.global' in compiled.asm['ptx'] and compiled.asm['cubin']
+    for ptr in ('fp32', 'bf16'):
+        triton.compile(source(gate_op._context_grad_kernel, ptr, ('s_w', 'gs_w'), dict(BC=1, BI=16, BJ=32)),
+                       target=target)
+
+
+CASES = [  # n, c, (H, W), (h, w), identity, layout, dtype
+    (2, 3, (14, 14), (3, 3), True, 'nchw', 'float32'),
+    (2, 3, (7, 7), (1, 1), True, 'channels_last', 'float32'),
+    (1, 4, (56, 56), (14, 14), True, 'channels_last', 'float32'),
+    (1, 4, (56, 56), (14, 14), False, 'nchw', 'float32'),
+    (2, 3, (13, 11), (3, 4), False, 'nchw', 'float32'),
+    (2, 3, (13, 11), (3, 4), True, 'channels_last', 'float32'),
+    (1, 2, (1, 1), (1, 1), True, 'nchw', 'float32'),
+    (1, 2, (75, 5), (3, 5), True, 'nchw', 'float32'),
+    (1, 2, (52, 26), (2, 1), False, 'channels_last', 'float32'),
+    (2, 5, (14, 14), (3, 3), True, 'channels_last', 'bfloat16'),
+    (2, 5, (13, 11), (3, 4), False, 'nchw', 'bfloat16'),
+    (2, 3, (14, 14), (3, 3), True, 'channels_last', 'float16'),
+    (2, 3, (12, 12), (5, 5), True, 'views', 'float32'),
+]
+TOLERANCE = {'float32': 2e-6, 'float16': 4e-3, 'bfloat16': 4e-2}  # bf16: the interpreter truncates, GPUs round
+
+
+def run_cases(device: str) -> list:
+    """Forward and backward of every case through ``gated_product`` on ``device``, against float64 autograd of
+    the reference on the same inputs: the largest errors, and whether dtypes and layout came out right."""
+    results = []
+    g = torch.Generator().manual_seed(0)
+    for n, c, size, ctx, identity, layout, dtype_name in CASES:
+        dtype = getattr(torch, dtype_name)
+
+        def rand(*shape):
+            return torch.randn(*shape, generator=g).to(device, dtype)
+        if layout == 'views':  # x1: a channel half of a channels-last tensor; context: a transposed view
+            f = rand(n, c, *size)
+            x = rand(n, 2 * c, *size).contiguous(memory_format=CL)[:, c:]
+            context = rand(n, c, ctx[1], ctx[0]).transpose(2, 3)
+            grad = rand(n, c, *size).contiguous(memory_format=CL)
+        else:
+            fmt = CL if layout == 'channels_last' else torch.contiguous_format
+            f, x, context, grad = (t.contiguous(memory_format=fmt) for t in
+                                   (rand(n, c, *size), rand(n, c, *size), rand(n, c, *ctx), rand(n, c, *size)))
+        leaves = [t.detach().requires_grad_() for t in (f, x, context)]
+        y = gated_product(*leaves, identity)
+        grads = torch.autograd.grad(y, leaves, grad, allow_unused=True)
+        ref_leaves = [t.detach().double().requires_grad_() for t in (f, x, context)]
+        ref = reference_gated_product(*ref_leaves, identity)
+        ref_grads = torch.autograd.grad(ref, ref_leaves, grad.double(), allow_unused=True)
+        errors = {'out': float((y.double() - ref).abs().max())}
+        for name, a, b in zip(('features', 'x1', 'context'), grads, ref_grads):
+            errors[name] = None if b is None else float((a.double() - b).abs().max())
+            assert (a is None) == (b is None)
+        expected_cl = layout == 'channels_last' and size != (1, 1)
+        results.append({'case': [n, c, size, ctx, identity, layout, dtype_name], 'errors': errors,
+                        'scale': float(ref.abs().max()), 'context_grad_scale': float(ref_grads[2].abs().max()),
+                        'dtypes_ok': y.dtype == dtype and all(t is None or t.dtype == dtype for t in grads),
+                        'layout_ok': y.is_contiguous(memory_format=CL if expected_cl else torch.contiguous_format)})
+    return results
+
+
+def check_results(results: list) -> None:
+    assert len(results) == len(CASES)
+    for r in results:
+        tol = TOLERANCE[r['case'][-1]]
+        assert r['dtypes_ok'] and r['layout_ok'], r
+        for name, err in r['errors'].items():
+            if err is None:
+                assert name == 'x1' and not r['case'][4]
+                continue
+            # the context gradient sums k x k logit gradients (25 in the 75 -> 3 case)
+            scale = max(1.0, r['context_grad_scale'] if name == 'context' else r['scale'])
+            assert err <= tol * scale * (4 if name == 'context' else 1), (r['case'], name, err)
+
+
+def _no_aten(*args):
+    raise AssertionError('the ATen path ran instead of the Triton kernels')
+
+
+INTERPRETER_SCRIPT = r'''
+import json
+from scnet.layers import gate_op
+from tests import test_gate_op
+assert gate_op.INTERPRET_ON_CPU
+gate_op._aten_forward = gate_op._aten_backward = test_gate_op._no_aten
+print('RESULTS ' + json.dumps(test_gate_op.run_cases('cpu')))
+'''
+
+
+def test_triton_kernels_under_the_interpreter():
+    if not gate_op.HAS_TRITON:
+        pytest.skip('triton does not import here')
+    env = dict(os.environ, TRITON_INTERPRET='1', SCNET_GATE_OP_INTERPRET='1', OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-c', INTERPRETER_SCRIPT], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith('RESULTS ')][-1]
+    check_results(json.loads(line[len('RESULTS '):]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not gate_op.HAS_TRITON, reason='needs a CUDA GPU and triton')
+def test_triton_kernels_on_the_gpu(monkeypatch):
+    monkeypatch.setattr(gate_op, '_aten_forward', _no_aten)
+    monkeypatch.setattr(gate_op, '_aten_backward', _no_aten)
+    assert gate_op_available(torch.empty(0, device='cuda'))
+    check_results(run_cases('cuda'))
+    # torch.compile (Inductor) runs the same kernels inside its graph, forward and backward
+    f, x, c = (t.cuda() for t in inputs(4, 8, (28, 28), (7, 7), channels_last=True))
+    compiled = torch.compile(Gate(), fullgraph=True)
+    a = [t.clone().requires_grad_() for t in (f, x, c)]
+    b = [t.clone().requires_grad_() for t in (f, x, c)]
+    ya, yb = compiled(*a), Gate()(*b)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    torch.testing.assert_close(ya, yb, rtol=1e-6, atol=1e-6)
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_importing_without_triton_keeps_the_aten_operator():
+    script = ('import sys; sys.modules["triton"] = None\n'
+              'import torch\n'
+              'from scnet.layers import gate_op\n'
+              'assert not gate_op.HAS_TRITON\n'
+              'f, x, c = torch.randn(2, 3, 14, 14), torch.randn(2, 3, 14, 14), torch.randn(2, 3, 3, 3)\n'
+              'assert not gate_op.gate_op_available(f)\n'
+              'leaves = [t.requires_grad_() for t in (f, x, c)]\n'
+              'y = gate_op.gated_product(*leaves, True)\n'
+              'assert torch.equal(y, gate_op.reference_gated_product(f, x, c, True))\n'
+              'y.sum().backward()\n'
+              'assert c.grad.shape == c.shape\n'
+              'print("ok")\n')
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith('ok'), proc.stderr[-3000:]

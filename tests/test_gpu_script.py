@@ -1,0 +1,61 @@
+"""benchmarks/gpu.sh's CPU dry run: every section runs at tiny sizes and lands in the JSON report, so the GPU
+script cannot rot between the sessions that have a GPU."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = ('compile_warmup', 'train_amp', 'ddp', 'gate_op', 'models_eager', 'models_compiled')
+MODELS = {'resnet50', 'scnet50', "scnet50 authors' structure"}
+
+
+@pytest.mark.slow
+def test_dry_run_writes_every_section(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS='1')
+    proc = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu.sh'), '--dry-run', '--output-dir', str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / 'gpu_dry_run.json').read_text())
+    assert report['dry_run'] is True and not (tmp_path / 'gpu.json').exists()
+    assert {'cpu', 'versions', 'torch_threads'} <= set(report['machine'])
+    assert 'triton' in report['machine']['versions']
+    sections = report['sections']
+    assert set(sections) == set(SECTIONS)
+    for name in SECTIONS:
+        assert sections[name]['status'] == 'ok', (name, sections[name].get('error'), sections[name].get('traceback'))
+
+    gate = sections['gate_op']['result']
+    assert gate['shapes'] and all(s['layers'] >= 1 for s in gate['shapes'])
+    combos = {(r['dtype'], r['layout']) for r in gate['rows']}
+    assert combos == {(d, l) for d in ('float32', 'bfloat16') for l in ('channels_last', 'nchw')}
+    for row in gate['rows']:
+        assert set(row['forward_us']) == {'fused', 'eager', 'layer_eager'}
+        tol = 1e-5 if row['dtype'] == 'float32' else 0.1
+        assert row['max_abs_error']['fused'] < tol and row['max_abs_error']['eager'] < tol
+        assert max(row['max_abs_grad_error']['fused'].values()) < 10 * tol
+    if gate['triton_importable']:
+        assert gate['kernels'].startswith('triton interpreter')
+
+    for name in ('models_eager', 'models_compiled'):
+        runs = sections[name]['result']['runs']
+        assert {(r['mode'], r['batch_size']) for r in runs} == {('infer', 1), ('infer', 2), ('train', 2)}
+        for run in runs:
+            assert 'error' not in run and 'skipped' not in run, (name, run)
+            assert {r['model'] for r in run['results']} == MODELS
+            assert all(r['images_per_s'] > 0 and r['speed_ratio'] > 0 for r in run['results'])
+
+    warm = sections['compile_warmup']['result']['compile_s']
+    assert warm and all(times for times in warm.values())
+    train = sections['train_amp']['result']
+    assert train['exit_status'] == 0 and '--amp' in train['command'] and train['metrics'][-1]['epoch'] == 1
+    ddp = sections['ddp']['result']
+    assert ddp['backend'] == 'gloo' and ddp['world_size'] == 1 and ddp['all_reduce_ok'] and ddp['finite']
+
+    summary = report['summary']['scnet50_vs_resnet50']
+    assert {(e['variant'], e['mode'], e['batch_size']) for e in summary} == {
+        (v, m, b) for v in ('eager', 'compiled') for m, b in (('infer', 1), ('infer', 2), ('train', 2))}
+    assert all('meets_target' in e for e in summary if e['batch_size'] == 1)
