@@ -311,3 +311,22 @@ def test_layer_profile_times_every_scnet50_shape_and_writes_json(tmp_path, capsy
     assert 'all conv2 layers' in capsys.readouterr().out
     with pytest.raises(SystemExit):
         profile.main(['--rounds', '0'])
+
+
+def test_small_networks_compares_both_training_paths_at_the_given_widths(tmp_path, capsys):
+    small = _benchmarks_module('small_networks')
+    labels = [c.label for c in small.contenders([8, 8, 16, 16])]
+    assert labels == ['resnet26_cifar', 'scnet26_cifar', 'scnet26_cifar plain autograd']
+    out = tmp_path / 'small.json'
+    threads = torch.get_num_threads()
+    try:
+        assert small.main(['--channels', '4', '4', '8', '8', '--batch-size', '2', '--input-size', '16',
+                           '--threads', '1', '--warmup', '1', '--repeats', '1', '--no-memory',
+                           '--output', str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads(out.read_text())
+    assert report['settings']['mode'] == 'train' and report['settings']['input_size'] == [16, 16]
+    assert 'scnet26_cifar plain autograd' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        small.main(['--channels', '3', '4', '8', '8'])

@@ -1,0 +1,61 @@
+"""The small networks' training step: scnet26_cifar against resnet26_cifar at the same widths, with SC-Conv's
+one-map training path (``memory_efficient=True``, the default) and with plain autograd.
+
+    python benchmarks/small_networks.py                      # channels 16-32-64-128, 32 px, batch 64
+    python benchmarks/small_networks.py --output benchmarks/results/small_networks.json
+
+The embedded dataset's network is this size: the issue's target is scnet26_cifar's step at most 1.1x
+resnet26_cifar's. Timed as `scnet benchmark` times (interleaved rounds, median, peak memory of a fresh
+process), with the channel widths the CLI cannot set.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scnet.bench.cases import Contender, Settings  # noqa: E402
+from scnet.bench.runner import run_benchmark  # noqa: E402
+from scnet.cli.benchmark import render  # noqa: E402
+from scnet.files import write_json_atomic  # noqa: E402
+
+
+def contenders(channels):
+    widths = {'channels': tuple(channels), 'num_classes': 8}
+    return [
+        Contender('resnet26_cifar', kwargs={'name': 'resnet26_cifar', **widths}),
+        Contender('scnet26_cifar', kwargs={'name': 'scnet26_cifar', **widths}),
+        Contender('scnet26_cifar plain autograd',
+                  kwargs={'name': 'scnet26_cifar', 'memory_efficient': False, **widths}),
+    ]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--channels', type=int, nargs=4, default=[16, 32, 64, 128], metavar='C',
+                   help='widths of the four stages (default: 16 32 64 128)')
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--input-size', type=int, default=32)
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--repeats', type=int, default=15)
+    p.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurement')
+    p.add_argument('--output', metavar='FILE', help='write the JSON report here')
+    args = p.parse_args(argv)
+    if min(args.channels) < 2 or any(c % 2 for c in args.channels):
+        p.error('--channels must be even widths (SC-Conv splits each in two halves)')
+    torch.set_num_threads(args.threads)
+    settings = Settings(mode='train', batch_size=args.batch_size, input_size=(args.input_size, args.input_size))
+    report = run_benchmark(contenders(args.channels), settings, warmup=args.warmup, repeats=args.repeats,
+                           memory=not args.no_memory, rates=False)
+    print(render(report, markdown=True))
+    if args.output:
+        write_json_atomic(report, args.output)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
