@@ -149,8 +149,9 @@ class CalibratedHalf(torch.autograd.Function):
 
         bias_sizes: Optional[List[int]] = None if k4_bias is None else [k4_bias.shape[0]]
         grad_product, grad_k4w, grad_k4b = torch.ops.aten.convolution_backward(
-            grad_y.to(conv_dtype), product.to(conv_dtype), k4_weight.to(conv_dtype), bias_sizes, list(stride), list(padding),
-            list(dilation), False, [0, 0], groups, [True, needs[9], k4_bias is not None and needs[10]])
+            grad_y.to(conv_dtype), product.to(conv_dtype), k4_weight.to(conv_dtype), bias_sizes, list(stride),
+            list(padding), list(dilation), False, [0, 0], groups,
+            [True, needs[9], k4_bias is not None and needs[10]])
         grad_features = grad_product * gate
         del gate, grad_product
         # d(product)/d(logits) = features * gate * (1 - gate), and features * (1 - gate) = features - product
