@@ -178,7 +178,8 @@ class SCConv2d(nn.Module):
         return calibrated_product(torch.ones_like(x1), x1, self._context(x1), self.identity, self.upsample)
 
     @torch.jit.unused
-    def _one_map_path(self, features: torch.Tensor, x_calib: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def _one_map_path(self, features: torch.Tensor, x_calib: torch.Tensor,
+                      context: torch.Tensor) -> Optional[torch.Tensor]:
         """BN3, gate, product and K4 as one ``CalibratedHalf`` node when it applies, else ``None``: training-mode
         ``nn.BatchNorm2d`` after K3 and autograd on, outside torch.fx, tracing and compilers (they plan
         memory themselves or cannot run a custom autograd node)."""
