@@ -132,3 +132,24 @@ def test_classes_are_not_told_apart_by_global_colour_or_intensity(tmp_path):
         dist = ((xv[:, None, columns] - centroids[None]) ** 2).sum(-1)
         accuracy = (dist.argmin(1) == yv).mean()
         assert accuracy < 0.25, (columns, accuracy)     # chance 0.125; 320 val images: sd of chance ~0.02
+
+
+def test_a_build_reports_its_expected_and_actual_time(tmp_path):
+    heard = []
+    root = build_embedded_dataset(tmp_path / 'ds', seed=0, report=heard.append, **SMALL)
+    assert len(heard) == 2
+    assert heard[0].startswith(f'building the embedded dataset: {5 * len(CLASSES)} images of 24 px into {root} ')
+    assert 'expected' in heard[0] and 's on this machine' in heard[0]
+    assert heard[1].startswith('built the embedded dataset in ')
+    build_embedded_dataset(root, seed=0, report=heard.append, **SMALL)   # reused: nothing to report
+    assert len(heard) == 2
+
+
+def test_images_are_the_same_whichever_number_of_processes_draws_them(small, tmp_path, monkeypatch):
+    import scnet.data.embedded as embedded
+
+    monkeypatch.setattr(embedded, '_PARALLEL_FROM', 0)          # even a tiny build forks (on Linux)
+    monkeypatch.setattr(embedded, '_CHUNK', 2)                  # several chunks per class
+    shared = build_embedded_dataset(tmp_path / 'shared', seed=0, **SMALL)
+    assert _files(shared) == _files(small)
+    assert all((shared / name).read_bytes() == (small / name).read_bytes() for name in _files(small))

@@ -281,3 +281,81 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, recipe, 
     err = capsys.readouterr().err
     assert 'non-finite at epoch 2' in err and 'last good checkpoint' in err and '(epoch 1)' in err
     assert torch.load(run / 'last.pt', weights_only=True)['epoch'] == 1
+
+
+def test_train_prints_its_expected_duration_when_it_starts(data, recipe, tmp_path, capsys):
+    """The first line of a run is its expected duration, measured on this machine and naming it; the last its
+    actual time. The estimate is honest to within a wide factor even for a run of a few seconds."""
+    import re
+
+    run = tmp_path / 'run'
+    assert main(train_args(data, recipe, run)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith('expected duration: ') and 'measured on this machine (' in lines[0]
+    assert torch.backends.cpu.get_cpu_capability() in lines[0]            # the instruction set it ran with
+    assert '3 epochs x 4 steps' in lines[0]                                 # 36 images, batches of 8
+    assert lines[1].startswith('epoch 1/3') and lines[-1].startswith('done in ')
+    expected = float(re.match(r'expected duration: ([\d.]+) s', lines[0]).group(1))
+    rows = read_metrics(run)
+    spent = sum(r['epoch_time_s'] for r in rows)                            # training steps, without validation
+    assert 0.2 * spent < expected < 5 * spent + 1.0, (expected, spent)
+    # a resumed run expects only the epochs it has left
+    assert main(train_args(data, recipe, tmp_path / 'short', '--epochs', '1')) == 0
+    capsys.readouterr()
+    assert main(train_args(data, recipe, tmp_path / 'short', '--epochs', '2', '--resume')) == 0
+    assert '(1 epoch x 4 steps' in capsys.readouterr().out.splitlines()[0]
+
+
+def test_duration_probe_leaves_the_run_untouched(data):
+    """The probe trains a copy: the model's weights and buffers, its optimiser and the random streams stay."""
+    from scnet.data.folders import CheckedImageFolder
+    from scnet.data.transforms import eval_transform, train_transform
+    from scnet.models import create_model
+    from scnet.train.estimate import measure_and_estimate
+
+    torch.manual_seed(0)
+    model = create_model('scnet26_cifar', num_classes=3, channels=[8, 16, 32, 64])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    train_set = CheckedImageFolder(data / 'train', train_transform(16, 'flip'))
+    train_set.augment_seed = 0
+    val_set = CheckedImageFolder(data / 'val', eval_transform(16, 16))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    estimate = measure_and_estimate(model, optimizer, train_set=train_set, val_set=val_set, epochs=2,
+                                    steps_per_epoch=4, micro_batch=8, accum_steps=1, val_images=12, val_batch=8,
+                                    image_size=16, num_classes=3, workers=0)
+    assert estimate.seconds > 0 and estimate.epochs == 2 and estimate.steps_per_epoch == 4
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not optimizer.state and all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng) and model.training
+
+
+def test_duration_estimate_scales_the_measurements():
+    from scnet.train.estimate import estimate_duration, format_seconds
+
+    common = dict(epochs=3, steps_per_epoch=10, micro_batch=8, accum_steps=1, micro_step_s=0.5, load_image_s=0.01,
+                  val_images=100, val_batch=10, val_batch_s=0.2, val_load_image_s=0.001)
+    alone = estimate_duration(workers=0, **common)          # loading adds to each step and to validation
+    assert alone.step_s == pytest.approx(0.58) and alone.val_s == pytest.approx(2.1)
+    assert alone.seconds == pytest.approx(3 * (10 * 0.58 + 2.1))
+    beside = estimate_duration(workers=2, **common)         # loader workers run beside the steps
+    assert beside.step_s == pytest.approx(0.5) and beside.val_s == pytest.approx(2.0)
+    slow_loading = estimate_duration(workers=2, **dict(common, load_image_s=1.0))
+    assert slow_loading.step_s == pytest.approx(4.0)        # 8 images / 2 workers: the loader is the bottleneck
+    accumulating = estimate_duration(workers=0, **dict(common, accum_steps=4))
+    assert accumulating.step_s == pytest.approx(4 * 0.58)
+    assert estimate_duration(workers=0, **dict(common, val_images=0)).val_s == 0
+    assert [format_seconds(s) for s in (3.14, 42.4, 200, 7325)] == ['3.1 s', '42 s', '3 min 20 s', '2 h 02 min']
+    assert alone.line('CPU X, AVX2, 2 threads').startswith('expected duration: 24 s (3 epochs x 10 steps at 0.58 s')
+
+
+def test_a_plain_model_takes_a_recipe_written_for_sc_conv():
+    """The embedded recipe sets memory_efficient (an SC-Conv option): --model resnet26_cifar still runs."""
+    from scnet.train.trainer import _model_kwargs
+
+    recipe = load_recipe('embedded')
+    assert recipe.model_kwargs == {'channels': [8, 16, 32, 64], 'memory_efficient': False}
+    assert _model_kwargs(recipe, announce=False) == recipe.model_kwargs
+    plain = load_recipe('embedded', model='resnet26_cifar')
+    assert _model_kwargs(plain, announce=False) == {'channels': [8, 16, 32, 64]}

@@ -48,6 +48,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from scnet.models.factory import validate_model_name
+    from scnet.train.estimate import format_seconds
     from scnet.train.recipe import load_recipe
     from scnet.train.trainer import train
 
@@ -60,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(config, **overrides)
     validate_model_name(recipe.model)
     output = Path(args.output or f'runs/{recipe.model}-{time.strftime("%Y%m%d-%H%M%S")}')
+    start = time.perf_counter()
     last = train(recipe, output, resume=args.resume, progress=not args.quiet)
     if last:
-        print(f"done: val top-1 {last['val_top1']:.2f}%, top-5 {last['val_top5']:.2f}%; weights in "
-              f"{output / 'model.safetensors'}, curves: scnet plot {output}")
+        print(f"done in {format_seconds(time.perf_counter() - start)}: val top-1 {last['val_top1']:.2f}%, "
+              f"top-5 {last['val_top5']:.2f}%; weights in {output / 'model.safetensors'}, curves: scnet plot {output}")
     return 0

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from scnet.data.folders import CheckedImageFolder, collate_skipping_bad, split_folders
 from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from scnet.train import distributed
+from scnet.train.estimate import measure_and_estimate
 from scnet.train.loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
 from scnet.train.recipe import Recipe
 from scnet.train.sampling import ShardedBatchSampler, StridedSampler
@@ -53,9 +54,44 @@ def _data_root(recipe: Recipe, ctx: distributed.Context) -> Path:
     from scnet.data.embedded import DEFAULT_ROOT, build_embedded_dataset
 
     if ctx.is_main:
-        build_embedded_dataset(DEFAULT_ROOT)
+        build_embedded_dataset(DEFAULT_ROOT, report=_print_line)
     distributed.barrier()
     return Path(DEFAULT_ROOT)
+
+
+def _model_kwargs(recipe: Recipe, announce: bool = True) -> Dict[str, Any]:
+    """The recipe's model arguments, less the SC-Conv options when its model has no SC-Conv layers.
+
+    A recipe written for an SC network (the embedded one sets ``memory_efficient``) stays usable with
+    ``--model resnet26_cifar`` and the other plain networks: the options that only SC-Conv takes are left out,
+    with a note, instead of stopping the run.
+    """
+    from scnet.models.blocks import SCBottleneck
+    from scnet.models.zoo import SC_OPTIONS, ZOO_ARCHITECTURES
+
+    kwargs = dict(recipe.model_kwargs)
+    if ZOO_ARCHITECTURES.get(recipe.model, {}).get('block') is SCBottleneck:
+        return kwargs
+    dropped = [k for k in SC_OPTIONS if k in kwargs]
+    for k in dropped:
+        del kwargs[k]
+    if dropped and announce:
+        print(f'{recipe.model} has no SC-Conv layers: the recipe\'s {", ".join(dropped)} left out', flush=True)
+    return kwargs
+
+
+def _print_line(text: str) -> None:
+    print(text, flush=True)
+
+
+def _machine(device: torch.device) -> str:
+    """The CPU (or GPU) and the instruction set PyTorch dispatches to, with the thread count."""
+    from scnet.bench.machine import cpu_model_name
+
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    return (f'{cpu_model_name()}, {torch.backends.cpu.get_cpu_capability()}, '
+            f'{torch.get_num_threads()} thread{"s" if torch.get_num_threads() != 1 else ""}')
 
 
 def _loader(dataset, ctx: distributed.Context, recipe: Recipe, **kwargs) -> DataLoader:
@@ -91,7 +127,8 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
                              sampler=StridedSampler(len(val_set), rank=ctx.rank, world_size=ctx.world_size))
 
         seed_everything(recipe.seed)  # same initial weights in every process
-        net: nn.Module = create_model(recipe.model, num_classes=len(classes), **recipe.model_kwargs)
+        model_kwargs = _model_kwargs(recipe, announce=ctx.is_main)
+        net: nn.Module = create_model(recipe.model, num_classes=len(classes), **model_kwargs)
         model = WithSideOutput(net, len(classes)) if recipe.aux_weight > 0 else net
         side = model.side if isinstance(model, WithSideOutput) else None
         model.to(ctx.device)
@@ -123,6 +160,14 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
         config = dict(recipe.to_dict(), classes=classes, data_root=str(root), world_size=ctx.world_size,
                       peak_lr=recipe.peak_lr, mean=list(mean), std=list(std))
         run.start(config)
+        if ctx.is_main and run.start_epoch < recipe.epochs:
+            estimate = measure_and_estimate(
+                model, optimizer, train_set=train_set, val_set=val_set, epochs=recipe.epochs - run.start_epoch,
+                steps_per_epoch=batch_sampler.steps, micro_batch=batch_sampler.micro,
+                accum_steps=recipe.accum_steps, val_images=len(val_loader.sampler),
+                val_batch=max(1, batch_sampler.micro), image_size=recipe.image_size, num_classes=len(classes),
+                workers=recipe.workers, amp=recipe.amp, channels_last=recipe.channels_last)
+            print(estimate.line(_machine(ctx.device)), flush=True)
 
         settings = StepSettings(recipe.accum_steps, recipe.aux_weight, recipe.label_smoothing, recipe.amp,
                                 recipe.channels_last)
@@ -156,7 +201,7 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
         if ctx.is_main:
             meta = {'model': recipe.model, 'classes': json.dumps(classes), 'image_size': str(recipe.image_size),
                     'eval_resize': str(recipe.eval_resize), 'mean': json.dumps(list(mean)),
-                    'std': json.dumps(list(std)), 'model_kwargs': json.dumps(recipe.model_kwargs)}
+                    'std': json.dumps(list(std)), 'model_kwargs': json.dumps(model_kwargs)}
             save_state_dict(net.state_dict(), output / 'model.safetensors', metadata=meta)
             if side is not None:
                 save_state_dict(side.state_dict(), output / 'side_head.safetensors', metadata=meta)
