@@ -460,6 +460,7 @@ def worker_compile_warm(cfg: Dict[str, Any], out: _Partial) -> None:
 def worker_models_compiled(cfg: Dict[str, Any], out: _Partial) -> None:
     import torch
     from scnet.bench.memory import cuda_step_peak
+    from scnet.bench.runner import add_ratios
     from scnet.bench.timing import summarize, time_interleaved
 
     if cfg['device'] == 'cuda':
@@ -499,21 +500,12 @@ def worker_models_compiled(cfg: Dict[str, Any], out: _Partial) -> None:
                     if cfg['memory'] and cfg['device'] == 'cuda':
                         row['memory'] = cuda_step_peak(_StepLike(steps[label], torch.device(cfg['device'])))
                     rows.append(row)
-                _ratios(rows)
+                add_ratios(rows)
                 run['results'] = rows
             except Exception as e:  # noqa: BLE001
                 run['error'] = _error_text(e)
             out.data['inductor_cache'] = _inductor_counters()
             out.save()
-
-
-def _ratios(rows: List[Dict[str, Any]]) -> None:
-    base = rows[0]
-    for row in rows:
-        row['speed_ratio'] = row['images_per_s'] / base['images_per_s']
-        peak, base_peak = (row.get('memory') or {}).get('peak_mb'), (base.get('memory') or {}).get('peak_mb')
-        if peak is not None and base_peak:
-            row['memory_ratio'] = peak / base_peak
 
 
 # ------------------------------------------------------------------------------------- train_amp and ddp workers

@@ -110,7 +110,7 @@ def _run(contenders, settings, sizes, warmup, repeats, memory, memory_steps, rat
         finally:
             for step in steps.values():
                 step.close()
-        _ratios([r for r in rows if r['batch_size'] == batch])
+        add_ratios([r for r in rows if r['batch_size'] == batch])
     report['results'] = rows
     return report
 
@@ -136,7 +136,8 @@ def _differences(steps: Dict[str, Step]) -> Dict[str, float]:
     return out
 
 
-def _ratios(rows: List[Dict[str, object]]) -> None:
+def add_ratios(rows: List[Dict[str, object]]) -> None:
+    """Speed (and, where measured, memory) ratio of each row to the first row."""
     base = rows[0]
     for row in rows:
         row['speed_ratio'] = row['images_per_s'] / base['images_per_s']
