@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The performance issue's measurements, each a ratio taken in one process on one machine.
 #
-#   bash benchmarks/targets.sh [OUT_DIR]        # about 15 minutes on a quiet 2-core CPU
+#   bash benchmarks/targets.sh [OUT_DIR]        # about 20 minutes on a quiet 2-core CPU
 #
 # CPU: float32, 2 threads. With a CUDA GPU visible, the GPU rows run too (bf16 autocast, channels-last).
 # Every run writes its full JSON report (machine facts, settings, every timing) to OUT_DIR (default
@@ -26,7 +26,10 @@ cpu=(--threads 2 --format markdown --quiet)
     --output "$out/train.json"
 # 3. against the authors' structure and the literal equations 2-5 (same outputs checked first)
 "$python" benchmarks/other_implementations.py --threads 2 --repeats 5 --output "$out/other_implementations.json"
-# 4. the GPU, when there is one
+# 4. the small networks' training step (the embedded model's size) and SC-Conv layer by layer
+"$python" benchmarks/small_networks.py --threads 2 --output "$out/small_networks.json"
+"$python" benchmarks/layer_profile.py --threads 2 --output "$out/layer_profile.json"
+# 5. the GPU, when there is one
 if "$python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     gpu=(--device cuda --amp --channels-last --format markdown --quiet --repeats 30 --warmup 10)
     "$scnet" benchmark "${gpu[@]}" --models resnet50 scnet50 --batch-size 1 8 64 --output "$out/gpu_infer.json"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -11,13 +12,19 @@ _EPILOG = """\
 recipes: --config takes a YAML file or the name of a shipped recipe (scnet/recipes/: one per row of the
 paper's Tables 1-3, e.g. scnet50, scnet50_r2, scnet50_300ep). Flags override the recipe. Without --data the
 run uses the embedded dataset (built on first use) and the 'embedded' recipe; with --data and no --config,
-the paper's ImageNet recipe (imagenet_100ep). --lr left out: 0.1 x batch / 256.
+the paper's ImageNet recipe (imagenet_100ep), or with --pretrained / --init the 'finetune' recipe. --lr left
+out: the recipe's base_lr (0.1 for the paper) x batch / 256. Modern recipes: rsb_a3_resnet50, rsb_a3_scnet50.
+
+fine-tuning: --pretrained (the authors' weights for scnet50, scnet50_v1d, scnet101; timm's for the baselines;
+$SCNET_WEIGHTS_MIRROR replaces the download host) or --init CHECKPOINT (model.safetensors, last.pt or the
+authors' .pth). Another class count than the checkpoint's gets a new classifier. Their origin and sha256 are
+recorded in DIR/config.json and in model.safetensors' metadata.
 
 many processes: torchrun --nproc_per_node=K -m scnet train ...  (NCCL on GPUs, gloo on CPUs); --batch-size
 is the global batch, split evenly over processes and accumulation steps.
 
 output: DIR/metrics.jsonl (a line per epoch), DIR/tensorboard/, DIR/last.pt (full state, every epoch, written
-atomically), DIR/model.safetensors (final weights). --resume continues DIR/last.pt with DIR's settings."""
+atomically), DIR/model.safetensors (final weights), DIR/model_ema.safetensors (with --ema-decay). --resume continues DIR/last.pt with DIR's settings."""
 
 
 def add_parser(sub) -> None:
@@ -42,8 +49,42 @@ def add_parser(sub) -> None:
     p.add_argument('--image-size', type=int, help='training and evaluation crop size')
     p.add_argument('--skip-bad-images', action='store_true', default=None,
                    help='skip unreadable images (counted in the log) instead of stopping')
+    g = p.add_argument_group('fine-tuning')
+    start = g.add_mutually_exclusive_group()
+    start.add_argument('--pretrained', action='store_true', default=None,
+                       help="start from the authors' ImageNet weights (timm's for the baselines)")
+    start.add_argument('--init', metavar='CHECKPOINT',
+                       help="start from a checkpoint: model.safetensors, last.pt or the authors' .pth")
+    g = p.add_argument_group('modern options (timm)')
+    g.add_argument('--optimizer', choices=('sgd', 'adamw', 'lamb'), help='optimiser (default: the recipe\'s, sgd)')
+    g.add_argument('--weight-decay', type=float, help='weight decay')
+    g.add_argument('--no-decay-norm-and-bias', dest='decay_norm_and_bias', action='store_false', default=None,
+                   help='no weight decay on norm weights and biases')
+    g.add_argument('--schedule', choices=('step', 'cosine'), help='lr schedule')
+    g.add_argument('--warmup-epochs', type=float, help='linear lr warm-up, in epochs (fractions allowed)')
+    g.add_argument('--label-smoothing', type=float, help='label smoothing (the paper: 0.1)')
+    g.add_argument('--loss', choices=('ce', 'bce'), help='cross-entropy or binary cross-entropy')
+    g.add_argument('--bce-target-thresh', type=float, help='bce: soft targets above it become 1')
+    g.add_argument('--auto-augment', metavar='POLICY',
+                   help='timm policy: rand-m9-mstd0.5-inc1 (RandAugment), original (AutoAugment), '
+                        'augmix-m5-w4-d2; or trivial (TrivialAugment)')
+    g.add_argument('--reprob', type=float, help='random erasing probability')
+    g.add_argument('--mixup', type=float, help='mixup alpha (0: off)')
+    g.add_argument('--cutmix', type=float, help='cutmix alpha (0: off)')
+    g.add_argument('--ema-decay', type=float,
+                   help='keep an EMA of the weights with this decay (e.g. 0.9998), evaluated each epoch')
+    g.add_argument('--drop-path', dest='drop_path_rate', type=float, help='stochastic depth rate')
+    g.add_argument('--eval-image-size', type=int,
+                   help='evaluation crop size (default: --image-size; RSB trains at 160 and tests at 224)')
+    g.add_argument('--eval-resize', type=int, help='evaluation: resize the short side to this, then centre-crop')
     add_quiet_flag(p, bars=True)
     p.set_defaults(run=run)
+
+
+#: The modern options' flags, each named as its recipe setting.
+_MODERN = ('optimizer', 'weight_decay', 'decay_norm_and_bias', 'schedule', 'warmup_epochs', 'label_smoothing',
+           'loss', 'bce_target_thresh', 'auto_augment', 'reprob', 'mixup', 'cutmix', 'ema_decay', 'drop_path_rate',
+           'eval_image_size', 'eval_resize')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,14 +97,17 @@ def run(args: argparse.Namespace) -> int:
                      seed=args.seed, workers=args.workers, device=args.device, amp=args.amp,
                      channels_last=args.channels_last, compile=args.compile, aux_weight=args.aux_weight,
                      accum_steps=args.accum_steps, image_size=args.image_size,
-                     skip_bad_images=args.skip_bad_images)
-    config = run_config(args, default='embedded' if args.data is None else 'imagenet_100ep')
+                     skip_bad_images=args.skip_bad_images, pretrained=args.pretrained, init=args.init,
+                     **{name: getattr(args, name) for name in _MODERN})
+    fine_tuning = args.pretrained or args.init
+    config = run_config(args, default='embedded' if args.data is None else
+                        'finetune' if fine_tuning else 'imagenet_100ep')
     recipe = load_recipe(config, **overrides)
     validate_model_name(recipe.model)
     output = Path(args.output or f'runs/{recipe.model}-{time.strftime("%Y%m%d-%H%M%S")}')
     start = time.perf_counter()
     last = train(recipe, output, resume=args.resume, progress=not args.quiet)
-    if last:
+    if last and os.environ.get('RANK', '0') == '0':  # under torchrun: one summary, not one per process
         print(f"done in {format_seconds(time.perf_counter() - start)}: val top-1 {last['val_top1']:.2f}%, "
               f"top-5 {last['val_top5']:.2f}%; weights in {output / 'model.safetensors'}, curves: scnet plot {output}")
     return 0

@@ -9,7 +9,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,15 @@ class StepSettings:
     label_smoothing: float = 0.0
     amp: bool = False
     channels_last: bool = False
+    # the modern options (scnet.train.modern builds them from timm's parts); None: the paper's training
+    criterion: Optional[Callable] = None   # (logits, targets) -> loss; None: cross-entropy, label_smoothing
+    mixup: Optional[Callable] = None       # timm.data.Mixup: (images, targets) -> (mixed images, soft targets)
+    on_step: Optional[Callable[[], None]] = None  # after each optimiser step (the EMA's update)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.criterion is None:
+            return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+        return self.criterion(logits.float(), targets)
 
 
 def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> torch.Tensor:
@@ -90,21 +99,26 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             targets = targets.to(device, non_blocking=True)
             if settings.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
+            labels = targets
+            if settings.mixup is not None:
+                if len(targets) % 2:  # timm's Mixup pairs each image with another: an odd one sits out
+                    images, targets, labels = images[:-1], targets[:-1], targets[:-1]
+                images, targets = settings.mixup(images, targets)
             sync = contextlib.nullcontext() if last_micro or not hasattr(model, 'no_sync') else model.no_sync()
             with sync:
                 with _autocast(device, settings.amp):
                     logits, side = _split_outputs(model(images))
-                    loss = F.cross_entropy(logits.float(), targets, label_smoothing=settings.label_smoothing)
+                    loss = settings.loss(logits, targets)
                     total = loss
                     if side is not None:
-                        side_loss = F.cross_entropy(side.float(), targets, label_smoothing=settings.label_smoothing)
+                        side_loss = settings.loss(side, targets)
                         total = loss + settings.aux_weight * side_loss
                         sums[3] += side_loss.detach().double().cpu() * len(targets)
                 scaled = total / settings.accum_steps
                 (scaler.scale(scaled) if scaler else scaled).backward()
-            sums[0] += loss.detach().double().cpu() * len(targets)
-            sums[1] += topk_correct(logits.detach(), targets, ks=(1,)).cpu()[0]
-            sums[2] += len(targets)
+            sums[0] += loss.detach().double().cpu() * len(labels)
+            sums[1] += topk_correct(logits.detach(), labels, ks=(1,)).cpu()[0]
+            sums[2] += len(labels)
         if not last_micro:
             continue
         # every process checks the same all-reduced value, so all stop together on a bad step
@@ -118,6 +132,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
+        if settings.on_step is not None:
+            settings.on_step()
         step_images += 1
         if ctx.is_main:
             bar.update(1)

@@ -6,19 +6,26 @@ The files in ``scnet/recipes/`` are the paper's section 4.1 settings, one per ro
 builds. A file may name a ``base:`` file whose settings it extends. ``lr`` left empty means the paper's rule:
 0.1 for a batch of 256, scaled linearly with the (global) batch size.
 
+Beyond the paper, a recipe can start from pretrained weights (``pretrained``, ``init``: fine-tuning) and use
+the modern options built from timm's parts: ``optimizer`` (SGD, AdamW, LAMB via ``timm.optim``), ``loss``
+(cross-entropy or binary cross-entropy, ``timm.loss``), ``auto_augment`` / ``reprob`` (``timm.data``),
+``mixup`` / ``cutmix`` (``timm.data.Mixup``), ``ema_decay`` (``timm.utils.ModelEmaV3``), ``drop_path_rate``
+and an evaluation size (``eval_image_size``) above the training one. Their defaults leave a run as the paper's.
+
 ``RecipeReader`` reads every kind of recipe (these, ``scnet.tasks.detection``'s and ``scnet.tasks.pose_run``'s)
 the same way: ``base:`` chains, unknown settings refused, flags on top, a run's ``config.json`` read back.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Generic, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 import yaml
 
-from scnet.data.transforms import AUGMENTATIONS
+from scnet.data.transforms import AUGMENTATIONS, check_auto_augment
 from scnet.errors import ScnetError
 
 __all__ = ['Recipe', 'RecipeError', 'RecipeReader', 'RECIPES_DIR', 'list_recipes', 'load_recipe', 'SCHEDULES',
@@ -26,8 +33,12 @@ __all__ = ['Recipe', 'RecipeError', 'RecipeReader', 'RECIPES_DIR', 'list_recipes
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / 'recipes'
 SCHEDULES = ('step', 'cosine')
+#: Optimisers (timm.optim.create_optimizer_v2 builds them).
+OPTIMIZERS = ('sgd', 'adamw', 'lamb')
+#: Losses: cross-entropy (soft-target with mixup/cutmix), binary cross-entropy (timm.loss.BinaryCrossEntropy).
+LOSSES = ('ce', 'bce')
 #: What a run's config.json records beside its recipe (so that it can be read back as a recipe).
-RUN_RECORD_KEYS = ('classes', 'data_root', 'world_size', 'peak_lr', 'mean', 'std')
+RUN_RECORD_KEYS = ('classes', 'data_root', 'world_size', 'peak_lr', 'mean', 'std', 'initial_weights')
 R = TypeVar('R')
 
 
@@ -79,6 +90,31 @@ class Recipe:
     channels_last: bool = False
     compile: bool = False
     skip_bad_images: bool = False
+    # fine-tuning: the initial weights (at most one of the two)
+    pretrained: bool = False              # the authors' ImageNet weights (SC models), timm's (baselines)
+    init: Optional[str] = None            # a checkpoint: model.safetensors, last.pt, or the authors' .pth
+    # modern options (timm's parts); the defaults are the paper's
+    optimizer: str = 'sgd'                # sgd (momentum, nesterov), adamw, lamb
+    decay_norm_and_bias: bool = True      # False: no weight decay on norm weights and biases (timm's groups)
+    loss: str = 'ce'                      # ce, bce
+    bce_target_thresh: Optional[float] = None  # bce: targets above it become 1 (RSB: 0.2)
+    auto_augment: Optional[str] = None    # timm policy (rand-m9-mstd0.5-inc1, original, augmix-...) or trivial
+    reprob: float = 0.0                   # random erasing probability
+    mixup: float = 0.0                    # mixup alpha (0: off)
+    cutmix: float = 0.0                   # cutmix alpha (0: off)
+    mixup_prob: float = 1.0               # probability that a batch is mixed at all
+    mixup_switch_prob: float = 0.5        # with both on: probability of cutmix instead of mixup
+    ema_decay: float = 0.0                # > 0: an EMA of the weights, evaluated each epoch, saved beside
+    drop_path_rate: float = 0.0           # stochastic depth
+    eval_image_size: Optional[int] = None  # None: image_size (RSB trains at 160 and tests at 224)
+
+    @property
+    def eval_size(self) -> int:
+        return self.eval_image_size or self.image_size
+
+    @property
+    def mixes(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
 
     @property
     def peak_lr(self) -> float:
@@ -96,6 +132,19 @@ class Recipe:
             (self.workers >= 0, f'workers must be >= 0, got {self.workers}'),
             (self.image_size >= 8, f'image_size must be >= 8, got {self.image_size}'),
             device_check(self.device),
+            (not (self.pretrained and self.init), 'pretrained and init both given: start from one of them'),
+            (self.optimizer in OPTIMIZERS, f'optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}'),
+            (self.loss in LOSSES, f'loss must be one of {LOSSES}, got {self.loss!r}'),
+            (check_auto_augment(self.auto_augment), f'auto_augment {self.auto_augment!r} is no timm policy '
+                                                    '(e.g. rand-m9-mstd0.5-inc1, original, augmix-m5-w4-d2) '
+                                                    'nor trivial'),
+            (0 <= self.reprob <= 1, f'reprob must be in [0, 1], got {self.reprob}'),
+            (self.mixup >= 0 and self.cutmix >= 0, f'mixup and cutmix must be >= 0, got {self.mixup}, {self.cutmix}'),
+            (0 <= self.mixup_prob <= 1 and 0 <= self.mixup_switch_prob <= 1,
+             'mixup_prob and mixup_switch_prob must be in [0, 1]'),
+            (0 <= self.ema_decay < 1, f'ema_decay must be in [0, 1), got {self.ema_decay}'),
+            (0 <= self.drop_path_rate < 1, f'drop_path_rate must be in [0, 1), got {self.drop_path_rate}'),
+            (self.eval_size >= 8, f'eval_image_size must be >= 8, got {self.eval_image_size}'),
         ]
         check_settings(checks)
         return self
@@ -146,8 +195,9 @@ class RecipeReader(Generic[R]):
         if path in seen:
             raise RecipeError(f'{path}: base recipes form a cycle: {" -> ".join(map(str, seen + (path,)))}')
         try:
-            data = yaml.safe_load(path.read_text()) or {}  # YAML is a superset of JSON: a run's config.json too
-        except yaml.YAMLError as e:
+            # a run's config.json is read as JSON: YAML 1.1 reads a float without a dot (1e-09) as a string
+            data = (json.loads(path.read_text()) if path.suffix == '.json' else yaml.safe_load(path.read_text())) or {}
+        except (yaml.YAMLError, json.JSONDecodeError) as e:
             raise RecipeError(f'{path}: not valid YAML ({e})') from None
         if not isinstance(data, dict):
             raise RecipeError(f'{path}: a recipe is a mapping of settings, found {type(data).__name__}')

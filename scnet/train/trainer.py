@@ -6,19 +6,24 @@ The folder after a run::
     metrics.jsonl        one JSON line per epoch (epoch, lr, train_loss, val_top1, val_top5, images_per_sec, ...)
     tensorboard/         the same scalars for TensorBoard
     last.pt              the full state (model, optimiser, schedule, epoch, RNG states, metrics), every epoch
-    model.safetensors    the final weights (classes and input settings in its metadata)
+    model.safetensors    the final weights (classes, input settings and the initial weights' origin in its metadata)
+    model_ema.safetensors  the EMA of the weights, when the recipe's ema_decay is on
     side_head.safetensors  the res3 side classifier, when --aux-weight is on
 
 Reproducibility: the data order and the augmentation randomness of each epoch are seeded from (seed, epoch,
 process), not carried over from the previous epoch, so a run resumed from ``last.pt`` after a kill replays
-exactly the epochs it lost and ends with the same weights as an uninterrupted run (on CPU).
+exactly the epochs it lost and ends with the same weights as an uninterrupted run (on CPU). Python's and
+NumPy's generators (what timm's Mixup draws from) are reseeded the same way at each epoch, and the EMA of the
+weights travels in ``last.pt``.
 """
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any, Dict
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -27,7 +32,9 @@ from scnet.data.folders import CheckedImageFolder, collate_skipping_bad, split_f
 from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from scnet.train import distributed
 from scnet.train.estimate import measure_and_estimate
+from scnet.train.init_weights import apply_initial_weights, find_initial_weights
 from scnet.train.loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
+from scnet.train.modern import build_criterion, build_ema, build_mixup, build_optimizer
 from scnet.train.recipe import Recipe
 from scnet.train.sampling import ShardedBatchSampler, StridedSampler
 from scnet.train.side_output import WithSideOutput
@@ -115,10 +122,11 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
             raise RunError(f'{output}: the run was trained on classes {state["classes"][:5]}..., the data at {root} '
                            f'has {classes[:5]}...: resume with the same data')
         mean, std = IMAGENET_MEAN, IMAGENET_STD
-        train_set = CheckedImageFolder(train_dir, train_transform(recipe.image_size, recipe.augment, mean, std),
+        train_set = CheckedImageFolder(train_dir, train_transform(recipe.image_size, recipe.augment, mean, std,
+                                                                  recipe.auto_augment, recipe.reprob),
                                        classes=classes, skip_bad_images=recipe.skip_bad_images)
         train_set.augment_seed = recipe.seed
-        val_set = CheckedImageFolder(val_dir, eval_transform(recipe.image_size, recipe.eval_resize, mean, std),
+        val_set = CheckedImageFolder(val_dir, eval_transform(recipe.eval_size, recipe.eval_resize, mean, std),
                                      classes=classes, skip_bad_images=recipe.skip_bad_images)
         batch_sampler = ShardedBatchSampler(len(train_set), recipe.batch_size, rank=ctx.rank,
                                             world_size=ctx.world_size, accum_steps=recipe.accum_steps,
@@ -126,16 +134,27 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
         val_loader = _loader(val_set, ctx, recipe, batch_size=max(1, batch_sampler.micro),
                              sampler=StridedSampler(len(val_set), rank=ctx.rank, world_size=ctx.world_size))
 
+        if recipe.mixes and batch_sampler.micro % 2:
+            raise RunError(f'mixup/cutmix pair the images of a batch: the batch per process and accumulation step '
+                           f'is {batch_sampler.micro}, make it even (--batch-size, --accum-steps)')
+        # a resumed run's weights are in last.pt: the initial ones are only looked up (and checked) for a new run
+        initial = None if state is not None else find_initial_weights(
+            recipe.model, pretrained=recipe.pretrained, init=recipe.init, progress=progress and ctx.is_main)
         seed_everything(recipe.seed)  # same initial weights in every process
         model_kwargs = _model_kwargs(recipe, announce=ctx.is_main)
+        if recipe.drop_path_rate > 0:
+            model_kwargs['drop_path_rate'] = recipe.drop_path_rate
         net: nn.Module = create_model(recipe.model, num_classes=len(classes), **model_kwargs)
+        if initial is not None:
+            apply_initial_weights(net, initial, len(classes), report=_print_line if ctx.is_main else lambda _: None)
+        initial_record = initial.record() if initial else (state or {}).get('config', {}).get('initial_weights')
         model = WithSideOutput(net, len(classes)) if recipe.aux_weight > 0 else net
         side = model.side if isinstance(model, WithSideOutput) else None
         model.to(ctx.device)
         if recipe.channels_last:
             model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.peak_lr, momentum=recipe.momentum,
-                                    nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+        optimizer = build_optimizer(model, recipe)
+        ema = build_ema(net, recipe)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(recipe, batch_sampler.steps))
         scaler = torch.amp.GradScaler('cuda') if recipe.amp and ctx.device.type == 'cuda' else None
         if state is not None:
@@ -147,6 +166,8 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
                 side.load_state_dict(state['side_head'])
             optimizer.load_state_dict(state['optimizer'])
             scheduler.load_state_dict(state['scheduler'])
+            if ema is not None:
+                ema.module.load_state_dict(state['ema'])
             if scaler and state.get('scaler'):
                 scaler.load_state_dict(state['scaler'])
             restore_rng_states(state['rng'])
@@ -158,7 +179,7 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
             train_model = torch.compile(train_model)
 
         config = dict(recipe.to_dict(), classes=classes, data_root=str(root), world_size=ctx.world_size,
-                      peak_lr=recipe.peak_lr, mean=list(mean), std=list(std))
+                      peak_lr=recipe.peak_lr, mean=list(mean), std=list(std), initial_weights=initial_record)
         run.start(config)
         if ctx.is_main and run.start_epoch < recipe.epochs:
             estimate = measure_and_estimate(
@@ -170,11 +191,16 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
             print(estimate.line(_machine(ctx.device)), flush=True)
 
         settings = StepSettings(recipe.accum_steps, recipe.aux_weight, recipe.label_smoothing, recipe.amp,
-                                recipe.channels_last)
+                                recipe.channels_last, criterion=build_criterion(recipe),
+                                mixup=build_mixup(recipe, len(classes)),
+                                on_step=(lambda: ema.update(net)) if ema is not None else None)
         for epoch in range(run.start_epoch + 1, recipe.epochs + 1):
             # each epoch's randomness depends on (seed, epoch) and, for augmentation, the image index only:
             # what makes a resumed run and a K-process run exact
-            torch.manual_seed(recipe.seed * 100_003 + epoch * 1_009 + ctx.rank)
+            epoch_seed = recipe.seed * 100_003 + epoch * 1_009 + ctx.rank
+            torch.manual_seed(epoch_seed)
+            random.seed(epoch_seed)
+            np.random.seed(epoch_seed % 2**32)
             batch_sampler.set_epoch(epoch)
             train_set.epoch = epoch
             train_loader = _loader(train_set, ctx, recipe, batch_sampler=batch_sampler)
@@ -190,9 +216,15 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
             row = {'epoch': epoch, 'lr': lr, **row,
                    **evaluate(model, val_loader, ctx, amp=recipe.amp, channels_last=recipe.channels_last,
                               progress=progress)}
+            if ema is not None:
+                distributed.broadcast_buffers(ema.module)
+                ema_row = evaluate(ema.module, val_loader, ctx, amp=recipe.amp, channels_last=recipe.channels_last,
+                                   progress=progress, desc='val (EMA)')
+                row.update({f'ema_{k}': v for k, v in ema_row.items() if k in ('val_loss', 'val_top1', 'val_top5')})
             run.end_epoch(row, {'model': net.state_dict(), 'side_head': side.state_dict() if side else None,
                                 'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
                                 'scaler': scaler.state_dict() if scaler else None, 'classes': classes,
+                                'ema': ema.module.state_dict() if ema is not None else None,
                                 'config': config})
             if ctx.is_main:
                 print(_epoch_line(row, recipe.epochs), flush=True)
@@ -201,8 +233,13 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
         if ctx.is_main:
             meta = {'model': recipe.model, 'classes': json.dumps(classes), 'image_size': str(recipe.image_size),
                     'eval_resize': str(recipe.eval_resize), 'mean': json.dumps(list(mean)),
-                    'std': json.dumps(list(std)), 'model_kwargs': json.dumps(model_kwargs)}
+                    'std': json.dumps(list(std)), 'model_kwargs': json.dumps(model_kwargs),
+                    'initial_weights': json.dumps(initial_record)}
+            if recipe.eval_size != recipe.image_size:  # the size to evaluate at; the training one beside it
+                meta.update(image_size=str(recipe.eval_size), train_image_size=str(recipe.image_size))
             save_state_dict(net.state_dict(), output / 'model.safetensors', metadata=meta)
+            if ema is not None:
+                save_state_dict(ema.module.state_dict(), output / 'model_ema.safetensors', metadata=meta)
             if side is not None:
                 save_state_dict(side.state_dict(), output / 'side_head.safetensors', metadata=meta)
         run.close()
@@ -215,6 +252,8 @@ def _epoch_line(row: Dict[str, Any], epochs: int) -> str:
     text = (f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f}  "
             f"val top-1 {row['val_top1']:.2f}%  top-5 {row['val_top5']:.2f}%  "
             f"{row['images_per_sec']:.0f} img/s  {row['epoch_time_s']:.1f}s")
+    if 'ema_val_top1' in row:
+        text += f"  EMA top-1 {row['ema_val_top1']:.2f}%"
     if 'aux_val_top1' in row:
         text += f"  side top-1 {row['aux_val_top1']:.2f}%"
     if row.get('skipped_images') or row.get('val_skipped_images'):
