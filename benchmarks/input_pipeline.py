@@ -2,6 +2,7 @@
 
     python benchmarks/input_pipeline.py                                  # 500x375 and 1024x768, workers 0 1 2
     python benchmarks/input_pipeline.py --data /imagenet/train --workers 0 4 8 --json pipeline.json
+    python benchmarks/input_pipeline.py --readers folder shards          # image files against tar shards
 
 Runs ``scnet.bench.pipeline.measure_pipeline`` over photo-like synthetic JPEGs (or the class folders of
 ``--data``) in ``--rounds`` rounds, rotating which decoder goes first in each, and reports the median of the
@@ -57,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--gpu-images-per-s', type=float, default=A100_RESNET50_AMP,
                         help=f'training rate of the GPU to feed (default {A100_RESNET50_AMP:g}: ResNet-50, '
                              'A100, mixed precision)')
+    parser.add_argument('--readers', nargs='+', choices=('folder', 'shards'), default=['folder'],
+                        help='read the image files (folder) and/or the same images from WebDataset tar shards '
+                             '(shards) (default: folder)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--json', type=Path, help='write the rows and the machine facts here')
     return parser
@@ -71,11 +75,12 @@ def _cpu_name() -> str:
 
 
 def _median_rows(rounds):
-    """One row per (decoder, workers): the median over rounds of each rate, the rest from the first round."""
+    """One row per (reader, decoder, workers): the median over rounds of each rate, the rest from the first
+    round."""
     merged = {}
     for rows in rounds:
         for row in rows:
-            merged.setdefault((row['decoder'], row['workers']), []).append(row)
+            merged.setdefault((row.get('reader', 'folder'), row['decoder'], row['workers']), []).append(row)
     out = []
     for same in merged.values():
         row = dict(same[0])
@@ -93,8 +98,9 @@ def _measure(root, source, args):
         for decoder in args.decoders[shift:] + args.decoders[:shift]:
             rounds.append(measure_pipeline(root, decoders=(decoder,), image_size=args.image_size,
                                            images=args.images, workers=tuple(args.workers), seed=args.seed,
-                                           source_size=source))
-    return sorted(_median_rows(rounds), key=lambda row: (args.decoders.index(row['decoder']), row['workers']))
+                                           source_size=source, readers=tuple(args.readers)))
+    return sorted(_median_rows(rounds), key=lambda row: (args.readers.index(row['reader']),
+                                                         args.decoders.index(row['decoder']), row['workers']))
 
 
 def main(argv=None) -> int:
@@ -116,15 +122,15 @@ def main(argv=None) -> int:
                 results += _measure(folder, source, args)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
-    header = (f'{"source":>9} {"KiB":>5} {"decoder":>11} {"workers":>7} {"images/s":>9} {"per worker":>10} '
-              f'{"decode only":>11} {"workers/GPU":>11}')
+    header = (f'{"source":>9} {"KiB":>5} {"reader":>7} {"decoder":>11} {"workers":>7} {"images/s":>9} '
+              f'{"per worker":>10} {"decode only":>11} {"workers/GPU":>11}')
     print(f'decode + training transforms at {args.image_size} px, median of {args.rounds} round(s); '
           f'workers/GPU: to feed {args.gpu_images_per_s:g} images/s')
     print(header)
     for row in results:
         source = 'x'.join(str(v) for v in row['source_size'])
         need = workers_needed(args.gpu_images_per_s, row['images_per_s_per_worker'])
-        print(f'{source:>9} {row["mean_file_kib"]:5.0f} {row["decoder"]:>11} {row["workers"]:7d} '
+        print(f'{source:>9} {row["mean_file_kib"]:5.0f} {row["reader"]:>7} {row["decoder"]:>11} {row["workers"]:7d} '
               f'{row["images_per_s"]:9.0f} {row["images_per_s_per_worker"]:10.0f} '
               f'{row["decode_images_per_s"]:11.0f} {need:11d}')
     load_after = os.getloadavg()

@@ -5,7 +5,7 @@
 #
 # CPU: float32, 2 threads. With a CUDA GPU visible, the GPU rows run too (bf16 autocast, channels-last).
 # Every run writes its full JSON report (machine facts, settings, every timing) to OUT_DIR (default
-# benchmarks/results) and prints a Markdown table; README.md quotes them.
+# benchmarks/results) and prints a Markdown table; docs/performance.md renders them (benchmarks/tables.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-benchmarks/results}

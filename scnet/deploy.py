@@ -125,8 +125,8 @@ def compile_headroom():
     """Room for many compiled entries of one function while inside (Dynamo's recompile limits raised).
 
     Networks of one family share code objects (every timm ResNet's ``forward``), and each network, input
-    shape and grad mode is one more compiled entry of that one function. Past Dynamo's limit (8 in PyTorch
-    2.14) it silently runs the function eagerly: a process that compiles a few networks would then serve
+    shape and grad mode is one more compiled entry of that one function. Past Dynamo's recompile limit it
+    silently runs the function eagerly: a process that compiles a few networks would then serve
     some of them uncompiled, and a benchmark would time an eager network as a compiled one.
     """
     import torch._dynamo
@@ -146,7 +146,7 @@ class DeployedModel(nn.Module):
       compilations it may trigger (the first, and one per new input shape, as shapes are static) then freeze
       the weights into the graph (oneDNN-prepacked convolutions), and the global inductor config is the same
       after the call as before. (``torch.compile(options={'freezing': True})`` does not reach the check that
-      enables freezing in PyTorch 2.14: its convolutions stay plain ``aten`` calls.) The call also runs
+      enables freezing: its convolutions stay plain ``aten`` calls.) The call also runs
       under ``compile_headroom()``.
     * Attributes it does not have itself (``fc``, ``pretrained_cfg``, ``forward_features``, ...) are the
       folded network's.
@@ -427,8 +427,8 @@ def deploy(model: nn.Module, *, channels_last: bool = True, compile: bool = Fals
         ``.module`` is the folded network.
 
     Raises:
-        DeployError (a ``ScnetError``): the result differs from the original by more than ``tolerance`` on the
-        probe, or the model cannot be probed (meta device).
+        DeployError: (a ``ScnetError``) the result differs from the original by more than ``tolerance`` on
+            the probe, or the model cannot be probed (meta device).
     """
     if not isinstance(model, nn.Module):
         raise DeployError(f'deploy takes an nn.Module, got {type(model).__name__}')

@@ -3,6 +3,7 @@
 Every run here is single-threaded (``torch.set_num_threads(1)``): on a shared 2-core machine the detectors'
 many small operations run several times faster on one thread than on two competing for busy cores.
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,11 +19,13 @@ from safetensors.torch import load_file
 
 import scnet
 from scnet.cli.main import main
-from scnet.tasks.detection import (METRICS, _lr_factor, build_detector, load_detection_recipe,
-                                   list_detection_recipes)
+from scnet.tasks.detection import METRICS, build_detector, list_detection_recipes, load_detection_recipe, load_detector
+from scnet.tasks.detection.engine import lr_factor
+from scnet.tasks.eval_report import EvalReport
 from scnet.tasks.synthetic import SHAPES, make_shapes_coco
 from scnet.train.recipe import RecipeError
 from scnet.weights import save_state_dict
+from scnet.weights.io import read_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 #: The short CPU run whose AP the README quotes: `--config shapes --image-size 96 --epochs 8` on 32 + 16 images.
@@ -157,15 +160,22 @@ def test_eval_json_has_the_six_metrics_and_matches_training(bbox_run, shapes, tm
                  '--quiet', '--output', str(out)]) == 0
     result = json.loads(capsys.readouterr().out)  # stdout is the JSON alone: pycocotools' prints kept out
     assert result == json.loads(out.read_text())
-    assert set(result['bbox']) == set(METRICS) and 'segm' not in result
-    assert all(isinstance(v, float) for v in result['bbox'].values())
+    assert set(result['metrics']) == {f'bbox_{m}' for m in METRICS}
+    assert all(isinstance(v, float) for v in result['metrics'].values())
     last = read_metrics(bbox_run)[-1]
-    assert result['bbox'] == pytest.approx({m: last[f'bbox_{m}'] for m in METRICS})
-    assert result['bbox_AP'] == result['bbox']['AP'] and result['images'] == 16
+    assert result['metrics'] == pytest.approx({f'bbox_{m}': last[f'bbox_{m}'] for m in METRICS})
+    assert (result['task'], result['images'], result['counts']['detections']) == ('bbox', 16, last['val_detections'])
+    assert set(result) == {f.name for f in dataclasses.fields(EvalReport)}   # the shape of `scnet pose eval`'s
     assert main(['detect', 'eval', '--checkpoint', str(bbox_run), '--val-ann', str(shapes.val_ann),
                  '--val-images', str(shapes.val_images), '--workers', '0', '--quiet']) == 0
     table = capsys.readouterr().out
     assert 'AP50' in table and 'APl' in table and table.splitlines()[-1].startswith('bbox')
+    # a last.pt of the old code (no metadata of its own: read from its run settings) describes the same detector
+    state = torch.load(bbox_run / 'last.pt', weights_only=True)
+    assert state['checkpoint'] == read_metadata(bbox_run / 'model.safetensors')
+    del state['checkpoint']
+    torch.save(state, tmp_path / 'old.pt')
+    assert load_detector(tmp_path / 'old.pt')[1] == load_detector(bbox_run / 'model.safetensors')[1]
 
 
 @pytest.mark.slow
@@ -190,7 +200,7 @@ def test_predict_draws_on_any_image_and_writes_pngs_of_its_size(bbox_run, shapes
 @pytest.mark.slow
 def test_mask_rcnn_killed_run_resumes_to_the_same_weights(tiny, tmp_path, capsys, monkeypatch):
     """Stopped after epoch 1 (Ctrl-C), resumed: the same weights, bit for bit, as an uninterrupted run."""
-    import scnet.tasks.detection as detection
+    import scnet.tasks.detection.engine as detection
 
     full, stopped = tmp_path / 'full', tmp_path / 'stopped'
     assert detect_train(tiny, full, *tiny_args('segm')) == 0
@@ -199,18 +209,18 @@ def test_mask_rcnn_killed_run_resumes_to_the_same_weights(tiny, tmp_path, capsys
         assert all(f'{kind}_{m}' in rows[-1] for m in METRICS)
     assert 'train_loss_mask' in rows[0]
 
-    real = detection._train_one_epoch
+    real = detection.train_one_epoch
 
     def interrupted(*args, epoch, **kwargs):
         if epoch == 2:
             raise KeyboardInterrupt
         return real(*args, epoch=epoch, **kwargs)
 
-    monkeypatch.setattr(detection, '_train_one_epoch', interrupted)
+    monkeypatch.setattr(detection, 'train_one_epoch', interrupted)
     assert detect_train(tiny, stopped, *tiny_args('segm')) == 130
     assert torch.load(stopped / 'last.pt', weights_only=True)['epoch'] == 1
     assert not (stopped / 'model.safetensors').exists()
-    monkeypatch.setattr(detection, '_train_one_epoch', real)
+    monkeypatch.setattr(detection, 'train_one_epoch', real)
     assert main(['detect', 'train', '--output', str(stopped), '--resume', '--quiet']) == 0
     a, b = load_file(full / 'model.safetensors'), load_file(stopped / 'model.safetensors')
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -221,8 +231,8 @@ def test_mask_rcnn_killed_run_resumes_to_the_same_weights(tiny, tmp_path, capsys
     assert main(['detect', 'eval', '--checkpoint', str(full / 'last.pt'), '--val-ann', str(tiny.val_ann),
                  '--val-images', str(tiny.val_images), '--format', 'json', '--workers', '0', '--quiet']) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result['segm']) == set(METRICS) and set(result['bbox']) == set(METRICS)
-    assert result['segm'] == pytest.approx({m: rows[-1][f'segm_{m}'] for m in METRICS})
+    assert set(result['metrics']) == {f'{kind}_{m}' for kind in ('bbox', 'segm') for m in METRICS}
+    assert result['metrics'] == pytest.approx({k: rows[-1][k] for k in result['metrics']})
     # translucent masks drawn under the boxes
     assert main(['detect', 'predict', '--checkpoint', str(full), '--images', str(tiny.val_images / '000000.png'),
                  '--output', str(tmp_path / 'drawn'), '--score-threshold', '0', '--quiet']) == 0
@@ -261,9 +271,9 @@ def test_classification_checkpoint_of_scnet_train_loads_into_the_backbone(tmp_pa
     path = save_state_dict(state, tmp_path / 'model.safetensors',
                            metadata={'model': 'scnet26', 'model_kwargs': json.dumps(kwargs)})
     recipe = load_detection_recipe('shapes', backbone_checkpoint=str(path))
-    from scnet.tasks.detection import _resolve_backbone
+    from scnet.tasks.detection.model import resolve_backbone
 
-    checkpoint, pretrained, resolved = _resolve_backbone(recipe)
+    checkpoint, pretrained, resolved = resolve_backbone(recipe)
     assert (checkpoint, pretrained, resolved) == (str(path), False, kwargs)
     model = build_detector('bbox', 'scnet26', 3, backbone_checkpoint=checkpoint, backbone_kwargs=resolved)
     keys = [k for k in state if not k.startswith('fc.') and 'num_batches_tracked' not in k]
@@ -391,7 +401,7 @@ def test_shipped_recipes_are_the_papers_2x_setting():
 
 def test_schedule_warms_up_then_decays_at_the_steps():
     r = load_detection_recipe('faster_rcnn_2x', epochs=24)
-    f = _lr_factor(r, steps_per_epoch=100)
+    f = lr_factor(r, steps_per_epoch=100)
     assert f(0) == pytest.approx(0.001) and f(250) == pytest.approx(0.5005) and f(500) == 1.0
     assert f(1599) == 1.0 and f(1600) == pytest.approx(0.1) and f(2200) == pytest.approx(0.01)
 
@@ -434,10 +444,10 @@ def test_two_processes_train_and_evaluate_every_image_once(tiny, tmp_path, capsy
                                  '--quiet'], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     two = json.loads(evaluation.stdout)
-    assert two['bbox'] == pytest.approx({m: rows[-1][f'bbox_{m}'] for m in METRICS})
+    assert two['metrics'] == pytest.approx({f'bbox_{m}': rows[-1][f'bbox_{m}'] for m in METRICS})
     capsys.readouterr()
     assert main(['detect', 'eval', '--checkpoint', str(run), '--val-ann', str(tiny.val_ann), '--val-images',
                  str(tiny.val_images), '--format', 'json', '--workers', '0', '--quiet']) == 0
     one = json.loads(capsys.readouterr().out)
     assert two['images'] == one['images'] == 4
-    assert two['bbox'] == pytest.approx(one['bbox'], abs=0.05)
+    assert two['metrics'] == pytest.approx(one['metrics'], abs=0.05)

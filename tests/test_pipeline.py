@@ -180,6 +180,17 @@ def test_measure_pipeline_tiny_run(tmp_path, monkeypatch):
     assert torch.get_num_threads() == 1     # restored (the suite runs one thread)
 
 
+def test_measure_pipeline_times_tar_shards_beside_the_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+    rows = measure_pipeline(decoders=(TENSOR_DECODERS[0],), image_size=16, images=12, workers=(0, 2),
+                            source_size=(32, 24), readers=('folder', 'shards'))
+    assert [(r['reader'], r['workers'], r['images']) for r in rows] == [
+        ('folder', 0, 12), ('folder', 2, 12), ('shards', 0, 12), ('shards', 2, 12)]
+    assert all(r['images_per_s'] > 0 for r in rows) and list(tmp_path.iterdir()) == []  # shards removed too
+    with pytest.raises(ValueError, match='readers must be folder and/or shards'):
+        measure_pipeline(readers=('lmdb',), images=2)
+
+
 def test_measure_pipeline_on_a_folder_repeats_its_images(photos):
     rows = measure_pipeline(photos, decoders=(TENSOR_DECODERS[0],), image_size=16, images=10)
     assert len(rows) == 1 and rows[0]['images'] == 10 and rows[0]['source_size'] == [64, 48]

@@ -1,5 +1,6 @@
 """`scnet pose`: the simple-baselines keypoint network over every zoo backbone, its geometry (crops, heatmaps,
 decoding, flip test), and train / eval / predict end to end on synthetic COCO-format people."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,12 +16,13 @@ from safetensors.torch import load_file
 
 from scnet.cli.main import main
 from scnet.models import list_models
-from scnet.tasks.pose_data import (Instance, KeypointSpec, PoseCropSet, apply, box_to_region, crop_matrix,
+from scnet.tasks.eval_report import EvalReport
+from scnet.tasks.pose import load_pose_recipe
+from scnet.tasks.pose.data import (Instance, KeypointSpec, PoseCropSet, apply, box_to_region, crop_matrix,
                                    crop_to_heatmap, decode_heatmaps, flip_average, heatmap_targets, heatmap_to_crop,
                                    warp)
-from scnet.tasks.pose_eval import METRICS, coco_keypoint_metrics, oks_nms, predict_keypoints
-from scnet.tasks.pose_model import build_pose_model
-from scnet.tasks.pose_run import load_pose_recipe
+from scnet.tasks.pose.evaluate import METRICS, coco_keypoint_metrics, oks_nms, predict_keypoints
+from scnet.tasks.pose.model import build_pose_model
 from scnet.tasks.synthetic_pose import COCO_KEYPOINTS, COCO_SKELETON, make_detections, make_people_coco
 from scnet.train.distributed import Context
 
@@ -53,10 +55,10 @@ def read_metrics(run):
 def mean_pose_metrics(paths):
     """Chance: every ground-truth box of the validation set given the training set's mean pose (relative to
     its box), with full confidence."""
-    from scnet.tasks.pose_run import _load_split
+    from scnet.tasks.pose.splits import load_split
 
-    train, _ = _load_split(str(paths['train_ann']), str(paths['train_images']))
-    val, spec = _load_split(str(paths['val_ann']), str(paths['val_images']))
+    train, _ = load_split(str(paths['train_ann']), str(paths['train_images']))
+    val, spec = load_split(str(paths['val_ann']), str(paths['val_images']))
     total, count = np.zeros((17, 2)), np.zeros(17)
     for a in train.dataset['annotations']:
         k, (x, y, w, h) = np.array(a['keypoints']).reshape(17, 3), a['bbox']
@@ -236,7 +238,7 @@ def test_training_lowers_the_loss_and_logs_every_metric(trained, people):
         meta = f.metadata()
     assert meta['task'] == 'pose' and meta['backbone'] == 'scnet26'
     assert json.loads(meta['keypoints'])['names'] == list(COCO_KEYPOINTS)
-    assert json.loads(meta['input_size']) == [128, 96] and json.loads(meta['heatmap_size']) == [32, 24]
+    assert json.loads(meta['image_size']) == [128, 96] and json.loads(meta['heatmap_size']) == [32, 24]
     results = json.loads((trained / 'keypoints_val.json').read_text())
     assert results and len(results[0]['keypoints']) == 51
     assert any((trained / 'tensorboard').iterdir())
@@ -246,10 +248,12 @@ def test_eval_json_has_every_metric_and_ap_clearly_above_chance(trained, people,
     out = tmp_path / 'eval.json'
     assert main(['pose', 'eval', '--checkpoint', str(trained / 'model.safetensors'), *data_args(people, train=False),
                  '--format', 'json', '--workers', '0', '--quiet', '--output', str(out)]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result == json.loads(out.read_text())
-    assert set(METRICS) <= set(result) and result['boxes'] == 'ground truth'
-    assert all(isinstance(result[m], float) for m in ('kpt_AP', 'kpt_AP50', 'kpt_AP75', 'kpt_APm', 'kpt_AR'))
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads(out.read_text())
+    assert (report['task'], report['settings']['boxes'], report['images']) == ('pose', 'ground truth', 30)
+    assert set(report) == {f.name for f in dataclasses.fields(EvalReport)}   # the shape of `scnet detect eval`'s
+    result = report['metrics']
+    assert set(result) == set(METRICS) and all(isinstance(result[m], float) for m in METRICS)
     assert result['kpt_AP'] == pytest.approx(read_metrics(trained)[-1]['kpt_AP'])
     chance = mean_pose_metrics(people)
     print(f"\nsynthetic people, 8 epochs: AP {result['kpt_AP']:.2f} AP50 {result['kpt_AP50']:.2f} "
@@ -269,16 +273,16 @@ def test_eval_with_detected_boxes(trained, people, capsys, tmp_path):
     assert main(['pose', 'eval', '--checkpoint', str(trained), *data_args(people, train=False), '--boxes',
                  str(people['boxes']), '--format', 'json', '--workers', '0', '--quiet', '--results',
                  str(results)]) == 0
-    result = json.loads(capsys.readouterr().out)
+    report = json.loads(capsys.readouterr().out)
     n_gt = sum(1 for a in json.loads(people['val_ann'].read_text())['annotations'] if a['num_keypoints'])
     n_dets = sum(1 for d in json.loads(people['boxes'].read_text()) if d['category_id'] == 1)
-    assert result['boxes'] == str(people['boxes']) and result['val_crops'] == n_dets > n_gt
-    assert result['kpt_AP'] > 3.0 and result['kpt_AP50'] > 20.0
+    assert report['settings']['boxes'] == str(people['boxes']) and report['counts']['crops'] == n_dets > n_gt
+    assert report['metrics']['kpt_AP'] > 3.0 and report['metrics']['kpt_AP50'] > 20.0
     assert all(r['category_id'] == 1 for r in json.loads(results.read_text()))
     assert main(['pose', 'eval', '--checkpoint', str(trained), *data_args(people, train=False), '--boxes',
                  str(people['boxes']), '--box-score-thresh', '0.5', '--format', 'json', '--workers', '0',
                  '--quiet']) == 0
-    assert json.loads(capsys.readouterr().out)['val_crops'] == n_gt   # the false alarms score below 0.3
+    assert json.loads(capsys.readouterr().out)['counts']['crops'] == n_gt   # the false alarms score below 0.3
 
 
 def test_predict_draws_pngs(trained, people, tmp_path, capsys):
@@ -344,7 +348,7 @@ def test_interrupted_run_resumes_to_the_same_weights(small, tmp_path, monkeypatc
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small, tmp_path, monkeypatch, capsys):
-    import scnet.tasks.pose_run as pose_run
+    import scnet.tasks.pose.engine as pose_run
 
     real, calls = pose_run.heatmap_loss, {'n': 0}
     people = sum(1 for a in json.loads(small['train_ann'].read_text())['annotations'] if a['num_keypoints'])
@@ -379,7 +383,7 @@ def test_two_processes_evaluate_every_crop_once(small, tmp_path, capsys):
     results = tmp_path / 'alone.json'
     assert main(['pose', 'eval', '--checkpoint', str(run), *data_args(small, train=False), '--format', 'json',
                  '--workers', '0', '--quiet', '--results', str(results)]) == 0
-    alone = json.loads(capsys.readouterr().out)
+    alone = json.loads(capsys.readouterr().out)['metrics']
     assert all(alone[m] == row[m] for m in METRICS)
 
     def people(path):

@@ -1,4 +1,4 @@
-"""The toy data of the README's side-output picture: 32-px images holding one filled shape (disc, square or
+"""The toy data of the side-output picture of docs/visual.md: 32-px images holding one filled shape (disc, square or
 triangle, anywhere) whose class is its colour (blue, green, red), over a grey clutter of blobs and lines.
 
     python docs/images/toy_colours.py DIR    # DIR/data/{train,val}/<colour>/*.png and DIR/test/*.png (128 px)

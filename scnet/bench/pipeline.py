@@ -121,6 +121,41 @@ def _loader_seconds(dataset: CheckedImageFolder, indices: List[int], workers: in
     return seconds
 
 
+def _stream_seconds(dataset: CheckedImageFolder, indices: List[int], workers: int) -> Tuple[int, float]:
+    """(images, seconds) for ``ShardStream`` over tar shards of the images at ``indices`` (one shard a worker)
+    to deliver them, after a warm-up pass; the shards are written to a temporary folder, removed after."""
+    from scnet.data.shards import _Sample, _write_shard
+    from scnet.data.streams import ShardSplit, ShardStream
+
+    folder = Path(tempfile.mkdtemp(prefix='scnet-shards-'))
+    try:
+        root = Path(dataset.root)
+        samples = [_Sample(str(Path(dataset.samples[i][0]).relative_to(root)), dataset.samples[i][1], 0)
+                   for i in indices]
+        parts = max(1, workers)
+        for n in range(parts):
+            _write_shard(root, folder, 'train', n, samples[n::parts])
+        split = ShardSplit(tuple(str(folder / f'train-{n:06d}.tar') for n in range(parts)),
+                           tuple(len(samples[n::parts]) for n in range(parts)))
+        batch = min(BATCH_SIZE, len(samples))
+        stream = ShardStream(split, dataset.transform, batch_size=batch, seed=0, decoder=dataset.decoder)
+        stream.augment_seed = 0
+        stream.set_epoch(1)
+        loader = DataLoader(stream, batch_size=batch, num_workers=workers, collate_fn=collate_skipping_bad,
+                            persistent_workers=workers > 0)
+        for _ in loader:
+            pass
+        start = time.perf_counter()
+        delivered = sum(len(targets) for _, targets, _ in loader)
+        seconds = time.perf_counter() - start
+        del loader
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if delivered != len(stream):
+        raise RuntimeError(f'the stream delivered {delivered} of {len(stream)} images')
+    return delivered, seconds
+
+
 def _source_facts(dataset: CheckedImageFolder, indices: Sequence[int]) -> Tuple[List[int], float]:
     """Mean (width, height) and mean file size in KiB of the timed images (headers only)."""
     sizes, kib = [], []
@@ -135,8 +170,13 @@ def _source_facts(dataset: CheckedImageFolder, indices: Sequence[int]) -> Tuple[
 
 def measure_pipeline(root: Optional[PathLike] = None, *, decoders: Sequence[str] = ('pil', 'torchvision'),
                      image_size: int = 224, images: int = 256, workers: Sequence[int] = (0,), seed: int = 0,
-                     source_size: Tuple[int, int] = (500, 375)) -> List[Dict[str, object]]:
+                     source_size: Tuple[int, int] = (500, 375),
+                     readers: Sequence[str] = ('folder',)) -> List[Dict[str, object]]:
     """Images/s of decode + training transforms through ``CheckedImageFolder`` and a ``DataLoader``.
+
+    ``readers``: ``folder`` (the image files, random access) and/or ``shards`` (the same images in as many
+    WebDataset tar shards as workers, streamed by ``scnet.data.streams.ShardStream`` in whole batches of at
+    most ``BATCH_SIZE``: ``images`` rounded down to a whole number of batches).
 
     ``root``: a folder of class folders (``DATA/train``); ``None`` writes ``images`` photo-like JPEGs of
     ``source_size`` (width, height) into a temporary folder, removed afterwards. ``images`` images are
@@ -149,6 +189,8 @@ def measure_pipeline(root: Optional[PathLike] = None, *, decoders: Sequence[str]
     """
     if images < 1 or image_size < 1:
         raise ValueError(f'images and image_size must be positive, got images={images}, image_size={image_size}')
+    if not readers or set(readers) - {'folder', 'shards'}:
+        raise ValueError(f'readers must be folder and/or shards, got {list(readers)}')
     if any(w < 0 for w in workers) or not workers:
         raise ValueError(f'workers must be one or more counts >= 0, got {list(workers)}')
     unknown = [d for d in decoders if d not in available_decoders()]
@@ -168,12 +210,13 @@ def measure_pipeline(root: Optional[PathLike] = None, *, decoders: Sequence[str]
             with _one_thread():
                 decode_rate = _decode_rate(dataset, indices)
                 facts = _source_facts(dataset, indices)
-            for count in workers:
+            for reader, count in ((r, w) for r in readers for w in workers):
                 with _one_thread():  # workers > 0 run one thread each anyway (DataLoader sets it)
-                    seconds = _loader_seconds(dataset, indices, count)
-                rate = images / seconds
-                rows.append({'decoder': decoder, 'workers': count, 'images': images, 'seconds': round(seconds, 6),
-                             'images_per_s': round(rate, 1),
+                    timed, seconds = (images, _loader_seconds(dataset, indices, count)) if reader == 'folder' \
+                        else _stream_seconds(dataset, indices, count)
+                rate = timed / seconds
+                rows.append({'reader': reader, 'decoder': decoder, 'workers': count, 'images': timed,
+                             'seconds': round(seconds, 6), 'images_per_s': round(rate, 1),
                              'images_per_s_per_worker': round(rate / max(1, count), 1),
                              'decode_images_per_s': round(decode_rate, 1), 'image_size': image_size,
                              'source_size': facts[0], 'mean_file_kib': facts[1], 'batch_size': BATCH_SIZE,

@@ -1,6 +1,6 @@
 """The machine's matrix-multiply rate, measured in the same run as the models it is compared with.
 
-Two figures, because on some CPUs they differ by 2x: ``matmul`` is ``torch.matmul`` (the BLAS PyTorch links,
+Two figures, because on some CPUs they differ widely: ``matmul`` is ``torch.matmul`` (the BLAS PyTorch links,
 MKL on x86 wheels, which on AMD CPUs runs its AVX2 kernels), ``conv1x1`` is a 1x1 convolution over a large
 map, a plain GEMM that goes through oneDNN (the library that runs the networks' convolutions, AVX-512 where
 the CPU has it). A network's "fraction of the matmul rate" is quoted against both so that neither flatters.

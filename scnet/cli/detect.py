@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 
 from scnet.cli.formatting import render_table
+from scnet.cli.recipe_flags import add_recipe_flags, recipe_overrides
 from scnet.cli.run_flags import (add_device_flag, add_eval_flags, add_quiet_flag, add_report_flags, add_run_flags,
-                                 run_config)
+                                 print_report, run_config)
 
 _TRAIN_EPILOG = """\
 recipes: --config takes a YAML file or a shipped detection recipe (scnet/recipes/detection/): faster_rcnn_2x
@@ -33,6 +32,8 @@ the task, backbone, categories and image sizes in its metadata). --resume contin
 
 
 def add_parser(sub) -> None:
+    from scnet.tasks.detection.recipe import DetectionRecipe
+
     p = sub.add_parser('detect', help='object detection / instance segmentation with a zoo backbone',
                        description='Faster R-CNN and Mask R-CNN (torchvision) on an FPN over any zoo model, '
                                    'trained and evaluated on COCO-format data with COCO metrics.')
@@ -42,17 +43,10 @@ def add_parser(sub) -> None:
                            description='Train Faster R-CNN (--task bbox) or Mask R-CNN (--task segm) with a zoo '
                                        'backbone, evaluating with COCO metrics after each epoch.',
                            epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument('--task', choices=('bbox', 'segm'), help='bbox: Faster R-CNN; segm: Mask R-CNN (boxes + masks)')
-    t.add_argument('--backbone', help='zoo model name (see `scnet models`)')
-    t.add_argument('--backbone-checkpoint', help="classification checkpoint for the backbone, or 'pretrained'")
-    t.add_argument('--train-ann', help='COCO annotation JSON of the training set')
-    t.add_argument('--train-images', help='folder of the training images')
-    t.add_argument('--val-ann', help='COCO annotation JSON of the validation set')
-    t.add_argument('--val-images', help='folder of the validation images')
+    add_recipe_flags(t, DetectionRecipe, ('task', 'backbone', 'backbone_checkpoint', 'train_ann', 'train_images',
+                                          'val_ann', 'val_images'))
     t.add_argument('--config', help='recipe: a YAML file or a shipped detection recipe name')
-    t.add_argument('--epochs', type=int, help='number of epochs')
-    t.add_argument('--batch-size', type=int, help='global batch size (images per step over all processes)')
-    t.add_argument('--lr', type=float, help='peak learning rate (default: 0.02 x batch / 16)')
+    add_recipe_flags(t, DetectionRecipe, ('epochs', 'batch_size', 'lr'))
     t.add_argument('--image-size', type=int,
                    help="short side of the images (the long-side limit scales with it; default: the recipe's)")
     add_run_flags(t, output_default='runs/<task>-<backbone>-<date>-<time>',
@@ -99,14 +93,10 @@ def add_parser(sub) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from scnet.tasks.detection import load_detection_recipe, train_detector
+    from scnet.tasks.detection import DetectionRecipe, load_detection_recipe, train_detector
 
-    overrides = dict(task=args.task, backbone=args.backbone, backbone_checkpoint=args.backbone_checkpoint,
-                     train_ann=args.train_ann, train_images=args.train_images, val_ann=args.val_ann,
-                     val_images=args.val_images, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     seed=args.seed, workers=args.workers, device=args.device)
     config = run_config(args, default='mask_rcnn_2x' if args.task == 'segm' else 'faster_rcnn_2x')
-    recipe = load_detection_recipe(config, **overrides)
+    recipe = load_detection_recipe(config, **recipe_overrides(args, DetectionRecipe))
     if args.image_size:
         recipe.max_size = max(args.image_size, round(args.image_size * recipe.max_size / recipe.min_size))
         recipe.min_size = args.image_size
@@ -121,23 +111,23 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from scnet.tasks.detection import METRICS, evaluate_checkpoint
+    from scnet.tasks.detection import evaluate_checkpoint
 
     result = evaluate_checkpoint(Path(args.checkpoint), Path(args.val_ann), Path(args.val_images),
                                  batch_size=args.batch_size, workers=args.workers, device=args.device,
                                  image_size=args.image_size, progress=not args.quiet)
-    if int(os.environ.get('RANK', '0')) != 0:
-        return 0  # under torchrun every process evaluated its share; process 0 reports
-    if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=2))
-    if args.format == 'json':
-        print(json.dumps(result, indent=2))
-    else:
-        rows = [[kind, *(f'{result[kind][m]:.1f}' for m in METRICS)] for kind in ('bbox', 'segm') if kind in result]
-        print(f"{result['task']} checkpoint of {result['backbone']}, {result['images']} images, short side "
-              f"{result['min_size']} (AP in percent; -1: no object of that size)")
-        print(render_table(['', *METRICS], rows))
-    return 0
+    return print_report(args, result, _table)
+
+
+def _table(result) -> str:
+    from scnet.tasks.detection import METRICS
+
+    metrics = result['metrics']
+    rows = [[kind, *(f"{metrics[f'{kind}_{m}']:.1f}" for m in METRICS)] for kind in ('bbox', 'segm')
+            if f'{kind}_AP' in metrics]
+    return (f"{result['task']} checkpoint of {result['backbone']}, {result['images']} images, short side "
+            f"{result['settings']['min_size']} (AP in percent; -1: no object of that size)\n"
+            + render_table(['', *METRICS], rows))
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -15,7 +15,9 @@ def add_parser(sub) -> None:
                                    'DIR/<class>/*: resize, centre crop, single-crop top-1 and top-5.')
     p.add_argument('--model', required=True, help='zoo model name the checkpoint belongs to')
     p.add_argument('--checkpoint', required=True, help='model.safetensors, last.pt, or an authors\' .pth')
-    p.add_argument('--data', required=True, help='image folder: DIR/val/<class>/* or DIR/<class>/*')
+    p.add_argument('--data', required=True,
+                   help='image folder (DIR/val/<class>/* or DIR/<class>/*), or the validation split of shards '
+                        '(a folder of scnet shards, a brace pattern, pipe:...) or of a Hugging Face dataset')
     add_report_flags(p)
     add_eval_flags(p, batch_size=64, batch_help='images per batch', workers=4)
     p.add_argument('--image-size', type=int, help='crop size (default: the checkpoint\'s, else 224)')

@@ -11,7 +11,7 @@ from scnet.errors import ScnetError
 
 #: Sub-commands, each a module of ``scnet.cli`` with ``add_parser(subparsers)`` setting ``run``.
 COMMANDS = ('models', 'profile', 'convert', 'train', 'eval', 'plot', 'pose', 'cam', 'features', 'erf', 'detect',
-            'export', 'benchmark')
+            'export', 'benchmark', 'shards')
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 from scnet.cli.formatting import render_table
+from scnet.cli.recipe_flags import add_recipe_flags, recipe_overrides
 from scnet.cli.run_flags import (add_device_flag, add_eval_flags, add_quiet_flag, add_report_flags, add_run_flags,
-                                 run_config)
+                                 print_report, run_config)
 
 _TRAIN_EPILOG = """\
 recipe: --config takes a YAML file or a shipped name (scnet/recipes/pose/): simple_baselines_256x192 and
@@ -27,18 +27,9 @@ percent; -1 where no person of that size exists), DIR/tensorboard/, DIR/last.pt 
 what eval and predict need), DIR/keypoints_val.json. --resume continues DIR/last.pt with DIR's settings."""
 
 
-def _data_flags(p: argparse.ArgumentParser, *, train: bool) -> None:
-    if train:
-        p.add_argument('--train-ann', help='COCO keypoint annotation file of the training set')
-        p.add_argument('--train-images', help='folder of the training images')
-    p.add_argument('--val-ann', required=not train, help='COCO keypoint annotation file of the validation set')
-    p.add_argument('--val-images', required=not train, help='folder of the validation images')
-    p.add_argument('--boxes', help='person boxes for validation: a COCO detection-results JSON '
-                                   '([{"image_id", "category_id", "bbox", "score"}, ...]); default: ground-truth boxes')
-    p.add_argument('--box-score-thresh', type=float, help='drop detected boxes scoring below this (default 0)')
-
-
 def add_parser(sub) -> None:
+    from scnet.tasks.pose.recipe import PoseRecipe
+
     pose = sub.add_parser('pose', help='top-down human keypoints (simple baselines) with a zoo backbone',
                           description='Train, evaluate (COCO OKS AP) and run a top-down keypoint network: a zoo '
                                       'backbone, three 4x4 deconvolutions, one heatmap per keypoint (Table 5).')
@@ -49,20 +40,11 @@ def add_parser(sub) -> None:
                                        'keypoint annotations; evaluates OKS AP on the validation set every epoch.',
                            epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument('--config', help='recipe: a YAML file or a shipped pose recipe name')
-    t.add_argument('--backbone', help='zoo model name (see `scnet models`)')
-    t.add_argument('--backbone-checkpoint', help='ImageNet weights for the backbone (ours or the authors\' layout)')
-    t.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=None,
-                   help='start from the published ImageNet weights (downloaded once)')
-    _data_flags(t, train=True)
-    t.add_argument('--epochs', type=int, help='number of epochs (the lr steps scale with it)')
-    t.add_argument('--batch-size', type=int, help='global batch size (over all processes)')
-    t.add_argument('--lr', type=float, help='learning rate (Adam; default 1e-3)')
-    t.add_argument('--image-size', help='input crop: HEIGHTxWIDTH (256x192, 384x288) or a height (width = 3/4)')
+    add_recipe_flags(t, PoseRecipe, ('backbone', 'backbone_checkpoint', 'pretrained', 'train_ann', 'train_images',
+                                     'val_ann', 'val_images', 'val_boxes', 'box_score_thresh', 'epochs',
+                                     'batch_size', 'lr', 'image_size'))
     add_run_flags(t, output_default='runs/pose-<backbone>-<date>-<time>', seed_help='weights, data order, augmentation')
-    t.add_argument('--amp', action='store_true', default=None, help='mixed precision')
-    t.add_argument('--eval-every', type=int, help='evaluate every N epochs (and after the last)')
-    t.add_argument('--no-flip-test', dest='flip_test', action='store_false', default=None,
-                   help='evaluate without averaging with mirrored crops')
+    add_recipe_flags(t, PoseRecipe, ('amp', 'eval_every', 'flip_test'))
     add_quiet_flag(t, bars=True)
     t.set_defaults(run=run_train)
 
@@ -72,7 +54,8 @@ def add_parser(sub) -> None:
                                        '(-1 where the data has no person of that size range).')
     e.add_argument('--checkpoint', required=True, help='model.safetensors or last.pt of `scnet pose train` '
                                                        '(or its run folder)')
-    _data_flags(e, train=False)
+    add_recipe_flags(e, PoseRecipe, ('val_ann', 'val_images'), required=True)
+    add_recipe_flags(e, PoseRecipe, ('val_boxes', 'box_score_thresh'))
     add_report_flags(e, what='metrics')
     e.add_argument('--results', help='write the people found, in COCO keypoint results format, to this file')
     e.add_argument('--no-flip-test', dest='flip_test', action='store_false', help='no flip test')
@@ -109,16 +92,9 @@ def add_parser(sub) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from scnet.tasks.pose_run import load_pose_recipe, parse_image_size, train_pose
+    from scnet.tasks.pose import PoseRecipe, load_pose_recipe, train_pose
 
-    overrides = dict(backbone=args.backbone, backbone_checkpoint=args.backbone_checkpoint, pretrained=args.pretrained,
-                     train_ann=args.train_ann, train_images=args.train_images, val_ann=args.val_ann,
-                     val_images=args.val_images, val_boxes=args.boxes, box_score_thresh=args.box_score_thresh,
-                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     image_size=parse_image_size(args.image_size) if args.image_size else None, seed=args.seed,
-                     workers=args.workers, device=args.device, amp=args.amp, eval_every=args.eval_every,
-                     flip_test=args.flip_test)
-    recipe = load_pose_recipe(run_config(args), **overrides)
+    recipe = load_pose_recipe(run_config(args), **recipe_overrides(args, PoseRecipe))
     output = Path(args.output or f'runs/pose-{recipe.backbone}-{time.strftime("%Y%m%d-%H%M%S")}')
     last = train_pose(recipe, output, resume=args.resume, progress=not args.quiet)
     if last and 'kpt_AP' in last and os.environ.get('RANK', '0') == '0':
@@ -132,30 +108,28 @@ def _fmt(value) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from scnet.tasks.pose_eval import METRICS
-    from scnet.tasks.pose_run import evaluate_pose_checkpoint
+    from scnet.tasks.pose import evaluate_pose_checkpoint
 
     result = evaluate_pose_checkpoint(Path(args.checkpoint), Path(args.val_ann), Path(args.val_images),
-                                      boxes=Path(args.boxes) if args.boxes else None,
+                                      boxes=Path(args.val_boxes) if args.val_boxes else None,
                                       box_score_thresh=args.box_score_thresh or 0.0, flip_test=args.flip_test,
                                       batch_size=args.batch_size, workers=args.workers, device=args.device,
                                       progress=not args.quiet, results_file=args.results)
-    if os.environ.get('RANK', '0') != '0':   # under torchrun every process has the metrics; one reports them
-        return 0
-    if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=2))
-    if args.format == 'json':
-        print(json.dumps(result, indent=2))
-    else:
-        names = [m.replace('kpt_', '') for m in METRICS]
-        boxes = 'GT' if result['boxes'] == 'ground truth' else Path(result['boxes']).name
-        print(render_table(['backbone', 'boxes', 'crops', *names],
-                           [[result['backbone'], boxes, result['val_crops'], *(_fmt(result[m]) for m in METRICS)]]))
-    return 0
+    return print_report(args, result, _table)
+
+
+def _table(result) -> str:
+    from scnet.tasks.pose import METRICS
+
+    boxes = result['settings']['boxes']
+    boxes = 'GT' if boxes == 'ground truth' else Path(boxes).name
+    return render_table(['backbone', 'boxes', 'crops', *(m.replace('kpt_', '') for m in METRICS)],
+                        [[result['backbone'], boxes, result['counts']['crops'],
+                          *(_fmt(result['metrics'][m]) for m in METRICS)]])
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from scnet.tasks.pose_run import predict_pose
+    from scnet.tasks.pose import predict_pose
 
     written = predict_pose(Path(args.checkpoint), args.images, Path(args.output),
                            boxes=Path(args.boxes) if args.boxes else None, kpt_thresh=args.kpt_thresh,
@@ -165,7 +139,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from scnet.tasks.pose_run import PoseError
+    from scnet.tasks.pose import PoseError
     from scnet.tasks.synthetic_pose import make_detections, make_people_coco
 
     root = Path(args.output)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Dict, Optional
 
-__all__ = ['DEVICES', 'add_run_flags', 'add_report_flags', 'add_eval_flags', 'add_device_flag', 'add_quiet_flag',
-           'run_config']
+__all__ = ['DEVICES', 'add_run_flags', 'add_report_flags', 'print_report', 'add_eval_flags', 'add_device_flag',
+           'add_quiet_flag', 'run_config']
 
 DEVICES = ('auto', 'cpu', 'cuda')
 
@@ -29,6 +31,17 @@ def add_report_flags(p: argparse.ArgumentParser, *, what: str = 'result') -> Non
     """``--format`` (table or json on stdout) and ``--output`` (the ``what`` as a JSON file) of an evaluation."""
     p.add_argument('--format', choices=('table', 'json'), default='table', help='output format')
     p.add_argument('--output', help=f'also write the {what} as JSON to this file')
+
+
+def print_report(args: argparse.Namespace, result: Dict[str, Any], table: Callable[[Dict[str, Any]], str]) -> int:
+    """An evaluation's ``result`` as ``add_report_flags`` asked: also written to ``--output``, printed as JSON or
+    as ``table(result)``; under torchrun by process 0 only (every process has the result)."""
+    if os.environ.get('RANK', '0') != '0':
+        return 0
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2) if args.format == 'json' else table(result))
+    return 0
 
 
 def add_eval_flags(p: argparse.ArgumentParser, *, batch_size: int, batch_help: str, workers: int) -> None:

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
+from scnet.cli.recipe_flags import recipe_overrides
 from scnet.cli.run_flags import add_quiet_flag, add_run_flags, run_config
 
 _EPILOG = """\
@@ -24,7 +26,12 @@ many processes: torchrun --nproc_per_node=K -m scnet train ...  (NCCL on GPUs, g
 is the global batch, split evenly over processes and accumulation steps.
 
 output: DIR/metrics.jsonl (a line per epoch), DIR/tensorboard/, DIR/last.pt (full state, every epoch, written
-atomically), DIR/model.safetensors (final weights), DIR/model_ema.safetensors (with --ema-decay). --resume continues DIR/last.pt with DIR's settings."""
+atomically), DIR/model.safetensors (final weights), DIR/model_ema.safetensors (with --ema-decay). --resume
+continues DIR/last.pt with DIR's settings. One run per DIR at a time (DIR/run.lock names the process holding it).
+
+preemption: --checkpoint-every N also saves DIR/last.pt every N optimiser steps; SIGTERM saves it at the next
+step and exits with status 143; --resume continues mid-epoch, ending with the weights of an uninterrupted run.
+Under torchrun --max-restarts K, restarted workers resume from DIR/last.pt by themselves."""
 
 
 def add_parser(sub) -> None:
@@ -33,7 +40,10 @@ def add_parser(sub) -> None:
                                    'folder per class), or on the embedded dataset.',
                        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', help='zoo model name (see `scnet models`)')
-    p.add_argument('--data', help='dataset folder with train/ and val/ (default: the embedded dataset)')
+    p.add_argument('--data', help='dataset folder with train/ and val/; or WebDataset shards: a folder that scnet '
+                                  'shards wrote, or a brace pattern of them (DIR/train-{000000..000099}.tar, '
+                                  'pipe:curl -s URL/train-{...}.tar); or a Hugging Face dataset saved to disk or '
+                                  'as parquet (PATH, or PATH#image=COL,label=COL) (default: the embedded dataset)')
     p.add_argument('--config', help='recipe: a YAML file or a shipped recipe name')
     p.add_argument('--epochs', type=int, help='number of epochs')
     p.add_argument('--batch-size', type=int, help='global batch size')
@@ -49,6 +59,9 @@ def add_parser(sub) -> None:
     p.add_argument('--image-size', type=int, help='training and evaluation crop size')
     p.add_argument('--skip-bad-images', action='store_true', default=None,
                    help='skip unreadable images (counted in the log) instead of stopping')
+    p.add_argument('--checkpoint-every', type=int, metavar='N',
+                   help='also save DIR/last.pt every N optimiser steps (a preempted run loses at most N steps; '
+                        'default: after each epoch only)')
     g = p.add_argument_group('fine-tuning')
     start = g.add_mutually_exclusive_group()
     start.add_argument('--pretrained', action='store_true', default=None,
@@ -81,32 +94,28 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-#: The modern options' flags, each named as its recipe setting.
-_MODERN = ('optimizer', 'weight_decay', 'decay_norm_and_bias', 'schedule', 'warmup_epochs', 'label_smoothing',
-           'loss', 'bce_target_thresh', 'auto_augment', 'reprob', 'mixup', 'cutmix', 'ema_decay', 'drop_path_rate',
-           'eval_image_size', 'eval_resize')
-
-
 def run(args: argparse.Namespace) -> int:
     from scnet.models.factory import validate_model_name
     from scnet.train.estimate import format_seconds
-    from scnet.train.recipe import load_recipe
+    from scnet.train.preemption import PREEMPTED_EXIT_STATUS, Preempted, resume_requested
+    from scnet.train.recipe import Recipe, load_recipe
     from scnet.train.trainer import train
 
-    overrides = dict(model=args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     seed=args.seed, workers=args.workers, device=args.device, amp=args.amp,
-                     channels_last=args.channels_last, compile=args.compile, aux_weight=args.aux_weight,
-                     accum_steps=args.accum_steps, image_size=args.image_size,
-                     skip_bad_images=args.skip_bad_images, pretrained=args.pretrained, init=args.init,
-                     **{name: getattr(args, name) for name in _MODERN})
+    overrides = recipe_overrides(args, Recipe)   # every flag named as its recipe setting
     fine_tuning = args.pretrained or args.init
+    if args.output and resume_requested(Path(args.output), args.resume):  # (a worker torchrun restarted)
+        args.resume = True
     config = run_config(args, default='embedded' if args.data is None else
                         'finetune' if fine_tuning else 'imagenet_100ep')
     recipe = load_recipe(config, **overrides)
     validate_model_name(recipe.model)
     output = Path(args.output or f'runs/{recipe.model}-{time.strftime("%Y%m%d-%H%M%S")}')
     start = time.perf_counter()
-    last = train(recipe, output, resume=args.resume, progress=not args.quiet)
+    try:
+        last = train(recipe, output, resume=args.resume, progress=not args.quiet)
+    except Preempted as e:
+        print(f'scnet train: {e}', file=sys.stderr)
+        return PREEMPTED_EXIT_STATUS
     if last and os.environ.get('RANK', '0') == '0':  # under torchrun: one summary, not one per process
         print(f"done in {format_seconds(time.perf_counter() - start)}: val top-1 {last['val_top1']:.2f}%, "
               f"top-5 {last['val_top5']:.2f}%; weights in {output / 'model.safetensors'}, curves: scnet plot {output}")

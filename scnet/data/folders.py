@@ -8,19 +8,21 @@ path named or, when asked, skipped and counted.
 Decoding: images are decoded straight into uint8 ``(3, H, W)`` tensors by libjpeg-turbo / libpng through
 ``torchcodec.decoders`` when installed, else ``torchvision.io`` (deprecated since torchvision 0.29 in favour of
 torchcodec, same libraries, same pixels), and the ``transforms.v2`` pipelines then run on tensors. Why:
-a loader worker then decodes and augments more images per second than through PIL images (README, "Input
-pipeline"; ``benchmarks/input_pipeline.py``): the decode costs the same (libjpeg-turbo either way), the
-crop-resize, flip and normalise on a uint8 tensor cost less than half of what they cost on a PIL image.
+a loader worker then decodes and augments more images per second than through PIL images
+(``benchmarks/input_pipeline.py`` measures both): the decode costs the same (libjpeg-turbo either way), and
+the crop-resize, flip and normalise cost less on a uint8 tensor than on a PIL image.
 ``decoder='pil'`` keeps the PIL path.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import io
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -32,7 +34,8 @@ from torchvision.transforms.v2 import functional as TF
 from scnet.errors import ScnetError
 
 __all__ = ['DataError', 'BadImageError', 'find_classes', 'split_folders', 'DECODERS', 'available_decoders',
-           'default_decoder', 'decode_rgb', 'decode_rgb_tensor', 'CheckedImageFolder', 'collate_skipping_bad']
+           'default_decoder', 'decode_rgb', 'decode_rgb_tensor', 'decode_rgb_bytes', 'CheckedImageFolder',
+           'decode_checked', 'seeded_transform', 'collate_skipping_bad']
 
 #: Image decoders of ``CheckedImageFolder``: ``torchcodec`` and ``torchvision`` decode to tensors (the
 #: transforms then run on tensors), ``pil`` to PIL images.
@@ -82,9 +85,10 @@ def split_folders(root: Path) -> Tuple[Path, Path, List[str]]:
     return train, val, train_classes
 
 
-def decode_rgb(path: str) -> Image.Image:
-    """Decode an image fully (a truncated file fails here, not later) and convert it to RGB."""
-    with open(path, 'rb') as f:
+def decode_rgb(path) -> Image.Image:
+    """Decode an image (a path or an open binary file) fully (a truncated file fails here, not later) and
+    convert it to RGB."""
+    with (open(path, 'rb') if isinstance(path, (str, os.PathLike)) else contextlib.nullcontext(path)) as f:
         image = Image.open(f)
         image.load()
     return image.convert('RGB')
@@ -140,10 +144,19 @@ def decode_rgb_tensor(path: str, decoder: Optional[str] = None) -> torch.Tensor:
         raise ValueError(f'{decoder!r} is not a tensor decoder; choose one of {", ".join(_TENSOR_DECODERS)}')
     with open(path, 'rb') as f:
         data = f.read()
+    return decode_rgb_bytes(data, decoder)
+
+
+def decode_rgb_bytes(data: bytes, decoder: Optional[str] = None) -> torch.Tensor:
+    """``decode_rgb_tensor`` of an image file's bytes already in memory (a sample of a tar shard, a row of a
+    Hugging Face dataset); ``decoder`` ``'pil'`` decodes with PIL."""
+    decoder = decoder or default_decoder()
+    if decoder == 'pil':
+        return TF.pil_to_tensor(decode_rgb(io.BytesIO(data)))
     try:
         image = _TENSOR_DECODERS[decoder](data)
     except (RuntimeError, ValueError):  # a format it does not read, or a damaged file: let PIL judge
-        return TF.pil_to_tensor(decode_rgb(path))
+        return TF.pil_to_tensor(decode_rgb(io.BytesIO(data)))
     if image.ndim == 4:  # animated GIF / WebP: the first frame, as PIL gives
         image = image[0]
     if image.dtype != torch.uint8:
@@ -189,22 +202,37 @@ class CheckedImageFolder(ImageFolder):
 
     def __getitem__(self, index: int):
         path, target = self.samples[index]
-        try:
-            image = decode_rgb(path) if self.decoder == 'pil' else decode_rgb_tensor(path, self.decoder)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            if self.skip_bad_images:
-                return None
-            raise BadImageError(f'{path}: unreadable image ({e}); fix or remove it, or pass --skip-bad-images '
-                                'to skip such files') from None
+        image = decode_checked(lambda: decode_rgb(path) if self.decoder == 'pil' else
+                               decode_rgb_tensor(path, self.decoder), path, self.skip_bad_images)
+        if image is None:
+            return None
         if self.transform is None:
             return image, target
-        if self.augment_seed is None:
-            return self.transform(image), target
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only, which the transforms draw from: torch.manual_seed also queues a CUDA
-            # seeding with a formatted stack trace, 0.1-0.2 ms an image (a tenth of the tensor path's time)
-            torch.default_generator.manual_seed((self.augment_seed * 1_000_003 + self.epoch) * 10_000_019 + index)
-            return self.transform(image), target
+        return seeded_transform(self.transform, image, self.augment_seed, self.epoch, index), target
+
+
+def decode_checked(decode: Callable[[], Any], name: str, skip_bad_images: bool):
+    """``decode()``; for a damaged image, ``BadImageError`` naming ``name`` or, with ``skip_bad_images``, None
+    (for ``collate_skipping_bad`` to drop and count)."""
+    try:
+        return decode()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if skip_bad_images:
+            return None
+        raise BadImageError(f'{name}: unreadable image ({e}); fix or remove it, or pass --skip-bad-images '
+                            'to skip such files') from None
+
+
+def seeded_transform(transform: Callable, image, seed: Optional[int], epoch: int, index: int):
+    """``transform(image)``; with ``seed``, drawing from a generator seeded by (seed, epoch, index) only: the
+    same augmentation of image ``index`` in ``epoch`` whichever process, worker or resumed run applies it."""
+    if seed is None:
+        return transform(image)
+    with torch.random.fork_rng(devices=[]):
+        # the CPU generator only, which the transforms draw from: torch.manual_seed also queues a CUDA
+        # seeding with a formatted stack trace, a cost per image comparable to the transforms' own
+        torch.default_generator.manual_seed((seed * 1_000_003 + epoch) * 10_000_019 + index)
+        return transform(image)
 
 
 def collate_skipping_bad(batch):

@@ -12,11 +12,12 @@ import io
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Type
 
 from scnet.data.folders import DataError
+from scnet.errors import ScnetError
 
-__all__ = ['CocoDataError', 'TASKS', 'load_coco', 'read_coco_json']
+__all__ = ['CocoDataError', 'TASKS', 'load_coco', 'read_coco_json', 'read_json']
 
 #: What an annotation file is used for: boxes, boxes and masks, or person keypoints.
 TASKS = ('bbox', 'segm', 'keypoints')
@@ -28,15 +29,22 @@ class CocoDataError(DataError):
     """An annotation file or image folder that cannot be used."""
 
 
+def read_json(path: Path, *, what: str, expected: str = '', error: Type[ScnetError] = CocoDataError) -> Any:
+    """The parsed JSON file ``path`` (a ``what``: 'annotation file'), or an ``error`` saying that it does not
+    exist or is not JSON (followed by ``expected``: what it should hold)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f'{path}: no such {what}')
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f'{path}: not JSON ({e}){"; expected " + expected if expected else ""}') from None
+
+
 def read_coco_json(path: Path) -> Dict:
     """The parsed file, or a ``CocoDataError`` saying why it is not COCO JSON."""
     path = Path(path)
-    if not path.is_file():
-        raise CocoDataError(f'{path}: no such annotation file')
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CocoDataError(f'{path}: not JSON ({e}); expected a COCO annotation file') from None
+    data = read_json(path, what='annotation file', expected='a COCO annotation file')
     if not isinstance(data, dict):
         raise CocoDataError(f'{path}: not COCO JSON: the top level is a {type(data).__name__}, not an object with '
                             '"images", "annotations" and "categories"')

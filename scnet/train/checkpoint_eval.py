@@ -1,6 +1,7 @@
 """Accuracy of a checkpoint on a folder of images: single-crop top-1 and top-5, as the paper reports them.
 
-The folder is ``DIR/val/<class>/...`` or ``DIR/<class>/...``. The checkpoint's class names (kept in the
+The data is a folder, ``DIR/val/<class>/...`` or ``DIR/<class>/...``, or the validation split of shards or
+of a Hugging Face dataset (``scnet.data.sources``). The checkpoint's class names (kept in the
 metadata of the ``model.safetensors`` that ``scnet train`` writes, or in ``last.pt``) must be the folder's;
 a checkpoint without names (the authors' ImageNet files) needs as many class folders as it has classes,
 taken in sorted order (the usual ImageNet synset order).
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from torch.utils.data import DataLoader
 
@@ -51,32 +52,41 @@ def evaluate_checkpoint(model_name: str, checkpoint: Path, data: Path, *, batch_
                         device: str = 'auto', image_size: Optional[int] = None, eval_resize: Optional[int] = None,
                         skip_bad_images: bool = False, progress: bool = True) -> Dict[str, Any]:
     """Top-1 / top-5 / loss of ``checkpoint`` (built as ``model_name``) on the images under ``data``."""
+    from scnet.data.sources import open_eval_data
     from scnet.models import create_model
 
     meta = checkpoint_metadata(checkpoint)
-    folder = _class_folder(data)
-    classes: List[str] = find_classes(folder)
-    saved = meta.get('classes')
-    if saved is not None and saved != classes:
-        only_ckpt = sorted(set(saved) - set(classes))
-        only_data = sorted(set(classes) - set(saved))
-        raise DataError(f'{folder}: its classes do not match the checkpoint\'s (only in the checkpoint: '
-                        f'{", ".join(only_ckpt[:10]) or "-"}; only in the folder: {", ".join(only_data[:10]) or "-"})')
-    model = create_model(model_name, checkpoint=str(checkpoint), **meta.get('model_kwargs', {}))
-    num_classes = getattr(model, 'num_classes', None)
-    if saved is None and num_classes != len(classes):
-        raise DataError(f'{folder}: {len(classes)} class folders, but the checkpoint has {num_classes} classes '
-                        f'and no class names; give a folder with exactly its {num_classes} classes (sorted order)')
     size = image_size or meta.get('image_size', 224)
     resize = eval_resize or meta.get('eval_resize', 256 if size == 224 else size)
     mean, std = meta.get('mean', IMAGENET_MEAN), meta.get('std', IMAGENET_STD)
-    dataset = CheckedImageFolder(folder, eval_transform(size, resize, mean, std), classes=classes,
-                                 skip_bad_images=skip_bad_images)
+    transform = eval_transform(size, resize, mean, std)
     ctx = distributed.setup(device)
     try:
+        # shards or a Hugging Face dataset: their validation images; else a folder of class folders
+        opened = open_eval_data(str(data), transform, skip_bad_images=skip_bad_images, rank=ctx.rank,
+                                world_size=ctx.world_size)
+        if opened is not None:
+            dataset, classes, folder, loader_kwargs = opened
+        else:
+            folder = _class_folder(data)
+            classes = find_classes(folder)
+            dataset = CheckedImageFolder(folder, transform, classes=classes, skip_bad_images=skip_bad_images)
+            loader_kwargs = {'sampler': StridedSampler(len(dataset), rank=ctx.rank, world_size=ctx.world_size)}
+        saved = meta.get('classes')
+        if saved is not None and saved != classes:
+            only_ckpt = sorted(set(saved) - set(classes))
+            only_data = sorted(set(classes) - set(saved))
+            raise DataError(f'{folder}: its classes do not match the checkpoint\'s (only in the checkpoint: '
+                            f'{", ".join(only_ckpt[:10]) or "-"}; only in the data: '
+                            f'{", ".join(only_data[:10]) or "-"})')
+        model = create_model(model_name, checkpoint=str(checkpoint), **meta.get('model_kwargs', {}))
+        num_classes = getattr(model, 'num_classes', None)
+        if saved is None and num_classes != len(classes):
+            raise DataError(f'{folder}: {len(classes)} classes, but the checkpoint has {num_classes} classes '
+                            f'and no class names; give data with exactly its {num_classes} classes (sorted order)')
         model.to(ctx.device)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping_bad,
-                            sampler=StridedSampler(len(dataset), rank=ctx.rank, world_size=ctx.world_size))
+                            **loader_kwargs)
         result = evaluate(model, loader, ctx, progress=progress, desc='eval')
     finally:
         distributed.teardown()

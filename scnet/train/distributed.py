@@ -50,8 +50,28 @@ def setup(device: str = 'auto') -> Context:
     if world_size > 1 and not dist.is_initialized():
         if dev.type == 'cuda':
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend='nccl' if dev.type == 'cuda' else 'gloo')
+        _init_process_group('nccl' if dev.type == 'cuda' else 'gloo', rank, world_size)
     return Context(rank, world_size, local_rank, dev)
+
+
+def _init_process_group(backend: str, rank: int, world_size: int) -> None:
+    """Join the group; in a worker that torchrun's elastic agent restarted (``--max-restarts``) on a single
+    node, under a key prefix of its attempt: the agent's store, which the workers share, still holds the
+    previous attempt's process addresses, which the restarted processes would otherwise try to connect to.
+
+    On several nodes the agents count their restarts apart (a node restarted for another node's failure
+    does not count it), so no prefix can be agreed on from the environment: there the agents must not share
+    their store with the workers (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, docs/training/data-at-scale.md),
+    and each attempt's workers then meet at a store of their own.
+    """
+    attempt = int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0)
+    shared_store = os.environ.get('TORCHELASTIC_USE_AGENT_STORE') == 'True'
+    if not attempt or not shared_store or os.environ.get('LOCAL_WORLD_SIZE') != str(world_size):
+        dist.init_process_group(backend=backend)
+        return
+    store, _, _ = next(dist.rendezvous('env://', rank=rank, world_size=world_size))
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f'scnet_attempt_{attempt}', store), rank=rank,
+                            world_size=world_size)
 
 
 def teardown() -> None:

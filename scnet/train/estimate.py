@@ -3,8 +3,8 @@
 Before the first epoch a copy of the model takes a few training steps (forward, backward, optimiser step) on a
 random micro-batch of the run's shape, and evaluates one; a few images of each split go through the data
 pipeline. Those times, scaled by the run's number of steps and images, give the estimate: on a loaded machine
-the probe is slowed like the run, on a fast one it is fast like the run. For the embedded recipe the probe
-costs about 0.4 s on 2 cores of an AMD EPYC Zen 5 (AVX-512), about 1 % of the run.
+the probe is slowed like the run, on a fast one it is fast like the run. The probe is a few steps, so it
+costs a small fraction of a run.
 
 The copy leaves the run untouched: the model, its optimiser and every random stream train the same with or
 without the estimate (the probe draws from a forked generator and steps its own optimiser).
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scnet.train.loop import _autocast
+from scnet.train.engine import autocast
 
 __all__ = ['DurationEstimate', 'probe_train_step', 'probe_eval_batch', 'probe_load', 'estimate_duration',
            'measure_and_estimate', 'format_seconds']
@@ -112,7 +112,7 @@ def probe_train_step(model: nn.Module, batch: int, image_size: int, num_classes:
         images, targets = _probe_input(twin, probe, image_size, device, channels_last, num_classes)
 
         def step() -> None:
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 out = twin(images)
                 logits = out[0] if isinstance(out, tuple) else out
                 # cross-entropy, spelled out: the run's own calls of F.cross_entropy are not the probe's
@@ -137,7 +137,7 @@ def probe_eval_batch(model: nn.Module, batch: int, image_size: int, *, amp: bool
         images, _ = _probe_input(twin, probe, image_size, device, channels_last, 1)
 
         def forward() -> None:
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 twin(images)
 
         seconds = _timed(forward, device, warmup, repeats)

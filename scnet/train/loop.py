@@ -6,7 +6,6 @@ so the numbers logged are those of the whole data set, not of process 0's share.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
@@ -14,17 +13,11 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from scnet.data.folders import BadImageError
-from scnet.errors import ScnetError
 from scnet.train.distributed import Context, all_reduce_sum
+from scnet.train.engine import NonFiniteLossError, autocast, batches, check_finite, progress_bar
 
 __all__ = ['NonFiniteLossError', 'StepSettings', 'train_one_epoch', 'evaluate', 'topk_correct']
-
-
-class NonFiniteLossError(ScnetError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass
@@ -52,45 +45,28 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> torc
     return torch.stack([hits[:, :k].any(dim=1).sum() for k in ks]).to(torch.float64)
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if device.type == 'cpu' else torch.float16)
-
-
-def _unwrap_worker_error(e: Exception) -> Exception:
-    """A BadImageError raised in a DataLoader worker arrives wrapped in a traceback: keep its own message."""
-    lines = [line for line in str(e).strip().splitlines() if line.strip()]
-    last = lines[-1] if lines else str(e)
-    return BadImageError(last.split('BadImageError: ', 1)[-1])
-
-
 def _split_outputs(outputs):
     return outputs if isinstance(outputs, tuple) else (outputs, None)
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler, ctx: Context,
                     settings: StepSettings, *, epoch: int, scaler: Optional[torch.amp.GradScaler] = None,
-                    progress: bool = True) -> Dict[str, float]:
-    """Train for one epoch (one pass of ``loader``'s micro-batches); returns the epoch's averages."""
+                    progress: bool = True, sums: Optional[torch.Tensor] = None) -> Dict[str, float]:
+    """Train for one epoch (one pass of ``loader``'s micro-batches); returns the epoch's averages.
+
+    ``sums``: the epoch's running sums to continue and update in place (``scnet.train.preemption`` saves
+    them mid-epoch and gives them back to a resumed run); None: from zero."""
     model.train()
     device = ctx.device
     # loss x n, correct@1, images, aux loss x n, skipped
-    sums = torch.zeros(5, dtype=torch.float64)
+    sums = torch.zeros(5, dtype=torch.float64) if sums is None else sums
     step_images = torch.zeros(1, dtype=torch.float64)
-    bar = tqdm(total=len(loader.batch_sampler) // settings.accum_steps, desc=f'epoch {epoch} train',
-               unit='step', disable=None if (progress and ctx.is_main) else True, dynamic_ncols=True, leave=False)
+    bar = progress_bar(ctx, progress, total=len(loader) // settings.accum_steps,
+                       desc=f'epoch {epoch} train')
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     micro = 0
-    iterator = iter(loader)
-    while True:
-        try:
-            images, targets, skipped = next(iterator)
-        except StopIteration:
-            break
-        except BadImageError as e:
-            raise _unwrap_worker_error(e) from None
+    for images, targets, skipped in batches(loader):
         micro += 1
         sums[4] += skipped
         last_micro = micro % settings.accum_steps == 0
@@ -106,7 +82,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                 images, targets = settings.mixup(images, targets)
             sync = contextlib.nullcontext() if last_micro or not hasattr(model, 'no_sync') else model.no_sync()
             with sync:
-                with _autocast(device, settings.amp):
+                with autocast(device, settings.amp):
                     logits, side = _split_outputs(model(images))
                     loss = settings.loss(logits, targets)
                     total = loss
@@ -121,10 +97,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             sums[2] += len(labels)
         if not last_micro:
             continue
-        # every process checks the same all-reduced value, so all stop together on a bad step
-        check = all_reduce_sum(torch.tensor([float(sums[0]), float(sums[3])], dtype=torch.float64))
-        if not all(math.isfinite(v) for v in check.tolist()):
-            raise NonFiniteLossError(f'the loss became non-finite at epoch {epoch}, step {micro // settings.accum_steps}')
+        check_finite(sums[[0, 3]], epoch=epoch, step=micro // settings.accum_steps)
         if scaler:
             scaler.step(optimizer)
             scaler.update()
@@ -160,27 +133,22 @@ def evaluate(model: nn.Module, loader, ctx: Context, *, amp: bool = False, chann
     # loss x n, correct@1, correct@5, images, side correct@1, side correct@5, skipped
     sums = torch.zeros(7, dtype=torch.float64)
     has_side = False
-    bar = tqdm(loader, desc=desc, unit='batch', disable=None if (progress and ctx.is_main) else True, dynamic_ncols=True,
-               leave=False)
-    try:
-        for images, targets, skipped in bar:
-            sums[6] += skipped
-            if not len(targets):
-                continue
-            images, targets = images.to(ctx.device), targets.to(ctx.device)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with _autocast(ctx.device, amp):
-                logits, side = _split_outputs(model(images))
-            logits = logits.float()
-            sums[0] += F.cross_entropy(logits, targets, reduction='sum').double().cpu()
-            sums[1:3] += topk_correct(logits, targets).cpu()
-            sums[3] += len(targets)
-            if side is not None:
-                has_side = True
-                sums[4:6] += topk_correct(side.float(), targets).cpu()
-    except BadImageError as e:
-        raise _unwrap_worker_error(e) from None
+    for images, targets, skipped in batches(loader, ctx, progress=progress, desc=desc):
+        sums[6] += skipped
+        if not len(targets):
+            continue
+        images, targets = images.to(ctx.device), targets.to(ctx.device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(ctx.device, amp):
+            logits, side = _split_outputs(model(images))
+        logits = logits.float()
+        sums[0] += F.cross_entropy(logits, targets, reduction='sum').double().cpu()
+        sums[1:3] += topk_correct(logits, targets).cpu()
+        sums[3] += len(targets)
+        if side is not None:
+            has_side = True
+            sums[4:6] += topk_correct(side.float(), targets).cpu()
     total = all_reduce_sum(sums)
     n = max(float(total[3]), 1.0)
     result = {'val_loss': float(total[0]) / n, 'val_top1': 100.0 * float(total[1]) / n,

@@ -12,7 +12,7 @@ the modern options built from timm's parts: ``optimizer`` (SGD, AdamW, LAMB via 
 ``mixup`` / ``cutmix`` (``timm.data.Mixup``), ``ema_decay`` (``timm.utils.ModelEmaV3``), ``drop_path_rate``
 and an evaluation size (``eval_image_size``) above the training one. Their defaults leave a run as the paper's.
 
-``RecipeReader`` reads every kind of recipe (these, ``scnet.tasks.detection``'s and ``scnet.tasks.pose_run``'s)
+``RecipeReader`` reads every kind of recipe (these, ``scnet.tasks.detection``'s and ``scnet.tasks.pose``'s)
 the same way: ``base:`` chains, unknown settings refused, flags on top, a run's ``config.json`` read back.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from scnet.data.transforms import AUGMENTATIONS, check_auto_augment
 from scnet.errors import ScnetError
 
 __all__ = ['Recipe', 'RecipeError', 'RecipeReader', 'RECIPES_DIR', 'list_recipes', 'load_recipe', 'SCHEDULES',
-           'check_settings', 'device_check']
+           'check_settings', 'device_check', 'run_checks']
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / 'recipes'
 SCHEDULES = ('step', 'cosine')
@@ -57,6 +57,16 @@ def device_check(device: str) -> Tuple[bool, str]:
     """The ``(ok, message)`` check of a recipe's ``device``: auto, cpu, cuda or cuda:N."""
     return (device in ('auto', 'cpu', 'cuda') or device.startswith('cuda:'),
             f'device must be auto, cpu or cuda, got {device!r}')
+
+
+def run_checks(epochs: int, batch_size: int, lr: float, workers: int, device: str) -> List[Tuple[bool, str]]:
+    """The ``(ok, message)`` checks of the settings every kind of run has: its length, batch, (peak) learning
+    rate, data-loading processes and device."""
+    return [(epochs >= 1, f'epochs must be >= 1, got {epochs}'),
+            (batch_size >= 1, f'batch_size must be >= 1, got {batch_size}'),
+            (lr > 0, f'lr must be > 0, got {lr}'),
+            (workers >= 0, f'workers must be >= 0, got {workers}'),
+            device_check(device)]
 
 
 @dataclass
@@ -90,6 +100,7 @@ class Recipe:
     channels_last: bool = False
     compile: bool = False
     skip_bad_images: bool = False
+    checkpoint_every: int = 0             # > 0: save last.pt every N optimiser steps too (scnet.train.preemption)
     # fine-tuning: the initial weights (at most one of the two)
     pretrained: bool = False              # the authors' ImageNet weights (SC models), timm's (baselines)
     init: Optional[str] = None            # a checkpoint: model.safetensors, last.pt, or the authors' .pth
@@ -130,6 +141,8 @@ class Recipe:
             (self.augment in AUGMENTATIONS, f'augment must be one of {AUGMENTATIONS}, got {self.augment!r}'),
             (self.aux_weight >= 0, f'aux_weight must be >= 0, got {self.aux_weight}'),
             (self.workers >= 0, f'workers must be >= 0, got {self.workers}'),
+            (self.checkpoint_every >= 0, f'checkpoint_every must be >= 0 (0: after each epoch only), got '
+                                         f'{self.checkpoint_every}'),
             (self.image_size >= 8, f'image_size must be >= 8, got {self.image_size}'),
             device_check(self.device),
             (not (self.pretrained and self.init), 'pretrained and init both given: start from one of them'),

@@ -2,21 +2,39 @@
 
 * An existing run is never overwritten: starting again into a folder that holds one is an error that says
   to pass ``--resume``; ``--resume`` without a ``last.pt`` is an error too.
-* After every epoch, in process 0: ``last.pt`` (the full training state plus the metrics history, written
+* After every epoch (and, with ``--checkpoint-every``, within it: ``scnet.train.preemption``), in process 0:
+  ``last.pt`` (the full training state plus the metrics history, written
   atomically by ``scnet.train.state.save_atomic``), ``metrics.jsonl`` rewritten from that history (one JSON
   line per epoch; a resumed run rewrites it, so it never holds epochs that ``last.pt`` does not) and
   TensorBoard scalars under ``tensorboard/``.
+* One run at a time: process 0 holds an exclusive ``fcntl.flock`` on ``DIR/run.lock`` (its process id and
+  host written in it) from the start of the run to its end, so a second run into the folder is refused at
+  once, naming the holder, instead of both writing the same files. The operating system releases the lock
+  when its process dies, however it dies, so the file a killed run leaves behind never blocks ``--resume``.
+  Written here because the lock-file libraries on the package index (filelock, portalocker) add nothing
+  over the twenty lines ``fcntl`` needs and would not record the holder.
 """
 from __future__ import annotations
 
 import json
+import os
+import socket
+import weakref
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from scnet.errors import ScnetError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 from scnet.train.state import load_state, rng_states, save_atomic
 
-__all__ = ['RunError', 'RunFolder']
+__all__ = ['RunError', 'RunFolder', 'LOCK_NAME']
+
+#: The file in a run folder that process 0 of the run holding it keeps locked.
+LOCK_NAME = 'run.lock'
 
 
 class RunError(ScnetError):
@@ -32,6 +50,18 @@ class RunFolder:
         self.is_main = is_main
         self.writer = None
         last = self.path / 'last.pt'
+        if resume and not last.is_file():
+            raise RunError(f'{self.path}: nothing to resume (no last.pt); start the run without --resume')
+        # the lock first: the checks below and every write after them are this run's alone
+        self._release = weakref.finalize(self, _unlock, *_lock(self.path)) if is_main else None
+        try:
+            self._check(resume, last, final_files)
+        except BaseException:
+            self.close()
+            raise
+        self.history: List[Dict[str, Any]] = list(self.state['history']) if self.state else []
+
+    def _check(self, resume: bool, last: Path, final_files: tuple) -> None:
         if resume:
             if not last.is_file():
                 raise RunError(f'{self.path}: nothing to resume (no last.pt); start the run without --resume')
@@ -41,14 +71,16 @@ class RunFolder:
                 raise RunError(f'{self.path} already holds a run: pass --resume to continue it, or choose another '
                                '--output')
             self.state = None
-        self.history: List[Dict[str, Any]] = list(self.state['history']) if self.state else []
-        if is_main:
-            self.path.mkdir(parents=True, exist_ok=True)
 
     @property
     def start_epoch(self) -> int:
         """The last finished epoch (0 for a new run)."""
         return int(self.state['epoch']) if self.state else 0
+
+    @property
+    def start_step(self) -> int:
+        """The optimiser steps of the next epoch already done (a state saved mid-epoch; else 0)."""
+        return int(self.state.get('step') or 0) if self.state else 0
 
     def start(self, config: Dict[str, Any]) -> None:
         """Record the run's settings and open the logs (process 0 only)."""
@@ -73,11 +105,58 @@ class RunFolder:
                 self.writer.add_scalar(key, value, row['epoch'])
         self.writer.flush()
 
+    def save_mid_epoch(self, state: Dict[str, Any], *, epoch: int, step: int, **extra: Any) -> None:
+        """Save ``state`` as ``last.pt`` after ``step`` optimiser steps of ``epoch`` (process 0 only), with
+        ``extra`` (what continuing the epoch needs: ``scnet.train.preemption``)."""
+        if self.is_main:
+            save_atomic({**state, 'epoch': epoch - 1, 'step': step, 'rng': rng_states(), 'history': self.history,
+                         **extra}, self.path / 'last.pt')
+
     def close(self) -> None:
+        """Close the logs and release the folder (also done when the object is collected, e.g. after an error)."""
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
+        if self._release is not None:
+            self._release()
 
     def _write_metrics(self) -> None:
         tmp = self.path / '.metrics.jsonl.partial'
         tmp.write_text(''.join(json.dumps(row) + '\n' for row in self.history))
         tmp.replace(self.path / 'metrics.jsonl')
+
+
+def _lock(path: Path) -> Tuple[int, Path, bool]:
+    """Take ``path``'s lock, creating the folder; returns what ``_unlock`` needs (file descriptor, folder,
+    whether this call created it).
+
+    Released by ``RunFolder.close``, or when the ``RunFolder`` is collected (an error between the start and
+    the end of a run in a long-lived Python process), or by the operating system when the process dies.
+    """
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:  # (Windows has no flock: runs there are not guarded)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'an unknown process'
+        os.close(fd)
+        raise RunError(f'{path} is in use by another run ({holder}): wait for it to end, stop it, or choose '
+                       'another --output') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'process {os.getpid()} on {socket.gethostname()}\n'.encode(), 0)
+    return fd, path, created
+
+
+def _unlock(fd: int, path: Path, created: bool) -> None:
+    """Release the lock; a folder that this run created and left holding nothing but the lock goes too (a
+    run stopped by bad data leaves no empty folder behind)."""
+    try:
+        if created and os.listdir(path) == [LOCK_NAME]:
+            os.unlink(path / LOCK_NAME)
+            os.rmdir(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -4,7 +4,8 @@ Training: each epoch draws one permutation (seeded by seed and epoch, the same i
 into global batches of ``batch_size``; a global batch is cut into ``world_size x accum_steps`` equal shards,
 and process ``r`` at accumulation step ``a`` takes shard ``r * accum_steps + a``. So a 2-process run and a
 1-process run with ``accum_steps=2`` see the same shards in the same steps, and average the same gradients.
-The last incomplete global batch is dropped.
+The last incomplete global batch is dropped. ``set_epoch(epoch, start_step)`` skips the first steps of the
+epoch's order: what a run resumed from a state saved mid-epoch has already trained on.
 
 Evaluation: process ``r`` takes images ``r, r + K, r + 2K, ...``: every image exactly once, no padding
 (torch's DistributedSampler pads with repeats, which would count some images twice).
@@ -35,21 +36,25 @@ class ShardedBatchSampler(Sampler[List[int]]):
         self.rank, self.accum_steps, self.seed = rank, accum_steps, seed
         self.micro = batch_size // shards
         self.epoch = 0
+        self.start_step = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Draw ``epoch``'s order, beginning after its first ``start_step`` optimiser steps."""
+        if not 0 <= start_step <= self.steps:
+            raise ValueError(f'start_step {start_step} is outside the epoch\'s {self.steps} steps')
+        self.epoch, self.start_step = epoch, start_step
 
     @property
     def steps(self) -> int:
         return self.num_images // self.batch_size
 
     def __len__(self) -> int:
-        return self.steps * self.accum_steps
+        return (self.steps - self.start_step) * self.accum_steps
 
     def __iter__(self) -> Iterator[List[int]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.num_images, generator=generator).tolist()
-        for step in range(self.steps):
+        for step in range(self.start_step, self.steps):
             batch = order[step * self.batch_size:(step + 1) * self.batch_size]
             for a in range(self.accum_steps):
                 shard = self.rank * self.accum_steps + a

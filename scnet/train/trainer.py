@@ -6,9 +6,13 @@ The folder after a run::
     metrics.jsonl        one JSON line per epoch (epoch, lr, train_loss, val_top1, val_top5, images_per_sec, ...)
     tensorboard/         the same scalars for TensorBoard
     last.pt              the full state (model, optimiser, schedule, epoch, RNG states, metrics), every epoch
+                         and, with checkpoint_every, every N steps and on SIGTERM (scnet.train.preemption)
+    run.lock             held by process 0 while the run lives (scnet.train.run_folder)
     model.safetensors    the final weights (classes, input settings and the initial weights' origin in its metadata)
     model_ema.safetensors  the EMA of the weights, when the recipe's ema_decay is on
     side_head.safetensors  the res3 side classifier, when --aux-weight is on
+
+The data: an ImageNet-layout folder, WebDataset shards or a Hugging Face dataset (scnet.data.sources).
 
 Reproducibility: the data order and the augmentation randomness of each epoch are seeded from (seed, epoch,
 process), not carried over from the previous epoch, so a run resumed from ``last.pt`` after a kill replays
@@ -19,28 +23,27 @@ weights travels in ``last.pt``.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any, Dict
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from scnet.data.folders import CheckedImageFolder, collate_skipping_bad, split_folders
-from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
-from scnet.train import distributed
+from scnet.data.folders import collate_skipping_bad
+from scnet.data.sources import open_run_data
+from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from scnet.train import distributed, engine
 from scnet.train.estimate import measure_and_estimate
 from scnet.train.init_weights import apply_initial_weights, find_initial_weights
-from scnet.train.loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
+from scnet.train.loop import StepSettings, evaluate, train_one_epoch
 from scnet.train.modern import build_criterion, build_ema, build_mixup, build_optimizer
+from scnet.train.preemption import StepCheckpoints, ignore_sigterm
 from scnet.train.recipe import Recipe
-from scnet.train.sampling import ShardedBatchSampler, StridedSampler
 from scnet.train.side_output import WithSideOutput
 from scnet.train.run_folder import RunError, RunFolder
 from scnet.train.schedule import lr_schedule
-from scnet.train.state import restore_rng_states, seed_everything
+from scnet.train.state import seed_everything
 
 __all__ = ['train', 'RunError']
 
@@ -55,15 +58,15 @@ def _lr_factor(recipe: Recipe, steps_per_epoch: int):
                        milestones=range(period, total + 1, period), gamma=recipe.lr_gamma)
 
 
-def _data_root(recipe: Recipe, ctx: distributed.Context) -> Path:
+def _data_root(recipe: Recipe, ctx: distributed.Context) -> str:
     if recipe.data:
-        return Path(recipe.data)
+        return recipe.data
     from scnet.data.embedded import DEFAULT_ROOT, build_embedded_dataset
 
     if ctx.is_main:
         build_embedded_dataset(DEFAULT_ROOT, report=_print_line)
     distributed.barrier()
-    return Path(DEFAULT_ROOT)
+    return str(DEFAULT_ROOT)
 
 
 def _model_kwargs(recipe: Recipe, announce: bool = True) -> Dict[str, Any]:
@@ -113,30 +116,23 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
 
     output = Path(output)
     ctx = distributed.setup(recipe.device)
+    checkpoints = None
     try:
         run = RunFolder(output, resume=resume, is_main=ctx.is_main, final_files=('model.safetensors',))
         state = run.state
-        root = _data_root(recipe, ctx)
-        train_dir, val_dir, classes = split_folders(root)
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        # a folder, shards or a Hugging Face dataset (scnet.data.sources): one interface from here on
+        data = open_run_data(_data_root(recipe, ctx), recipe, mean=mean, std=std, rank=ctx.rank,
+                             world_size=ctx.world_size)
+        root, classes, train_set, val_set = data.description, data.classes, data.train_set, data.val_set
         if state is not None and state['classes'] != classes:
             raise RunError(f'{output}: the run was trained on classes {state["classes"][:5]}..., the data at {root} '
                            f'has {classes[:5]}...: resume with the same data')
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-        train_set = CheckedImageFolder(train_dir, train_transform(recipe.image_size, recipe.augment, mean, std,
-                                                                  recipe.auto_augment, recipe.reprob),
-                                       classes=classes, skip_bad_images=recipe.skip_bad_images)
-        train_set.augment_seed = recipe.seed
-        val_set = CheckedImageFolder(val_dir, eval_transform(recipe.eval_size, recipe.eval_resize, mean, std),
-                                     classes=classes, skip_bad_images=recipe.skip_bad_images)
-        batch_sampler = ShardedBatchSampler(len(train_set), recipe.batch_size, rank=ctx.rank,
-                                            world_size=ctx.world_size, accum_steps=recipe.accum_steps,
-                                            seed=recipe.seed)
-        val_loader = _loader(val_set, ctx, recipe, batch_size=max(1, batch_sampler.micro),
-                             sampler=StridedSampler(len(val_set), rank=ctx.rank, world_size=ctx.world_size))
+        val_loader = _loader(val_set, ctx, recipe, **data.val_kwargs)
 
-        if recipe.mixes and batch_sampler.micro % 2:
+        if recipe.mixes and data.micro % 2:
             raise RunError(f'mixup/cutmix pair the images of a batch: the batch per process and accumulation step '
-                           f'is {batch_sampler.micro}, make it even (--batch-size, --accum-steps)')
+                           f'is {data.micro}, make it even (--batch-size, --accum-steps)')
         # a resumed run's weights are in last.pt: the initial ones are only looked up (and checked) for a new run
         initial = None if state is not None else find_initial_weights(
             recipe.model, pretrained=recipe.pretrained, init=recipe.init, progress=progress and ctx.is_main)
@@ -155,8 +151,8 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
             model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(model, recipe)
         ema = build_ema(net, recipe)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(recipe, batch_sampler.steps))
-        scaler = torch.amp.GradScaler('cuda') if recipe.amp and ctx.device.type == 'cuda' else None
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(recipe, data.steps))
+        scaler = engine.grad_scaler(ctx.device, recipe.amp)
         if state is not None:
             if state['config']['model'] != recipe.model or (state.get('side_head') is None) != (side is None):
                 raise RunError(f'{output}: last.pt is a run of {state["config"]["model"]} (aux head: '
@@ -164,17 +160,10 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
             net.load_state_dict(state['model'])
             if side is not None:
                 side.load_state_dict(state['side_head'])
-            optimizer.load_state_dict(state['optimizer'])
-            scheduler.load_state_dict(state['scheduler'])
             if ema is not None:
                 ema.module.load_state_dict(state['ema'])
-            if scaler and state.get('scaler'):
-                scaler.load_state_dict(state['scaler'])
-            restore_rng_states(state['rng'])
-        train_model = model
-        if ctx.distributed:
-            train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[ctx.device.index] if ctx.device.type == 'cuda' else None)
+            engine.restore_training(state, optimizer, scheduler, scaler)
+        train_model = engine.wrap_ddp(model, ctx)
         if recipe.compile:
             train_model = torch.compile(train_model)
 
@@ -183,35 +172,47 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
         run.start(config)
         if ctx.is_main and run.start_epoch < recipe.epochs:
             estimate = measure_and_estimate(
-                model, optimizer, train_set=train_set, val_set=val_set, epochs=recipe.epochs - run.start_epoch,
-                steps_per_epoch=batch_sampler.steps, micro_batch=batch_sampler.micro,
-                accum_steps=recipe.accum_steps, val_images=len(val_loader.sampler),
-                val_batch=max(1, batch_sampler.micro), image_size=recipe.image_size, num_classes=len(classes),
+                model, optimizer, train_set=data.probe_train, val_set=data.probe_val,
+                epochs=recipe.epochs - run.start_epoch, steps_per_epoch=data.steps, micro_batch=data.micro,
+                accum_steps=recipe.accum_steps, val_images=data.val_images, val_batch=max(1, data.micro),
+                image_size=recipe.image_size, num_classes=len(classes),
                 workers=recipe.workers, amp=recipe.amp, channels_last=recipe.channels_last)
             print(estimate.line(_machine(ctx.device)), flush=True)
 
         settings = StepSettings(recipe.accum_steps, recipe.aux_weight, recipe.label_smoothing, recipe.amp,
                                 recipe.channels_last, criterion=build_criterion(recipe),
-                                mixup=build_mixup(recipe, len(classes)),
-                                on_step=(lambda: ema.update(net)) if ema is not None else None)
+                                mixup=build_mixup(recipe, len(classes)))
+
+        def training_state() -> Dict[str, Any]:
+            return {'model': net.state_dict(), 'side_head': side.state_dict() if side else None,
+                    'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
+                    'scaler': scaler.state_dict() if scaler else None, 'classes': classes,
+                    'ema': ema.module.state_dict() if ema is not None else None, 'config': config}
+
+        # the state every recipe.checkpoint_every steps and on SIGTERM, and the resume mid-epoch
+        checkpoints = StepCheckpoints(run, ctx, every=recipe.checkpoint_every, steps_per_epoch=data.steps,
+                                      state=training_state)
+
+        def after_step() -> None:
+            if ema is not None:
+                ema.update(net)
+            checkpoints.after_step()
+
+        settings.on_step = after_step
         for epoch in range(run.start_epoch + 1, recipe.epochs + 1):
             # each epoch's randomness depends on (seed, epoch) and, for augmentation, the image index only:
             # what makes a resumed run and a K-process run exact
-            epoch_seed = recipe.seed * 100_003 + epoch * 1_009 + ctx.rank
-            torch.manual_seed(epoch_seed)
-            random.seed(epoch_seed)
-            np.random.seed(epoch_seed % 2**32)
-            batch_sampler.set_epoch(epoch)
-            train_set.epoch = epoch
-            train_loader = _loader(train_set, ctx, recipe, batch_sampler=batch_sampler)
-            lr = optimizer.param_groups[0]['lr']
-            try:
+            engine.seed_epoch(recipe.seed, epoch, ctx.rank)
+            data.set_epoch(epoch, checkpoints.begin_epoch(epoch, lr=optimizer.param_groups[0]['lr']))
+            # the loader draws its workers' seeds from its own generator, not from the global one that the
+            # training steps draw from (which a state saved mid-epoch restores)
+            train_loader = _loader(train_set, ctx, recipe, **data.train_kwargs(), worker_init_fn=ignore_sigterm,
+                                   generator=torch.Generator().manual_seed(recipe.seed * 100_003 + epoch))
+            lr = checkpoints.epoch_lr  # (that of a resumed epoch as it began)
+            with engine.keep_last_good(output, epoch):
                 row = train_one_epoch(train_model, train_loader, optimizer, scheduler, ctx, settings, epoch=epoch,
-                                      scaler=scaler, progress=progress)
-            except NonFiniteLossError as e:
-                kept = f'{output / "last.pt"} (epoch {epoch - 1})' if epoch > 1 else 'none yet'
-                raise NonFiniteLossError(f'{e}; nothing of this epoch was saved, last good checkpoint: {kept}. '
-                                         'Lower the learning rate (--lr) or check the data') from None
+                                      scaler=scaler, progress=progress, sums=checkpoints.sums)
+            row = checkpoints.finish_epoch(row)
             distributed.broadcast_buffers(model)
             row = {'epoch': epoch, 'lr': lr, **row,
                    **evaluate(model, val_loader, ctx, amp=recipe.amp, channels_last=recipe.channels_last,
@@ -221,13 +222,10 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
                 ema_row = evaluate(ema.module, val_loader, ctx, amp=recipe.amp, channels_last=recipe.channels_last,
                                    progress=progress, desc='val (EMA)')
                 row.update({f'ema_{k}': v for k, v in ema_row.items() if k in ('val_loss', 'val_top1', 'val_top5')})
-            run.end_epoch(row, {'model': net.state_dict(), 'side_head': side.state_dict() if side else None,
-                                'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
-                                'scaler': scaler.state_dict() if scaler else None, 'classes': classes,
-                                'ema': ema.module.state_dict() if ema is not None else None,
-                                'config': config})
+            run.end_epoch(row, training_state())
             if ctx.is_main:
                 print(_epoch_line(row, recipe.epochs), flush=True)
+            checkpoints.end_epoch()
             distributed.barrier()
 
         if ctx.is_main:
@@ -245,13 +243,13 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
         run.close()
         return run.history[-1] if run.history else {}
     finally:
+        if checkpoints is not None:
+            checkpoints.close()
         distributed.teardown()
 
 
 def _epoch_line(row: Dict[str, Any], epochs: int) -> str:
-    text = (f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f}  "
-            f"val top-1 {row['val_top1']:.2f}%  top-5 {row['val_top5']:.2f}%  "
-            f"{row['images_per_sec']:.0f} img/s  {row['epoch_time_s']:.1f}s")
+    text = engine.epoch_line(row, epochs, f"  val top-1 {row['val_top1']:.2f}%  top-5 {row['val_top5']:.2f}%")
     if 'ema_val_top1' in row:
         text += f"  EMA top-1 {row['ema_val_top1']:.2f}%"
     if 'aux_val_top1' in row:

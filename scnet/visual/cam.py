@@ -9,12 +9,12 @@ and each map is shown divided by its own maximum. c is the predicted class unles
 
 Why our own and not the ``grad-cam`` package (pytorch-grad-cam). The method is the dozen lines of
 :func:`grad_cam` below, on the forward hook of :mod:`scnet.visual.targets`; the package would add, for
-those lines, opencv-python-headless, scikit-learn, scipy and ttach (grad-cam 1.5.7 with its dependencies
-installs about 350 MB, and is published only as a source archive that pip has to build) to a library whose
+those lines, opencv-python-headless, scikit-learn, scipy and ttach (several times the size of this package's
+other dependencies beyond torch, and published only as a source archive that pip has to build) to a library whose
 other dependencies are torch, timm and matplotlib, and to every CI run. We checked our maps against grad-cam
 1.5.7 (``GradCAM`` on ``layer4`` of resnet50 and scnet50, same images, same classes): they agree to float
-precision (see the README), so nothing is lost. What this module does that the package does not:
-parameters are not differentiated (only activations: about a third less backward work on CPU), the hooked
+precision (a one-off check, not part of the tests), so nothing is lost. What this module does that the package does not:
+parameters are not differentiated (only activations, so backward does less work), the hooked
 output is protected from the in-place ReLU that follows it in timm's blocks, and a layer that is not a
 spatial map, or runs twice, is refused with a clear message instead of giving a wrong picture.
 """

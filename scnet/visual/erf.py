@@ -26,8 +26,8 @@ with 0, every residual branch, SC-Conv included, is switched off and all ResNets
 their averages over the first four inputs of the seed (a pass in train mode, momentum None, no weight
 changed), as a trained network's statistics fit its data. Without (b) the default statistics (mean 0, variance
 1) normalise nothing, activations grow block after block, and SC-Conv's sigmoid gates saturate (their gradient
-vanishes; in a random scnet50 at 224 px, 33% of the gate values of the last res3 block and 90% of res5's are
-below 0.01 or above 0.99, none once calibrated), so the comparison would measure saturation.
+vanishes: in a random scnet50 many gate values of the late stages sit near 0 or 1, none once calibrated),
+so the comparison would measure saturation.
 ``calibrate_bn=False`` (``--no-bn-calibration``) measures the raw default init.
 
 ``seeds`` repeat the measurement with other random weights (random-weight models) and other inputs; the

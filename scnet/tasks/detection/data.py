@@ -60,7 +60,7 @@ def matched_categories(model_categories: Sequence[Dict], coco, source: str) -> D
 
 
 def check_images(coco, images_dir: Path, annotation_file: str, threads: int = 8) -> None:
-    """Open the header of every image ``coco`` lists (no decoding: about 0.1 ms each) and raise one
+    """Open the header of every image ``coco`` lists (no decoding, so it is cheap) and raise one
     ``CocoDataError`` naming those that are not images or not of the size the annotation file gives, so that
     such a file stops the run before training, not in the middle of an epoch."""
     from concurrent.futures import ThreadPoolExecutor

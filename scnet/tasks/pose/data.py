@@ -17,7 +17,6 @@ Decoding: the heatmap maximum moved a quarter pixel towards the higher neighbour
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from torch.utils.data import Dataset
 
 from scnet.data.folders import BadImageError, decode_rgb
 from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from scnet.tasks.coco_files import CocoDataError
+from scnet.tasks.coco_files import CocoDataError, read_json
 
 __all__ = ['KeypointSpec', 'Instance', 'box_to_region', 'crop_matrix', 'warp', 'heatmap_targets',
            'decode_heatmaps', 'heatmap_to_crop', 'flip_average', 'PoseTrainSet', 'PoseCropSet', 'Augment',
@@ -180,7 +179,7 @@ def warp(image: Image.Image, matrix: np.ndarray, out_size: Tuple[int, int]) -> I
 
 
 def to_tensor(image: Image.Image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    # NumPy, not torch: tiny torch ops in a busy data-loading process can cost 100x their work in threading
+    # NumPy, not torch: tiny torch ops in a busy data-loading process can cost far more in threading than their work
     x = (np.asarray(image, dtype=np.float32) - np.float32(255) * np.asarray(mean, np.float32)) / \
         (np.float32(255) * np.asarray(std, np.float32))
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
@@ -394,13 +393,8 @@ def load_detections(path: Path, coco, spec: KeypointSpec, aspect: float, images_
     Problems (not JSON, entries without those fields, unknown images, boxes without area or outside their
     image) are reported together, before any work starts."""
     path = Path(path)
-    if not path.is_file():
-        raise CocoDataError(f'{path}: no such detection-results file')
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CocoDataError(f'{path}: not JSON ({e}); expected COCO detection results '
-                            '[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]') from None
+    data = read_json(path, what='detection-results file', expected='COCO detection results '
+                     '[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]')
     if not isinstance(data, list):
         raise CocoDataError(f'{path}: not COCO detection results: the top level is a {type(data).__name__}, not a '
                             'list of {"image_id", "category_id", "bbox", "score"}')

@@ -17,7 +17,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ['SimplePose', 'build_pose_model', 'heatmap_size', 'backbone_stride']
+from scnet.tasks.pose.recipe import PoseError, PoseRecipe
+
+__all__ = ['SimplePose', 'build_pose_model', 'build_for_recipe', 'heatmap_size', 'backbone_stride']
 
 
 class SimplePose(nn.Module):
@@ -81,3 +83,30 @@ def build_pose_model(backbone: str, num_keypoints: int, *, checkpoint: Optional[
                          frozen_bn=frozen_bn, **(backbone_kwargs or {}))
     return SimplePose(net, num_keypoints, deconv_layers=deconv_layers, deconv_channels=deconv_channels,
                       deconv_kernel=deconv_kernel)
+
+
+def build_for_recipe(recipe: PoseRecipe, num_keypoints: int, *, with_weights: bool = True) -> SimplePose:
+    """The network of ``recipe`` (its backbone weights only ``with_weights``), its image size checked against
+    the backbone's stride."""
+    from scnet.models.factory import validate_model_name
+
+    validate_model_name(recipe.backbone)
+    try:
+        model = build_pose_model(recipe.backbone, num_keypoints,
+                                 checkpoint=recipe.backbone_checkpoint if with_weights else None,
+                                 pretrained=recipe.pretrained and with_weights and not recipe.backbone_checkpoint,
+                                 backbone_kwargs=recipe.backbone_kwargs, frozen_bn=recipe.frozen_bn,
+                                 trainable_layers=recipe.trainable_layers, deconv_layers=recipe.deconv_layers,
+                                 deconv_channels=recipe.deconv_channels, deconv_kernel=recipe.deconv_kernel)
+    except TypeError as e:
+        raise PoseError(f'backbone {recipe.backbone}: {e}') from None
+    stride = backbone_stride(model.backbone)
+    h, w = recipe.image_size
+    if h % stride or w % stride:
+        raise PoseError(f'image size {h}x{w}: height and width must be multiples of {stride}, the stride of '
+                        f'{recipe.backbone}\'s last stage (e.g. {stride * max(1, round(h / stride))}x'
+                        f'{stride * max(1, round(w / stride))})')
+    if stride % 2 ** model.deconv_layers:
+        raise PoseError(f'{model.deconv_layers} deconvolution layers up-sample {recipe.backbone}\'s stride-{stride} '
+                        'features beyond the input resolution; use fewer')
+    return model

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -21,24 +24,21 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from scnet.data.folders import BadImageError
-from scnet.tasks.pose_data import (KeypointSpec, PoseCropSet, apply, decode_heatmaps, flip_average,
+from scnet.tasks.pose.data import (KeypointSpec, PoseCropSet, apply, decode_heatmaps, flip_average,
                                    heatmap_to_crop)
+from scnet.tasks.eval_report import EvalReport
+from scnet.train import distributed
 from scnet.train.distributed import Context
+from scnet.train.engine import batches
 from scnet.train.sampling import StridedSampler
 
-__all__ = ['METRICS', 'predict_keypoints', 'person_results', 'oks_nms', 'coco_keypoint_metrics', 'evaluate_pose']
+__all__ = ['METRICS', 'predict_keypoints', 'person_results', 'oks_nms', 'coco_keypoint_metrics', 'evaluate_pose',
+           'evaluate_pose_checkpoint']
 
 #: pycocotools' ``stats`` of a keypoint evaluation, in order, under the names used in logs and JSON.
 METRICS = ('kpt_AP', 'kpt_AP50', 'kpt_AP75', 'kpt_APm', 'kpt_APl', 'kpt_AR', 'kpt_AR50', 'kpt_AR75', 'kpt_ARm',
            'kpt_ARl')
-
-
-def _unwrap_worker_error(e: Exception) -> Exception:
-    lines = [line for line in str(e).strip().splitlines() if line.strip()]
-    return BadImageError((lines[-1] if lines else str(e)).split('BadImageError: ', 1)[-1])
 
 
 @torch.no_grad()
@@ -54,23 +54,18 @@ def predict_keypoints(model: nn.Module, dataset: PoseCropSet, spec: KeypointSpec
                         pin_memory=ctx.device.type == 'cuda')
     perm = spec.flip_permutation
     out = []
-    bar = tqdm(loader, desc=desc, unit='batch', disable=None if (progress and ctx.is_main) else True,
-               dynamic_ncols=True, leave=False)
-    try:
-        for images, indices in bar:
-            images = images.to(ctx.device, non_blocking=True)
-            heatmaps = model(images).float()
-            if flip_test:
-                heatmaps = flip_average(heatmaps, model(images.flip(-1)).float(), perm)
-            positions, scores = decode_heatmaps(heatmaps)
-            positions = heatmap_to_crop(positions.cpu().double().numpy(), stride)
-            scores = scores.cpu().double().numpy()
-            for j, index in enumerate(indices.tolist()):
-                inverse = np.linalg.inv(dataset.matrix(index))
-                xy = apply(inverse, positions[j])
-                out.append({'index': index, 'keypoints': np.concatenate([xy, scores[j][:, None]], axis=1)})
-    except BadImageError as e:
-        raise _unwrap_worker_error(e) from None
+    for images, indices in batches(loader, ctx, progress=progress, desc=desc):
+        images = images.to(ctx.device, non_blocking=True)
+        heatmaps = model(images).float()
+        if flip_test:
+            heatmaps = flip_average(heatmaps, model(images.flip(-1)).float(), perm)
+        positions, scores = decode_heatmaps(heatmaps)
+        positions = heatmap_to_crop(positions.cpu().double().numpy(), stride)
+        scores = scores.cpu().double().numpy()
+        for j, index in enumerate(indices.tolist()):
+            inverse = np.linalg.inv(dataset.matrix(index))
+            xy = apply(inverse, positions[j])
+            out.append({'index': index, 'keypoints': np.concatenate([xy, scores[j][:, None]], axis=1)})
     return out
 
 
@@ -165,3 +160,40 @@ def evaluate_pose(model: nn.Module, dataset: PoseCropSet, coco_gt, spec: Keypoin
         dist.broadcast_object_list(box, src=0)
         metrics = box[0]
     return {'metrics': metrics, 'results': results}
+
+
+def evaluate_pose_checkpoint(checkpoint: Path, val_ann: Path, val_images: Path, *, boxes: Optional[Path] = None,
+                             box_score_thresh: float = 0.0, flip_test: bool = True, batch_size: int = 32,
+                             workers: int = 2, device: str = 'auto', progress: bool = True,
+                             results_file: Optional[Path] = None) -> Dict[str, Any]:
+    """OKS metrics of ``checkpoint`` on a COCO keypoint annotation file (person boxes: ground truth, or a
+    detection-results file ``boxes``), as an ``EvalReport`` dict: ``metrics`` holds ``kpt_AP`` ..."""
+    from scnet.tasks.pose.checkpoint import load_pose_checkpoint
+    from scnet.tasks.pose.recipe import PoseRecipe
+    from scnet.tasks.pose.splits import check_same_keypoints, load_split, val_instances
+
+    ck = load_pose_checkpoint(checkpoint)
+    coco, spec = load_split(str(val_ann), str(val_images))
+    check_same_keypoints(ck.spec, spec, 'the checkpoint\'s', str(val_ann))
+    settings = PoseRecipe(image_size=ck.input_size, box_score_thresh=box_score_thresh, box_padding=ck.box_padding)
+    dataset = PoseCropSet(val_instances(coco, spec, settings, str(val_images), str(boxes) if boxes else None),
+                          ck.input_size)
+    ctx = distributed.setup(device)
+    try:
+        ck.model.to(ctx.device)
+        start = time.perf_counter()
+        evaluation = evaluate_pose(ck.model, dataset, coco, spec, ctx, flip_test=flip_test, batch_size=batch_size,
+                                   workers=workers, stride=ck.stride, progress=progress, desc='eval')
+        elapsed = time.perf_counter() - start
+        if ctx.is_main and results_file:
+            Path(results_file).write_text(json.dumps(evaluation['results']))
+    finally:
+        distributed.teardown()
+    metrics = evaluation['metrics']
+    return EvalReport(
+        task='pose', checkpoint=str(checkpoint), backbone=ck.backbone, annotations=str(val_ann),
+        images=len(coco.getImgIds()), metrics={k: metrics[k] for k in METRICS},
+        counts={'crops': metrics['val_crops'], 'people': metrics['val_people']},
+        settings={'image_size': list(ck.input_size), 'boxes': str(boxes) if boxes else 'ground truth',
+                  'flip_test': flip_test},
+        eval_time_s=round(elapsed, 3)).to_dict()

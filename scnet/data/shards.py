@@ -1,0 +1,190 @@
+"""An ImageNet-layout folder written as WebDataset tar shards, with an index that readers rely on.
+
+``OUT/`` after ``write_shards(SRC, OUT)``::
+
+    train-000000.tar ...  the training images, about ``shard_size`` bytes a shard, in the WebDataset layout:
+                          per sample ``KEY.<jpg|png|...>`` (the file's bytes, not re-encoded), ``KEY.cls`` (the
+                          class index) and ``KEY.path.txt`` (the path under SRC, which names a damaged sample)
+    val-000000.tar ...    the validation images, the same way
+    classes.txt           the class names, one a line, in index order
+    index.json            per split and per shard: file, images, bytes, images per class; the reader takes
+                          the shard sizes from it to split an epoch exactly over processes and workers
+
+Each shard is written to a hidden temporary file and renamed when complete, so a shard file is never half
+written. The plan (which image goes into which shard) depends only on the listing of SRC, the options and
+the seed, and is kept in ``OUT/.plan.json``; an interrupted run started again with the same arguments skips
+the shards already there. The tar writing is ``webdataset.TarWriter``'s; what is written here is the plan,
+the atomic renames and the index, which webdataset's ``ShardWriter`` does not do (it writes in place and
+sizes shards as it goes, so an interrupted run cannot tell a complete shard from a cut one).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from scnet.data.folders import DataError, _is_image, split_folders
+
+__all__ = ['ShardsError', 'SPLITS', 'INDEX_NAME', 'CLASSES_NAME', 'parse_size', 'plan_shards', 'write_shards',
+           'read_index']
+
+SPLITS = ('train', 'val')
+INDEX_NAME = 'index.json'
+CLASSES_NAME = 'classes.txt'
+_PLAN_NAME = '.plan.json'
+_UNITS = {'': 1, 'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**12,
+          'KIB': 2**10, 'MIB': 2**20, 'GIB': 2**30, 'TIB': 2**40}
+
+
+class ShardsError(DataError):
+    """Shards that cannot be written or read as asked."""
+
+
+def parse_size(text: str) -> int:
+    """``'1GB'``, ``'500MB'``, ``'64MiB'`` or a number of bytes, as bytes."""
+    match = re.fullmatch(r'\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*', str(text))
+    unit = match.group(2).upper() if match else None
+    if not match or unit not in _UNITS or float(match.group(1)) <= 0:
+        raise ShardsError(f'shard size {text!r}: give a positive size such as 1GB, 500MB, 64MiB or a number of '
+                          'bytes')
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+@dataclass(frozen=True)
+class _Sample:
+    path: str       # under SRC
+    label: int
+    size: int
+
+
+def _samples(folder: Path, root: Path, classes: Sequence[str]) -> List[_Sample]:
+    samples = []
+    for label, name in enumerate(classes):
+        for dirpath, dirnames, files in os.walk(folder / name):
+            dirnames.sort()
+            for file in sorted(files):
+                if _is_image(file):
+                    path = Path(dirpath) / file
+                    samples.append(_Sample(str(path.relative_to(root)), label, path.stat().st_size))
+    return samples
+
+
+def plan_shards(src: Path, *, shard_size: int, shuffle: bool = False, seed: int = 0
+                ) -> Tuple[List[str], Dict[str, List[List[_Sample]]]]:
+    """The classes of ``src`` and, per split, its samples cut into shards of at most ``shard_size`` bytes
+    (at least one image a shard), in folder order or, with ``shuffle``, in an order drawn from ``seed``."""
+    src = Path(src)
+    _, _, classes = split_folders(src)
+    plan = {}
+    for split in SPLITS:
+        samples = _samples(src / split, src, classes)
+        if shuffle:
+            random.Random(f'{seed}/{split}').shuffle(samples)
+        shards: List[List[_Sample]] = [[]]
+        used = 0
+        for sample in samples:
+            if shards[-1] and used + sample.size > shard_size:
+                shards.append([])
+                used = 0
+            shards[-1].append(sample)
+            used += sample.size
+        plan[split] = shards
+    return classes, plan
+
+
+def _fingerprint(classes: List[str], plan: Dict[str, List[List[_Sample]]]) -> str:
+    text = json.dumps([classes, {s: [[(x.path, x.label, x.size) for x in shard] for shard in shards]
+                                 for s, shards in plan.items()}])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _shard_name(split: str, number: int) -> str:
+    return f'{split}-{number:06d}.tar'
+
+
+def _key(split: str, number: int, position: int) -> str:
+    # no dots (webdataset splits a member's name at the first dot of its last path component)
+    return f'{split}_{number:06d}_{position:06d}'
+
+
+def _extension(path: str) -> str:
+    ext = path.rsplit('.', 1)[-1].lower()
+    return 'jpg' if ext == 'jpeg' else ext
+
+
+def _write_shard(src: Path, out: Path, split: str, number: int, shard: List[_Sample]) -> None:
+    import webdataset as wds
+
+    final = out / _shard_name(split, number)
+    tmp = out / f'.{final.name}.partial'
+    with open(tmp, 'wb') as f:
+        writer = wds.TarWriter(f, mtime=0.0)  # the same bytes from the same images: reproducible shards
+        for position, sample in enumerate(shard):
+            writer.write({'__key__': _key(split, number, position), _extension(sample.path):
+                          (src / sample.path).read_bytes(), 'cls': sample.label, 'path.txt': sample.path})
+        writer.close()
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+def write_shards(src: Path, out: Path, *, shard_size: int = 10**9, shuffle: bool = False, seed: int = 0,
+                 progress: bool = True, report: Callable[[str], None] = print) -> Dict:
+    """Write ``src``'s train and val images as shards into ``out`` (see the module docstring); returns the
+    index. Started again after an interruption, with the same arguments, it writes only the missing shards."""
+    from tqdm import tqdm
+
+    src, out = Path(src), Path(out)
+    classes, plan = plan_shards(src, shard_size=shard_size, shuffle=shuffle, seed=seed)
+    fingerprint = _fingerprint(classes, plan)
+    plan_file = out / _PLAN_NAME
+    if out.is_dir() and any(out.iterdir()):
+        previous = json.loads(plan_file.read_text()).get('fingerprint') if plan_file.is_file() else None
+        if previous != fingerprint:
+            raise ShardsError(f'{out} already holds other files or shards written from other images or options: '
+                              'give an empty or new output folder (or the same arguments to finish it)')
+    out.mkdir(parents=True, exist_ok=True)
+    plan_file.write_text(json.dumps({'fingerprint': fingerprint, 'source': str(src.resolve())}))
+    todo = [(split, n, shard) for split in SPLITS for n, shard in enumerate(plan[split])
+            if shard and not (out / _shard_name(split, n)).is_file()]
+    done = sum(len(shard) for split in SPLITS for shard in plan[split]) - sum(len(s) for _, _, s in todo)
+    if done:
+        report(f'{out}: {done} images already in shards from an earlier run; writing the rest')
+    with tqdm(total=sum(len(s) for _, _, s in todo), unit='img', desc='shards', disable=None if progress else True,
+              dynamic_ncols=True, leave=False) as bar:
+        for split, number, shard in todo:
+            _write_shard(src, out, split, number, shard)
+            bar.update(len(shard))
+    index = {'format': 'webdataset', 'classes': classes, 'shuffled': shuffle, 'seed': seed, 'splits': {}}
+    for split in SPLITS:
+        entries = [{'file': _shard_name(split, n), 'images': len(shard), 'bytes': sum(s.size for s in shard),
+                    'per_class': _per_class(shard, classes)} for n, shard in enumerate(plan[split]) if shard]
+        index['splits'][split] = {'images': sum(e['images'] for e in entries), 'shards': entries,
+                                  'per_class': _per_class([s for shard in plan[split] for s in shard], classes)}
+    (out / CLASSES_NAME).write_text(''.join(f'{c}\n' for c in classes))
+    tmp = out / f'.{INDEX_NAME}.partial'
+    tmp.write_text(json.dumps(index, indent=1))
+    os.replace(tmp, out / INDEX_NAME)
+    return index
+
+
+def _per_class(samples: Sequence[_Sample], classes: Sequence[str]) -> Dict[str, int]:
+    counts = Counter(s.label for s in samples)
+    return {classes[label]: counts[label] for label in sorted(counts)}
+
+
+def read_index(folder: Path) -> Optional[Dict]:
+    """``folder``'s ``index.json`` (None when there is none)."""
+    path = Path(folder) / INDEX_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ShardsError(f'{path}: not valid JSON ({e}); write the shards again with scnet shards') from None

@@ -1,0 +1,129 @@
+"""Keypoints drawn on one's own images: each person (a box of a file, or the whole image) found and drawn
+with its skeleton, one PNG per image, and ``keypoints.json``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from scnet.data.folders import BadImageError
+from scnet.tasks.coco_files import read_json
+from scnet.tasks.image_files import image_files
+from scnet.tasks.pose.checkpoint import load_pose_checkpoint
+from scnet.tasks.pose.data import Instance, PoseCropSet, box_to_region
+from scnet.tasks.pose.evaluate import predict_keypoints
+from scnet.tasks.pose.recipe import PoseError
+from scnet.train import distributed
+
+__all__ = ['predict_pose']
+
+
+def _read_person_boxes(path: Path) -> Dict[str, List[Tuple[List[float], float]]]:
+    """{file name: [(box, score)]} from ``{"name.jpg": [[x, y, w, h(, score)], ...]}`` or
+    ``[{"file_name": "name.jpg", "bbox": [x, y, w, h], "score": s}, ...]``."""
+    path = Path(path)
+    data = read_json(path, what='box file', error=PoseError)
+    out: Dict[str, List[Tuple[List[float], float]]] = {}
+
+    def add(name, box, score, where):
+        if not (isinstance(box, (list, tuple)) and len(box) in (4, 5) and
+                all(isinstance(v, (int, float)) for v in box)):
+            raise PoseError(f'{path}: {where}: a box is [x, y, w, h] or [x, y, w, h, score], got {box!r}')
+        if box[2] <= 0 or box[3] <= 0:
+            raise PoseError(f'{path}: {where}: box {list(box)} has zero or negative area')
+        out.setdefault(str(name), []).append(([float(v) for v in box[:4]], float(box[4] if len(box) == 5 else score)))
+
+    if isinstance(data, dict):
+        for name, boxes in data.items():
+            if not isinstance(boxes, list):
+                raise PoseError(f'{path}: {name}: expected a list of boxes')
+            for box in boxes:
+                add(name, box, 1.0, name)
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            name = item.get('file_name', item.get('image')) if isinstance(item, dict) else None
+            if name is None or 'bbox' not in item:
+                raise PoseError(f'{path}: entry #{i}: expected {{"file_name", "bbox": [x, y, w, h], "score"}}')
+            add(name, item['bbox'], float(item.get('score', 1.0)), f'entry #{i}')
+    else:
+        raise PoseError(f'{path}: expected {{"image.jpg": [[x, y, w, h], ...]}} or a list of '
+                        '{"file_name", "bbox", "score"}')
+    return out
+
+
+def predict_pose(checkpoint: Path, inputs: Sequence[str], output: Path, *, boxes: Optional[Path] = None,
+                 kpt_thresh: float = 0.2, box_score_thresh: float = 0.0, flip_test: bool = True,
+                 device: str = 'auto', batch_size: int = 16) -> List[Path]:
+    """Draw the keypoints and skeleton of every person on each image; PNGs (and keypoints.json) in ``output``.
+    People: the boxes of ``boxes`` for each image (by file name), or the whole image as one person."""
+    from PIL import Image
+    from torchvision.utils import draw_bounding_boxes, draw_keypoints
+
+    from scnet.data.folders import decode_rgb
+
+    ck = load_pose_checkpoint(checkpoint)
+    files = image_files(inputs)
+    person_boxes = _read_person_boxes(boxes) if boxes else None
+    h, w = ck.input_size
+    instances: List[Instance] = []
+    sizes = {}
+    for i, f in enumerate(files):
+        try:
+            with Image.open(f) as im:
+                sizes[i] = im.size
+        except (OSError, SyntaxError, ValueError) as e:
+            raise BadImageError(f'{f}: unreadable image ({e})') from None
+        if person_boxes is None:
+            entries = [([0.0, 0.0, float(sizes[i][0]), float(sizes[i][1])], 1.0)]
+        else:
+            entries = person_boxes.get(str(f), person_boxes.get(f.name, []))
+        for box, score in entries:
+            if score < box_score_thresh:
+                continue
+            centre, size = box_to_region(box, w / h, ck.box_padding)
+            instances.append(Instance(i, str(f), centre, size, score))
+    dataset = PoseCropSet(instances, ck.input_size)
+    ctx = distributed.Context(0, 1, 0, distributed._device(device, 0))
+    ck.model.to(ctx.device)
+    crops = predict_keypoints(ck.model, dataset, ck.spec, ctx, flip_test=flip_test, batch_size=batch_size,
+                              stride=ck.stride, progress=False, all_crops=True) if instances else []
+    people: Dict[int, List[Dict[str, Any]]] = {}
+    for crop in crops:
+        inst = instances[crop['index']]
+        people.setdefault(inst.image_id, []).append({'keypoints': crop['keypoints'], 'score': inst.score,
+                                                     'centre': inst.centre, 'size': inst.size})
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    written, record, used = [], [], set()
+    for i, f in enumerate(files):
+        image = torch.from_numpy(np.array(decode_rgb(str(f)))).permute(2, 0, 1).contiguous()
+        found = people.get(i, [])
+        side = min(image.shape[1:])
+        if found:
+            kps = torch.tensor(np.stack([p['keypoints'] for p in found]), dtype=torch.float32)
+            box_xyxy = torch.tensor([[*(p['centre'] - p['size'] / 2 / ck.box_padding),
+                                      *(p['centre'] + p['size'] / 2 / ck.box_padding)] for p in found],
+                                    dtype=torch.float32)
+            if person_boxes is not None:
+                image = draw_bounding_boxes(image, box_xyxy, colors='yellow', width=max(1, side // 200))
+            image = draw_keypoints(image, kps[..., :2], connectivity=ck.spec.skeleton or None, colors='red',
+                                   radius=max(2, side // 80), width=max(1, side // 150),
+                                   visibility=kps[..., 2] > kpt_thresh)
+        stem = f.stem
+        name = f'{stem}.png'
+        k = 1
+        while name in used:
+            k += 1
+            name = f'{stem}_{k}.png'
+        used.add(name)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(output / name)
+        written.append(output / name)
+        record.append({'image': str(f), 'drawing': name, 'people': [
+            {'score': round(p['score'], 4), 'keypoints': {n: [round(float(v), 2) for v in p['keypoints'][j]]
+                                                           for j, n in enumerate(ck.spec.names)}}
+            for p in found]})
+    (output / 'keypoints.json').write_text(json.dumps(record, indent=1))
+    return written

@@ -1,0 +1,156 @@
+"""Runs that survive preemption: the state saved every N optimiser steps and on SIGTERM, and a resume that
+continues in the middle of an epoch exactly where the saved state left it.
+
+A scheduler that preempts a job sends SIGTERM, then SIGKILL some seconds later; an ImageNet epoch takes
+hours on few GPUs, so a run that saves only after each epoch loses up to that much. Here:
+
+* ``checkpoint_every`` N (``--checkpoint-every``): after every N-th optimiser step of the run, process 0
+  rewrites ``last.pt`` (atomically, ``scnet.train.state.save_atomic``) with the full state plus the position
+  in the epoch (``step``), the epoch's running sums (so its logged loss is the whole epoch's) and the random
+  generators of every process.
+* SIGTERM: the next optimiser step saves the state and the run stops with ``Preempted`` (the CLI exits with
+  143, the status of a process ended by SIGTERM). Every process agrees on the step to stop at (the flag is
+  summed over the processes), so none is left waiting in a collective.
+* Resuming such a state: the sampler skips the steps already done (the data order is a function of seed and
+  epoch, ``scnet.train.sampling``), the augmentation of an image depends on (seed, epoch, index) only
+  (``CheckedImageFolder``), and the generators the training steps draw from (dropout, stochastic depth,
+  mixup) are restored as they were after the saved step: the resumed run ends with the same weights as an
+  uninterrupted one (on CPU, bit for bit).
+* Under ``torchrun --max-restarts K``, the elastic agent restarts every worker after one fails, with
+  ``TORCHELASTIC_RESTART_COUNT`` above 0; ``resume_requested`` then resumes from the folder's ``last.pt``
+  by itself (the restarted command line has no ``--resume``).
+
+PyTorch's elastic agent restarts processes but leaves saving and resuming to the training script, and the
+libraries that do both (Lightning's fault-tolerant training, torchtnt) own the whole training loop; what a
+run needs from them is the short logic here.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import torch
+import torch.distributed as dist
+
+from scnet.errors import ScnetError
+from scnet.train.distributed import Context, all_reduce_sum
+from scnet.train.run_folder import RunFolder
+from scnet.train.state import restore_rng_states, rng_states
+
+__all__ = ['Preempted', 'PREEMPTED_EXIT_STATUS', 'resume_requested', 'ignore_sigterm', 'StepCheckpoints']
+
+#: Exit status of a run stopped by SIGTERM after saving its state (128 + SIGTERM, as the shell reports it).
+PREEMPTED_EXIT_STATUS = 128 + signal.SIGTERM
+
+
+class Preempted(ScnetError):
+    """The run received SIGTERM and stopped after saving its state."""
+
+
+def resume_requested(output: Path, resume: bool) -> bool:
+    """``resume``, or True when torchrun's elastic agent restarted this worker and ``output`` holds a saved
+    state to continue (a restarted worker runs the first command line again, without ``--resume``)."""
+    restarted = int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0) > 0
+    return resume or (restarted and (Path(output) / 'last.pt').is_file())
+
+
+def ignore_sigterm(worker_id: int) -> None:
+    """``worker_init_fn`` of a training DataLoader: a SIGTERM sent to the whole process group leaves the
+    loader's workers running until the main process has saved its state (it stops them itself)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class StepCheckpoints:
+    """Saves the state every ``every`` optimiser steps (0: only at the end of each epoch) and on SIGTERM.
+
+    ``state`` returns the training state to save (model, optimiser, schedule, ...); ``run`` writes it.
+    The epoch loop calls ``begin_epoch`` before building its loader (the steps to skip), passes ``sums`` to
+    ``train_one_epoch`` (which adds to them in place), calls ``after_step`` after each optimiser step,
+    ``finish_epoch`` on the epoch's metrics and ``end_epoch`` after saving them. ``close`` restores the
+    previous SIGTERM handler.
+    """
+
+    def __init__(self, run: RunFolder, ctx: Context, *, every: int, steps_per_epoch: int,
+                 state: Callable[[], Dict[str, Any]]) -> None:
+        self.run, self.ctx, self.every, self.steps_per_epoch, self.state = run, ctx, every, steps_per_epoch, state
+        self.epoch = 0
+        self.epoch_lr = 0.0
+        self.step = 0                        # optimiser steps done in the current epoch
+        self.resumed_images = 0.0            # images of the current epoch trained before a resume
+        self.sums = torch.zeros(5, dtype=torch.float64)
+        self._saved = run.state if run.state is not None and run.state.get('step') else None
+        self._signalled = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._signalled = True
+
+    def begin_epoch(self, epoch: int, *, lr: float) -> int:
+        """Start ``epoch`` (``lr``: the learning rate now); returns the optimiser steps of it already done (those
+        of a state saved mid-epoch). ``epoch_lr`` is then the learning rate the epoch began with."""
+        self.epoch, self.step, self.resumed_images, self.epoch_lr = epoch, 0, 0.0, lr
+        self.sums = torch.zeros(5, dtype=torch.float64)
+        saved, self._saved = self._saved, None
+        if saved is None or int(saved['epoch']) + 1 != epoch:
+            return 0
+        self.step, self.epoch_lr = int(saved['step']), float(saved['epoch_lr'])
+        if self.ctx.is_main:  # the sums of the whole run so far, counted once
+            self.sums = saved['epoch_sums'].clone()
+        self.resumed_images = float(saved['epoch_sums'][2])
+        generators = saved.get('rng_ranks') or []
+        if len(generators) == self.ctx.world_size:  # (another number of processes: the data order differs anyway)
+            restore_rng_states(generators[self.ctx.rank])
+        return self.step
+
+    def after_step(self) -> None:
+        self.step += 1
+        stop = self._stop_requested()
+        global_step = (self.epoch - 1) * self.steps_per_epoch + self.step
+        if stop or (self.every and global_step % self.every == 0 and self.step < self.steps_per_epoch):
+            self._save()
+        if stop:
+            raise Preempted(f'stopped by SIGTERM at epoch {self.epoch}, step {self.step}/{self.steps_per_epoch}, '
+                            f'state saved in {self.run.path / "last.pt"}: continue with scnet train --output '
+                            f'{self.run.path} --resume')
+
+    def finish_epoch(self, row: Dict[str, Any]) -> Dict[str, Any]:
+        """``row`` (``train_one_epoch``'s result) with its speed counted over the images trained since the
+        resume only."""
+        if self.resumed_images:
+            row = dict(row, images_per_sec=(row['train_images'] - self.resumed_images) /
+                       max(row['epoch_time_s'], 1e-9))
+        return row
+
+    def end_epoch(self) -> None:
+        """After the epoch's state was saved: stop if SIGTERM came meanwhile (during the evaluation)."""
+        if self._stop_requested():
+            raise Preempted(f'stopped by SIGTERM after epoch {self.epoch}, state saved in '
+                            f'{self.run.path / "last.pt"}: continue with scnet train --output {self.run.path} '
+                            '--resume')
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _stop_requested(self) -> bool:
+        flag = torch.tensor([1.0 if self._signalled else 0.0], dtype=torch.float64)
+        return bool(all_reduce_sum(flag)[0] > 0) if self.ctx.distributed else self._signalled
+
+    def _save(self) -> None:
+        sums = all_reduce_sum(self.sums.clone())
+        generators = rng_states()
+        if self.ctx.distributed:
+            gathered: list = [None] * self.ctx.world_size
+            dist.all_gather_object(gathered, generators)
+            generators_of_ranks = gathered
+        else:
+            generators_of_ranks = [generators]
+        self.run.save_mid_epoch(self.state(), epoch=self.epoch, step=self.step, epoch_sums=sums,
+                                rng_ranks=generators_of_ranks, epoch_lr=self.epoch_lr)
+

@@ -1,0 +1,123 @@
+"""Runs that survive preemption: killed or sent SIGTERM in the middle of an epoch, resumed, and ending with the
+weights of an uninterrupted run (CPU, bit for bit)."""
+import os
+import signal
+import socket
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from scnet.cli.main import main
+from scnet.train.preemption import PREEMPTED_EXIT_STATUS, resume_requested
+from scnet.train.sampling import ShardedBatchSampler
+from scnet.train.run_folder import LOCK_NAME
+from tests.test_train import _run_cli, data, read_metrics, recipe, train_args  # noqa: F401 (fixtures)
+
+# 36 training images in batches of 4: 9 optimiser steps an epoch; stochastic depth and mixup draw from the
+# generators a mid-epoch state must restore
+ARGS = ('--epochs', '2', '--seed', '7', '--batch-size', '4', '--drop-path', '0.1', '--mixup', '0.2')
+
+
+def _state(run):
+    try:
+        return torch.load(run / 'last.pt', weights_only=True)
+    except Exception:  # not written yet
+        return None
+
+
+def _wait_for(condition, what, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.002)
+    raise AssertionError(f'timed out waiting for {what}')
+
+
+@pytest.mark.slow
+def test_killed_or_terminated_mid_epoch_and_resumed_ends_with_the_uninterrupted_weights(data, recipe, tmp_path):
+    full, killed, stopped = tmp_path / 'full', tmp_path / 'killed', tmp_path / 'stopped'
+    reference = _run_cli(train_args(data, recipe, full, *ARGS))
+    victim = _run_cli(train_args(data, recipe, killed, *ARGS, '--checkpoint-every', '1'))
+    terminated = _run_cli(train_args(data, recipe, stopped, *ARGS))
+
+    # SIGKILL right after a state saved in the middle of epoch 2; SIGTERM as soon as epoch 1 has ended
+    signalled = []
+
+    def signal_when_due():
+        if victim not in signalled and (state := _state(killed)) and state['epoch'] == 1 and state.get('step'):
+            victim.send_signal(signal.SIGKILL)
+            signalled.append(victim)
+        if terminated not in signalled and (stopped / 'metrics.jsonl').exists() and read_metrics(stopped):
+            terminated.send_signal(signal.SIGTERM)
+            signalled.append(terminated)
+        return len(signalled) == 2
+
+    _wait_for(signal_when_due, 'epoch 2 of both runs')
+    victim.wait()
+    saved = _state(killed)
+    assert saved['epoch'] == 1 and 1 <= saved['step'] < 9, (saved['epoch'], saved.get('step'))
+    assert [r['epoch'] for r in read_metrics(killed)] == [1]
+    # the terminated run saved its state and ended with status 143
+    assert terminated.wait() == PREEMPTED_EXIT_STATUS, terminated.stderr.read()
+    err = terminated.stderr.read().strip()
+    assert err.startswith('scnet train: stopped by SIGTERM') and f'--output {stopped} --resume' in err, err
+    assert len(err.splitlines()) == 1
+    # at the step after the signal; or at the end of an epoch, when the signal came while it was being
+    # evaluated or saved (epoch 1's metrics are on disk a moment before the run checks for the signal)
+    saved = _state(stopped)
+    assert (saved['epoch'], bool(saved.get('step'))) in ((1, True), (1, False), (2, False)), \
+        (saved['epoch'], saved.get('step'))
+    assert not (stopped / 'model.safetensors').exists()
+
+    assert reference.wait() == 0, reference.stderr.read()
+    for run in (killed, stopped):
+        assert main(['train', '--output', str(run), '--resume', '--quiet']) == 0
+        a, b = load_file(full / 'model.safetensors'), load_file(run / 'model.safetensors')
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), run
+        # the resumed epoch's loss counts the steps trained before the kill too
+        for key in ('train_loss', 'lr'):
+            assert [r[key] for r in read_metrics(run)] == [r[key] for r in read_metrics(full)], key
+        assert [r['train_images'] for r in read_metrics(run)] == [36, 36]
+
+
+def test_checkpoint_every_is_checked_and_the_sampler_skips_the_steps_done(data, recipe, tmp_path, capsys):
+    assert main(train_args(data, recipe, tmp_path / 'run', '--checkpoint-every', '-1')) == 2
+    assert 'checkpoint_every must be >= 0' in capsys.readouterr().err
+    sampler = ShardedBatchSampler(40, 8, accum_steps=2, seed=1)
+    sampler.set_epoch(3)
+    whole = list(sampler)
+    sampler.set_epoch(3, start_step=2)
+    assert list(sampler) == whole[4:] and len(sampler) == 6
+    with pytest.raises(ValueError, match='outside the epoch'):
+        sampler.set_epoch(3, start_step=6)
+
+
+def test_a_worker_restarted_by_torchrun_resumes_by_itself(tmp_path, monkeypatch):
+    (tmp_path / 'last.pt').write_bytes(b'')
+    monkeypatch.delenv('TORCHELASTIC_RESTART_COUNT', raising=False)
+    assert not resume_requested(tmp_path, False) and resume_requested(tmp_path, True)
+    monkeypatch.setenv('TORCHELASTIC_RESTART_COUNT', '1')
+    assert resume_requested(tmp_path, False) and not resume_requested(tmp_path / 'new', False)
+
+
+
+def kill_run_mid_epoch(run, *, epoch, launchers=()):
+    """SIGKILL the process holding ``run`` (process 0) right after it saved a state in the middle of ``epoch``
+    (stopping early if one of the ``launchers`` that run it has ended)."""
+    def due():
+        assert all(p.poll() is None for p in launchers), 'a launcher ended before the kill'
+        return (s := _state(run)) and s['epoch'] == epoch - 1 and s.get('step')
+
+    _wait_for(due, f'a state saved in epoch {epoch}')
+    os.kill(int((run / LOCK_NAME).read_text().split()[1]), signal.SIGKILL)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for a rendezvous: tests running side by side must not share one)."""
+    with socket.socket() as s:
+        s.bind(('localhost', 0))
+        return s.getsockname()[1]

@@ -1,0 +1,75 @@
+"""`scnet shards`: an image folder written as WebDataset shards, indexed, atomic per shard, resumable."""
+import json
+import tarfile
+
+import pytest
+
+import scnet.data.shards as shards_module
+from scnet.cli.main import main
+from scnet.data.shards import ShardsError, parse_size
+from tests.test_train import write_folder
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_folder(tmp_path / 'data')
+
+
+def test_shards_hold_every_image_once_with_an_index_and_the_classes(data, tmp_path, capsys):
+    out = tmp_path / 'shards'
+    assert main(['shards', str(data), str(out), '--shard-size', '3KB', '--shuffle', '--quiet']) == 0
+    assert 'train: 36 images in' in capsys.readouterr().out
+    index = json.loads((out / 'index.json').read_text())
+    assert (out / 'classes.txt').read_text().split() == index['classes'] == ['bar', 'dot', 'ring']
+    for split, per_class in (('train', 12), ('val', 4)):
+        info = index['splits'][split]
+        assert info['per_class'] == {c: per_class for c in index['classes']} and info['images'] == 3 * per_class
+        seen = []
+        for shard in info['shards']:
+            with tarfile.open(out / shard['file']) as tar:
+                names = tar.getnames()
+                paths = [tar.extractfile(n).read().decode() for n in names if n.endswith('.path.txt')]
+                labels = [int(tar.extractfile(n).read()) for n in names if n.endswith('.cls')]
+            assert len(paths) == shard['images'] and shard['bytes'] <= 3000 and len(names) == 3 * len(paths)
+            assert {index['classes'][label] for label in labels} == set(shard['per_class'])
+            assert all(p.split('/')[1] == index['classes'][label] for p, label in zip(paths, labels))
+            seen += paths
+        assert sorted(seen) == sorted(str(p.relative_to(data)) for p in (data / split).rglob('*.png'))
+        assert len(info['shards']) > 2 and seen != sorted(seen)  # several shards, shuffled
+
+
+def test_an_interrupted_run_finishes_the_missing_shards_only(data, tmp_path, monkeypatch, capsys):
+    whole, cut = tmp_path / 'whole', tmp_path / 'cut'
+    assert main(['shards', str(data), str(whole), '--shard-size', '5KB', '--quiet']) == 0
+    real, written = shards_module._write_shard, []
+
+    def write_then_stop(src, out, split, number, shard):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        real(src, out, split, number, shard)
+        written.append(number)
+
+    monkeypatch.setattr(shards_module, '_write_shard', write_then_stop)
+    assert main(['shards', str(data), str(cut), '--shard-size', '5KB', '--quiet']) == 130
+    assert sorted(p.name for p in cut.glob('*.tar')) == ['train-000000.tar', 'train-000001.tar']
+    assert not (cut / 'index.json').exists()
+    monkeypatch.setattr(shards_module, '_write_shard', real)
+    capsys.readouterr()
+    assert main(['shards', str(data), str(cut), '--shard-size', '5KB', '--quiet']) == 0
+    assert 'images already in shards from an earlier run' in capsys.readouterr().out
+    for path in whole.iterdir():  # the same bytes as an uninterrupted run's
+        assert (cut / path.name).read_bytes() == path.read_bytes(), path.name
+    # other options into the same folder: refused, nothing touched
+    assert main(['shards', str(data), str(cut), '--shard-size', '5KB', '--shuffle', '--quiet']) == 2
+    assert 'written from other images or options' in capsys.readouterr().err
+
+
+def test_shard_sizes_are_parsed_or_refused_in_one_line(data, tmp_path, capsys):
+    assert parse_size('1GB') == 10**9 and parse_size('64MiB') == 64 * 2**20 and parse_size('1500') == 1500
+    for bad in ('0', 'big', '1XB', '-1GB'):
+        with pytest.raises(ShardsError, match='give a positive size'):
+            parse_size(bad)
+    assert main(['shards', str(data), str(tmp_path / 'out'), '--shard-size', 'lots']) == 2
+    assert capsys.readouterr().err.startswith("scnet shards: error: shard size 'lots'")
+    assert main(['shards', str(tmp_path / 'none'), str(tmp_path / 'out')]) == 2
+    assert 'expected train/' in capsys.readouterr().err
