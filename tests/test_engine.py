@@ -162,3 +162,37 @@ def test_task_flags_are_made_from_the_recipes_and_reach_them():
         parse('pose', 'eval', '--checkpoint', 'c')   # --val-ann and --val-images are required there
     with pytest.raises(SystemExit):
         parse('detect', 'train', '--task', 'keypoints')
+
+
+def test_classifier_metadata_reads_back_what_train_writes_and_old_files(tmp_path):
+    from scnet.train.checkpoint_eval import checkpoint_metadata
+    from scnet.train.classifier_checkpoint import ClassifierMetadata, read_classifier_metadata
+
+    meta = ClassifierMetadata(model='resnet26_cifar', classes=['a', 'b'], image_size=224, eval_resize=256,
+                              mean=[0.5] * 3, std=[0.25] * 3, model_kwargs={'channels': [8, 16, 32, 64]},
+                              initial_weights={'source': 'checkpoint', 'location': '/x', 'sha256': '0' * 64,
+                                               'sha256_of': 'file'}, train_image_size=160)
+    written = meta.to_metadata()
+    assert set(written) == {f.name for f in dataclasses.fields(meta)} and written['model'] == 'resnet26_cifar'
+    assert ClassifierMetadata.from_metadata(written) == meta
+    model = build_pose_model('resnet26_cifar', 2, deconv_layers=1, deconv_channels=8)  # any tensors will do
+    save_state_dict(model.state_dict(), tmp_path / 'new.safetensors', metadata=written)
+    assert read_classifier_metadata(tmp_path / 'new.safetensors') == meta
+    # a file of the code before the dataclass: sizes as plain digits, no initial_weights nor train_image_size
+    old = {'model': 'scnet26_cifar', 'classes': '["a", "b"]', 'image_size': '32', 'eval_resize': '32',
+           'mean': '[0.5, 0.5, 0.5]', 'std': '[0.25, 0.25, 0.25]', 'model_kwargs': '{}'}
+    save_state_dict(model.state_dict(), tmp_path / 'old.safetensors', metadata=old)
+    assert checkpoint_metadata(tmp_path / 'old.safetensors') == {
+        'model': 'scnet26_cifar', 'classes': ['a', 'b'], 'image_size': 32, 'eval_resize': 32, 'mean': [0.5] * 3,
+        'std': [0.25] * 3, 'model_kwargs': {}}
+    # `scnet convert`'s files name the model at most; the authors' .pth records nothing
+    save_state_dict(model.state_dict(), tmp_path / 'conv.safetensors', metadata={'layout': 'authors',
+                                                                                 'model': 'scnet50'})
+    assert checkpoint_metadata(tmp_path / 'conv.safetensors') == {'model': 'scnet50'}
+    torch.save(model.state_dict(), tmp_path / 'authors.pth')
+    assert checkpoint_metadata(tmp_path / 'authors.pth') == {}
+    # a last.pt of a run that trains at 160 px and tests at 224: evaluated at 224, like its model.safetensors
+    config = dict(Recipe(model='resnet50', image_size=160, eval_image_size=224).to_dict(), classes=['a', 'b'])
+    save_atomic({'model': model.state_dict(), 'config': config}, tmp_path / 'last.pt')
+    from_state = read_classifier_metadata(tmp_path / 'last.pt')
+    assert (from_state.model, from_state.image_size, from_state.train_image_size) == ('resnet50', 224, 160)

@@ -8,7 +8,6 @@ taken in sorted order (the usual ImageNet synset order).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -17,30 +16,17 @@ from torch.utils.data import DataLoader
 from scnet.data.folders import CheckedImageFolder, DataError, collate_skipping_bad, find_classes
 from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from scnet.train import distributed
+from scnet.train.classifier_checkpoint import read_classifier_metadata
 from scnet.train.loop import evaluate
 from scnet.train.sampling import StridedSampler
-from scnet.weights.io import read_metadata
 
 __all__ = ['checkpoint_metadata', 'evaluate_checkpoint']
 
 
-_JSON_KEYS = ('classes', 'mean', 'std', 'model_kwargs', 'image_size', 'eval_resize')
-
-
 def checkpoint_metadata(path: Path) -> Dict[str, Any]:
-    """Model name, classes, input settings and model options recorded with a checkpoint ({} if none)."""
-    path = Path(path)
-    raw = read_metadata(path)
-    if raw:
-        meta = {k: json.loads(raw[k]) for k in _JSON_KEYS if k in raw}
-        if raw.get('model'):
-            meta['model'] = raw['model']
-        return meta
-    if path.suffix != '.pt':
-        return {}
-    from scnet.train.state import load_state  # a training state (last.pt) carries its config
-    config = load_state(path).get('config') or {}
-    return {k: config[k] for k in (*_JSON_KEYS, 'model') if k in config}
+    """Model name, classes, input settings and model options recorded with a checkpoint: the fields of its
+    ``ClassifierMetadata`` that it records ({} if none)."""
+    return read_classifier_metadata(path).known()
 
 
 def _class_folder(data: Path) -> Path:

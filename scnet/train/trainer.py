@@ -22,7 +22,6 @@ weights travels in ``last.pt``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict
 
@@ -34,6 +33,7 @@ from scnet.data.folders import collate_skipping_bad
 from scnet.data.sources import open_run_data
 from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from scnet.train import distributed, engine
+from scnet.train.classifier_checkpoint import ClassifierMetadata
 from scnet.train.estimate import measure_and_estimate
 from scnet.train.init_weights import apply_initial_weights, find_initial_weights
 from scnet.train.loop import StepSettings, evaluate, train_one_epoch
@@ -229,12 +229,11 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
             distributed.barrier()
 
         if ctx.is_main:
-            meta = {'model': recipe.model, 'classes': json.dumps(classes), 'image_size': str(recipe.image_size),
-                    'eval_resize': str(recipe.eval_resize), 'mean': json.dumps(list(mean)),
-                    'std': json.dumps(list(std)), 'model_kwargs': json.dumps(model_kwargs),
-                    'initial_weights': json.dumps(initial_record)}
-            if recipe.eval_size != recipe.image_size:  # the size to evaluate at; the training one beside it
-                meta.update(image_size=str(recipe.eval_size), train_image_size=str(recipe.image_size))
+            meta = ClassifierMetadata(
+                model=recipe.model, classes=classes, image_size=recipe.eval_size, eval_resize=recipe.eval_resize,
+                mean=list(mean), std=list(std), model_kwargs=model_kwargs, initial_weights=initial_record,
+                train_image_size=recipe.image_size if recipe.eval_size != recipe.image_size else None,
+            ).to_metadata()
             save_state_dict(net.state_dict(), output / 'model.safetensors', metadata=meta)
             if ema is not None:
                 save_state_dict(ema.module.state_dict(), output / 'model_ema.safetensors', metadata=meta)
