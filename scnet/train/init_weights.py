@@ -21,6 +21,7 @@ from torch import nn
 
 from scnet.errors import CheckpointError
 from scnet.weights import StateDict
+from scnet.weights.download import sha256_of_file
 
 __all__ = ['InitialWeights', 'find_initial_weights', 'apply_initial_weights']
 
@@ -36,14 +37,6 @@ class InitialWeights:
     def record(self) -> Dict[str, Any]:
         """What config.json and the weights' metadata say about these weights."""
         return {'source': self.source, 'location': self.location, 'sha256': self.sha256, 'sha256_of': self.hashed}
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _sha256_tensors(state_dict: StateDict) -> str:
@@ -65,13 +58,13 @@ def find_initial_weights(model: str, *, pretrained: bool = False, init: Optional
         if not path.is_file():
             raise CheckpointError(f'{init}: no such checkpoint file (--init takes a model.safetensors, a last.pt '
                                   'or the authors\' .pth)')
-        return InitialWeights(read_checkpoint(path), 'checkpoint', str(path.resolve()), _sha256_file(path))
+        return InitialWeights(read_checkpoint(path), 'checkpoint', str(path.resolve()), sha256_of_file(path))
     if not pretrained:
         return None
     if model in OFFICIAL_WEIGHTS:
         url = official_url(model)
         path = fetch(url, progress=progress)
-        return InitialWeights(read_checkpoint(path), 'authors', url, _sha256_file(path))
+        return InitialWeights(read_checkpoint(path), 'authors', url, sha256_of_file(path))
     if model in BASELINES:
         import timm
 

@@ -228,19 +228,17 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
             checkpoints.end_epoch()
             distributed.barrier()
 
-        if ctx.is_main:
-            meta = ClassifierMetadata(
-                model=recipe.model, classes=classes, image_size=recipe.eval_size, eval_resize=recipe.eval_resize,
-                mean=list(mean), std=list(std), model_kwargs=model_kwargs, initial_weights=initial_record,
-                train_image_size=recipe.image_size if recipe.eval_size != recipe.image_size else None,
-            ).to_metadata()
-            save_state_dict(net.state_dict(), output / 'model.safetensors', metadata=meta)
+        meta = ClassifierMetadata(
+            model=recipe.model, classes=classes, image_size=recipe.eval_size, eval_resize=recipe.eval_resize,
+            mean=list(mean), std=list(std), model_kwargs=model_kwargs, initial_weights=initial_record,
+            train_image_size=recipe.image_size if recipe.eval_size != recipe.image_size else None,
+        ).to_metadata()
+        if ctx.is_main:  # beside model.safetensors, which engine.finish_run writes
             if ema is not None:
                 save_state_dict(ema.module.state_dict(), output / 'model_ema.safetensors', metadata=meta)
             if side is not None:
                 save_state_dict(side.state_dict(), output / 'side_head.safetensors', metadata=meta)
-        run.close()
-        return run.history[-1] if run.history else {}
+        return engine.finish_run(run, ctx, net, meta)
     finally:
         if checkpoints is not None:
             checkpoints.close()

@@ -19,7 +19,7 @@ import torch.hub
 
 from scnet.errors import CheckpointError
 
-__all__ = ['cache_dir', 'fetch', 'hash_prefix_of']
+__all__ = ['cache_dir', 'fetch', 'hash_prefix_of', 'sha256_of_file']
 
 _HASH_IN_NAME = re.compile(r'-([a-f0-9]{6,64})\.[A-Za-z0-9]+$')
 
@@ -35,7 +35,8 @@ def hash_prefix_of(file_name: str) -> Optional[str]:
     return m.group(1) if m else None
 
 
-def _sha256(path: Path) -> str:
+def sha256_of_file(path: Path) -> str:
+    """The hex sha256 of the file at ``path``, read in chunks."""
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
@@ -52,7 +53,7 @@ def fetch(url: str, *, directory: Optional[Path] = None, progress: bool = True) 
     directory = Path(directory) if directory else cache_dir()
     path = directory / name
     if path.is_file():
-        if expected is None or _sha256(path).startswith(expected):
+        if expected is None or sha256_of_file(path).startswith(expected):
             return path
         path.unlink()  # a corrupt or replaced cache entry: fetch it again
     directory.mkdir(parents=True, exist_ok=True)
