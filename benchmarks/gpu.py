@@ -92,9 +92,9 @@ DRY_PROFILE: Dict[str, Any] = {
     # 128 px: the smallest input the authors' structure runs (its layer4 pools a 4x4 map with r = 4)
     'device': 'cpu', 'image_size': 128, 'batches': {'infer': [1, 2], 'train': [2]},
     'compiled_batches': {'infer': [2, 1], 'train': [2]}, 'warm_batches': {'infer': [2], 'train': [2]},
-    'warm_pairs': [['scnet50', 'infer']], 'warmup': 0, 'repeats': 2, 'memory': False,
+    'warm_pairs': [['scnet50', 'infer']], 'warmup': 0, 'repeats': 1, 'memory': False,
     'compile_backend': 'eager', 'compile_stance': 'force_eager',
-    'gate': {'batch': 1, 'image_size': 64, 'dtypes': ['float32', 'bfloat16'], 'layouts': ['channels_last', 'nchw'],
+    'gate': {'batch': 1, 'image_size': 32, 'dtypes': ['float32', 'bfloat16'], 'layouts': ['channels_last', 'nchw'],
              'max_shapes': 1, 'warmup': 0, 'iters': 1, 'rounds': 1},
     'train_amp': {'model': 'scnet26_cifar', 'model_kwargs': {'channels': [8, 16, 32, 64]}, 'image_size': 16,
                   'batch_size': 8, 'classes': 3, 'train_per_class': 8, 'val_per_class': 2, 'workers': 0,

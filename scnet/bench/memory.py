@@ -3,19 +3,24 @@
 On a GPU PyTorch's caching allocator keeps exact books (``max_memory_allocated``), so the figure is measured in
 the timing process. On the CPU there are no such books by default, and the resident set size of a process
 that has already run other models holds their freed-but-cached pages. So each CPU measurement runs in a
-fresh process (``multiprocessing`` spawn) that builds the same contender (same factory, same seed), resets
+fresh process that builds the same contender (same factory, same seed), resets
 the kernel's high-water mark (``/proc/self/clear_refs``) once the model, input and optimizer exist, runs the
 steps, and reports ``VmHWM - VmRSS`` before the steps: what the steps themselves added at their peak
 (activations saved for backward, gradients, optimizer state, workspaces).
 
-The child runs with glibc's ``MALLOC_MMAP_THRESHOLD_`` at 64 KiB: every tensor buffer is then its own
-mapping, returned to the kernel when freed, so the resident set follows the live tensors instead of
-glibc's caching of freed heap (which made repeated measurements of one model differ by some 5%).
+The fresh processes come from ``multiprocessing``'s fork server, which imports PyTorch and scnet once
+(``set_forkserver_preload``) and forks a clean child per measurement; where there is no fork server
+(Windows) each child is spawned and imports them itself. Either way the child has run no model before.
+
+The child sets glibc's mmap threshold to 64 KiB (``mallopt``) before it builds anything: every tensor buffer is
+then its own mapping, returned to the kernel when freed, so the resident set follows the live tensors instead
+of glibc's caching of freed heap (which made repeated measurements of one model differ by some 5%).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing
-import os
 import resource
 from typing import Dict, Optional
 
@@ -26,7 +31,7 @@ from scnet.bench.cases import BenchmarkError, Contender, Settings, Step
 __all__ = ['cuda_step_peak', 'cpu_step_peak']
 
 _MB = 2 ** 20
-_MMAP_THRESHOLD = 'MALLOC_MMAP_THRESHOLD_'
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
 
 
 def cuda_step_peak(step: Step, steps: int = 2) -> Dict[str, object]:
@@ -63,8 +68,27 @@ def _reset_high_water_mark() -> bool:
         return False
 
 
+def _map_every_buffer() -> None:
+    """Serve allocations from 64 KiB up with their own mappings (glibc only; elsewhere nothing changes)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+        libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+    except (OSError, AttributeError):  # no glibc: the allocator's own policy, measurements a little noisier
+        pass
+
+
+def _context():
+    """The fork server, with PyTorch and scnet imported once, where the platform has one; else spawn."""
+    if 'forkserver' in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context('forkserver')
+        ctx.set_forkserver_preload([__name__])  # the server imports this module, so torch and scnet
+        return ctx
+    return multiprocessing.get_context('spawn')
+
+
 def _child(conn, contender: Contender, settings: Settings, steps: int, threads: int) -> None:
     try:
+        _map_every_buffer()
         torch.set_num_threads(threads)
         step = Step(contender, settings)
         before = _status_kib('VmRSS')
@@ -89,19 +113,11 @@ def _child(conn, contender: Contender, settings: Settings, steps: int, threads: 
 def cpu_step_peak(contender: Contender, settings: Settings, steps: int = 2,
                   threads: Optional[int] = None) -> Dict[str, object]:
     """Peak resident memory the steps of ``contender`` add, measured in a fresh process, in MiB."""
-    ctx = multiprocessing.get_context('spawn')
+    ctx = _context()
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(child, contender, settings, steps, threads or torch.get_num_threads()),
                        daemon=True)
-    saved = os.environ.get(_MMAP_THRESHOLD)
-    os.environ[_MMAP_THRESHOLD] = str(64 * 1024)  # read by the child's C library at start-up
-    try:
-        proc.start()
-    finally:
-        if saved is None:
-            del os.environ[_MMAP_THRESHOLD]
-        else:
-            os.environ[_MMAP_THRESHOLD] = saved
+    proc.start()
     child.close()
     try:
         result = parent.recv()
