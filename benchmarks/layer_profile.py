@@ -10,6 +10,14 @@ process and interleaved round by round: ``nn.Conv2d`` 3x3 (ResNet-50's layer), `
 autograd). Training rows are forward plus backward with the input's gradient. Each row also gives the
 multiply-accumulates of both layers, so time per MAC can be compared; "network" rows weight every shape by
 how many layers of SCNet-50 have it. The JSON names the machine (CPU, instruction set, threads, versions).
+
+``--tried`` adds, to the inference rows, the designs that were tried for the layer and left out, each checked
+against the layer's output before it is timed, so that the docs' "what was tried" can be re-measured on any
+machine: ``grouped_k1_k3`` (K1 and K3 as one grouped convolution over the whole input, stride-1 layers only:
+their inputs are the two halves and both keep the resolution), ``grouped_k1_k4`` (K1 and K4 as one grouped
+convolution over ``[X2 | Y1']``, which the product is written into: no concatenation of the outputs) and
+``onednn_direct`` (every convolution through ``aten.mkldnn_convolution``, which PyTorch's own choice skips for
+small batch-1 maps).
 """
 from __future__ import annotations
 
@@ -20,10 +28,12 @@ import time
 from typing import Callable, Dict, List
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from scnet import SCConv2d  # noqa: E402
+from scnet.layers.calibration import calibrated_product, pool_context  # noqa: E402
 from scnet.bench.machine import machine_facts  # noqa: E402
 from scnet.files import write_json_atomic  # noqa: E402
 
@@ -55,8 +65,72 @@ def _time(fns: Dict[str, Callable[[], None]], rounds: int) -> Dict[str, float]:
     return {k: min(v) for k, v in times.items()}
 
 
-def profile_shapes(mode: str, batch: int, rounds: int, shapes=None) -> List[Dict[str, object]]:
-    """One row per shape (default: SCNet-50's) with the three layers' minimum milliseconds."""
+def _context(m: SCConv2d, x_calib: torch.Tensor, conv=None) -> torch.Tensor:
+    pooled = pool_context(x_calib, m.pooling_r, m.pool == 'max')
+    return m.k2_norm(m.k2(pooled) if conv is None else conv(m.k2, pooled))
+
+
+def grouped_k1_k3(m: SCConv2d, x: torch.Tensor) -> torch.Tensor:
+    """Tried: ``[K1 | K3]`` as one convolution with twice the groups over the whole input (stride 1)."""
+    half = m.in_channels // 2
+    both = F.conv2d(x, torch.cat([m.k1.weight, m.k3.weight]), None, 1, m.padding, m.dilation, 2 * m.groups)
+    x_calib = x[:, half:]
+    product = calibrated_product(m.k3_norm(both[:, half:]), x_calib, _context(m, x_calib), m.identity, m.upsample)
+    return torch.cat([both[:, :half], m.k4(product)], 1)
+
+
+def grouped_k1_k4(m: SCConv2d, x: torch.Tensor) -> torch.Tensor:
+    """Tried: ``[K1 | K4]`` as one convolution over ``[X2 | Y1']``, the product written into that buffer."""
+    half = m.in_channels // 2
+    x_calib = x[:, half:]
+    features = m.k3_norm(m.k3(x_calib))
+    buffer = torch.empty_like(x)
+    buffer[:, :half].copy_(x[:, :half])
+    buffer[:, half:].copy_(calibrated_product(features, x_calib, _context(m, x_calib), m.identity, m.upsample))
+    return F.conv2d(buffer, torch.cat([m.k1.weight, m.k4.weight]), None, m.stride, m.padding, m.dilation,
+                    2 * m.groups)
+
+
+def _onednn(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.mkldnn_convolution(x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation,
+                                             conv.groups)
+
+
+def onednn_direct(m: SCConv2d, x: torch.Tensor) -> torch.Tensor:
+    """Tried: every convolution through oneDNN, whatever PyTorch's size cut-off would choose."""
+    x_plain, x_calib = torch.split(x, m.in_channels // 2, dim=1)
+    product = calibrated_product(m.k3_norm(_onednn(m.k3, x_calib)), x_calib, _context(m, x_calib, _onednn),
+                                 m.identity, m.upsample)
+    return torch.cat([_onednn(m.k1, x_plain), _onednn(m.k4, product)], 1)
+
+
+TRIED = {'grouped_k1_k3': grouped_k1_k3, 'grouped_k1_k4': grouped_k1_k4, 'onednn_direct': onednn_direct}
+
+
+def _tried_fns(layer: SCConv2d, x: torch.Tensor, stride: int) -> Dict[str, Callable[[], None]]:
+    """The tried designs that apply to this shape, each checked against the layer first."""
+    layer.eval()
+    for bn in (layer.k2_norm, layer.k3_norm):  # statistics that are not the identity, so a slip would show
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    fns = {}
+    with torch.inference_mode():
+        expected = layer(x)
+        for name, design in TRIED.items():
+            if name == 'grouped_k1_k3' and stride != 1:
+                continue
+            torch.testing.assert_close(design(layer, x), expected, rtol=1e-4, atol=1e-4)
+
+            def fn(design=design):
+                with torch.inference_mode():
+                    design(layer, x)
+            fns[name] = fn
+    return fns
+
+
+def profile_shapes(mode: str, batch: int, rounds: int, shapes=None, tried: bool = False) -> List[Dict[str, object]]:
+    """One row per shape (default: SCNet-50's) with the three layers' minimum milliseconds (and, with ``tried``
+    in inference, the designs that were left out)."""
     rows = []
     for width, size, stride, count in SCNET50_SHAPES if shapes is None else shapes:
         torch.manual_seed(0)
@@ -76,6 +150,8 @@ def profile_shapes(mode: str, batch: int, rounds: int, shapes=None) -> List[Dict
                     with torch.inference_mode():
                         layer(x)
             fns[name] = fn
+        if tried and mode == 'infer':
+            fns.update(_tried_fns(layers['scconv'], x, stride))
         seconds = _time(fns, rounds)
         rows.append({'width': width, 'size': size, 'stride': stride, 'layers_in_scnet50': count,
                      'macs_per_image': macs(width, size, stride),
@@ -85,10 +161,13 @@ def profile_shapes(mode: str, batch: int, rounds: int, shapes=None) -> List[Dict
 
 
 def network_totals(rows: List[Dict[str, object]]) -> Dict[str, float]:
-    """Milliseconds of all SCNet-50 conv2 layers (each shape times its count), per implementation."""
+    """Milliseconds of all SCNet-50 conv2 layers (each shape times its count), per implementation; a design that
+    does not apply to some shapes (``grouped_k1_k3`` at stride 2) counts the layer as built there."""
     totals: Dict[str, float] = {}
+    names = {name for row in rows for name in row['ms']}
     for row in rows:
-        for name, ms in row['ms'].items():
+        for name in names:
+            ms = row['ms'].get(name, row['ms']['scconv'])
             totals[name] = round(totals.get(name, 0.0) + ms * row['layers_in_scnet50'], 2)
     return totals
 
@@ -99,6 +178,8 @@ def main(argv=None) -> int:
     parser.add_argument('--infer-batch', type=int, nargs='+', default=[1, 8], help='inference batch sizes')
     parser.add_argument('--train-batch', type=int, nargs='*', default=[16], help='training batch sizes')
     parser.add_argument('--rounds', type=int, default=10, help='timed rounds per shape (default: 10)')
+    parser.add_argument('--tried', action='store_true',
+                        help='also time, in inference, the designs that were tried and left out (see above)')
     parser.add_argument('--output', help='write the JSON report here')
     args = parser.parse_args(argv)
     if args.threads < 1 or args.rounds < 1:
@@ -107,7 +188,7 @@ def main(argv=None) -> int:
     report = {'machine': machine_facts(), 'settings': vars(args), 'groups': []}
     for mode, batches in (('infer', args.infer_batch), ('train', args.train_batch)):
         for batch in batches:
-            rows = profile_shapes(mode, batch, args.rounds)
+            rows = profile_shapes(mode, batch, args.rounds, tried=args.tried)
             totals = network_totals(rows)
             report['groups'].append({'mode': mode, 'batch': batch, 'rows': rows, 'network_ms': totals})
             print(f'\n{mode}, batch {batch} (ms, minimum of {args.rounds} rounds, {args.threads} threads)')
@@ -120,6 +201,10 @@ def main(argv=None) -> int:
                       f'{row["scconv_vs_conv_time"]:>7.2f} {m["scconv"] / m["conv"]:>12.2f}')
             print(f'{"all conv2 layers":>24} {totals["conv3x3"]:>9.1f} {totals["scconv"]:>9.1f} '
                   f'{totals["scconv_plain_autograd"]:>9.1f} {totals["scconv"] / totals["conv3x3"]:>7.2f}')
+            for name in TRIED:
+                if name in totals:
+                    print(f'{"tried: " + name:>24} {totals[name]:>9.1f} ms over all conv2 layers, '
+                          f'{totals[name] / totals["scconv"]:.2f}x the layer as built')
     print(f'\n{report["machine"]["cpu"]}, {report["machine"]["cpu_capability"]}, {args.threads} threads')
     if args.output:
         write_json_atomic(report, args.output)

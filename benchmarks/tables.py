@@ -7,8 +7,9 @@ re-measured JSON changes the page and a stale table cannot exist.
     python benchmarks/tables.py                        # every results file, as Markdown on stdout
     python benchmarks/tables.py DIR --output tables.md
 
-Two formats are known: the report of ``scnet benchmark --output`` (``machine``, ``settings``, ``results``;
-also nested, as in ``other_implementations.json``) and that of ``benchmarks/finetune_real.py``. Any other
+Three formats are known: the report of ``scnet benchmark --output`` (``machine``, ``settings``, ``results``;
+also nested, as in ``other_implementations.json``), that of ``benchmarks/finetune_real.py`` and that of
+``benchmarks/layer_profile.py``. Any other
 JSON gets a line saying it has no table, so a new kind of result never breaks the docs' build.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-__all__ = ['machine_line', 'benchmark_table', 'finetune_table', 'render_file', 'render_all', 'main']
+__all__ = ['machine_line', 'benchmark_table', 'finetune_table', 'layer_profile_table', 'render_file', 'render_all', 'main']
 
 
 def _num(value: Optional[float], digits: int = 2, suffix: str = '') -> str:
@@ -85,6 +86,26 @@ def finetune_table(report: Dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def layer_profile_table(report: Dict) -> str:
+    """``benchmarks/layer_profile.py``: per SC-Conv shape of SCNet-50, milliseconds of ResNet-50's 3x3 conv, of
+    the layer and (``--tried``) of the designs left out; a last row sums all sixteen conv2 layers."""
+    lines = [machine_line(report.get('machine')), '']
+    for group in report['groups']:
+        names = list(group['network_ms'])
+        lines += [f"{group['mode']}, batch {group['batch']}: milliseconds, minimum of "
+                  f"{report.get('settings', {}).get('rounds', '?')} rounds", '',
+                  '| width | map | stride | layers | ' + ' | '.join(names) + ' | MACs SC / conv |',
+                  '| --- ' * (len(names) + 5) + '|']
+        for row in group['rows']:
+            macs = row['macs_per_image']
+            lines.append(f"| {row['width']} | {row['size']} | {row['stride']} | {row['layers_in_scnet50']} | "
+                         + ' | '.join(_num(row['ms'].get(n), 2) for n in names)
+                         + f" | {macs['scconv'] / macs['conv']:.2f} |")
+        total = group['network_ms']
+        lines += ['| all conv2 layers | | | 16 | ' + ' | '.join(_num(total[n], 1) for n in names) + ' | |', '']
+    return '\n'.join(lines)
+
+
 def _is_benchmark(d) -> bool:
     return isinstance(d, dict) and 'results' in d and 'machine' in d and isinstance(d['results'], list)
 
@@ -97,6 +118,8 @@ def render_file(path: Path, name: str, level: int = 3) -> str:
         return title + benchmark_table(data)
     if isinstance(data, dict) and 'runs' in data and 'mean_fine_tuned_top1' in data:
         return title + finetune_table(data)
+    if isinstance(data, dict) and 'groups' in data and 'machine' in data:
+        return title + layer_profile_table(data)
     nested = {k: v for k, v in data.items() if _is_benchmark(v)} if isinstance(data, dict) else {}
     if nested:
         return title + '\n'.join(f'{k}:\n\n' + benchmark_table(v) for k, v in nested.items())

@@ -301,14 +301,42 @@ def test_layer_profile_times_every_scnet50_shape_and_writes_json(tmp_path, capsy
     monkeypatch.setattr(profile, 'SCNET50_SHAPES', small)  # the command on tiny shapes
     threads = torch.get_num_threads()
     try:
-        assert profile.main(['--threads', '1', '--rounds', '1', '--infer-batch', '1', '--train-batch', '2',
-                             '--output', str(out)]) == 0
+        assert profile.main(['--threads', '1', '--rounds', '1', '--infer-batch', '2', '--train-batch', '2',
+                             '--tried', '--output', str(out)]) == 0
     finally:
         torch.set_num_threads(threads)
     report = json.loads(out.read_text())
     assert report['machine']['cpu'] and report['machine']['cpu_capability']
-    assert [(g['mode'], g['batch']) for g in report['groups']] == [('infer', 1), ('train', 2)]
-    assert 'all conv2 layers' in capsys.readouterr().out
+    assert [(g['mode'], g['batch']) for g in report['groups']] == [('infer', 2), ('train', 2)]
+    infer, train = report['groups']
+    # the designs left out are timed in inference only; the grouped K1|K3 only where K3 keeps the stride
+    assert set(infer['rows'][0]['ms']) == {'conv3x3', 'scconv', 'scconv_plain_autograd', *profile.TRIED}
+    assert 'grouped_k1_k3' not in infer['rows'][1]['ms'] and set(train['rows'][0]['ms']) == set(rows[0]['ms'])
+    assert infer['network_ms']['grouped_k1_k3'] == pytest.approx(
+        2 * infer['rows'][0]['ms']['grouped_k1_k3'] + infer['rows'][1]['ms']['scconv'], abs=0.02)
+    printed = capsys.readouterr().out
+    assert 'all conv2 layers' in printed and 'tried: grouped_k1_k4' in printed
+    table = _benchmarks_module('tables').render_file(out, 'layer_profile.json')
+    headers = [line for line in table.splitlines() if line.startswith('| width |')]
+    assert len(headers) == 2 and 'onednn_direct' in headers[0] and 'onednn_direct' not in headers[1]
+    assert table.count('| all conv2 layers |') == 2 and 'No table' not in table
+
+
+def test_tried_designs_compute_the_layer(monkeypatch):
+    profile = _benchmarks_module('layer_profile')
+    for stride in (1, 2):
+        layer = SCConv2d(16, 16, stride=stride).eval()
+        x = torch.randn(2, 16, 12, 12)
+        with torch.no_grad():
+            expected = layer(x)
+            for name, design in profile.TRIED.items():
+                if name != 'grouped_k1_k3' or stride == 1:
+                    torch.testing.assert_close(design(layer, x), expected, rtol=1e-5, atol=1e-5, msg=name)
+        # a design that computed something else is caught before it is timed
+        monkeypatch.setitem(profile.TRIED, 'grouped_k1_k4', lambda m, x: profile.grouped_k1_k4(m, x) * 1.01)
+        with pytest.raises(AssertionError):
+            profile._tried_fns(layer, x, stride)
+        monkeypatch.undo()
     with pytest.raises(SystemExit):
         profile.main(['--rounds', '0'])
 

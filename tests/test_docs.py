@@ -217,6 +217,23 @@ def test_readme_is_short_and_keeps_the_two_commands():
         assert (ROOT / link).is_file(), link
 
 
+def test_readme_speed_table_quotes_the_committed_results():
+    """Each ratio of the README's speed table is the one its results file holds, so it cannot go stale."""
+    section = README.split('## Speed', 1)[1].split('\n## ', 1)[0]
+    rows = re.findall(r'^\| [^|]+ \| `([\w.]+\.json)` \| ([^|]+) \| (\d+) \| ([\d.]+)x \| ([\d.]*)x? ?\|$',
+                      section, re.M)
+    assert len(rows) == 6
+    machines = set()
+    for name, model, batch, speed, memory in rows:
+        report = json.loads((ROOT / 'benchmarks' / 'results' / name).read_text())
+        machines.add((report['machine']['cpu'], report['machine']['cpu_capability']))
+        [result] = [r for r in report['results'] if r['model'] == model.strip() and r['batch_size'] == int(batch)]
+        assert f"{result['speed_ratio']:.2f}" == speed, (name, model, batch)
+        if memory:
+            assert f"{result['memory_ratio']:.2f}" == memory, (name, model, batch)
+    assert machines == {('AMD EPYC', 'AVX512')} and 'AMD EPYC Zen 5 (AVX-512)' in section
+
+
 def test_readme_lists_every_command():
     from scnet.cli.main import COMMANDS
 

@@ -12,7 +12,7 @@ The fresh processes come from ``multiprocessing``'s fork server, which imports P
 (``set_forkserver_preload``) and forks a clean child per measurement; where there is no fork server
 (Windows) each child is spawned and imports them itself. Either way the child has run no model before.
 
-The child sets glibc's mmap threshold to 64 KiB (``mallopt``) before it builds anything: every tensor buffer is
+The child puts glibc's mmap threshold at 64 KiB (``mallopt``) before it builds anything: every tensor buffer is
 then its own mapping, returned to the kernel when freed, so the resident set follows the live tensors instead
 of glibc's caching of freed heap (which made repeated measurements of one model differ by some 5%).
 """
@@ -69,7 +69,7 @@ def _reset_high_water_mark() -> bool:
 
 
 def _map_every_buffer() -> None:
-    """Serve allocations from 64 KiB up with their own mappings (glibc only; elsewhere nothing changes)."""
+    """Give every allocation at 64 KiB and above its own mapping (glibc only; elsewhere nothing changes)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
         libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)

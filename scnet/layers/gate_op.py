@@ -187,6 +187,30 @@ if HAS_TRITON:
         return c3 * s_c + y[None, :, None] * s_h + x[None, None, :] * s_w
 
     @triton.jit
+    def _tile(C, H, W, c_tiles, BC: tl.constexpr, BY: tl.constexpr, BX: tl.constexpr):
+        """This program's tile: its sample, channels (as a column), rows, columns and in-bounds mask."""
+        pid = tl.program_id(0)
+        n = (pid // c_tiles).to(tl.int64)
+        c3 = ((pid % c_tiles) * BC + tl.arange(0, BC))[:, None, None]
+        y = tl.program_id(1) * BY + tl.arange(0, BY)
+        x = tl.program_id(2) * BX + tl.arange(0, BX)
+        mask = (c3 < C) & (y[None, :, None] < H) & (x[None, None, :] < W)
+        return n, c3, y, x, mask
+
+    @triton.jit
+    def _tile_logits(x_ptr, c_ptr, n, c3, y, x, mask, H, W, h, w,
+                     xs_n, xs_c, xs_h, xs_w, cs_n, cs_c, cs_h, cs_w, IDENTITY: tl.constexpr):
+        """x1 + context[nearest] (or context[nearest]) over a tile, in float32."""
+        sy = _nearest_source(y, h, H)
+        sx = _nearest_source(x, w, W)
+        logits = tl.load((c_ptr + n * cs_n) + _offsets(c3, sy, sx, cs_c, cs_h, cs_w), mask=mask,
+                         other=0.0).to(tl.float32)
+        if IDENTITY:
+            logits += tl.load((x_ptr + n * xs_n) + _offsets(c3, y, x, xs_c, xs_h, xs_w), mask=mask,
+                              other=0.0).to(tl.float32)
+        return logits
+
+    @triton.jit
     def _gate_forward_kernel(f_ptr, x_ptr, c_ptr, out_ptr,
                              C, H, W, h, w,
                              fs_n, fs_c, fs_h, fs_w,
@@ -197,20 +221,9 @@ if HAS_TRITON:
                              IDENTITY: tl.constexpr, BC: tl.constexpr, BY: tl.constexpr, BX: tl.constexpr):
         """out = features * sigmoid(x1 + context[nearest]) over one (channels, rows, columns) tile of one
         sample; every tensor is read through its own strides."""
-        pid = tl.program_id(0)
-        n = (pid // c_tiles).to(tl.int64)
-        c = (pid % c_tiles) * BC + tl.arange(0, BC)
-        y = tl.program_id(1) * BY + tl.arange(0, BY)
-        x = tl.program_id(2) * BX + tl.arange(0, BX)
-        c3 = c[:, None, None]
-        mask = (c3 < C) & (y[None, :, None] < H) & (x[None, None, :] < W)
-        sy = _nearest_source(y, h, H)
-        sx = _nearest_source(x, w, W)
-        logits = tl.load((c_ptr + n * cs_n) + _offsets(c3, sy, sx, cs_c, cs_h, cs_w), mask=mask,
-                         other=0.0).to(tl.float32)
-        if IDENTITY:
-            logits += tl.load((x_ptr + n * xs_n) + _offsets(c3, y, x, xs_c, xs_h, xs_w), mask=mask,
-                              other=0.0).to(tl.float32)
+        n, c3, y, x, mask = _tile(C, H, W, c_tiles, BC, BY, BX)
+        logits = _tile_logits(x_ptr, c_ptr, n, c3, y, x, mask, H, W, h, w,
+                              xs_n, xs_c, xs_h, xs_w, cs_n, cs_c, cs_h, cs_w, IDENTITY)
         f = tl.load((f_ptr + n * fs_n) + _offsets(c3, y, x, fs_c, fs_h, fs_w), mask=mask, other=0.0).to(tl.float32)
         out = f * tl.sigmoid(logits)
         tl.store((out_ptr + n * os_n) + _offsets(c3, y, x, os_c, os_h, os_w), out.to(out_ptr.dtype.element_ty),
@@ -228,21 +241,9 @@ if HAS_TRITON:
                               IDENTITY: tl.constexpr, BC: tl.constexpr, BY: tl.constexpr, BX: tl.constexpr):
         """grad_features = g * s and grad_logits = g * features * s * (1 - s), s = sigmoid(logits); the two
         outputs share strides (os_*)."""
-        pid = tl.program_id(0)
-        n = (pid // c_tiles).to(tl.int64)
-        c = (pid % c_tiles) * BC + tl.arange(0, BC)
-        y = tl.program_id(1) * BY + tl.arange(0, BY)
-        x = tl.program_id(2) * BX + tl.arange(0, BX)
-        c3 = c[:, None, None]
-        mask = (c3 < C) & (y[None, :, None] < H) & (x[None, None, :] < W)
-        sy = _nearest_source(y, h, H)
-        sx = _nearest_source(x, w, W)
-        logits = tl.load((c_ptr + n * cs_n) + _offsets(c3, sy, sx, cs_c, cs_h, cs_w), mask=mask,
-                         other=0.0).to(tl.float32)
-        if IDENTITY:
-            logits += tl.load((x_ptr + n * xs_n) + _offsets(c3, y, x, xs_c, xs_h, xs_w), mask=mask,
-                              other=0.0).to(tl.float32)
-        gate = tl.sigmoid(logits)
+        n, c3, y, x, mask = _tile(C, H, W, c_tiles, BC, BY, BX)
+        gate = tl.sigmoid(_tile_logits(x_ptr, c_ptr, n, c3, y, x, mask, H, W, h, w,
+                                       xs_n, xs_c, xs_h, xs_w, cs_n, cs_c, cs_h, cs_w, IDENTITY))
         g = tl.load((g_ptr + n * gs_n) + _offsets(c3, y, x, gs_c, gs_h, gs_w), mask=mask, other=0.0).to(tl.float32)
         f = tl.load((f_ptr + n * fs_n) + _offsets(c3, y, x, fs_c, fs_h, fs_w), mask=mask, other=0.0).to(tl.float32)
         grad_f = g * gate
