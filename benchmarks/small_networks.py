@@ -42,13 +42,16 @@ def main(argv=None) -> int:
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--repeats', type=int, default=15)
+    p.add_argument('--channels-last', action='store_true',
+                   help='weights and inputs channels-last (as the embedded recipe trains)')
     p.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurement')
     p.add_argument('--output', metavar='FILE', help='write the JSON report here')
     args = p.parse_args(argv)
     if min(args.channels) < 2 or any(c % 2 for c in args.channels):
         p.error('--channels must be even widths (SC-Conv splits each in two halves)')
     torch.set_num_threads(args.threads)
-    settings = Settings(mode='train', batch_size=args.batch_size, input_size=(args.input_size, args.input_size))
+    settings = Settings(mode='train', batch_size=args.batch_size, input_size=(args.input_size, args.input_size),
+                        channels_last=args.channels_last)
     report = run_benchmark(contenders(args.channels), settings, warmup=args.warmup, repeats=args.repeats,
                            memory=not args.no_memory, rates=False)
     print(render(report, markdown=True))

@@ -349,12 +349,13 @@ def test_small_networks_compares_both_training_paths_at_the_given_widths(tmp_pat
     threads = torch.get_num_threads()
     try:
         assert small.main(['--channels', '4', '4', '8', '8', '--batch-size', '2', '--input-size', '16',
-                           '--threads', '1', '--warmup', '1', '--repeats', '1', '--no-memory',
+                           '--threads', '1', '--warmup', '1', '--repeats', '1', '--no-memory', '--channels-last',
                            '--output', str(out)]) == 0
     finally:
         torch.set_num_threads(threads)
     report = json.loads(out.read_text())
     assert report['settings']['mode'] == 'train' and report['settings']['input_size'] == [16, 16]
+    assert report['settings']['channels_last'] is True
     assert 'scnet26_cifar plain autograd' in capsys.readouterr().out
     with pytest.raises(SystemExit):
         small.main(['--channels', '3', '4', '8', '8'])
