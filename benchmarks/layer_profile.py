@@ -164,7 +164,7 @@ def network_totals(rows: List[Dict[str, object]]) -> Dict[str, float]:
     """Milliseconds of all SCNet-50 conv2 layers (each shape times its count), per implementation; a design that
     does not apply to some shapes (``grouped_k1_k3`` at stride 2) counts the layer as built there."""
     totals: Dict[str, float] = {}
-    names = {name for row in rows for name in row['ms']}
+    names = list(dict.fromkeys(name for row in rows for name in row['ms']))  # first seen first: stable columns
     for row in rows:
         for name in names:
             ms = row['ms'].get(name, row['ms']['scconv'])

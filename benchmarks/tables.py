@@ -9,8 +9,8 @@ re-measured JSON changes the page and a stale table cannot exist.
 
 Three formats are known: the report of ``scnet benchmark --output`` (``machine``, ``settings``, ``results``;
 also nested, as in ``other_implementations.json``), that of ``benchmarks/finetune_real.py`` and that of
-``benchmarks/layer_profile.py``. Any other
-JSON gets a line saying it has no table, so a new kind of result never breaks the docs' build.
+``benchmarks/layer_profile.py``. Any other JSON gets a line saying it has no table, so a new kind of result
+never breaks the docs' build.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-__all__ = ['machine_line', 'benchmark_table', 'finetune_table', 'layer_profile_table', 'render_file', 'render_all', 'main']
+__all__ = ['machine_line', 'benchmark_table', 'finetune_table', 'layer_profile_table', 'render_file', 'render_all',
+           'main']
 
 
 def _num(value: Optional[float], digits: int = 2, suffix: str = '') -> str:
@@ -91,7 +92,7 @@ def layer_profile_table(report: Dict) -> str:
     the layer and (``--tried``) of the designs left out; a last row sums all sixteen conv2 layers."""
     lines = [machine_line(report.get('machine')), '']
     for group in report['groups']:
-        names = list(group['network_ms'])
+        names = list(dict.fromkeys(name for row in group['rows'] for name in row['ms']))  # as measured
         lines += [f"{group['mode']}, batch {group['batch']}: milliseconds, minimum of "
                   f"{report.get('settings', {}).get('rounds', '?')} rounds", '',
                   '| width | map | stride | layers | ' + ' | '.join(names) + ' | MACs SC / conv |',
