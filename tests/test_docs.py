@@ -232,6 +232,9 @@ def test_readme_speed_table_quotes_the_committed_results():
         if memory:
             assert f"{result['memory_ratio']:.2f}" == memory, (name, model, batch)
     assert machines == {('AMD EPYC', 'AVX512')} and 'AMD EPYC Zen 5 (AVX-512)' in section
+    from scnet.complexity import profile_model
+    madds = re.search(r'\(([\d.]+) G against ([\d.]+) G, as `scnet profile` counts', section).groups()
+    assert madds == tuple(f"{profile_model(m)['macs_g']:.2f}" for m in ('scnet50', 'resnet50'))
 
 
 def test_readme_lists_every_command():
