@@ -26,9 +26,10 @@ cpu=(--threads 2 --format markdown --quiet)
     --output "$out/train.json"
 # 3. against the authors' structure and the literal equations 2-5 (same outputs checked first)
 "$python" benchmarks/other_implementations.py --threads 2 --repeats 5 --output "$out/other_implementations.json"
-# 4. the small networks' training step (the embedded model's size) and SC-Conv layer by layer
+# 4. the small networks' training step (the embedded model's size) and SC-Conv layer by layer, with the
+#    designs tried and left out
 "$python" benchmarks/small_networks.py --threads 2 --output "$out/small_networks.json"
-"$python" benchmarks/layer_profile.py --threads 2 --output "$out/layer_profile.json"
+"$python" benchmarks/layer_profile.py --threads 2 --tried --output "$out/layer_profile.json"
 # 5. the GPU, when there is one
 if "$python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     gpu=(--device cuda --amp --channels-last --format markdown --quiet --repeats 30 --warmup 10)
