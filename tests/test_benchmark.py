@@ -348,14 +348,19 @@ def test_small_networks_compares_both_training_paths_at_the_given_widths(tmp_pat
     out = tmp_path / 'small.json'
     threads = torch.get_num_threads()
     try:
-        assert small.main(['--channels', '4', '4', '8', '8', '--batch-size', '2', '--input-size', '16',
+        assert small.main(['--models', 'resnet26', 'scnet26', '--channels', '4', '4', '8', '8', '--batch-size', '2',
+                           '--input-size', '32',
                            '--threads', '1', '--warmup', '1', '--repeats', '1', '--no-memory', '--channels-last',
                            '--output', str(out)]) == 0
     finally:
         torch.set_num_threads(threads)
     report = json.loads(out.read_text())
-    assert report['settings']['mode'] == 'train' and report['settings']['input_size'] == [16, 16]
+    assert report['settings']['mode'] == 'train' and report['settings']['input_size'] == [32, 32]
     assert report['settings']['channels_last'] is True
-    assert 'scnet26_cifar plain autograd' in capsys.readouterr().out
+    assert [r['model'] for r in report['results']] == ['resnet26', 'scnet26', 'scnet26 plain autograd']
+    assert 'scnet26 plain autograd' in capsys.readouterr().out
     with pytest.raises(SystemExit):
         small.main(['--channels', '3', '4', '8', '8'])
+    with pytest.raises(SystemExit):
+        small.main(['--models', 'resnet26', 'scnet5O'])
+    assert "unknown model 'scnet5O'" in capsys.readouterr().err
