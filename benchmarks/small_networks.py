@@ -20,7 +20,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from scnet import list_models  # noqa: E402
+from scnet.errors import UnknownModelError  # noqa: E402
+from scnet.models.factory import validate_model_name  # noqa: E402
 from scnet.bench.cases import Contender, Settings  # noqa: E402
 from scnet.bench.runner import run_benchmark  # noqa: E402
 from scnet.cli.benchmark import render  # noqa: E402
@@ -56,9 +57,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if min(args.channels) < 2 or any(c % 2 for c in args.channels):
         p.error('--channels must be even widths (SC-Conv splits each in two halves)')
-    unknown = [m for m in args.models if m not in list_models()]
-    if unknown:
-        p.error(f'unknown model {unknown[0]!r}; `scnet models` lists the zoo')
+    for name in args.models:
+        try:
+            validate_model_name(name)
+        except UnknownModelError as e:
+            p.error(str(e))
     torch.set_num_threads(args.threads)
     settings = Settings(mode='train', batch_size=args.batch_size, input_size=(args.input_size, args.input_size),
                         channels_last=args.channels_last)
