@@ -65,17 +65,12 @@ def _time(fns: Dict[str, Callable[[], None]], rounds: int) -> Dict[str, float]:
     return {k: min(v) for k, v in times.items()}
 
 
-def _context(m: SCConv2d, x_calib: torch.Tensor, conv=None) -> torch.Tensor:
-    pooled = pool_context(x_calib, m.pooling_r, m.pool == 'max')
-    return m.k2_norm(m.k2(pooled) if conv is None else conv(m.k2, pooled))
-
-
 def grouped_k1_k3(m: SCConv2d, x: torch.Tensor) -> torch.Tensor:
     """Tried: ``[K1 | K3]`` as one convolution with twice the groups over the whole input (stride 1)."""
     half = m.in_channels // 2
     both = F.conv2d(x, torch.cat([m.k1.weight, m.k3.weight]), None, 1, m.padding, m.dilation, 2 * m.groups)
     x_calib = x[:, half:]
-    product = calibrated_product(m.k3_norm(both[:, half:]), x_calib, _context(m, x_calib), m.identity, m.upsample)
+    product = calibrated_product(m.k3_norm(both[:, half:]), x_calib, m._context(x_calib), m.identity, m.upsample)
     return torch.cat([both[:, :half], m.k4(product)], 1)
 
 
@@ -86,7 +81,7 @@ def grouped_k1_k4(m: SCConv2d, x: torch.Tensor) -> torch.Tensor:
     features = m.k3_norm(m.k3(x_calib))
     buffer = torch.empty_like(x)
     buffer[:, :half].copy_(x[:, :half])
-    buffer[:, half:].copy_(calibrated_product(features, x_calib, _context(m, x_calib), m.identity, m.upsample))
+    buffer[:, half:].copy_(calibrated_product(features, x_calib, m._context(x_calib), m.identity, m.upsample))
     return F.conv2d(buffer, torch.cat([m.k1.weight, m.k4.weight]), None, m.stride, m.padding, m.dilation,
                     2 * m.groups)
 
@@ -99,8 +94,8 @@ def _onednn(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 def onednn_direct(m: SCConv2d, x: torch.Tensor) -> torch.Tensor:
     """Tried: every convolution through oneDNN, whatever PyTorch's size cut-off would choose."""
     x_plain, x_calib = torch.split(x, m.in_channels // 2, dim=1)
-    product = calibrated_product(m.k3_norm(_onednn(m.k3, x_calib)), x_calib, _context(m, x_calib, _onednn),
-                                 m.identity, m.upsample)
+    context = m.k2_norm(_onednn(m.k2, pool_context(x_calib, m.pooling_r, m.pool == 'max')))  # the layer's, via oneDNN
+    product = calibrated_product(m.k3_norm(_onednn(m.k3, x_calib)), x_calib, context, m.identity, m.upsample)
     return torch.cat([_onednn(m.k1, x_plain), _onednn(m.k4, product)], 1)
 
 
