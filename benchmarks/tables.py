@@ -107,6 +107,27 @@ def layer_profile_table(report: Dict) -> str:
     return '\n'.join(lines)
 
 
+def op_profile_table(report: Dict) -> str:
+    """``benchmarks/op_profile.py``: milliseconds per step of each kind of operation (profiler self time), per
+    model, and each model's difference to the first."""
+    lines = [machine_line(report.get('machine')), '']
+    for group in report['groups']:
+        rows = group['rows']
+        base = rows[0]['model']
+        lines += [f"{group['mode']}, batch {group['batch']}: milliseconds per step", '',
+                  '| kind | ' + ' | '.join(r['model'] for r in rows)
+                  + ''.join(f" | {r['model']} - {base}" for r in rows[1:]) + ' |',
+                  '| --- ' * (2 * len(rows)) + '|']
+        for kind in report['kinds']:
+            lines.append(f'| {kind} | ' + ' | '.join(_num(r['kinds_ms'][kind], 1) for r in rows)
+                         + ''.join(f" | {group['excess_ms'][r['model']][kind]:+.1f}" for r in rows[1:]) + ' |')
+        for label, key in (('all, profiled', 'profiled_ms'), ('wall time, unprofiled', 'wall_ms')):
+            lines.append(f'| {label} | ' + ' | '.join(_num(r[key], 1) for r in rows)
+                         + ''.join(f' | {r[key] - rows[0][key]:+.1f}' for r in rows[1:]) + ' |')
+        lines.append('')
+    return '\n'.join(lines)
+
+
 def _is_benchmark(d) -> bool:
     return isinstance(d, dict) and 'results' in d and 'machine' in d and isinstance(d['results'], list)
 
@@ -119,6 +140,8 @@ def render_file(path: Path, name: str, level: int = 3) -> str:
         return title + benchmark_table(data)
     if isinstance(data, dict) and 'runs' in data and 'mean_fine_tuned_top1' in data:
         return title + finetune_table(data)
+    if isinstance(data, dict) and 'groups' in data and 'kinds' in data:
+        return title + op_profile_table(data)
     if isinstance(data, dict) and 'groups' in data and 'machine' in data:
         return title + layer_profile_table(data)
     nested = {k: v for k, v in data.items() if _is_benchmark(v)} if isinstance(data, dict) else {}

@@ -30,7 +30,9 @@ cpu=(--threads 2 --format markdown --quiet)
 #    designs tried and left out
 "$python" benchmarks/small_networks.py --threads 2 --output "$out/small_networks.json"
 "$python" benchmarks/layer_profile.py --threads 2 --tried --output "$out/layer_profile.json"
-# 5. the GPU, when there is one
+# 5. the whole networks by kind of operation (PyTorch's profiler), with the oneDNN-routed SC-Conv at inference
+"$python" benchmarks/op_profile.py --threads 2 --tried --output "$out/op_profile.json"
+# 6. the GPU, when there is one
 if "$python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     gpu=(--device cuda --amp --channels-last --format markdown --quiet --repeats 30 --warmup 10)
     "$scnet" benchmark "${gpu[@]}" --models resnet50 scnet50 --batch-size 1 8 64 --output "$out/gpu_infer.json"

@@ -364,3 +364,68 @@ def test_small_networks_compares_both_training_paths_at_the_given_widths(tmp_pat
     with pytest.raises(SystemExit):
         small.main(['--models', 'resnet26', 'scnet5O'])
     assert "unknown model 'scnet5O'" in capsys.readouterr().err
+
+
+def test_op_profile_sorts_every_operator_into_a_kind():
+    op_profile = _benchmarks_module('op_profile')
+    expected = {'aten::_slow_conv2d_forward': 'convolution, forward, small-map path',
+                'aten::mkldnn_convolution': 'convolution, forward',
+                'aten::convolution_backward': 'convolution, backward',
+                'aten::native_batch_norm_backward': 'batch norm', 'aten::avg_pool2d_backward': 'pooling',
+                'aten::copy_': 'copies and concatenation', 'aten::cat': 'copies and concatenation',
+                'aten::sigmoid_': 'element-wise', 'aten::threshold_backward': 'element-wise',
+                'aten::addmm': 'classifier and loss', 'aten::empty': 'framework',
+                'CalibratedHalfBackward': 'framework', 'aten::convolution': 'framework'}
+    assert {name: op_profile.kind_of(name) for name in expected} == expected
+    assert op_profile.ORDER[-1] == 'framework' and len(set(op_profile.ORDER)) == len(op_profile.ORDER)
+
+
+def test_op_profile_writes_each_models_time_by_kind(tmp_path, capsys):
+    op_profile = _benchmarks_module('op_profile')
+    out = tmp_path / 'op_profile.json'
+    threads = torch.get_num_threads()
+    try:
+        assert op_profile.main(['--models', 'resnet26_cifar', 'scnet26_cifar', '--input-size', '32',
+                                '--infer-batch', '1', '--train-batch', '2', '--infer-steps', '2',
+                                '--train-steps', '1', '--warmup', '1', '--threads', '1', '--tried',
+                                '--output', str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads(out.read_text())
+    assert report['machine']['cpu'] and report['machine']['cpu_capability']
+    assert [(g['mode'], g['batch']) for g in report['groups']] == [('infer', 1), ('train', 2)]
+    infer, train = report['groups']
+    # --tried adds the oneDNN-routed twin to inference only
+    assert [r['model'] for r in infer['rows']] == ['resnet26_cifar', 'scnet26_cifar', 'scnet26_cifar onednn_direct']
+    assert [r['model'] for r in train['rows']] == ['resnet26_cifar', 'scnet26_cifar']
+    for group in report['groups']:
+        base, sc = group['rows'][:2]
+        for row in group['rows']:
+            assert row['wall_ms'] > 0 and set(row['kinds_ms']) == set(op_profile.ORDER)
+            assert sum(row['kinds_ms'].values()) == pytest.approx(row['profiled_ms'], abs=0.05)
+            assert row['top_ops'] and row['top_ops'][0]['ms'] >= row['top_ops'][-1]['ms']
+        for kind in op_profile.ORDER:
+            assert group['excess_ms']['scnet26_cifar'][kind] == pytest.approx(
+                sc['kinds_ms'][kind] - base['kinds_ms'][kind], abs=0.002)
+    # SC-Conv's pooled context maps are small: at batch 1 PyTorch sends them to its im2col kernel, unless the
+    # tried design routes them to oneDNN (other small maps at 32 px, the 1x1 convolutions', still land there)
+    small = 'convolution, forward, small-map path'
+    assert infer['rows'][1]['kinds_ms'][small] > 0
+    sc_calls, tried_calls = (infer['rows'][i]['kinds_calls'] for i in (1, 2))
+    assert tried_calls[small] < sc_calls[small]
+    assert tried_calls['convolution, forward'] >= sc_calls['convolution, forward'] + 8  # 8 SC layers, 8 K2s
+    assert infer['rows'][1]['kinds_ms']['convolution, backward'] == 0
+    assert train['rows'][1]['kinds_ms']['convolution, backward'] > 0
+    assert 'small-map path' in capsys.readouterr().out
+    table = _benchmarks_module('tables').render_file(out, 'op_profile.json')
+    assert table.count('| kind | resnet26_cifar | scnet26_cifar | scnet26_cifar onednn_direct |') == 1
+    assert table.count('| kind | resnet26_cifar | scnet26_cifar | scnet26_cifar - resnet26_cifar |') == 1
+    assert '| convolution, forward, small-map path |' in table and 'No table' not in table
+    for bad in (['--train-steps', '0'], ['--infer-batch', '0'], ['--infer-batch', '--train-batch']):
+        with pytest.raises(SystemExit):
+            op_profile.main(bad)
+    with pytest.raises(SystemExit):
+        op_profile.main(['--models', 'resnet50', 'scnet5O'])
+    assert "unknown model 'scnet5O'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match='no SCConv2d'):
+        op_profile.build('resnet26_cifar onednn_direct', size=32)

@@ -1,0 +1,237 @@
+"""Where a whole network's time goes, by kind of operation: SCNet-50 against ResNet-50, in inference and in a
+training step, from PyTorch's profiler.
+
+    python benchmarks/op_profile.py                 # resnet50 vs scnet50: infer batch 1 and 8, train batch 16
+    python benchmarks/op_profile.py --output benchmarks/results/op_profile.json
+
+``benchmarks/layer_profile.py`` times SC-Conv layer by layer; this script answers the question a reader of a
+ratio asks next: which operations make up the difference. The models run a few warm-up steps, are timed
+without the profiler (median step, the models interleaved), then run ``--infer-steps`` or ``--train-steps`` steps each under
+``torch.profiler``. Every ATen
+operator's *self* time (the time spent in it, not in the operators it calls) is put into one kind:
+
+* ``convolution, forward`` (oneDNN) and ``convolution, forward, small-map path``: PyTorch sends a float32
+  batch-1 convolution of a small map (up to 20480 input values, 3x3 and no groups) to its im2col + GEMM
+  kernel instead of oneDNN; SC-Conv's half-width maps of stage 4 and its pooled maps land there;
+* ``convolution, backward``; ``batch norm`` (forward and backward); ``pooling``;
+* ``copies and concatenation``: ``copy_`` and ``cat`` (a convolution given a channel slice of a batch copies it
+  to a contiguous buffer first; SC-Conv's two halves and its output are such slices);
+* ``element-wise``: additions, products, activations, sigmoid, fills, the optimiser's updates;
+* ``classifier and loss``; and ``framework`` for the rest (allocation, views, autograd's own bookkeeping,
+  Python-level autograd functions).
+
+The per-step milliseconds of each kind, the top operators, and each model's excess over the first model
+(the baseline) are written as JSON with the machine's facts; ``benchmarks/tables.py`` renders it.
+
+``--tried`` adds to the inference groups the last model with every SC-Conv computed by ``layer_profile.py``'s
+``onednn_direct`` design (each convolution through ``aten.mkldnn_convolution``, past PyTorch's small-map cut-off),
+labelled ``<model> onednn_direct``: its outputs are checked against the model's first (random weights and
+BatchNorm statistics, so that every branch counts), then it is timed and profiled with the others.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from scnet import SCConv2d, create_model  # noqa: E402
+from scnet.bench.machine import machine_facts  # noqa: E402
+from scnet.errors import UnknownModelError  # noqa: E402
+from scnet.files import write_json_atomic  # noqa: E402
+from scnet.models.factory import validate_model_name  # noqa: E402
+
+#: (kind, pattern on the operator's name), first match wins; anything else is "framework".
+KINDS = [
+    ('convolution, forward, small-map path', r'^aten::(_slow_conv2d_forward|thnn_conv2d|slow_conv_dilated2d)$'),
+    ('convolution, forward', r'^aten::(mkldnn_convolution|_convolution_overrideable|conv_depthwise2d)$'),
+    ('convolution, backward', r'^aten::(convolution_backward|_slow_conv2d_backward|mkldnn_convolution_backward'
+                              r'|slow_conv_dilated2d_backward)'),
+    ('batch norm', r'batch_norm'),
+    ('pooling', r'^aten::(max_pool2d|avg_pool2d|adaptive_avg_pool2d|adaptive_max_pool2d|mean)'),
+    ('copies and concatenation', r'^aten::(copy_|cat|_to_copy)$'),
+    ('classifier and loss', r'^aten::(addmm|mm|_log_softmax|_log_softmax_backward_data|nll_loss)'),
+    ('element-wise', r'^aten::(add|add_|sub|sub_|mul|mul_|div|div_|sigmoid|sigmoid_|sigmoid_backward|relu|relu_'
+                     r'|clamp_min|clamp_min_|threshold_backward|addcmul|addcmul_|addcdiv|addcdiv_|fill_|zero_|lerp_'
+                     r'|neg|where|sum|_foreach_\w+)$'),
+]
+FRAMEWORK = 'framework'
+ORDER = [kind for kind, _ in KINDS] + [FRAMEWORK]
+_PATTERNS = [(kind, re.compile(pattern)) for kind, pattern in KINDS]
+
+
+def kind_of(op_name: str) -> str:
+    """The kind an operator's self time is counted under (see the module doc)."""
+    for kind, pattern in _PATTERNS:
+        if pattern.search(op_name):
+            return kind
+    return FRAMEWORK
+
+
+TRIED_SUFFIX = ' onednn_direct'
+
+
+def build(label: str, size: int = 224) -> torch.nn.Module:
+    """The zoo model ``label`` names, or (``<model> onednn_direct``) that model with every ``SCConv2d`` computed
+    by ``layer_profile.onednn_direct``, checked against the model's own output first."""
+    if not label.endswith(TRIED_SUFFIX):
+        return create_model(label)
+    import functools
+
+    import layer_profile  # the sibling script (benchmarks/ is on sys.path, above)
+    from tests.authors_reference import randomize_
+    model = randomize_(create_model(label[:-len(TRIED_SUFFIX)])).eval()
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(x)
+        layers = [m for m in model.modules() if isinstance(m, SCConv2d)]
+        if not layers:
+            raise ValueError(f'{label}: the model has no SCConv2d layer to compute another way')
+        for layer in layers:
+            layer.forward = functools.partial(layer_profile.onednn_direct, layer)
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    return model
+
+
+def _step_fn(model: torch.nn.Module, mode: str, batch: int, size: int, channels_last: bool) -> Callable[[], None]:
+    """One inference batch (under ``no_grad``) or one SGD training step, on fixed random data."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=gen)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)
+    if mode == 'infer':
+        model.eval()
+
+        def infer() -> None:
+            with torch.no_grad():
+                model(x)
+        return infer
+    model.train()
+    target = torch.randint(0, 1000, (batch,), generator=gen) % model.num_classes
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def train() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), target).backward()
+        opt.step()
+    return train
+
+
+def profile_models(names: List[str], mode: str, batch: int, *, size: int = 224, steps: int = 3, warmup: int = 2,
+                   channels_last: bool = False, top: int = 10) -> List[Dict[str, object]]:
+    """Per model: the median step time without the profiler (the models interleaved step by step, so that a
+    machine's drift reaches all of them alike), then under the profiler the per-step self time and number of
+    calls of each kind, and the top operators."""
+    fns = []
+    for name in names:
+        torch.manual_seed(0)
+        fns.append(_step_fn(build(name, size), mode, batch, size, channels_last))
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    wall: List[List[float]] = [[] for _ in names]
+    for _ in range(steps):
+        for times, fn in zip(wall, fns):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    rows = []
+    for name, fn, times in zip(names, fns, wall):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                fn()
+        kinds = {kind: 0.0 for kind in ORDER}
+        calls = {kind: 0.0 for kind in ORDER}
+        ops = []
+        for event in prof.key_averages():
+            ms = event.self_cpu_time_total / 1e3 / steps
+            kinds[kind_of(event.key)] += ms
+            calls[kind_of(event.key)] += event.count / steps
+            ops.append({'op': event.key, 'kind': kind_of(event.key), 'ms': round(ms, 3),
+                        'calls': round(event.count / steps, 2)})
+        ops.sort(key=lambda op: -op['ms'])
+        rows.append({'model': name, 'mode': mode, 'batch': batch,
+                     'wall_ms': round(statistics.median(times) * 1e3, 2),
+                     'profiled_ms': round(sum(kinds.values()), 2),
+                     'kinds_ms': {k: round(v, 3) for k, v in kinds.items()},
+                     'kinds_calls': {k: round(v, 2) for k, v in calls.items()}, 'top_ops': ops[:top]})
+    return rows
+
+
+def excess(rows: List[Dict[str, object]]) -> Dict[str, Dict[str, float]]:
+    """Per model after the first: milliseconds per kind above (or below) the first model's, in one group."""
+    base = rows[0]['kinds_ms']
+    return {row['model']: {kind: round(row['kinds_ms'][kind] - base[kind], 3) for kind in ORDER}
+            for row in rows[1:]}
+
+
+def _print_group(group: Dict[str, object]) -> None:
+    rows = group['rows']
+    print(f"\n{group['mode']}, batch {group['batch']}: ms per step (self time by kind; wall time unprofiled)")
+    width = max(len(kind) for kind in ORDER)
+    print(f'{"":<{width}} ' + ' '.join(f'{row["model"]:>12}' for row in rows))
+    for kind in ORDER:
+        print(f'{kind:<{width}} ' + ' '.join(f'{row["kinds_ms"][kind]:>12.2f}' for row in rows))
+    print(f'{"all (profiled)":<{width}} ' + ' '.join(f'{row["profiled_ms"]:>12.2f}' for row in rows))
+    print(f'{"wall, unprofiled":<{width}} ' + ' '.join(f'{row["wall_ms"]:>12.2f}' for row in rows))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--models', nargs='+', default=['resnet50', 'scnet50'],
+                        help='zoo models; the first is the baseline of the excess (default: resnet50 scnet50)')
+    parser.add_argument('--infer-batch', type=int, nargs='*', default=[1, 8], help='inference batch sizes')
+    parser.add_argument('--train-batch', type=int, nargs='*', default=[16], help='training batch sizes')
+    parser.add_argument('--input-size', type=int, default=224, help='square input size in pixels (default: 224)')
+    parser.add_argument('--infer-steps', type=int, default=20,
+                        help='timed and profiled inference batches per model (default: 20)')
+    parser.add_argument('--train-steps', type=int, default=4,
+                        help='timed and profiled training steps per model (default: 4)')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed steps first (default: 2)')
+    parser.add_argument('--threads', type=int, default=2, help='torch.set_num_threads (default: 2)')
+    parser.add_argument('--channels-last', action='store_true', help='weights and inputs channels-last')
+    parser.add_argument('--tried', action='store_true',
+                        help="also profile, in inference, the last model with layer_profile.py's onednn_direct "
+                             'design in every SC-Conv (see above)')
+    parser.add_argument('--output', metavar='FILE', help='write the JSON report here')
+    args = parser.parse_args(argv)
+    if min(args.infer_steps, args.train_steps, args.threads, args.input_size) < 1 or args.warmup < 0:
+        parser.error('--infer-steps, --train-steps, --threads and --input-size must be at least 1, '
+                     '--warmup at least 0')
+    if any(b < 1 for b in args.infer_batch + args.train_batch) or not args.infer_batch + args.train_batch:
+        parser.error('give at least one batch size, each at least 1')
+    for name in args.models:
+        try:
+            validate_model_name(name)
+        except UnknownModelError as e:
+            parser.error(str(e))
+    torch.set_num_threads(args.threads)
+    report = {'machine': machine_facts(), 'settings': vars(args), 'kinds': ORDER, 'groups': []}
+    for mode, batches, steps in (('infer', args.infer_batch, args.infer_steps),
+                                 ('train', args.train_batch, args.train_steps)):
+        models = args.models + [args.models[-1] + TRIED_SUFFIX] if args.tried and mode == 'infer' else args.models
+        for batch in batches:
+            rows = profile_models(models, mode, batch, size=args.input_size, steps=steps,
+                                  warmup=args.warmup, channels_last=args.channels_last)
+            group = {'mode': mode, 'batch': batch, 'rows': rows, 'excess_ms': excess(rows)}
+            report['groups'].append(group)
+            _print_group(group)
+    print(f'\n{report["machine"]["cpu"]}, {report["machine"]["cpu_capability"]}, {args.threads} threads')
+    if args.output:
+        write_json_atomic(report, args.output)
+        print(f'wrote {args.output}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
