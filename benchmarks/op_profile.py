@@ -3,12 +3,14 @@ training step, from PyTorch's profiler.
 
     python benchmarks/op_profile.py                 # resnet50 vs scnet50: infer batch 1 and 8, train batch 16
     python benchmarks/op_profile.py --output benchmarks/results/op_profile.json
+    python benchmarks/op_profile.py --models resnet26_cifar scnet26_cifar --channels 16 32 64 128 \
+        --input-size 32 --infer-batch --train-batch 64        # the small networks' training step
 
 ``benchmarks/layer_profile.py`` times SC-Conv layer by layer; this script answers the question a reader of a
 ratio asks next: which operations make up the difference. The models run a few warm-up steps, are timed
-without the profiler (median step, the models interleaved), then run ``--infer-steps`` or ``--train-steps`` steps each under
-``torch.profiler``. Every ATen
-operator's *self* time (the time spent in it, not in the operators it calls) is put into one kind:
+without the profiler (median step, the models interleaved), then run ``--infer-steps`` or ``--train-steps``
+steps each under ``torch.profiler``. Every ATen operator's *self* time (the time spent in it, not in the
+operators it calls) is put into one kind:
 
 * ``convolution, forward`` (oneDNN) and ``convolution, forward, small-map path``: PyTorch sends a float32
   batch-1 convolution of a small map (up to 20480 input values, 3x3 and no groups) to its im2col + GEMM
@@ -80,16 +82,16 @@ def kind_of(op_name: str) -> str:
 TRIED_SUFFIX = ' onednn_direct'
 
 
-def build(label: str, size: int = 224) -> torch.nn.Module:
-    """The zoo model ``label`` names, or (``<model> onednn_direct``) that model with every ``SCConv2d`` computed
-    by ``layer_profile.onednn_direct``, checked against the model's own output first."""
+def build(label: str, size: int = 224, **kwargs) -> torch.nn.Module:
+    """The zoo model ``label`` names (``kwargs`` to ``create_model``), or (``<model> onednn_direct``) that model
+    with every ``SCConv2d`` computed by ``layer_profile.onednn_direct``, checked against its own output first."""
     if not label.endswith(TRIED_SUFFIX):
-        return create_model(label)
+        return create_model(label, **kwargs)
     import functools
 
     import layer_profile  # the sibling script (benchmarks/ is on sys.path, above)
     from tests.authors_reference import randomize_
-    model = randomize_(create_model(label[:-len(TRIED_SUFFIX)])).eval()
+    model = randomize_(create_model(label[:-len(TRIED_SUFFIX)], **kwargs)).eval()
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(x)
@@ -128,14 +130,16 @@ def _step_fn(model: torch.nn.Module, mode: str, batch: int, size: int, channels_
 
 
 def profile_models(names: List[str], mode: str, batch: int, *, size: int = 224, steps: int = 3, warmup: int = 2,
-                   channels_last: bool = False, top: int = 10) -> List[Dict[str, object]]:
+                   channels_last: bool = False, top: int = 10, **kwargs) -> List[Dict[str, object]]:
     """Per model: the median step time without the profiler (the models interleaved step by step, so that a
     machine's drift reaches all of them alike), then under the profiler the per-step self time and number of
     calls of each kind, and the top operators."""
-    fns = []
+    fns, params = [], []
     for name in names:
         torch.manual_seed(0)
-        fns.append(_step_fn(build(name, size), mode, batch, size, channels_last))
+        model = build(name, size, **kwargs)
+        params.append(sum(p.numel() for p in model.parameters()))
+        fns.append(_step_fn(model, mode, batch, size, channels_last))
     for fn in fns:
         for _ in range(warmup):
             fn()
@@ -146,7 +150,7 @@ def profile_models(names: List[str], mode: str, batch: int, *, size: int = 224, 
             fn()
             times.append(time.perf_counter() - start)
     rows = []
-    for name, fn, times in zip(names, fns, wall):
+    for name, fn, times, count in zip(names, fns, wall, params):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(steps):
                 fn()
@@ -160,7 +164,7 @@ def profile_models(names: List[str], mode: str, batch: int, *, size: int = 224, 
             ops.append({'op': event.key, 'kind': kind_of(event.key), 'ms': round(ms, 3),
                         'calls': round(event.count / steps, 2)})
         ops.sort(key=lambda op: -op['ms'])
-        rows.append({'model': name, 'mode': mode, 'batch': batch,
+        rows.append({'model': name, 'mode': mode, 'batch': batch, 'parameters': count,
                      'wall_ms': round(statistics.median(times) * 1e3, 2),
                      'profiled_ms': round(sum(kinds.values()), 2),
                      'kinds_ms': {k: round(v, 3) for k, v in kinds.items()},
@@ -199,6 +203,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='timed and profiled training steps per model (default: 4)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps first (default: 2)')
     parser.add_argument('--threads', type=int, default=2, help='torch.set_num_threads (default: 2)')
+    parser.add_argument('--channels', type=int, nargs=4, metavar='C',
+                        help="the four stages' widths, for the models that take them (the *_cifar ones): "
+                             'e.g. 16 32 64 128, the small networks of benchmarks/small_networks.py')
     parser.add_argument('--channels-last', action='store_true', help='weights and inputs channels-last')
     parser.add_argument('--tried', action='store_true',
                         help="also profile, in inference, the last model with layer_profile.py's onednn_direct "
@@ -215,6 +222,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             validate_model_name(name)
         except UnknownModelError as e:
             parser.error(str(e))
+    if args.channels and (min(args.channels) < 2 or any(c % 2 for c in args.channels)):
+        parser.error('--channels must be even widths (SC-Conv splits each in two halves)')
+    widths = {'channels': tuple(args.channels)} if args.channels else {}
     torch.set_num_threads(args.threads)
     report = {'machine': machine_facts(), 'settings': vars(args), 'kinds': ORDER, 'groups': []}
     for mode, batches, steps in (('infer', args.infer_batch, args.infer_steps),
@@ -222,7 +232,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         models = args.models + [args.models[-1] + TRIED_SUFFIX] if args.tried and mode == 'infer' else args.models
         for batch in batches:
             rows = profile_models(models, mode, batch, size=args.input_size, steps=steps,
-                                  warmup=args.warmup, channels_last=args.channels_last)
+                                  warmup=args.warmup, channels_last=args.channels_last, **widths)
             group = {'mode': mode, 'batch': batch, 'rows': rows, 'excess_ms': excess(rows)}
             report['groups'].append(group)
             _print_group(group)

@@ -32,6 +32,8 @@ cpu=(--threads 2 --format markdown --quiet)
 "$python" benchmarks/layer_profile.py --threads 2 --tried --output "$out/layer_profile.json"
 # 5. the whole networks by kind of operation (PyTorch's profiler), with the oneDNN-routed SC-Conv at inference
 "$python" benchmarks/op_profile.py --threads 2 --tried --output "$out/op_profile.json"
+"$python" benchmarks/op_profile.py --threads 2 --models resnet26_cifar scnet26_cifar --channels 16 32 64 128 \
+    --input-size 32 --infer-batch --train-batch 64 --train-steps 10 --output "$out/op_profile_small_networks.json"
 # 6. the GPU, when there is one
 if "$python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     gpu=(--device cuda --amp --channels-last --format markdown --quiet --repeats 30 --warmup 10)

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from scnet import SCConv2d
+from scnet import SCConv2d, create_model
 from scnet.bench.cases import BenchmarkError, Contender, Settings, build_step
 from scnet.bench.machine import machine_facts
 from scnet.bench.memory import cpu_step_peak
@@ -386,6 +386,7 @@ def test_op_profile_writes_each_models_time_by_kind(tmp_path, capsys):
     threads = torch.get_num_threads()
     try:
         assert op_profile.main(['--models', 'resnet26_cifar', 'scnet26_cifar', '--input-size', '32',
+                                '--channels', '8', '16', '16', '32',
                                 '--infer-batch', '1', '--train-batch', '2', '--infer-steps', '2',
                                 '--train-steps', '1', '--warmup', '1', '--threads', '1', '--tried',
                                 '--output', str(out)]) == 0
@@ -393,6 +394,9 @@ def test_op_profile_writes_each_models_time_by_kind(tmp_path, capsys):
         torch.set_num_threads(threads)
     report = json.loads(out.read_text())
     assert report['machine']['cpu'] and report['machine']['cpu_capability']
+    assert report['settings']['channels'] == [8, 16, 16, 32]
+    widths = sum(p.numel() for p in create_model('scnet26_cifar', channels=(8, 16, 16, 32)).parameters())
+    assert report['groups'][0]['rows'][1]['parameters'] == widths
     assert [(g['mode'], g['batch']) for g in report['groups']] == [('infer', 1), ('train', 2)]
     infer, train = report['groups']
     # --tried adds the oneDNN-routed twin to inference only
@@ -421,7 +425,8 @@ def test_op_profile_writes_each_models_time_by_kind(tmp_path, capsys):
     assert table.count('| kind | resnet26_cifar | scnet26_cifar | scnet26_cifar onednn_direct |') == 1
     assert table.count('| kind | resnet26_cifar | scnet26_cifar | scnet26_cifar - resnet26_cifar |') == 1
     assert '| convolution, forward, small-map path |' in table and 'No table' not in table
-    for bad in (['--train-steps', '0'], ['--infer-batch', '0'], ['--infer-batch', '--train-batch']):
+    for bad in (['--train-steps', '0'], ['--infer-batch', '0'], ['--infer-batch', '--train-batch'],
+                ['--channels', '8', '16', '16', '33']):
         with pytest.raises(SystemExit):
             op_profile.main(bad)
     with pytest.raises(SystemExit):
