@@ -434,3 +434,19 @@ def test_op_profile_writes_each_models_time_by_kind(tmp_path, capsys):
     assert "unknown model 'scnet5O'" in capsys.readouterr().err
     with pytest.raises(ValueError, match='no SCConv2d'):
         op_profile.build('resnet26_cifar onednn_direct', size=32)
+
+
+def test_op_profile_channels_last_keeps_the_small_map_path(tmp_path):
+    # what docs/performance.md says: a channels-last network's small batch-1 maps still skip oneDNN
+    op_profile = _benchmarks_module('op_profile')
+    out = tmp_path / 'op_profile_cl.json'
+    threads = torch.get_num_threads()
+    try:
+        assert op_profile.main(['--models', 'scnet26_cifar', '--input-size', '32', '--channels', '8', '16', '16', '32',
+                                '--infer-batch', '1', '--train-batch', '--infer-steps', '1', '--warmup', '0',
+                                '--threads', '1', '--channels-last', '--output', str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads(out.read_text())
+    assert report['settings']['channels_last'] is True and report['groups'][0]['excess_ms'] == {}
+    assert report['groups'][0]['rows'][0]['kinds_calls']['convolution, forward, small-map path'] >= 8  # the K2s
