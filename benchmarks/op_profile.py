@@ -204,8 +204,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps first (default: 2)')
     parser.add_argument('--threads', type=int, default=2, help='torch.set_num_threads (default: 2)')
     parser.add_argument('--channels', type=int, nargs=4, metavar='C',
-                        help="the four stages' widths, for the models that take them (the *_cifar ones): "
-                             'e.g. 16 32 64 128, the small networks of benchmarks/small_networks.py')
+                        help="the four stages' widths (timm's ResNet `channels`): e.g. 16 32 64 128 with the "
+                             '*_cifar models, the small networks of benchmarks/small_networks.py')
     parser.add_argument('--channels-last', action='store_true', help='weights and inputs channels-last')
     parser.add_argument('--tried', action='store_true',
                         help="also profile, in inference, the last model with layer_profile.py's onednn_direct "
@@ -225,6 +225,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.channels and (min(args.channels) < 2 or any(c % 2 for c in args.channels)):
         parser.error('--channels must be even widths (SC-Conv splits each in two halves)')
     widths = {'channels': tuple(args.channels)} if args.channels else {}
+    if args.tried and not any(isinstance(m, SCConv2d) for m in create_model(args.models[-1], **widths).modules()):
+        parser.error(f'--tried computes SC-Conv another way: the last model, {args.models[-1]}, has no SC-Conv '
+                     '(put an SC model last)')
     torch.set_num_threads(args.threads)
     report = {'machine': machine_facts(), 'settings': vars(args), 'kinds': ORDER, 'groups': []}
     for mode, batches, steps in (('infer', args.infer_batch, args.infer_steps),

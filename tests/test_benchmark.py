@@ -432,6 +432,9 @@ def test_op_profile_writes_each_models_time_by_kind(tmp_path, capsys):
     with pytest.raises(SystemExit):
         op_profile.main(['--models', 'resnet50', 'scnet5O'])
     assert "unknown model 'scnet5O'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        op_profile.main(['--models', 'scnet26_cifar', 'resnet26_cifar', '--channels', '8', '8', '8', '8', '--tried'])
+    assert 'resnet26_cifar, has no SC-Conv' in capsys.readouterr().err
     with pytest.raises(ValueError, match='no SCConv2d'):
         op_profile.build('resnet26_cifar onednn_direct', size=32)
 
