@@ -3,7 +3,7 @@ training step, from PyTorch's profiler.
 
     python benchmarks/op_profile.py                 # resnet50 vs scnet50: infer batch 1 and 8, train batch 16
     python benchmarks/op_profile.py --output benchmarks/results/op_profile.json
-    python benchmarks/op_profile.py --models resnet26_cifar scnet26_cifar --channels 16 32 64 128 \
+    python benchmarks/op_profile.py --models resnet26_cifar scnet26_cifar --channels 16 32 64 128 \\
         --input-size 32 --infer-batch --train-batch 64        # the small networks' training step
 
 ``benchmarks/layer_profile.py`` times SC-Conv layer by layer; this script answers the question a reader of a

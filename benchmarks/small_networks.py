@@ -3,7 +3,7 @@ one-map training path (``memory_efficient=True``, the default) and with plain au
 
     python benchmarks/small_networks.py                      # channels 16-32-64-128, 32 px, batch 64
     python benchmarks/small_networks.py --output benchmarks/results/small_networks.json
-    python benchmarks/small_networks.py --models resnet50 scnet50 --channels 64 128 256 512 --input-size 224 \
+    python benchmarks/small_networks.py --models resnet50 scnet50 --channels 64 128 256 512 --input-size 224 \\
         --batch-size 16 --output benchmarks/results/recompute_scnet50.json     # the same choice on SCNet-50
 
 The embedded dataset's network is this size: the issue's target is scnet26_cifar's step at most 1.1x
