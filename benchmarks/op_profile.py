@@ -222,6 +222,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             validate_model_name(name)
         except UnknownModelError as e:
             parser.error(str(e))
+    if len(set(args.models)) != len(args.models):
+        parser.error(f'--models: give each model once (got {" ".join(args.models)})')
     if args.channels and (min(args.channels) < 2 or any(c % 2 for c in args.channels)):
         parser.error('--channels must be even widths (SC-Conv splits each in two halves)')
     widths = {'channels': tuple(args.channels)} if args.channels else {}

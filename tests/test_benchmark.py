@@ -426,7 +426,7 @@ def test_op_profile_writes_each_models_time_by_kind(tmp_path, capsys):
     assert table.count('| kind | resnet26_cifar | scnet26_cifar | scnet26_cifar - resnet26_cifar |') == 1
     assert '| convolution, forward, small-map path |' in table and 'No table' not in table
     for bad in (['--train-steps', '0'], ['--infer-batch', '0'], ['--infer-batch', '--train-batch'],
-                ['--channels', '8', '16', '16', '33']):
+                ['--channels', '8', '16', '16', '33'], ['--models', 'scnet50', 'scnet50']):
         with pytest.raises(SystemExit):
             op_profile.main(bad)
     with pytest.raises(SystemExit):
