@@ -240,6 +240,27 @@ def test_readme_speed_table_quotes_the_committed_results():
     assert ceiling[2] == f"{profile_model('resnet50')['macs_g'] / profile_model('scnet50')['macs_g']:.2f}"
 
 
+def test_readme_operation_profile_quotes_the_committed_results():
+    """The README's table of where SCNet-50's extra time goes is op_profile.json's, row by row."""
+    section = README.split('## Speed', 1)[1].split('\n## ', 1)[0]
+    report = json.loads((ROOT / 'benchmarks' / 'results' / 'op_profile.json').read_text())
+    groups = report['groups']
+    header = re.search(r'^\| kind \| (.+) \|$', section, re.M).group(1).split(' | ')
+    assert header == [('inference' if g['mode'] == 'infer' else 'training step') + f", batch {g['batch']}"
+                      for g in groups]
+    rows = {m.group(1): m.group(2).split(' | ') for m in re.finditer(r'^\| ([^|]+?) \| ([-+\d. |]+) \|$', section,
+                                                                     re.M)}
+    for kind in report['kinds']:
+        assert rows[kind] == [f"{g['excess_ms']['scnet50'][kind]:+.1f}" for g in groups], kind
+
+    def model(group, name):
+        return next(r for r in group['rows'] if r['model'] == name)
+    assert rows['wall time, unprofiled'] == [
+        f"{model(g, 'scnet50')['wall_ms'] - model(g, 'resnet50')['wall_ms']:+.1f}" for g in groups]
+    assert rows["ResNet-50's wall time"] == [f"{model(g, 'resnet50')['wall_ms']:.1f}" for g in groups]
+    assert report['machine']['cpu'] == 'AMD EPYC' and report['machine']['cpu_capability'] == 'AVX512'
+
+
 def test_readme_lists_every_command():
     from scnet.cli.main import COMMANDS
 
