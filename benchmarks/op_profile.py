@@ -197,10 +197,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--infer-batch', type=int, nargs='*', default=[1, 8], help='inference batch sizes')
     parser.add_argument('--train-batch', type=int, nargs='*', default=[16], help='training batch sizes')
     parser.add_argument('--input-size', type=int, default=224, help='square input size in pixels (default: 224)')
-    parser.add_argument('--infer-steps', type=int, default=20,
-                        help='timed and profiled inference batches per model (default: 20)')
-    parser.add_argument('--train-steps', type=int, default=4,
-                        help='timed and profiled training steps per model (default: 4)')
+    parser.add_argument('--infer-steps', type=int, default=40,
+                        help='timed and profiled inference batches per model (default: 40)')
+    parser.add_argument('--train-steps', type=int, default=8,
+                        help='timed and profiled training steps per model (default: 8)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps first (default: 2)')
     parser.add_argument('--threads', type=int, default=2, help='torch.set_num_threads (default: 2)')
     parser.add_argument('--channels', type=int, nargs=4, metavar='C',

@@ -250,13 +250,15 @@ def test_readme_operation_profile_quotes_the_committed_results():
                       for g in groups]
     rows = {m.group(1): m.group(2).split(' | ') for m in re.finditer(r'^\| ([^|]+?) \| ([-+\d. |]+) \|$', section,
                                                                      re.M)}
+    def signed(ms):  # a difference that rounds to zero is written +0.0
+        return f'{ms:+.1f}'.replace('-0.0', '+0.0')
     for kind in report['kinds']:
-        assert rows[kind] == [f"{g['excess_ms']['scnet50'][kind]:+.1f}" for g in groups], kind
+        assert rows[kind] == [signed(g['excess_ms']['scnet50'][kind]) for g in groups], kind
 
     def model(group, name):
         return next(r for r in group['rows'] if r['model'] == name)
     assert rows['wall time, unprofiled'] == [
-        f"{model(g, 'scnet50')['wall_ms'] - model(g, 'resnet50')['wall_ms']:+.1f}" for g in groups]
+        signed(model(g, 'scnet50')['wall_ms'] - model(g, 'resnet50')['wall_ms']) for g in groups]
     assert rows["ResNet-50's wall time"] == [f"{model(g, 'resnet50')['wall_ms']:.1f}" for g in groups]
     assert report['machine']['cpu'] == 'AMD EPYC' and report['machine']['cpu_capability'] == 'AVX512'
 
