@@ -167,6 +167,15 @@ def network_totals(rows: List[Dict[str, object]]) -> Dict[str, float]:
     return totals
 
 
+def finish_report(report: Dict[str, object], threads: int, output) -> None:
+    """Print the machine a profile ran on and write its JSON report to ``output`` (when given); op_profile.py
+    ends the same way."""
+    print(f'\n{report["machine"]["cpu"]}, {report["machine"]["cpu_capability"]}, {threads} threads')
+    if output:
+        write_json_atomic(report, output)
+        print(f'wrote {output}')
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--threads', type=int, default=2, help='torch.set_num_threads (default: 2)')
@@ -200,10 +209,7 @@ def main(argv=None) -> int:
                 if name in totals:
                     print(f'{"tried: " + name:>24} {totals[name]:>9.1f} ms over all conv2 layers, '
                           f'{totals[name] / totals["scconv"]:.2f}x the layer as built')
-    print(f'\n{report["machine"]["cpu"]}, {report["machine"]["cpu_capability"]}, {args.threads} threads')
-    if args.output:
-        write_json_atomic(report, args.output)
-        print(f'wrote {args.output}')
+    finish_report(report, args.threads, args.output)
     return 0
 
 

@@ -49,8 +49,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scnet import SCConv2d, create_model  # noqa: E402
 from scnet.bench.machine import machine_facts  # noqa: E402
 from scnet.errors import UnknownModelError  # noqa: E402
-from scnet.files import write_json_atomic  # noqa: E402
 from scnet.models.factory import validate_model_name  # noqa: E402
+
+import layer_profile  # noqa: E402  (the sibling script: benchmarks/ is on sys.path, above)
 
 #: (kind, pattern on the operator's name), first match wins; anything else is "framework".
 KINDS = [
@@ -89,7 +90,6 @@ def build(label: str, size: int = 224, **kwargs) -> torch.nn.Module:
         return create_model(label, **kwargs)
     import functools
 
-    import layer_profile  # the sibling script (benchmarks/ is on sys.path, above)
     from tests.authors_reference import randomize_
     model = randomize_(create_model(label[:-len(TRIED_SUFFIX)], **kwargs)).eval()
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
@@ -158,11 +158,10 @@ def profile_models(names: List[str], mode: str, batch: int, *, size: int = 224, 
         calls = {kind: 0.0 for kind in ORDER}
         ops = []
         for event in prof.key_averages():
-            ms = event.self_cpu_time_total / 1e3 / steps
-            kinds[kind_of(event.key)] += ms
-            calls[kind_of(event.key)] += event.count / steps
-            ops.append({'op': event.key, 'kind': kind_of(event.key), 'ms': round(ms, 3),
-                        'calls': round(event.count / steps, 2)})
+            kind, ms, n = kind_of(event.key), event.self_cpu_time_total / 1e3 / steps, event.count / steps
+            kinds[kind] += ms
+            calls[kind] += n
+            ops.append({'op': event.key, 'kind': kind, 'ms': round(ms, 3), 'calls': round(n, 2)})
         ops.sort(key=lambda op: -op['ms'])
         rows.append({'model': name, 'mode': mode, 'batch': batch, 'parameters': count,
                      'wall_ms': round(statistics.median(times) * 1e3, 2),
@@ -241,10 +240,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             group = {'mode': mode, 'batch': batch, 'rows': rows, 'excess_ms': excess(rows)}
             report['groups'].append(group)
             _print_group(group)
-    print(f'\n{report["machine"]["cpu"]}, {report["machine"]["cpu_capability"]}, {args.threads} threads')
-    if args.output:
-        write_json_atomic(report, args.output)
-        print(f'wrote {args.output}')
+    layer_profile.finish_report(report, args.threads, args.output)
     return 0
 
 
