@@ -2,11 +2,16 @@
 script cannot rot between the sessions that have a GPU."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
+
+from tests.test_benchmark import _benchmarks_module
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ('compile_warmup', 'train_amp', 'ddp', 'gate_op', 'models_eager', 'models_compiled')
@@ -16,9 +21,12 @@ MODELS = {'resnet50', 'scnet50', "scnet50 authors' structure"}
 @pytest.mark.slow
 def test_dry_run_writes_every_section(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS='1')
-    proc = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu.sh'), '--dry-run', '--output-dir', str(tmp_path)],
+    proc = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu.sh'), '--dry-run', '--output-dir', str(tmp_path),
+                           '--log-dir', str(tmp_path / 'logs')],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    # the sections in their own processes (Triton's interpreter, torchrun) left their logs where asked
+    assert {'gate_op.log', 'ddp.log'} <= {p.name for p in (tmp_path / 'logs').iterdir()}
     report = json.loads((tmp_path / 'gpu_dry_run.json').read_text())
     assert report['dry_run'] is True and not (tmp_path / 'gpu.json').exists()
     assert {'cpu', 'versions', 'torch_threads'} <= set(report['machine'])
@@ -46,6 +54,9 @@ def test_dry_run_writes_every_section(tmp_path):
         for run in runs:
             assert 'error' not in run and 'skipped' not in run, (name, run)
             assert {r['model'] for r in run['results']} == MODELS
+            if name == 'models_compiled':  # resnet50 and scnet50 interleaved, then the authors' structure alone
+                assert [r['model'] for r in run['results'] if r.get('timed_separately')] == [
+                    "scnet50 authors' structure"]
             assert all(r['images_per_s'] > 0 and r['speed_ratio'] > 0 for r in run['results'])
 
     warm = sections['compile_warmup']['result']['compile_s']
@@ -59,3 +70,60 @@ def test_dry_run_writes_every_section(tmp_path):
     assert {(e['variant'], e['mode'], e['batch_size']) for e in summary} == {
         (v, m, b) for v in ('eager', 'compiled') for m, b in (('infer', 1), ('infer', 2), ('train', 2))}
     assert all('meets_target' in e for e in summary if e['batch_size'] == 1)
+
+
+def test_layer_eager_column_times_the_layer_without_the_fused_gate(monkeypatch):
+    """On a GPU ``calibrated_product`` takes the Triton kernels for every tensor; the report's ``layer_eager``
+    column must time the layer's ATen path instead."""
+    from scnet.layers import calibration
+
+    gpu = _benchmarks_module('gpu')
+
+    def fused(*args):
+        raise AssertionError('the fused gate ran')
+
+    monkeypatch.setattr(calibration, 'gate_op_available', lambda tensor: True)
+    monkeypatch.setattr(calibration, 'gated_product', fused)
+    f, x, ctx = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.randn(1, 4, 2, 2)
+    with pytest.raises(AssertionError, match='fused gate ran'):
+        calibration.calibrated_product(f, x, ctx, True, 'nearest')
+    with gpu._layer_without_fused_gate():
+        y = calibration.calibrated_product(f, x, ctx, True, 'nearest')
+    up = torch.nn.functional.interpolate(ctx, size=(8, 8), mode='nearest')
+    torch.testing.assert_close(y, f * torch.sigmoid(x + up))
+
+
+def test_terminated_run_ends_its_workers(tmp_path):
+    """A time limit from outside (SIGTERM to the driver) ends the workers too, though each runs in its own
+    session, and leaves their logs."""
+    logs = tmp_path / 'logs'
+    env = dict(os.environ, OMP_NUM_THREADS='1', TMPDIR=str(tmp_path))  # the workers' configs lie under tmp_path
+    driver = subprocess.Popen([sys.executable, str(REPO / 'benchmarks' / 'gpu.py'), '--dry-run', '--sections',
+                               'gate_op', '--output-dir', str(tmp_path), '--log-dir', str(logs)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        give_up = time.time() + 60
+        while not (logs / 'gate_op.log').exists() and driver.poll() is None and time.time() < give_up:
+            time.sleep(0.1)
+        assert driver.poll() is None, driver.stderr.read()[-2000:]
+        assert (logs / 'gate_op.log').exists()
+        time.sleep(0.5)
+        driver.send_signal(signal.SIGTERM)
+        assert driver.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+
+    def workers():
+        found = []
+        for cmdline in Path('/proc').glob('[0-9]*/cmdline'):
+            try:
+                text = cmdline.read_bytes().replace(b'\0', b' ').decode(errors='replace')
+            except OSError:
+                continue
+            if str(tmp_path) in text and '--worker' in text:
+                found.append(text)
+        return found
+
+    assert workers() == []
+    assert (logs / 'gate_op.log').exists()
