@@ -920,7 +920,6 @@ def orchestrate(dry_run: bool, output_dir: Path, total_budget: Optional[float], 
             if name in sections and sections[name].get('status') != 'skipped':
                 sections[name]['note'] = ('timed while the compile warm-up ran beside it on the same GPU and '
                                           'CPUs: a check that it runs, its speed not comparable with models_eager')
-    if warm:
         t_warm = start + profile['budgets']['compile_warmup']
         sections['compile_warmup'] = _combine_warm(
             {tag: p.wait(min(t_warm, deadline) - time.time()) for tag, p in warm.items()}, time.time() - start)

@@ -13,5 +13,5 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-compile -c constraints/ci.txt -e ".[test]" \
     2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m compileall -q -j 0 "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
-    > /dev/null || true   # (a few packages ship files that are not Python 3 on purpose)
+    > /dev/null || true   # (a few files are for other Pythons on purpose, e.g. torch's py312_intrinsics.py)
 .venv/bin/python -c "import scnet, torchvision.ops; print('scnet', scnet.__version__, 'ready in .venv')"
