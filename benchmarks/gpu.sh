@@ -7,6 +7,12 @@
 #   bash benchmarks/gpu.sh --output-dir "$OUT" --log-dir "$OUT/logs"   # on a lent GPU machine (the device
 #       tool returns what is under $OUT); then copy gpu.json into benchmarks/results/ and commit it
 #
+# The lent machines' image has torch, torchvision, triton and safetensors but not necessarily the timm CI pins,
+# and cannot download: carry it as a wheel (`pip download --no-deps timm==1.0.31 -d .whl`, carry ".whl") and
+# start the command with `python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
+# export PYTHONPATH=/tmp/site;`. The other dependencies (pycocotools, webdataset, datasets) are not needed:
+# the dry run passes with them unimportable.
+#
 # Sections (the fused gate op, resnet50/scnet50/authors' structure eager and compiled at batch 1, 32 and 256,
 # one `scnet train --amp` epoch, one DDP process over NCCL) each run with their own time limit; a failure is
 # recorded in the JSON and the others still run. See benchmarks/gpu.py.
