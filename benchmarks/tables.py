@@ -32,7 +32,10 @@ def machine_line(machine) -> str:
     """What a figure was measured on, in one line: CPU model, instruction set, threads, software, date."""
     if not isinstance(machine, dict):  # older results record a free-text description
         return f'Machine: {machine}.'
-    parts = [machine.get('cpu') or 'unknown CPU']
+    from scnet.bench.machine import cpu_description
+
+    # the name, with the core generation and family/model numbers where the file records them
+    parts = [cpu_description({k: v for k, v in machine.items() if k != 'cpu_capability'})]
     if machine.get('cpu_capability'):
         parts.append(f"instruction set {machine['cpu_capability']}")
     if machine.get('gpu'):

@@ -10,7 +10,7 @@ import torch
 
 from scnet import SCConv2d, create_model
 from scnet.bench.cases import BenchmarkError, Contender, Settings, build_step
-from scnet.bench.machine import machine_facts
+from scnet.bench.machine import core_generation, cpu_description, cpu_identity, machine_facts
 from scnet.bench.memory import cpu_step_peak
 from scnet.bench.rates import conv1x1_gflops, gemm_rates, matmul_gflops
 from scnet.bench.runner import run_benchmark
@@ -62,6 +62,53 @@ def test_machine_facts_are_json_and_name_the_cpu_and_threads():
     assert facts['cpu'] and facts['usable_cpus'] >= 1
     assert facts['versions']['torch'] == torch.__version__.split('+')[0] or facts['versions']['torch']
     assert 'gpu' not in facts
+
+
+def _cpuinfo(vendor, family, model, flags, name='AMD EPYC'):
+    block = (f'processor\t: {{i}}\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n'
+             f'model name\t: {name}\nstepping\t: 1\nflags\t\t: {flags}\n')
+    # two processors: the first block's facts are read, the second's ignored
+    return block.format(i=0) + '\n' + block.format(i=1).replace(f'model\t\t: {model}', 'model\t\t: 999') + '\n'
+
+
+@pytest.mark.parametrize('vendor, family, model, generation', [
+    ('AuthenticAMD', 23, 49, 'Zen 2'),            # EPYC 7002 (Rome)
+    ('AuthenticAMD', 25, 1, 'Zen 3'),             # EPYC 7003 (Milan)
+    ('AuthenticAMD', 25, 33, 'Zen 3'),            # Ryzen 5000 (Vermeer)
+    ('AuthenticAMD', 25, 17, 'Zen 4'),            # EPYC 9004 (Genoa)
+    ('AuthenticAMD', 25, 97, 'Zen 4'),            # Ryzen 7000 (Raphael)
+    ('AuthenticAMD', 26, 2, 'Zen 5'),             # EPYC 9005 (Turin)
+    ('AuthenticAMD', 26, 0x50, None),             # not in the table: unknown, not guessed
+    ('GenuineIntel', 6, 143, 'Sapphire Rapids'),
+    ('GenuineIntel', 6, 85, 'Skylake-SP / Cascade Lake'),
+    ('GenuineIntel', 6, 1, None),
+])
+def test_cpu_identity_names_the_core_generation_from_family_and_model(vendor, family, model, generation):
+    flags = 'fpu sse avx avx2 fma avx512f avx512_bf16 amx_tile clzero'
+    ident = cpu_identity(_cpuinfo(vendor, family, model, flags))
+    assert ident == {'vendor': vendor, 'family': family, 'model': model, 'stepping': 1, 'generation': generation,
+                     'flags': ['avx2', 'fma', 'avx512f', 'avx512_bf16', 'amx_tile']}
+    assert core_generation(vendor, family, model) == generation
+
+
+def test_cpu_identity_without_cpuinfo_and_on_arm():
+    assert cpu_identity('') == {'vendor': None, 'family': None, 'model': None, 'stepping': None,
+                                'generation': None, 'flags': []}
+    arm = 'processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\nCPU implementer\t: 0x41\n'
+    assert cpu_identity(arm)['flags'] == ['asimd', 'sve', 'bf16', 'i8mm']
+    assert cpu_identity(arm)['generation'] is None
+
+
+def test_cpu_description_names_the_generation_where_recorded():
+    ident = cpu_identity(_cpuinfo('AuthenticAMD', 25, 17, 'avx2 avx512f'))
+    new = {'cpu': 'AMD EPYC', 'cpu_capability': 'AVX512', 'cpu_identity': ident}
+    assert cpu_description(new) == 'AMD EPYC (Zen 4, family 25 model 17), AVX512'
+    unknown = {**new, 'cpu_identity': cpu_identity(_cpuinfo('GenuineIntel', 6, 1, ''))}
+    assert cpu_description(unknown) == 'AMD EPYC (family 6 model 1), AVX512'
+    assert cpu_description({'cpu': 'Test CPU', 'cpu_capability': 'AVX2'}) == 'Test CPU, AVX2'  # an older file
+    here = machine_facts('cpu')
+    assert here['cpu_identity'] == cpu_identity()
+    assert cpu_description().startswith(here['cpu']) and cpu_description().endswith(here['cpu_capability'])
 
 
 def test_gemm_rates_are_positive_and_finite():
@@ -181,6 +228,8 @@ def test_cli_writes_the_report_and_prints_a_table(tmp_path, capsys):
     assert report['machine']['torch_threads'] == 1
     printed = capsys.readouterr().out
     assert 'vs resnet26_cifar' in printed and 'scnet26_cifar' in printed and 'GEMM rate' in printed
+    assert printed.startswith(cpu_description(report['machine']) + ', 1 thread, torch')   # the CPU it ran on
+    assert report['machine']['cpu_identity'] == cpu_identity()
 
 
 def test_cli_default_batch_sizes_follow_the_mode(tmp_path):

@@ -374,7 +374,9 @@ def test_tables_render_every_result_with_its_machine(tables, tmp_path, capsys):
     results = tmp_path / 'results'
     (results / 'loaded').mkdir(parents=True)
     (results / 'infer.json').write_text(json.dumps(_report([('resnet26', 100.0), ('scnet26', 80.0)])))
-    (results / 'loaded' / 'nested.json').write_text(json.dumps({'train': _report([('resnet26', 5.0)]), 'x': 1}))
+    nested = _report([('resnet26', 5.0)])
+    nested['machine']['cpu_identity'] = {'vendor': 'AuthenticAMD', 'family': 25, 'model': 1, 'generation': 'Zen 3'}
+    (results / 'loaded' / 'nested.json').write_text(json.dumps({'train': nested, 'x': 1}))
     (results / 'finetune.json').write_text(json.dumps({
         'machine': 'Test CPU, 2 threads', 'data': 'digits', 'finetune': {'shots_per_class': 10},
         'runs': [{'seed': 0, 'fine_tuned_top1': 60.0, 'from_scratch_top1': 40.0, 'held_out_images': 5},
@@ -383,7 +385,8 @@ def test_tables_render_every_result_with_its_machine(tables, tmp_path, capsys):
     (results / 'other.json').write_text('{"something": 1}')
     text = tables.render_all(results)
     assert text.index('`finetune.json`') < text.index('`infer.json`') < text.index('`loaded/nested.json`')
-    assert text.count('Test CPU 9000, instruction set AVX2, 2 threads of 4 logical CPUs') == 2
+    assert text.count('Test CPU 9000, instruction set AVX2, 2 threads of 4 logical CPUs') == 1   # an older file
+    assert text.count('Test CPU 9000 (Zen 3, family 25 model 1), instruction set AVX2, 2 threads of 4') == 1
     assert '| scnet26 | 8 | 80.0 | 2% | 0.80x | 10 | 1.000x |' in text
     assert '| fine-tuned from the checkpoint | 65.0% |' in text and 'Machine: Test CPU, 2 threads.' in text
     assert '`other.json`\n\nNo table' in text

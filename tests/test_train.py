@@ -311,6 +311,8 @@ def test_train_prints_its_expected_duration_when_it_starts(data, recipe, tmp_pat
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith('expected duration: ') and 'measured on this machine (' in lines[0]
     assert torch.backends.cpu.get_cpu_capability() in lines[0]            # the instruction set it ran with
+    from scnet.bench.machine import cpu_description
+    assert cpu_description() in lines[0]                                    # and the CPU, generation included
     assert '3 epochs x 4 steps' in lines[0]                                 # 36 images, batches of 8
     assert lines[1].startswith('epoch 1/3') and lines[-1].startswith('done in ')
     expected = float(re.match(r'expected duration: ([\d.]+) s', lines[0]).group(1))

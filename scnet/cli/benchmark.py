@@ -83,9 +83,12 @@ def _fmt(value, spec: str) -> str:
 
 def render(report: Dict[str, object], markdown: bool = False) -> str:
     """The report's rows as a table, with a line of machine facts and GEMM rates above it."""
+    from scnet.bench.machine import cpu_description
+
     m = report['machine']
     s = report['settings']
-    head = [f"{m['cpu']}, {m['torch_threads']} threads, torch {m['versions']['torch']}"
+    threads = m['torch_threads']
+    head = [f"{cpu_description(m)}, {threads} thread{'s' if threads != 1 else ''}, torch {m['versions']['torch']}"
             + (f", GPU {m['gpu']['name']}" if 'gpu' in m else '')
             + f"; {s['mode']} {s['input_size'][0]}x{s['input_size'][1]} on {s['device']}"
             + (', bf16 autocast' if s['amp'] else ', float32') + (', channels-last' if s['channels_last'] else '')
