@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -25,6 +24,7 @@ import PIL
 import torch
 import torchvision
 
+from scnet.bench.machine import machine_facts
 from scnet.bench.pipeline import measure_pipeline, workers_needed, write_photo_like_jpegs
 from scnet.data.folders import available_decoders
 
@@ -64,14 +64,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--json', type=Path, help='write the rows and the machine facts here')
     return parser
-
-
-def _cpu_name() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def _median_rows(rounds):
@@ -138,8 +130,7 @@ def main(argv=None) -> int:
           '(other work on the machine lowers the rates)')
     if args.json is not None:
         report = {'rows': results, 'gpu_images_per_s': args.gpu_images_per_s, 'rounds': args.rounds,
-                  'machine': {'platform': platform.platform(), 'cpu': _cpu_name(), 'cpu_count': os.cpu_count(),
-                              'cpu_capability': torch.backends.cpu.get_cpu_capability(),
+                  'machine': {**machine_facts(), 'cpu_count': os.cpu_count(),
                               'versions': {'torch': torch.__version__, 'torchvision': torchvision.__version__,
                                            'pillow': PIL.__version__},
                               'load_average_before': load_before, 'load_average_after': load_after}}

@@ -34,7 +34,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from scnet import SCConv2d  # noqa: E402
 from scnet.layers.calibration import calibrated_product, pool_context  # noqa: E402
-from scnet.bench.machine import machine_facts  # noqa: E402
+from scnet.bench.machine import cpu_description, machine_facts  # noqa: E402
 from scnet.files import write_json_atomic  # noqa: E402
 
 #: (width, input map size, stride, how many layers of SCNet-50 at 224 px)
@@ -170,7 +170,7 @@ def network_totals(rows: List[Dict[str, object]]) -> Dict[str, float]:
 def finish_report(report: Dict[str, object], threads: int, output) -> None:
     """Print the machine a profile ran on and write its JSON report to ``output`` (when given); op_profile.py
     ends the same way."""
-    print(f'\n{report["machine"]["cpu"]}, {report["machine"]["cpu_capability"]}, {threads} threads')
+    print(f'\n{cpu_description(report["machine"])}, {threads} threads')
     if output:
         write_json_atomic(report, output)
         print(f'wrote {output}')

@@ -4,12 +4,12 @@ A speed figure without them cannot be compared or reproduced: the CPU model and 
 may use, the thread count PyTorch runs with, the instruction set its kernels dispatch to, the library
 versions, and the GPU when one is used.
 
-Which CPU: cloud machines often report a bare marketing name ("AMD EPYC") that says nothing of the core
-generation, though two generations of the same name differ severalfold in speed. ``cpu_identity`` reads the
-vendor, family and model numbers (which virtual machines pass through) and names the core generation from
-them. Why by numbers and not ``archspec`` (the ecosystem's CPU naming library): archspec names a
-microarchitecture by its full feature set, and hypervisors mask some features (``clzero`` on our 2-core CI
-machines), so there it reports a generic ``x86_64_v4`` for a Zen 4.
+Which CPU: cloud machines often report a bare product-line name (``model name: AMD EPYC``) that says
+nothing of the core generation, though generations sold under one name differ widely in speed.
+``cpu_identity`` reads the vendor, family and model numbers (which virtual machines pass through) and names
+the core generation from them. Why by numbers and not ``archspec`` (the ecosystem's CPU naming library): it
+names a microarchitecture by its full feature set, and hypervisors mask some features (``clzero`` on our
+2-core CI machines), so there it reports a generic ``x86_64_v4`` where the numbers name the generation.
 """
 from __future__ import annotations
 
