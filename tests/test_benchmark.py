@@ -91,6 +91,12 @@ def test_cpu_identity_names_the_core_generation_from_family_and_model(vendor, fa
     assert core_generation(vendor, family, model) == generation
 
 
+def test_cpu_identity_reads_leading_zeros_and_hexadecimal_numbers():
+    ident = cpu_identity(_cpuinfo('AuthenticAMD', '025', '0x11', ''))
+    assert (ident['family'], ident['model'], ident['generation']) == (25, 17, 'Zen 4')
+    assert cpu_identity(_cpuinfo('AuthenticAMD', 'unknown', '17', ''))['family'] is None
+
+
 def test_cpu_identity_without_cpuinfo_and_on_arm():
     assert cpu_identity('') == {'vendor': None, 'family': None, 'model': None, 'stepping': None,
                                 'generation': None, 'flags': []}

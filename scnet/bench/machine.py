@@ -76,8 +76,11 @@ def _first_processor(cpuinfo: str) -> Dict[str, str]:
 
 
 def _int(text: Optional[str]) -> Optional[int]:
+    """A decimal (x86's family and model) or ``0x`` hexadecimal (Arm's part numbers) field, else ``None``."""
+    if text is None:
+        return None
     try:
-        return int(text, 0) if text is not None else None
+        return int(text, 16) if text.lower().startswith('0x') else int(text)
     except ValueError:
         return None
 
