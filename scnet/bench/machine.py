@@ -126,10 +126,12 @@ def cpu_identity(cpuinfo: Optional[str] = None) -> Dict[str, object]:
 def cpu_description(facts: Optional[Dict[str, object]] = None) -> str:
     """One line naming the CPU for a speed figure: ``'AMD EPYC (Zen 4, family 25 model 17), AVX512'``.
 
-    ``facts`` is a ``machine_facts`` record (this machine's when ``None``); records written before the
-    identity was recorded give the name and instruction set only.
+    ``facts`` is a ``machine_facts`` record (``None``: this machine's CPU facts alone); records written before
+    the identity was recorded give the name and instruction set only.
     """
-    facts = facts if facts is not None else machine_facts()
+    if facts is None:
+        facts = {'cpu': cpu_model_name(), 'cpu_identity': cpu_identity(),
+                 'cpu_capability': torch.backends.cpu.get_cpu_capability()}
     name = str(facts.get('cpu') or 'unknown CPU')
     ident = facts.get('cpu_identity') or {}
     inner = []

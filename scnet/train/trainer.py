@@ -96,13 +96,11 @@ def _print_line(text: str) -> None:
 
 def _machine(device: torch.device) -> str:
     """The CPU (or GPU) and the instruction set PyTorch dispatches to, with the thread count."""
-    from scnet.bench.machine import cpu_description, cpu_identity, cpu_model_name
+    from scnet.bench.machine import cpu_description
 
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
-    facts = {'cpu': cpu_model_name(), 'cpu_identity': cpu_identity(),
-             'cpu_capability': torch.backends.cpu.get_cpu_capability()}
-    return f'{cpu_description(facts)}, {torch.get_num_threads()} thread{"s" if torch.get_num_threads() != 1 else ""}'
+    return f'{cpu_description()}, {torch.get_num_threads()} thread{"s" if torch.get_num_threads() != 1 else ""}'
 
 
 def _loader(dataset, ctx: distributed.Context, recipe: Recipe, **kwargs) -> DataLoader:
