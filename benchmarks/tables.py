@@ -135,6 +135,17 @@ def _is_benchmark(d) -> bool:
     return isinstance(d, dict) and 'results' in d and 'machine' in d and isinstance(d['results'], list)
 
 
+def _same_outputs_line(data: Dict) -> str:
+    """``other_implementations.json``'s check before timing: that the contenders compute the same function."""
+    diffs = data.get('same_outputs')
+    if not isinstance(diffs, dict):
+        return ''
+    scale = diffs.get('logit_scale')
+    parts = [f"{k.replace('_', ' ')} {v:.1e}" for k, v in diffs.items() if k != 'logit_scale']
+    return ('Same outputs, checked before timing: max |logit difference| from scnet50, '
+            + ', '.join(parts) + (f' (logits up to {scale:.1f})' if scale else '') + '.\n\n')
+
+
 def render_file(path: Path, name: str, level: int = 3) -> str:
     """One results file as a titled Markdown section (``name``: how the title refers to it)."""
     data = json.loads(Path(path).read_text())
@@ -149,7 +160,8 @@ def render_file(path: Path, name: str, level: int = 3) -> str:
         return title + layer_profile_table(data)
     nested = {k: v for k, v in data.items() if _is_benchmark(v)} if isinstance(data, dict) else {}
     if nested:
-        return title + '\n'.join(f'{k}:\n\n' + benchmark_table(v) for k, v in nested.items())
+        return title + _same_outputs_line(data) + '\n'.join(f'{k}:\n\n' + benchmark_table(v)
+                                                            for k, v in nested.items())
     return title + 'No table: a format this script does not know.\n'
 
 

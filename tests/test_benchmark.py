@@ -4,6 +4,7 @@ Small networks at 32 px keep every run to a few seconds; speed *figures* are not
 to benchmarks/ on a quiet machine), only that the measurements are the right ones and are reported right.
 """
 import json
+import sys
 
 import pytest
 import torch
@@ -316,6 +317,82 @@ def test_other_implementations_compute_the_same_function():
     assert diffs['logit_scale'] > 1
     assert diffs['literal_eqs_2_5'] < 1e-4 * diffs['logit_scale']
     assert diffs['authors_structure'] < 1e-4 * diffs['logit_scale']
+    assert 'mmpose' not in diffs   # only when asked (its numbers: benchmarks/results/other_implementations.json)
+
+
+FAKE_MMPOSE_SCNET = """
+import torch
+from torch import nn
+
+
+class SCNet(nn.Module):
+    def __init__(self, depth, out_indices=(0, 1, 2, 3)):
+        super().__init__()
+        assert depth in (50, 101) and out_indices == (3,)
+        self.body = nn.Conv2d(3, 2048, 3, stride=32, padding=1)
+
+    def forward(self, x):
+        return (self.body(x),)
+"""
+
+
+def _hide_mmpose(monkeypatch, impl, contenders_dir):
+    """As on a machine without mmpose: no .contenders on the path and no mmpose module imported."""
+    monkeypatch.setattr(impl, 'CONTENDERS_DIR', str(contenders_dir))
+    monkeypatch.setattr(sys, 'path', [p for p in sys.path if not p.rstrip('/').endswith('.contenders')])
+    for name in [m for m in sys.modules if m == 'mmpose' or m.startswith('mmpose.')]:
+        monkeypatch.delitem(sys.modules, name)
+
+
+def test_mmpose_contender_missing_is_named_with_its_install_command(tmp_path, monkeypatch):
+    impl = _benchmarks_module('implementations')
+    other = _benchmarks_module('other_implementations')
+    _hide_mmpose(monkeypatch, impl, tmp_path / 'empty')
+    assert not impl.mmpose_available()
+    with pytest.raises(impl.MissingContender, match='bash benchmarks/install_contenders.sh'):
+        impl.mmpose_scnet('scnet50')
+    assert other.MMPOSE not in other.contenders(False)
+    assert [c.label for c in other.contenders(True)] == [c.label for c in other.CONTENDERS]
+
+
+def test_mmpose_contender_imports_its_backbone_around_the_package_inits(tmp_path, monkeypatch):
+    """mmpose's package __init__ files import its datasets (numpy-1 wheels): the contender must not run them."""
+    impl = _benchmarks_module('implementations')
+    _hide_mmpose(monkeypatch, impl, tmp_path / '.contenders')
+    backbones = tmp_path / '.contenders' / 'mmpose' / 'models' / 'backbones'
+    backbones.mkdir(parents=True)
+    for folder in (backbones, backbones.parent, backbones.parent.parent):
+        (folder / '__init__.py').write_text('raise ImportError("a package __init__ ran")\n')
+    (backbones / 'scnet.py').write_text(FAKE_MMPOSE_SCNET)
+    try:
+        assert impl.mmpose_available()
+        model = impl.mmpose_scnet('scnet50')
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
+        with pytest.raises(ValueError, match='scnet50_v1d'):
+            impl.mmpose_scnet('scnet50_v1d')
+    finally:
+        for name in [m for m in sys.modules if m == 'mmpose' or m.startswith('mmpose.')]:
+            del sys.modules[name]
+
+
+def test_authors_state_is_renamed_for_mmpose():
+    impl = _benchmarks_module('implementations')
+    from tests.authors_reference import random_authors_state_dict
+    state = random_authors_state_dict('scnet50')
+    renamed = impl.authors_to_mmpose_state(state)
+    assert len(renamed) == len(state)
+    # mmpose 1.3.2's SCNet-50 names, as its module tree spells them
+    for authors, mmpose in (('layer1.0.conv1_a.weight', 'backbone.layer1.0.conv1.weight'),
+                            ('layer3.5.bn1_a.running_var', 'backbone.layer3.5.bn1.running_var'),
+                            ('layer4.2.conv1_b.weight', 'backbone.layer4.2.conv2.weight'),
+                            ('layer2.0.bn1_b.bias', 'backbone.layer2.0.bn2.bias'),
+                            ('layer1.0.k1.1.weight', 'backbone.layer1.0.k1.1.weight'),
+                            ('layer1.0.scconv.k2.1.weight', 'backbone.layer1.0.scconv.k2.1.weight'),
+                            ('layer2.0.downsample.1.running_mean', 'backbone.layer2.0.downsample.1.running_mean'),
+                            ('layer1.2.conv3.weight', 'backbone.layer1.2.conv3.weight'),
+                            ('bn1.weight', 'backbone.bn1.weight'), ('fc.bias', 'fc.bias')):
+        assert renamed[mmpose] is state[authors]
+    assert not [k for k in renamed if any(f'.{n}.' in k for n in ('conv1_a', 'bn1_a', 'conv1_b', 'bn1_b'))]
 
 
 def test_literal_twin_trains_like_scnet():

@@ -244,6 +244,26 @@ def test_readme_speed_table_quotes_the_committed_results():
     assert ceiling[2] == f"{profile_model('resnet50')['macs_g'] / profile_model('scnet50')['macs_g']:.2f}"
 
 
+def test_readme_other_implementations_quote_the_committed_results():
+    """The README's table against the authors' structure and mmpose's SCNet is other_implementations.json's."""
+    section = README.split('## Speed', 1)[1].split('\n## ', 1)[0]
+    rows = re.findall(r'^\| (scnet50[^|]*?) \| ([\d.]+)x \| ([\d.]+)x \| ([\d.]+)x \| ([\d.]+)x \|$', section, re.M)
+    assert [r[0] for r in rows] == ['scnet50', "scnet50 authors' structure", 'scnet50 mmpose 1.3.2']
+    report = json.loads((ROOT / 'benchmarks' / 'results' / 'other_implementations.json').read_text())
+    assert report['mmpose'] == '1.3.2' and max(v for k, v in report['same_outputs'].items()
+                                                if k != 'logit_scale') < 1e-5 * report['same_outputs']['logit_scale']
+
+    def result(mode, model, batch):
+        [r] = [r for r in report[mode]['results'] if r['model'] == model and r['batch_size'] == batch]
+        return r
+
+    for model, train, memory, infer1, infer8 in rows:
+        assert f"{result('train', model, 16)['speed_ratio']:.2f}" == train, model
+        assert f"{result('train', model, 16)['memory_ratio']:.2f}" == memory, model
+        assert f"{result('infer', model, 1)['speed_ratio']:.2f}" == infer1, model
+        assert f"{result('infer', model, 8)['speed_ratio']:.2f}" == infer8, model
+
+
 def test_readme_operation_profile_quotes_the_committed_results():
     """The README's table of where SCNet-50's extra time goes is op_profile.json's, row by row."""
     section = README.split('## Speed', 1)[1].split('\n## ', 1)[0]
@@ -381,7 +401,8 @@ def test_tables_render_every_result_with_its_machine(tables, tmp_path, capsys):
     (results / 'infer.json').write_text(json.dumps(_report([('resnet26', 100.0), ('scnet26', 80.0)])))
     nested = _report([('resnet26', 5.0)])
     nested['machine']['cpu_identity'] = {'vendor': 'AuthenticAMD', 'family': 25, 'model': 1, 'generation': 'Zen 3'}
-    (results / 'loaded' / 'nested.json').write_text(json.dumps({'train': nested, 'x': 1}))
+    (results / 'loaded' / 'nested.json').write_text(json.dumps({
+        'same_outputs': {'authors_structure': 3.1e-06, 'mmpose': 0.0, 'logit_scale': 12.44}, 'train': nested, 'x': 1}))
     (results / 'finetune.json').write_text(json.dumps({
         'machine': 'Test CPU, 2 threads', 'data': 'digits', 'finetune': {'shots_per_class': 10},
         'runs': [{'seed': 0, 'fine_tuned_top1': 60.0, 'from_scratch_top1': 40.0, 'held_out_images': 5},
@@ -395,6 +416,8 @@ def test_tables_render_every_result_with_its_machine(tables, tmp_path, capsys):
     assert '| scnet26 | 8 | 80.0 | 2% | 0.80x | 10 | 1.000x |' in text
     assert '| fine-tuned from the checkpoint | 65.0% |' in text and 'Machine: Test CPU, 2 threads.' in text
     assert '`other.json`\n\nNo table' in text
+    assert ('max |logit difference| from scnet50, authors structure 3.1e-06, mmpose 0.0e+00 (logits up to 12.4).'
+            in text)
     out = tmp_path / 'tables.md'
     assert tables.main([str(results), '--output', str(out)]) == 0 and out.read_text() == text
     assert tables.main([str(tmp_path / 'nowhere')]) == 2
