@@ -24,6 +24,7 @@ import PIL
 import torch
 import torchvision
 
+from scnet.allocator import tune_cpu_allocator
 from scnet.bench.machine import machine_facts
 from scnet.bench.pipeline import measure_pipeline, workers_needed, write_photo_like_jpegs
 from scnet.data.folders import available_decoders
@@ -97,6 +98,7 @@ def _measure(root, source, args):
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    tune_cpu_allocator()  # as the scnet command does, so that figures match what it measures
     unknown = [d for d in args.decoders if d not in available_decoders()]
     if unknown:
         print(f'error: decoder(s) not available here: {", ".join(unknown)} '

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scnet.allocator import tune_cpu_allocator  # noqa: E402
 from scnet import SCConv2d  # noqa: E402
 from scnet.layers.calibration import calibrated_product, pool_context  # noqa: E402
 from scnet.bench.machine import cpu_description, machine_facts  # noqa: E402
@@ -186,6 +187,7 @@ def main(argv=None) -> int:
                         help='also time, in inference, the designs that were tried and left out (see above)')
     parser.add_argument('--output', help='write the JSON report here')
     args = parser.parse_args(argv)
+    tune_cpu_allocator()  # as the scnet command does, so that figures match what it measures
     if args.threads < 1 or args.rounds < 1:
         parser.error('--threads and --rounds must be at least 1')
     torch.set_num_threads(args.threads)

@@ -46,6 +46,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from scnet.allocator import tune_cpu_allocator  # noqa: E402
 from scnet import SCConv2d, create_model  # noqa: E402
 from scnet.bench.machine import machine_facts  # noqa: E402
 from scnet.errors import UnknownModelError  # noqa: E402
@@ -211,6 +212,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                              'design in every SC-Conv (see above)')
     parser.add_argument('--output', metavar='FILE', help='write the JSON report here')
     args = parser.parse_args(argv)
+    tune_cpu_allocator()  # as the scnet command does, so that figures match what it measures
     if min(args.infer_steps, args.train_steps, args.threads, args.input_size) < 1 or args.warmup < 0:
         parser.error('--infer-steps, --train-steps, --threads and --input-size must be at least 1, '
                      '--warmup at least 0')

@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import implementations  # noqa: E402  (puts the repository root on sys.path)
 
+from scnet.allocator import tune_cpu_allocator  # noqa: E402
 from scnet import create_model  # noqa: E402
 from scnet.bench.cases import Contender, Settings  # noqa: E402
 from scnet.bench.runner import run_benchmark  # noqa: E402
@@ -83,6 +84,7 @@ def main(argv=None) -> int:
                    help="leave mmpose's SCNet-50 out even where it is installed")
     p.add_argument('--output', default=None, metavar='FILE', help='JSON report of every run')
     args = p.parse_args(argv)
+    tune_cpu_allocator()  # as the scnet command does, so that figures match what it measures
     torch.set_num_threads(args.threads)
     with_mmpose = not args.no_mmpose and implementations.mmpose_available()
     if not with_mmpose and not args.no_mmpose:

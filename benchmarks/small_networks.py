@@ -20,6 +20,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scnet.allocator import tune_cpu_allocator  # noqa: E402
 from scnet.errors import UnknownModelError  # noqa: E402
 from scnet.models.factory import validate_model_name  # noqa: E402
 from scnet.bench.cases import Contender, Settings  # noqa: E402
@@ -55,6 +56,7 @@ def main(argv=None) -> int:
     p.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurement')
     p.add_argument('--output', metavar='FILE', help='write the JSON report here')
     args = p.parse_args(argv)
+    tune_cpu_allocator()  # as the scnet command does, so that figures match what it measures
     if min(args.channels) < 2 or any(c % 2 for c in args.channels):
         p.error('--channels must be even widths (SC-Conv splits each in two halves)')
     for name in args.models:

@@ -21,6 +21,8 @@ from typing import Dict, Optional
 
 import torch
 
+from scnet.allocator import allocator_state
+
 __all__ = ['machine_facts', 'cpu_model_name', 'cpu_identity', 'cpu_description', 'core_generation']
 
 #: The instruction-set extensions that change which kernels PyTorch and oneDNN run, as /proc/cpuinfo names
@@ -171,6 +173,7 @@ def machine_facts(device: str = 'cpu') -> Dict[str, object]:
         'mkl': torch.backends.mkl.is_available(),
         'env': {k: os.environ[k] for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'CUDA_VISIBLE_DEVICES')
                 if k in os.environ},
+        'allocator': allocator_state(),
         'versions': {name: _version(dist) for name, dist in (
             ('scnet', 'scnet-torch'), ('torch', 'torch'), ('torchvision', 'torchvision'), ('timm', 'timm'),
             ('onnxruntime', 'onnxruntime'))},

@@ -7,6 +7,7 @@ import importlib
 import sys
 from typing import List, Optional
 
+from scnet.allocator import tune_cpu_allocator
 from scnet.errors import ScnetError
 
 #: Sub-commands, each a module of ``scnet.cli`` with ``add_parser(subparsers)`` setting ``run``.
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_cpu_allocator()  # the command owns its process: freed tensors' memory is reused, not faulted in again
     try:
         return int(args.run(args) or 0)
     except (ScnetError, FileNotFoundError) as e:
