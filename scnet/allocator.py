@@ -2,23 +2,22 @@
 
 Why: PyTorch allocates CPU tensors with ``malloc`` and frees them with ``free``; it keeps no cache of its own on
 the CPU. glibc returns freed memory at the top of its heap to the kernel once more than the trim threshold is
-free, and serves each block above the mmap threshold (dynamic, up to 32 MiB) with a fresh ``mmap``. A training
-step frees and allocates its activations again every step, so every step page-faults the same gigabytes back
-in, zeroed by the kernel. On a 2-core VM (AMD EPYC, Zen 4) a ResNet-50 training step at batch 16 spent 1.2 s of
-system time in its 3.4 s (575,000 page faults), and the embedded training run (``scnet train``) 15 s of
-system time in its 57 s. Depending on what ran before in the process, SCNet-50's step faulted 320,000 to 720,000
-times, so its speed against ResNet-50 moved by 15% with the order of the runs.
+free, and serves each block above the mmap threshold (which it moves as it goes) with a fresh ``mmap``. A
+training step frees and allocates its activations again every step, so every step page-faults the same
+gigabytes back in, zeroed by the kernel: on small cloud machines a large share of a training step's time, and
+a share that depends on what the process ran before, so that two networks timed in one process trade places.
+docs/performance.md ("Memory the process keeps") has the measurements.
 
-``tune_cpu_allocator`` raises the trim threshold to 2 GiB, pads each heap growth by 64 MiB and fixes the mmap
-threshold at its largest value, 32 MiB, through ``mallopt``: freed memory is reused from the heap instead of
-being faulted in again: there, ResNet-50's training step took 2.8 s instead of 3.4 s, SCNet-50's 2.9 s whatever
-ran before it, and the embedded run 44 s instead of 53 s, with the same results bit for bit. The process keeps the memory it has used until it exits, up to its peak, which a training run
-reaches every step anyway. The ``scnet`` command applies it for the process it runs; library code does not
-change a process-wide setting on import, so a program of its own calls it (or sets glibc's ``MALLOC_*``
-variables). jemalloc or tcmalloc through ``LD_PRELOAD`` (what ``torch.backends.xeon.run_cpu`` arranges) do the
-same where they are installed; with one of them preloaded, or with ``SCNET_CPU_ALLOCATOR=default``, or with the
-user's own ``MALLOC_*`` / ``GLIBC_TUNABLES`` malloc settings, nothing is changed. No library offers this for
-glibc; it is three ``mallopt`` calls.
+``tune_cpu_allocator`` raises the trim threshold to ``2 GiB``, pads each heap growth by ``64 MiB`` and fixes the
+mmap threshold at the largest value glibc accepts on 64-bit machines, ``32 MiB``, through ``mallopt``: freed
+memory is reused from the heap instead of being faulted in again, with the same results bit for bit. The
+process keeps the memory it has used until it exits, up to its peak, which a training run reaches every step
+anyway. The ``scnet`` command applies it for the process it runs; library code does not change a process-wide
+setting on import, so a program of its own calls it (or sets glibc's ``MALLOC_*`` variables). jemalloc or
+tcmalloc through ``LD_PRELOAD`` (what ``torch.backends.xeon.run_cpu`` arranges) do the same where they are
+installed; with one of them preloaded, or with ``SCNET_CPU_ALLOCATOR=default``, or with the user's own
+``MALLOC_*`` / ``GLIBC_TUNABLES`` malloc settings, nothing is changed. No library offers this for glibc; it is
+three ``mallopt`` calls.
 """
 from __future__ import annotations
 
@@ -32,11 +31,11 @@ __all__ = ['tune_cpu_allocator', 'allocator_state', 'OPT_OUT', 'TRIM_THRESHOLD',
 
 #: Environment variable that, set to ``default``, leaves the allocator as it is.
 OPT_OUT = 'SCNET_CPU_ALLOCATOR'
-#: Free memory kept at the top of the heap before it goes back to the kernel (the largest ``int``: 2 GiB).
+#: Free memory kept at the top of the heap before it goes back to the kernel (the largest C ``int``).
 TRIM_THRESHOLD = 2 ** 31 - 1
 #: Extra memory requested with each growth of the heap.
 TOP_PAD = 64 * 2 ** 20
-#: Blocks at least this large get their own ``mmap``; 32 MiB is the most glibc accepts on 64-bit machines.
+#: Blocks at least this large get their own ``mmap``: the most glibc accepts on 64-bit machines.
 MMAP_THRESHOLD = 32 * 2 ** 20
 
 # mallopt's parameter numbers (malloc.h)
