@@ -63,8 +63,8 @@ def _why_not() -> Optional[str]:
 def tune_cpu_allocator() -> str:
     """Make glibc keep and reuse freed memory (see the module doc); returns what the allocator now is.
 
-    Idempotent. Returns ``'glibc, tuned (...)'`` when applied, else a description of why not: opted out, another
-    allocator preloaded, the user's own malloc settings, not glibc.
+    Idempotent. Returns ``'glibc <version>, tuned (...)'`` when applied, else ``'as configured (<why>)'``: opted
+    out, another allocator preloaded, the user's own malloc settings, not glibc.
     """
     global _state
     if _state is not None:
