@@ -116,11 +116,12 @@ def _mmpose_scnet_module() -> types.ModuleType:
     name = 'mmpose.models.backbones.scnet'
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.find_spec('mmpose') if 'mmpose' not in sys.modules else sys.modules['mmpose'].__spec__
-    if spec is None or not spec.submodule_search_locations:
+    package = sys.modules.get('mmpose')   # mmpose itself, or the stub of an earlier call
+    spec = importlib.util.find_spec('mmpose') if package is None else None
+    if package is None and (spec is None or not spec.submodule_search_locations):
         raise MissingContender(f'mmpose is not installed: run `bash benchmarks/install_contenders.sh` (mmpose '
                                f'{MMPOSE_VERSION} and what its SCNet imports, into {CONTENDERS_DIR})')
-    root = list(spec.submodule_search_locations)[0]
+    root = list(package.__path__ if package is not None else spec.submodule_search_locations)[0]
     for package, folder in (('mmpose', ''), ('mmpose.models', 'models'), ('mmpose.models.backbones',
                                                                            os.path.join('models', 'backbones'))):
         if package not in sys.modules:
