@@ -3,11 +3,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from scnet import allocator
 from scnet.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = """
 import resource, sys, torch
@@ -72,3 +75,19 @@ def test_the_command_tunes_its_process_and_the_report_says_so(tmp_path, monkeypa
     recorded = json.loads(out.read_text())['machine']['allocator']
     assert recorded == allocator.allocator_state() and ', tuned (' in recorded
     assert allocator.tune_cpu_allocator() == recorded   # idempotent
+
+
+def test_allocator_benchmark_runs_each_configuration_in_its_own_process(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    import allocator as script   # benchmarks/allocator.py
+    out = tmp_path / 'allocator.json'
+    assert script.main(['--models', 'resnet26_cifar', 'scnet26_cifar', '--input-size', '32', '--batch-size', '2',
+                        '--warmup', '0', '--steps', '1', '--threads', '1', '--output', str(out)]) == 0
+    report = json.loads(out.read_text())
+    states = [run['allocator'] for run in report['runs']]
+    assert states[:2] == [f'as configured ({allocator.OPT_OUT}=default)'] * 2
+    assert all(', tuned (' in state for state in states[2:])
+    assert [[r['model'] for r in run['rows']] for run in report['runs']] == [
+        ['resnet26_cifar', 'scnet26_cifar'], ['scnet26_cifar', 'resnet26_cifar']] * 2
+    assert all(r['wall_ms'] > 0 and r['minor_faults'] >= 0 for run in report['runs'] for r in run['rows'])
+    assert capsys.readouterr().out.count('page faults') == 8
