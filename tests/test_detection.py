@@ -6,6 +6,7 @@ many small operations run several times faster on one thread than on two competi
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -221,9 +222,16 @@ def test_mask_rcnn_killed_run_resumes_to_the_same_weights(tiny, tmp_path, capsys
     assert torch.load(stopped / 'last.pt', weights_only=True)['epoch'] == 1
     assert not (stopped / 'model.safetensors').exists()
     monkeypatch.setattr(detection, 'train_one_epoch', real)
+    restarted = tmp_path / 'restarted'
+    shutil.copytree(stopped, restarted)
     assert main(['detect', 'train', '--output', str(stopped), '--resume', '--quiet']) == 0
-    a, b = load_file(full / 'model.safetensors'), load_file(stopped / 'model.safetensors')
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a worker torchrun restarted runs the first command line again, without --resume, and continues too
+    monkeypatch.setenv('TORCHELASTIC_RESTART_COUNT', '1')
+    assert detect_train(tiny, restarted, *tiny_args('segm')) == 0
+    monkeypatch.delenv('TORCHELASTIC_RESTART_COUNT')
+    a = load_file(full / 'model.safetensors')
+    for b in (load_file(stopped / 'model.safetensors'), load_file(restarted / 'model.safetensors')):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert read_metrics(stopped) == [dict(r, epoch_time_s=s['epoch_time_s'], images_per_sec=s['images_per_sec'])
                                      for r, s in zip(rows, read_metrics(stopped))]
 

@@ -3,6 +3,7 @@ decoding, flip test), and train / eval / predict end to end on synthetic COCO-fo
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -339,9 +340,16 @@ def test_interrupted_run_resumes_to_the_same_weights(small, tmp_path, monkeypatc
     assert main(small_train(small, cut)) == 130
     monkeypatch.setattr(RunFolder, 'end_epoch', original)
     assert torch.load(cut / 'last.pt', weights_only=True)['epoch'] == 1 and not (cut / 'model.safetensors').exists()
+    restarted = tmp_path / 'restarted'
+    shutil.copytree(cut, restarted)
     assert main(['pose', 'train', '--output', str(cut), '--resume', '--quiet']) == 0
-    a, b = load_file(full / 'model.safetensors'), load_file(cut / 'model.safetensors')
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a worker torchrun restarted runs the first command line again, without --resume, and continues too
+    monkeypatch.setenv('TORCHELASTIC_RESTART_COUNT', '1')
+    assert main(small_train(small, restarted)) == 0
+    monkeypatch.delenv('TORCHELASTIC_RESTART_COUNT')
+    a = load_file(full / 'model.safetensors')
+    for b in (load_file(cut / 'model.safetensors'), load_file(restarted / 'model.safetensors')):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r['train_loss'] for r in read_metrics(cut)] == [r['train_loss'] for r in read_metrics(full)]
     assert main(['pose', 'train', '--output', str(tmp_path / 'none'), '--resume']) == 2
     assert 'nothing to resume' in capsys.readouterr().err

@@ -28,7 +28,8 @@ many processes: torchrun --nproc_per_node=K -m scnet detect train ...  (NCCL on 
 
 output: DIR/metrics.jsonl (a line per epoch: lr, losses, bbox_AP ... bbox_APl, segm_AP ... segm_APl),
 DIR/tensorboard/, DIR/last.pt (every epoch, written atomically), DIR/model.safetensors (final weights, with
-the task, backbone, categories and image sizes in its metadata). --resume continues DIR/last.pt."""
+the task, backbone, categories and image sizes in its metadata). --resume continues DIR/last.pt.
+Under torchrun --max-restarts K, restarted workers resume from DIR/last.pt by themselves."""
 
 
 def add_parser(sub) -> None:

@@ -24,7 +24,8 @@ many processes: torchrun --nproc_per_node=K -m scnet pose train ... (NCCL on GPU
 
 output: DIR/metrics.jsonl (epoch, lr, train_loss, kpt_AP, kpt_AP50, kpt_AP75, kpt_APm, kpt_APl, kpt_AR..., in
 percent; -1 where no person of that size exists), DIR/tensorboard/, DIR/last.pt (every epoch, atomically), DIR/model.safetensors (final weights with
-what eval and predict need), DIR/keypoints_val.json. --resume continues DIR/last.pt with DIR's settings."""
+what eval and predict need), DIR/keypoints_val.json. --resume continues DIR/last.pt with DIR's settings.
+Under torchrun --max-restarts K, restarted workers resume from DIR/last.pt by themselves."""
 
 
 def add_parser(sub) -> None:

@@ -97,14 +97,12 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from scnet.models.factory import validate_model_name
     from scnet.train.estimate import format_seconds
-    from scnet.train.preemption import PREEMPTED_EXIT_STATUS, Preempted, resume_requested
+    from scnet.train.preemption import PREEMPTED_EXIT_STATUS, Preempted
     from scnet.train.recipe import Recipe, load_recipe
     from scnet.train.trainer import train
 
     overrides = recipe_overrides(args, Recipe)   # every flag named as its recipe setting
     fine_tuning = args.pretrained or args.init
-    if args.output and resume_requested(Path(args.output), args.resume):  # (a worker torchrun restarted)
-        args.resume = True
     config = run_config(args, default='embedded' if args.data is None else
                         'finetune' if fine_tuning else 'imagenet_100ep')
     recipe = load_recipe(config, **overrides)

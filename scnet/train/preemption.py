@@ -16,9 +16,9 @@ hours on few GPUs, so a run that saves only after each epoch loses up to that mu
   (``CheckedImageFolder``), and the generators the training steps draw from (dropout, stochastic depth,
   mixup) are restored as they were after the saved step: the resumed run ends with the same weights as an
   uninterrupted one (on CPU, bit for bit).
-* Under ``torchrun --max-restarts K``, the elastic agent restarts every worker after one fails, with
-  ``TORCHELASTIC_RESTART_COUNT`` above 0; ``resume_requested`` then resumes from the folder's ``last.pt``
-  by itself (the restarted command line has no ``--resume``).
+* Under ``torchrun --max-restarts K``, the elastic agents restart every worker after one fails, the failed
+  node's with ``TORCHELASTIC_RESTART_COUNT`` above 0; ``resume_requested`` then resumes every process from
+  the folder's ``last.pt`` by itself (the restarted command line has no ``--resume``).
 
 PyTorch's elastic agent restarts processes but leaves saving and resuming to the training script, and the
 libraries that do both (Lightning's fault-tolerant training, torchtnt) own the whole training loop; what a
@@ -51,9 +51,16 @@ class Preempted(ScnetError):
 
 
 def resume_requested(output: Path, resume: bool) -> bool:
-    """``resume``, or True when torchrun's elastic agent restarted this worker and ``output`` holds a saved
-    state to continue (a restarted worker runs the first command line again, without ``--resume``)."""
-    restarted = int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0) > 0
+    """``resume``, or True when torchrun's elastic agent restarted this run's workers and ``output`` holds a
+    saved state to continue (a restarted worker runs the first command line again, without ``--resume``).
+
+    On several nodes each agent counts only its own workers' failures in ``TORCHELASTIC_RESTART_COUNT``: a
+    node restarted because another node's worker failed starts its workers with the count unchanged (0 the
+    first time). So the decision is the group's: when any process was restarted, every process resumes. Under
+    torchrun every process must call this after ``scnet.train.distributed.setup`` (it is a collective).
+    """
+    restarted = torch.tensor([float(int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0) > 0)])
+    restarted = bool(all_reduce_sum(restarted).item() > 0)
     return resume or (restarted and (Path(output) / 'last.pt').is_file())
 
 

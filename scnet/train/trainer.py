@@ -38,7 +38,7 @@ from scnet.train.estimate import measure_and_estimate
 from scnet.train.init_weights import apply_initial_weights, find_initial_weights
 from scnet.train.loop import StepSettings, evaluate, train_one_epoch
 from scnet.train.modern import build_criterion, build_ema, build_mixup, build_optimizer
-from scnet.train.preemption import StepCheckpoints, ignore_sigterm
+from scnet.train.preemption import StepCheckpoints, ignore_sigterm, resume_requested
 from scnet.train.recipe import Recipe
 from scnet.train.side_output import WithSideOutput
 from scnet.train.run_folder import RunError, RunFolder
@@ -115,6 +115,7 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
 
     output = Path(output)
     ctx = distributed.setup(recipe.device)
+    resume = resume_requested(output, resume)  # (also in workers that torchrun restarted)
     checkpoints = None
     try:
         run = RunFolder(output, resume=resume, is_main=ctx.is_main, final_files=('model.safetensors',))

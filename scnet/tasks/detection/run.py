@@ -29,6 +29,7 @@ from scnet.tasks.detection.model import build_detector, resolve_backbone
 from scnet.tasks.detection.recipe import PRETRAINED, DetectionRecipe
 from scnet.train import distributed
 from scnet.train.engine import epoch_line, finish_run, keep_last_good, restore_training, seed_epoch, wrap_ddp
+from scnet.train.preemption import resume_requested
 from scnet.train.recipe import RecipeError
 from scnet.train.run_folder import RunError, RunFolder
 from scnet.train.state import seed_everything
@@ -67,6 +68,7 @@ def train_detector(recipe: DetectionRecipe, output: Path, *, resume: bool = Fals
         recipe.require_data()
     existed = output.exists()
     ctx = distributed.setup(recipe.device)
+    resume = resume_requested(output, resume)  # (also in workers that torchrun restarted)
     try:
         run = RunFolder(output, resume=resume, is_main=ctx.is_main, final_files=('model.safetensors',))
         state = run.state

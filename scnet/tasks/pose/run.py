@@ -36,6 +36,7 @@ from scnet.tasks.pose.splits import check_same_keypoints, load_split, val_instan
 from scnet.train import distributed
 from scnet.train.engine import (epoch_line, finish_run, grad_scaler, keep_last_good, restore_training, seed_epoch,
                                 wrap_ddp)
+from scnet.train.preemption import resume_requested
 from scnet.train.recipe import RecipeError
 from scnet.train.run_folder import RunError, RunFolder
 from scnet.train.state import seed_everything
@@ -54,6 +55,7 @@ def train_pose(recipe: PoseRecipe, output: Path, *, resume: bool = False, progre
     """Run ``recipe`` into ``output`` (see the module docstring); returns the last epoch's metrics."""
     output = Path(output)
     ctx = distributed.setup(recipe.device)
+    resume = resume_requested(output, resume)  # (also in workers that torchrun restarted)
     try:
         run = RunFolder(output, resume=resume, is_main=ctx.is_main, final_files=('model.safetensors',))
         state = run.state
