@@ -114,14 +114,15 @@ def test_a_worker_restarted_by_torchrun_resumes_by_itself(tmp_path, monkeypatch)
 
 
 
-def kill_run_mid_epoch(run, *, epoch, launchers=()):
-    """SIGKILL the process holding ``run`` (process 0) right after it saved a state in the middle of ``epoch``
-    (stopping early if one of the ``launchers`` that run it has ended)."""
+def kill_run_mid_epoch(run, *, launchers=()):
+    """SIGKILL the process holding ``run`` (process 0) right after it saved a state in the middle of an epoch,
+    any epoch: the widest window, for runs whose epochs last a fraction of a second while the poller shares two
+    cores with them. Stops early if one of the ``launchers`` that run it has ended."""
     def due():
         assert all(p.poll() is None for p in launchers), 'a launcher ended before the kill'
-        return (s := _state(run)) and s['epoch'] == epoch - 1 and s.get('step')
+        return (s := _state(run)) and s.get('step')
 
-    _wait_for(due, f'a state saved in epoch {epoch}')
+    _wait_for(due, 'a state saved in the middle of an epoch')
     os.kill(int((run / LOCK_NAME).read_text().split()[1]), signal.SIGKILL)
 
 
