@@ -94,7 +94,11 @@ def test_killed_or_terminated_mid_epoch_and_resumed_ends_with_the_uninterrupted_
 
 
 def test_checkpoint_every_is_checked_and_the_sampler_skips_the_steps_done(data, recipe, tmp_path, capsys):
-    assert main(train_args(data, recipe, tmp_path / 'run', '--checkpoint-every', '-1')) == 2
+    with pytest.raises(SystemExit):  # refused while parsing (scnet/cli/arg_types.py); the recipe checks files
+        main(train_args(data, recipe, tmp_path / 'run', '--checkpoint-every', '-1'))
+    assert 'argument --checkpoint-every: must be 0 or more, got -1' in capsys.readouterr().err
+    recipe.write_text(recipe.read_text() + '\ncheckpoint_every: -1\n')
+    assert main(train_args(data, recipe, tmp_path / 'run')) == 2
     assert 'checkpoint_every must be >= 0' in capsys.readouterr().err
     sampler = ShardedBatchSampler(40, 8, accum_steps=2, seed=1)
     sampler.set_epoch(3)

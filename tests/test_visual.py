@@ -308,6 +308,8 @@ def test_errors_name_the_problem(runs, images, tmp_path, capsys):
     assert main(['features', '--model', 'resnet26', '--image', str(images / 'gray.png'), '--output', out,
                  '--layer', 'layer4.9']) == 2
     assert "no layer 'layer4.9'" in capsys.readouterr().err
+    assert main(base + ['--images', str(images / 'gray.png'), '--image-size', '64', '--resize', '32']) == 2
+    assert 'resize 32 is smaller than the image size 64' in capsys.readouterr().err  # not raised to 64 silently
     assert not Path(out).exists()  # nothing written on an error
     assert main(['cam', '--models', str(runs['scnet']), '--list-layers']) == 0
     listing = capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from scnet.cli.arg_types import output_folder, positive_int, unit_float
 from scnet.errors import ScnetError
 
 _DESCRIPTION = """\
@@ -34,7 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument('--models', '--model', nargs='+', required=True, metavar='NAME[:CHECKPOINT]',
                    help='one column each, in this order')
     p.add_argument('--images', '--image', nargs='+', metavar='FILE', help='one row each (any format PIL reads)')
-    p.add_argument('--output', '-o', metavar='DIR', help='where to write the PNG and the JSON')
+    p.add_argument('--output', '-o', metavar='DIR', type=output_folder, help='where to write the PNG and the JSON')
     p.add_argument('--target-layer', '--layer', default=None, metavar='L',
                    help='layer whose output Grad-CAM weighs (default: layer4, the last stage)')
     p.add_argument('--class', dest='target_class', default=None, metavar='C',
@@ -42,10 +43,10 @@ def add_parser(sub) -> None:
                         '1000-class models) instead of each image\'s predicted class')
     p.add_argument('--side-output', action='store_true',
                    help='show the res3 side-output score maps of runs trained with --aux-weight (Fig. 4)')
-    p.add_argument('--image-size', type=int, default=None, help="crop size (default: the checkpoint's, else 224)")
-    p.add_argument('--resize', type=int, default=None,
+    p.add_argument('--image-size', type=positive_int, default=None, help="crop size (default: the checkpoint's, else 224)")
+    p.add_argument('--resize', type=positive_int, default=None,
                    help="short side before the centre crop (default: the checkpoint's, else 256 for 224)")
-    p.add_argument('--alpha', type=float, default=0.5, help='opacity of the map over the image (default 0.5)')
+    p.add_argument('--alpha', type=unit_float, default=0.5, help='opacity of the map over the image (default 0.5)')
     p.add_argument('--cmap', default='jet', help='matplotlib colour map (default jet)')
     p.add_argument('--seed', type=int, default=0, help='seed of random weights (default 0)')
     p.add_argument('--list-layers', action='store_true',

@@ -5,6 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
+from scnet.cli.arg_types import output_folder, positive_int, unit_float
 from scnet.cli.formatting import render_table
 from scnet.cli.recipe_flags import add_recipe_flags, recipe_overrides
 from scnet.cli.run_flags import (add_device_flag, add_eval_flags, add_quiet_flag, add_report_flags, add_run_flags,
@@ -48,7 +49,7 @@ def add_parser(sub) -> None:
                                           'val_ann', 'val_images'))
     t.add_argument('--config', help='recipe: a YAML file or a shipped detection recipe name')
     add_recipe_flags(t, DetectionRecipe, ('epochs', 'batch_size', 'lr'))
-    t.add_argument('--image-size', type=int,
+    t.add_argument('--image-size', type=positive_int,
                    help="short side of the images (the long-side limit scales with it; default: the recipe's)")
     add_run_flags(t, output_default='runs/<task>-<backbone>-<date>-<time>',
                   seed_help='initial heads, data order, flips')
@@ -65,7 +66,7 @@ def add_parser(sub) -> None:
     e.add_argument('--val-images', required=True, help='folder of its images')
     add_report_flags(e)
     add_eval_flags(e, batch_size=2, batch_help='images per forward pass', workers=2)
-    e.add_argument('--image-size', type=int, help="short side (default: the checkpoint's)")
+    e.add_argument('--image-size', type=positive_int, help="short side (default: the checkpoint's)")
     add_quiet_flag(e)
     e.set_defaults(run=run_eval)
 
@@ -75,20 +76,20 @@ def add_parser(sub) -> None:
                                         'plus OUTPUT/predictions.json.')
     pr.add_argument('--checkpoint', required=True, help='model.safetensors or last.pt of scnet detect train')
     pr.add_argument('--images', required=True, nargs='+', help='image files and/or folders of images')
-    pr.add_argument('--output', required=True, help='folder for the PNGs and predictions.json')
-    pr.add_argument('--score-threshold', type=float, default=0.5, help='draw detections scoring at least this (0.5)')
+    pr.add_argument('--output', required=True, type=output_folder, help='folder for the PNGs and predictions.json')
+    pr.add_argument('--score-threshold', type=unit_float, default=0.5, help='draw detections scoring at least this (0.5)')
     add_device_flag(pr)
-    pr.add_argument('--image-size', type=int, help="short side (default: the checkpoint's)")
+    pr.add_argument('--image-size', type=positive_int, help="short side (default: the checkpoint's)")
     add_quiet_flag(pr)
     pr.set_defaults(run=run_predict)
 
     s = actions.add_parser('shapes', help='write a small COCO-format set of rendered shapes',
                            description='Render squares, discs and triangles on noise, with COCO JSON (boxes, '
                                        'polygon masks, areas): DIR/instances_{train,val}.json, DIR/{train,val}/.')
-    s.add_argument('output', help='folder to write')
-    s.add_argument('--num-train', type=int, default=64, help='training images (64)')
-    s.add_argument('--num-val', type=int, default=16, help='validation images (16)')
-    s.add_argument('--image-size', type=int, default=128, help='image side in pixels (128)')
+    s.add_argument('output', type=output_folder, help='folder to write')
+    s.add_argument('--num-train', type=positive_int, default=64, help='training images (64)')
+    s.add_argument('--num-val', type=positive_int, default=16, help='validation images (16)')
+    s.add_argument('--image-size', type=positive_int, default=128, help='image side in pixels (128)')
     s.add_argument('--seed', type=int, default=0, help='random seed (0)')
     s.set_defaults(run=run_shapes)
 

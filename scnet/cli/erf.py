@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from scnet.errors import ScnetError
+from scnet.cli.arg_types import output_folder, positive_int
 
 _DESCRIPTION = """\
 Measure the effective receptive field (Luo et al. 2016) of the centre unit of each stage
@@ -28,11 +28,11 @@ def add_parser(sub) -> None:
                        description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--models', '--model', nargs='+', default=['resnet50', 'scnet50'], metavar='NAME[:CHECKPOINT]',
                    help='models to compare (default: resnet50 scnet50)')
-    p.add_argument('--output', '-o', metavar='DIR', required=True, help='where to write erf.json and the PNGs')
-    p.add_argument('--input-size', type=int, default=224, help='input side in pixels (default 224)')
-    p.add_argument('--samples', type=int, default=8, help='inputs averaged per seed (default 8)')
+    p.add_argument('--output', '-o', metavar='DIR', required=True, type=output_folder, help='where to write erf.json and the PNGs')
+    p.add_argument('--input-size', type=positive_int, default=224, help='input side in pixels (default 224)')
+    p.add_argument('--samples', type=positive_int, default=8, help='inputs averaged per seed (default 8)')
     p.add_argument('--seeds', type=int, nargs='+', default=[0], help='seeds: weights and inputs (default 0)')
-    p.add_argument('--batch-size', type=int, default=8, help='inputs per forward pass (default 8)')
+    p.add_argument('--batch-size', type=positive_int, default=8, help='inputs per forward pass (default 8)')
     p.add_argument('--images', nargs='+', metavar='FILE', default=(),
                    help='average over the crops of these images instead of random inputs')
     p.add_argument('--stages', nargs='+', default=None, metavar='STAGE',
@@ -52,8 +52,6 @@ def run(args: argparse.Namespace) -> int:
     from scnet.visual.erf import measure_models, report_json, write_erf
     from scnet.visual.targets import STAGES
 
-    if args.batch_size < 1:
-        raise ScnetError(f'--batch-size must be at least 1, got {args.batch_size}')
     start = time.perf_counter()
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     result = measure_models(args.models, input_size=args.input_size, samples=args.samples, seeds=args.seeds,

@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from scnet.cli.arg_types import positive_int
 from scnet.cli.formatting import render_table
 from scnet.cli.run_flags import add_eval_flags, add_quiet_flag, add_report_flags
 
@@ -20,8 +21,8 @@ def add_parser(sub) -> None:
                         '(a folder of scnet shards, a brace pattern, pipe:...) or of a Hugging Face dataset')
     add_report_flags(p)
     add_eval_flags(p, batch_size=64, batch_help='images per batch', workers=4)
-    p.add_argument('--image-size', type=int, help='crop size (default: the checkpoint\'s, else 224)')
-    p.add_argument('--resize', type=int, help='short side before the crop (default: the checkpoint\'s, else 256)')
+    p.add_argument('--image-size', type=positive_int, help='crop size (default: the checkpoint\'s, else 224)')
+    p.add_argument('--resize', type=positive_int, help='short side before the crop (default: the checkpoint\'s, else 256)')
     p.add_argument('--skip-bad-images', action='store_true', help='skip unreadable images instead of stopping')
     add_quiet_flag(p)
     p.set_defaults(run=run)

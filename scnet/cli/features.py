@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from scnet.cli.arg_types import output_folder, positive_int
 from scnet.errors import ScnetError
 
 _DESCRIPTION = """\
@@ -24,11 +25,11 @@ def add_parser(sub) -> None:
     p.add_argument('--image', metavar='FILE', help='the image')
     p.add_argument('--layer', default=None, metavar='L',
                    help='layer to look at (default layer4.-1.conv2: the last 3x3 conv, as Fig. 3)')
-    p.add_argument('--output', '-o', metavar='DIR', help='where to write the PNG and the JSON')
-    p.add_argument('--top', type=int, default=8, help='how many channels (default 8)')
+    p.add_argument('--output', '-o', metavar='DIR', type=output_folder, help='where to write the PNG and the JSON')
+    p.add_argument('--top', type=positive_int, default=8, help='how many channels (default 8)')
     p.add_argument('--no-overlay', action='store_true', help='draw the maps alone at their own resolution')
-    p.add_argument('--image-size', type=int, default=None, help="crop size (default: the checkpoint's, else 224)")
-    p.add_argument('--resize', type=int, default=None, help="short side before the crop (default 256 for 224)")
+    p.add_argument('--image-size', type=positive_int, default=None, help="crop size (default: the checkpoint's, else 224)")
+    p.add_argument('--resize', type=positive_int, default=None, help="short side before the crop (default 256 for 224)")
     p.add_argument('--seed', type=int, default=0, help='seed of random weights (default 0)')
     p.add_argument('--list-layers', action='store_true',
                    help='print every layer of the (first) model with its output shape, and exit')

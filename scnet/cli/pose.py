@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+from scnet.cli.arg_types import output_folder, positive_int, report_file, unit_float
 from scnet.cli.formatting import render_table
 from scnet.cli.recipe_flags import add_recipe_flags, recipe_overrides
 from scnet.cli.run_flags import (add_device_flag, add_eval_flags, add_quiet_flag, add_report_flags, add_run_flags,
@@ -58,7 +59,7 @@ def add_parser(sub) -> None:
     add_recipe_flags(e, PoseRecipe, ('val_ann', 'val_images'), required=True)
     add_recipe_flags(e, PoseRecipe, ('val_boxes', 'box_score_thresh'))
     add_report_flags(e, what='metrics')
-    e.add_argument('--results', help='write the people found, in COCO keypoint results format, to this file')
+    e.add_argument('--results', type=report_file, help='write the people found, in COCO keypoint results format, to this file')
     e.add_argument('--no-flip-test', dest='flip_test', action='store_false', help='no flip test')
     add_eval_flags(e, batch_size=32, batch_help='crops per batch', workers=2)
     add_quiet_flag(e)
@@ -70,11 +71,11 @@ def add_parser(sub) -> None:
                                        'each whole image as one person.')
     p.add_argument('--checkpoint', required=True, help='model.safetensors or last.pt of `scnet pose train`')
     p.add_argument('--images', required=True, nargs='+', help='image files and/or folders')
-    p.add_argument('--output', required=True, help='folder for the PNGs and keypoints.json')
+    p.add_argument('--output', required=True, type=output_folder, help='folder for the PNGs and keypoints.json')
     p.add_argument('--boxes', help='person boxes: {"image.jpg": [[x, y, w, h(, score)], ...]} or '
                                    '[{"file_name", "bbox", "score"}, ...]; default: the whole image')
-    p.add_argument('--box-score-thresh', type=float, default=0.0, help='skip boxes scoring below this')
-    p.add_argument('--kpt-thresh', type=float, default=0.2, help='draw keypoints scoring above this (default 0.2)')
+    p.add_argument('--box-score-thresh', type=unit_float, default=0.0, help='skip boxes scoring below this')
+    p.add_argument('--kpt-thresh', type=unit_float, default=0.2, help='draw keypoints scoring above this (default 0.2)')
     p.add_argument('--no-flip-test', dest='flip_test', action='store_false', help='no flip test')
     add_device_flag(p)
     p.set_defaults(run=run_predict)
@@ -84,10 +85,10 @@ def add_parser(sub) -> None:
                                        'DIR/train/, DIR/val/, DIR/person_keypoints_{train,val}.json and '
                                        'DIR/detections_val.json (jittered boxes with scores, for --boxes). The same '
                                        'seed writes the same files.')
-    s.add_argument('--output', required=True, help='folder to write (must not hold annotation files yet)')
-    s.add_argument('--num-train', type=int, default=200, help='training images (default 200)')
-    s.add_argument('--num-val', type=int, default=50, help='validation images (default 50)')
-    s.add_argument('--image-size', type=int, default=256, help='image side in pixels (default 256)')
+    s.add_argument('--output', required=True, type=output_folder, help='folder to write (must not hold annotation files yet)')
+    s.add_argument('--num-train', type=positive_int, default=200, help='training images (default 200)')
+    s.add_argument('--num-val', type=positive_int, default=50, help='validation images (default 50)')
+    s.add_argument('--image-size', type=positive_int, default=256, help='image side in pixels (default 256)')
     s.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
     s.set_defaults(run=run_synth)
 

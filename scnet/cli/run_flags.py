@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+from scnet.cli.arg_types import non_negative_int, output_folder, positive_int, report_file
+
 __all__ = ['DEVICES', 'add_run_flags', 'add_report_flags', 'print_report', 'add_eval_flags', 'add_device_flag',
            'add_quiet_flag', 'run_config']
 
@@ -20,17 +22,17 @@ def add_run_flags(p: argparse.ArgumentParser, *, output_default: str, seed_help:
     ``output_default``: the run folder without ``--output`` (for the help); ``seed_help``: what the seed decides.
     Everything left out is None, so that the recipe's value stands.
     """
-    p.add_argument('--output', help=f'run folder (default: {output_default})')
+    p.add_argument('--output', type=output_folder, help=f'run folder (default: {output_default})')
     p.add_argument('--resume', action='store_true', help='continue the run in --output from its last.pt')
     p.add_argument('--seed', type=int, help=f'random seed ({seed_help})')
-    p.add_argument('--workers', type=int, help='data loading processes per training process')
+    p.add_argument('--workers', type=non_negative_int, help='data loading processes per training process')
     p.add_argument('--device', choices=DEVICES, help='device (default: cuda if available)')
 
 
 def add_report_flags(p: argparse.ArgumentParser, *, what: str = 'result') -> None:
     """``--format`` (table or json on stdout) and ``--output`` (the ``what`` as a JSON file) of an evaluation."""
     p.add_argument('--format', choices=('table', 'json'), default='table', help='output format')
-    p.add_argument('--output', help=f'also write the {what} as JSON to this file')
+    p.add_argument('--output', type=report_file, help=f'also write the {what} as JSON to this file')
 
 
 def print_report(args: argparse.Namespace, result: Dict[str, Any], table: Callable[[Dict[str, Any]], str]) -> int:
@@ -46,8 +48,8 @@ def print_report(args: argparse.Namespace, result: Dict[str, Any], table: Callab
 
 def add_eval_flags(p: argparse.ArgumentParser, *, batch_size: int, batch_help: str, workers: int) -> None:
     """``--batch-size``, ``--workers``, ``--device`` of an evaluation command, with their defaults."""
-    p.add_argument('--batch-size', type=int, default=batch_size, help=f'{batch_help} (default {batch_size})')
-    p.add_argument('--workers', type=int, default=workers, help=f'data loading processes (default {workers})')
+    p.add_argument('--batch-size', type=positive_int, default=batch_size, help=f'{batch_help} (default {batch_size})')
+    p.add_argument('--workers', type=non_negative_int, default=workers, help=f'data loading processes (default {workers})')
     add_device_flag(p)
 
 

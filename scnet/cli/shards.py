@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scnet.cli.arg_types import output_folder
 from scnet.cli.run_flags import add_quiet_flag
 
 
@@ -15,7 +16,7 @@ def add_parser(sub) -> None:
                                    'again to finish an interrupted one. Train on them with scnet train --data OUT '
                                    '(or a brace pattern of the shards, local or pipe:).')
     p.add_argument('src', metavar='SRC', help='ImageNet-layout folder with train/ and val/')
-    p.add_argument('out', metavar='OUT', help='output folder (new or empty, or the one an interrupted run left)')
+    p.add_argument('out', metavar='OUT', type=output_folder, help='output folder (new or empty, or the one an interrupted run left)')
     p.add_argument('--shard-size', default='1GB', help='bytes of images per shard: 1GB (default), 500MB, 64MiB...')
     p.add_argument('--shuffle', action='store_true',
                    help='write the images in a random order (recommended for training: a reader\'s shuffle '

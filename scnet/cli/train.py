@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from scnet.cli.arg_types import non_negative_float, non_negative_int, positive_float, positive_int, unit_float
 from scnet.cli.recipe_flags import recipe_overrides
 from scnet.cli.run_flags import add_quiet_flag, add_run_flags, run_config
 
@@ -45,21 +46,21 @@ def add_parser(sub) -> None:
                                   'pipe:curl -s URL/train-{...}.tar); or a Hugging Face dataset saved to disk or '
                                   'as parquet (PATH, or PATH#image=COL,label=COL) (default: the embedded dataset)')
     p.add_argument('--config', help='recipe: a YAML file or a shipped recipe name')
-    p.add_argument('--epochs', type=int, help='number of epochs')
-    p.add_argument('--batch-size', type=int, help='global batch size')
-    p.add_argument('--lr', type=float, help='peak learning rate (default: 0.1 x batch / 256)')
+    p.add_argument('--epochs', type=positive_int, help='number of epochs')
+    p.add_argument('--batch-size', type=positive_int, help='global batch size')
+    p.add_argument('--lr', type=positive_float, help='peak learning rate (default: 0.1 x batch / 256)')
     add_run_flags(p, output_default='runs/<model>-<date>-<time>',
                   seed_help='initial weights, data order, augmentation')
     p.add_argument('--amp', action='store_true', default=None,
                    help='mixed precision (bfloat16 autocast on CPU, float16 on CUDA)')
     p.add_argument('--channels-last', action='store_true', default=None, help='channels_last memory format')
     p.add_argument('--compile', action='store_true', default=None, help='torch.compile the model')
-    p.add_argument('--aux-weight', type=float, help='weight of the side classifier loss after res3 (Fig. 5); 0: off')
-    p.add_argument('--accum-steps', type=int, help='gradient accumulation steps per optimiser step')
-    p.add_argument('--image-size', type=int, help='training and evaluation crop size')
+    p.add_argument('--aux-weight', type=non_negative_float, help='weight of the side classifier loss after res3 (Fig. 5); 0: off')
+    p.add_argument('--accum-steps', type=positive_int, help='gradient accumulation steps per optimiser step')
+    p.add_argument('--image-size', type=positive_int, help='training and evaluation crop size')
     p.add_argument('--skip-bad-images', action='store_true', default=None,
                    help='skip unreadable images (counted in the log) instead of stopping')
-    p.add_argument('--checkpoint-every', type=int, metavar='N',
+    p.add_argument('--checkpoint-every', type=non_negative_int, metavar='N',
                    help='also save DIR/last.pt every N optimiser steps (a preempted run loses at most N steps; '
                         'default: after each epoch only)')
     g = p.add_argument_group('fine-tuning')
@@ -70,26 +71,26 @@ def add_parser(sub) -> None:
                        help="start from a checkpoint: model.safetensors, last.pt or the authors' .pth")
     g = p.add_argument_group('modern options (timm)')
     g.add_argument('--optimizer', choices=('sgd', 'adamw', 'lamb'), help='optimiser (default: the recipe\'s, sgd)')
-    g.add_argument('--weight-decay', type=float, help='weight decay')
+    g.add_argument('--weight-decay', type=non_negative_float, help='weight decay')
     g.add_argument('--no-decay-norm-and-bias', dest='decay_norm_and_bias', action='store_false', default=None,
                    help='no weight decay on norm weights and biases')
     g.add_argument('--schedule', choices=('step', 'cosine'), help='lr schedule')
-    g.add_argument('--warmup-epochs', type=float, help='linear lr warm-up, in epochs (fractions allowed)')
-    g.add_argument('--label-smoothing', type=float, help='label smoothing (the paper: 0.1)')
+    g.add_argument('--warmup-epochs', type=non_negative_float, help='linear lr warm-up, in epochs (fractions allowed)')
+    g.add_argument('--label-smoothing', type=unit_float, help='label smoothing (the paper: 0.1)')
     g.add_argument('--loss', choices=('ce', 'bce'), help='cross-entropy or binary cross-entropy')
-    g.add_argument('--bce-target-thresh', type=float, help='bce: soft targets above it become 1')
+    g.add_argument('--bce-target-thresh', type=unit_float, help='bce: soft targets above it become 1')
     g.add_argument('--auto-augment', metavar='POLICY',
                    help='timm policy: rand-m9-mstd0.5-inc1 (RandAugment), original (AutoAugment), '
                         'augmix-m5-w4-d2; or trivial (TrivialAugment)')
-    g.add_argument('--reprob', type=float, help='random erasing probability')
-    g.add_argument('--mixup', type=float, help='mixup alpha (0: off)')
-    g.add_argument('--cutmix', type=float, help='cutmix alpha (0: off)')
-    g.add_argument('--ema-decay', type=float,
+    g.add_argument('--reprob', type=unit_float, help='random erasing probability')
+    g.add_argument('--mixup', type=non_negative_float, help='mixup alpha (0: off)')
+    g.add_argument('--cutmix', type=non_negative_float, help='cutmix alpha (0: off)')
+    g.add_argument('--ema-decay', type=unit_float,
                    help='keep an EMA of the weights with this decay (e.g. 0.9998), evaluated each epoch')
-    g.add_argument('--drop-path', dest='drop_path_rate', type=float, help='stochastic depth rate')
-    g.add_argument('--eval-image-size', type=int,
+    g.add_argument('--drop-path', dest='drop_path_rate', type=unit_float, help='stochastic depth rate')
+    g.add_argument('--eval-image-size', type=positive_int,
                    help='evaluation crop size (default: --image-size; RSB trains at 160 and tests at 224)')
-    g.add_argument('--eval-resize', type=int, help='evaluation: resize the short side to this, then centre-crop')
+    g.add_argument('--eval-resize', type=positive_int, help='evaluation: resize the short side to this, then centre-crop')
     add_quiet_flag(p, bars=True)
     p.set_defaults(run=run)
 

@@ -24,8 +24,9 @@ from PIL import Image, UnidentifiedImageError
 
 from scnet.data.folders import BadImageError, decode_rgb
 from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from scnet.errors import ScnetError
 
-__all__ = ['BadImageError', 'load_image', 'Preprocessing', 'colorize', 'overlay', 'resize_map', 'draw_grid',
+__all__ = ['BadImageError', 'PreprocessingError', 'load_image', 'Preprocessing', 'colorize', 'overlay', 'resize_map', 'draw_grid',
            'grid_pixels', 'save_png', 'DPI', 'CELL_INCHES']
 
 PathLike = Union[str, 'os.PathLike[str]']
@@ -57,6 +58,10 @@ def load_image(path: PathLike) -> Image.Image:
         raise BadImageError(f'{path}: unreadable image ({e})') from None
 
 
+class PreprocessingError(ScnetError, ValueError):
+    """An image size and resize that no centre crop can satisfy."""
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """A model's evaluation input pipeline: resize the short side to ``resize``, take the centre
@@ -69,13 +74,17 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.image_size < 1 or self.resize < self.image_size:
-            raise ValueError(f'image size {self.image_size} and resize {self.resize}: need 1 <= image size <= '
-                             'resize')
+            raise PreprocessingError(f'image size {self.image_size} and resize {self.resize}: need 1 <= image '
+                                     'size <= resize (the short side is resized, then the centre crop taken)')
 
     @classmethod
     def from_metadata(cls, meta: dict, image_size: Optional[int] = None, resize: Optional[int] = None):
         """The pipeline recorded with a checkpoint by ``scnet train`` (else ImageNet's 224/256), with overrides."""
         size = int(image_size or meta.get('image_size') or 224)
+        if resize is not None and resize < size:  # raising it silently would show another picture than asked
+            raise PreprocessingError(f'resize {resize} is smaller than the image size {size}: the short side is '
+                                     f'resized first and the {size} px centre crop must fit in it; give a resize '
+                                     f'of at least {size}, or leave it out')
         if resize is None:
             saved = meta.get('eval_resize')
             # a saved resize belongs to the saved size; for another size keep ImageNet's 224:256 ratio

@@ -1,0 +1,95 @@
+"""Argument types that refuse impossible values while the command line is parsed.
+
+A batch size of 0, a negative image size or a JSON report aimed at a folder would otherwise surface minutes
+later, deep inside a data loader, a transform or ``open()``, after the work they were meant to hold (an
+evaluation, a training epoch) is done and lost. argparse calls these types before anything runs and prints
+their message as ``scnet CMD: error: argument --flag: ...`` with exit status 2, the way it reports a bad
+choice. argparse has range checks for none of this, hence these few functions.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ['positive_int', 'non_negative_int', 'positive_float', 'non_negative_float', 'unit_float', 'report_file',
+           'output_folder']
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
+    if value != value or value in (float('inf'), float('-inf')):
+        raise argparse.ArgumentTypeError(f'{text!r} is not a finite number')
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A count or size that must be at least 1 (batch sizes, epochs, repeats, image sides in pixels)."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A count where 0 means none (data loading workers, warm-up rounds)."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'must be 0 or more, got {value}')
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A rate or scale that must be above 0 (a learning rate)."""
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f'must be above 0, got {text}')
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A weight or alpha where 0 means off (weight decay, mixup alpha, an auxiliary loss weight)."""
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'must be 0 or more, got {text}')
+    return value
+
+
+def unit_float(text: str) -> float:
+    """A probability, score threshold or opacity: between 0 and 1, both included."""
+    value = _float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f'must be between 0 and 1, got {text}')
+    return value
+
+
+def report_file(text: str) -> str:
+    """A file a command writes its result to, after the work: in a folder that exists, and not a folder itself."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f'{text} is a folder; give a file name, e.g. {path / "result.json"}')
+    folder = path.parent
+    if not folder.is_dir():
+        what = 'is a file' if folder.exists() else 'does not exist'
+        raise argparse.ArgumentTypeError(f'folder {folder} {what}; create the folder first or choose another path')
+    return text
+
+
+def output_folder(text: str) -> str:
+    """A folder a command writes into: refused when it is a file (or lies under one), since writing would fail
+    only after the work, or replace nothing the user meant to keep."""
+    path = Path(text)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            what = 'is a file' if p == path else f'lies under {p}, which is a file'
+            raise argparse.ArgumentTypeError(f'{text} {what}, not a folder; choose another output folder')
+    return text

@@ -1,0 +1,114 @@
+"""Impossible flag values are refused while the command line is parsed, before any work (scnet/cli/arg_types.py):
+each case names the flag and the problem, and nothing is written."""
+import pytest
+
+from scnet.cli.main import main
+
+# Every command below would otherwise start work (read data, build a model) before meeting the bad value;
+# the other arguments are placeholders that parsing does not open.
+EVAL = ['eval', '--model', 'resnet26_cifar', '--checkpoint', 'c.safetensors', '--data', 'd']
+DETECT_EVAL = ['detect', 'eval', '--checkpoint', 'c', '--val-ann', 'a.json', '--val-images', 'i']
+POSE_EVAL = ['pose', 'eval', '--checkpoint', 'c', '--val-ann', 'a.json', '--val-images', 'i']
+DETECT_PREDICT = ['detect', 'predict', '--checkpoint', 'c', '--images', 'i']
+POSE_PREDICT = ['pose', 'predict', '--checkpoint', 'c', '--images', 'i']
+
+
+@pytest.mark.parametrize('argv, message', [
+    (EVAL + ['--batch-size', '0'], 'argument --batch-size: must be at least 1, got 0'),
+    (EVAL + ['--workers', '-2'], 'argument --workers: must be 0 or more, got -2'),
+    (EVAL + ['--image-size', '0'], 'argument --image-size: must be at least 1, got 0'),
+    (EVAL + ['--resize', '-3'], 'argument --resize: must be at least 1, got -3'),
+    (EVAL + ['--batch-size', 'many'], "argument --batch-size: 'many' is not a whole number"),
+    (DETECT_EVAL + ['--batch-size', '0'], 'argument --batch-size: must be at least 1'),
+    (DETECT_EVAL + ['--workers', '-1'], 'argument --workers: must be 0 or more'),
+    (DETECT_EVAL + ['--image-size', '-3'], 'argument --image-size: must be at least 1'),
+    (DETECT_PREDICT + ['--output', 'o', '--image-size', '-2'], 'argument --image-size: must be at least 1'),
+    (DETECT_PREDICT + ['--output', 'o', '--score-threshold', '1.5'],
+     'argument --score-threshold: must be between 0 and 1, got 1.5'),
+    (POSE_EVAL + ['--batch-size', '0'], 'argument --batch-size: must be at least 1'),
+    (POSE_PREDICT + ['--output', 'o', '--kpt-thresh', '-0.1'], 'argument --kpt-thresh: must be between 0 and 1'),
+    (POSE_PREDICT + ['--output', 'o', '--box-score-thresh', 'nan'], "argument --box-score-thresh: 'nan' is not a "
+                                                                    'finite number'),
+    (['pose', 'synth', '--output', 'o', '--num-train', '0'], 'argument --num-train: must be at least 1'),
+    (['detect', 'shapes', 'o', '--num-val', '-1'], 'argument --num-val: must be at least 1'),
+    (['cam', '--models', 'resnet26_cifar', '--image-size', '-5'], 'argument --image-size: must be at least 1'),
+    (['cam', '--models', 'resnet26_cifar', '--alpha', '2'], 'argument --alpha: must be between 0 and 1'),
+    (['features', '--model', 'resnet26_cifar', '--image-size', '-1'], 'argument --image-size: must be at least 1'),
+    (['features', '--model', 'resnet26_cifar', '--top', '0'], 'argument --top: must be at least 1'),
+    (['erf', '--output', 'o', '--samples', '0'], 'argument --samples: must be at least 1'),
+    (['erf', '--output', 'o', '--batch-size', '0'], 'argument --batch-size: must be at least 1'),
+    (['erf', '--output', 'o', '--input-size', '0'], 'argument --input-size: must be at least 1'),
+    (['train', '--epochs', 'two'], "argument --epochs: 'two' is not a whole number"),
+    (['train', '--batch-size', '0'], 'argument --batch-size: must be at least 1'),
+    (['train', '--lr', '-1'], 'argument --lr: must be above 0, got -1'),
+    (['train', '--lr', 'inf'], "argument --lr: 'inf' is not a finite number"),
+    (['train', '--workers', '-1'], 'argument --workers: must be 0 or more'),
+    (['train', '--accum-steps', '0'], 'argument --accum-steps: must be at least 1'),
+    (['train', '--checkpoint-every', '-1'], 'argument --checkpoint-every: must be 0 or more'),
+    (['train', '--weight-decay', '-1'], 'argument --weight-decay: must be 0 or more'),
+    (['train', '--warmup-epochs', '-1'], 'argument --warmup-epochs: must be 0 or more'),
+    (['train', '--aux-weight', '-0.5'], 'argument --aux-weight: must be 0 or more'),
+    (['train', '--label-smoothing', '1.5'], 'argument --label-smoothing: must be between 0 and 1'),
+    (['train', '--reprob', '2'], 'argument --reprob: must be between 0 and 1'),
+    (['train', '--mixup', '-1'], 'argument --mixup: must be 0 or more'),
+    (['train', '--cutmix', '-1'], 'argument --cutmix: must be 0 or more'),
+    (['train', '--ema-decay', '1.5'], 'argument --ema-decay: must be between 0 and 1'),
+    (['train', '--drop-path', '-0.1'], 'argument --drop-path: must be between 0 and 1'),
+    (['train', '--bce-target-thresh', '3'], 'argument --bce-target-thresh: must be between 0 and 1'),
+    (['train', '--image-size', '0'], 'argument --image-size: must be at least 1'),
+    (['train', '--eval-image-size', '0'], 'argument --eval-image-size: must be at least 1'),
+    (['train', '--eval-resize', '0'], 'argument --eval-resize: must be at least 1'),
+])
+def test_impossible_numbers_are_refused_before_any_work(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and 'Traceback' not in err
+    assert list(tmp_path.iterdir()) == []  # no run folder, no output folder, no report
+
+
+@pytest.mark.parametrize('argv, message', [
+    (EVAL + ['--output', '{tmp}'], 'argument --output: {tmp} is a folder; give a file name, e.g. {tmp}/result.json'),
+    (EVAL + ['--output', '{tmp}/missing/r.json'], 'argument --output: folder {tmp}/missing does not exist; create '
+                                                  'the folder first'),
+    (EVAL + ['--output', '{tmp}/a_file/r.json'], 'argument --output: folder {tmp}/a_file is a file'),
+    (DETECT_EVAL + ['--output', '{tmp}'], 'argument --output: {tmp} is a folder'),
+    (POSE_EVAL + ['--output', '{tmp}/missing/m.json'], 'argument --output: folder {tmp}/missing does not exist'),
+    (POSE_EVAL + ['--results', '{tmp}'], 'argument --results: {tmp} is a folder'),
+    (['train', '--output', '{tmp}/a_file'], 'argument --output: {tmp}/a_file is a file, not a folder'),
+    (['detect', 'train', '--output', '{tmp}/a_file'], 'argument --output: {tmp}/a_file is a file, not a folder'),
+    (['pose', 'train', '--output', '{tmp}/a_file/run'], 'argument --output: {tmp}/a_file/run lies under '
+                                                        '{tmp}/a_file, which is a file'),
+    (DETECT_PREDICT + ['--output', '{tmp}/a_file'], 'argument --output: {tmp}/a_file is a file'),
+    (POSE_PREDICT + ['--output', '{tmp}/a_file'], 'argument --output: {tmp}/a_file is a file'),
+    (['pose', 'synth', '--output', '{tmp}/a_file'], 'argument --output: {tmp}/a_file is a file'),
+    (['detect', 'shapes', '{tmp}/a_file'], 'argument output: {tmp}/a_file is a file'),
+    (['erf', '--output', '{tmp}/a_file'], 'argument --output/-o: {tmp}/a_file is a file'),
+    (['cam', '--models', 'resnet26_cifar', '--output', '{tmp}/a_file'], '{tmp}/a_file is a file'),
+    (['features', '--model', 'resnet26_cifar', '--output', '{tmp}/a_file'], '{tmp}/a_file is a file'),
+    (['shards', '{tmp}', '{tmp}/a_file'], 'argument OUT: {tmp}/a_file is a file'),
+])
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(argv, message, tmp_path, capsys):
+    (tmp_path / 'a_file').write_text('keep me')
+    argv = [a.replace('{tmp}', str(tmp_path)) for a in argv]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message.replace('{tmp}', str(tmp_path)) in err and 'Traceback' not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file'] and (tmp_path / 'a_file').read_text() == 'keep me'
+
+
+def test_an_evaluation_report_goes_where_asked(tmp_path, capsys):
+    """The accepted cases: a new file in an existing folder, and (--workers 0, --alpha 0) the boundary values."""
+    from scnet.cli.main import build_parser
+
+    args = build_parser().parse_args(EVAL + ['--output', str(tmp_path / 'r.json'), '--workers', '0'])
+    assert args.output == str(tmp_path / 'r.json') and args.workers == 0 and args.batch_size == 64
+    args = build_parser().parse_args(['cam', '--models', 'resnet26_cifar', '--alpha', '0', '--output',
+                                      str(tmp_path / 'new' / 'deeper')])
+    assert args.alpha == 0.0 and args.output == str(tmp_path / 'new' / 'deeper')
+    args = build_parser().parse_args(['train', '--label-smoothing', '0.1', '--lr', '1e-3', '--checkpoint-every', '0'])
+    assert (args.label_smoothing, args.lr, args.checkpoint_every) == (0.1, 1e-3, 0)
