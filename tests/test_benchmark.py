@@ -5,6 +5,7 @@ to benchmarks/ on a quiet machine), only that the measurements are the right one
 """
 import json
 import sys
+import time
 
 import pytest
 import torch
@@ -123,6 +124,26 @@ def test_gemm_rates_are_positive_and_finite():
     assert 0 < conv1x1_gflops(channels=32, spatial=8, repeats=2) < 1e6
     rates = gemm_rates()
     assert rates['dtype'] == 'float32' and rates['matmul_gflops'] > 0 and rates['conv1x1_gflops'] > 0
+
+
+def test_matmul_rate_stops_growing_once_a_call_takes_long_enough(monkeypatch):
+    """A dtype without fast kernels (bfloat16 on an AVX2 CPU: 10 s a 2048 matmul) is timed at a small size."""
+    import scnet.bench.rates as rates
+
+    sizes, matmul = [], torch.matmul
+
+    def slow_matmul(a, b):
+        sizes.append(a.shape[0])
+        time.sleep(0.06 if a.shape[0] >= 512 else 0)  # a slow kernel from 512 up
+        return matmul(a, b)
+
+    monkeypatch.setattr(torch, 'matmul', slow_matmul)
+    assert rates.matmul_gflops(repeats=2) > 0
+    assert max(sizes) == 512 and sizes[-3:] == [512, 512, 512]  # probed 256 and 512, timed at 512
+    sizes.clear()
+    monkeypatch.setattr(rates, '_ENOUGH_SECONDS', float('inf'))  # no size is slow enough: the full one
+    rates.matmul_gflops(repeats=1)
+    assert sizes[-2:] == [2048, 2048] and sizes.count(2048) == 2
 
 
 # --- cases ----------------------------------------------------------------------------------------------

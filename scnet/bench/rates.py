@@ -32,18 +32,40 @@ def _sync_for(device: torch.device):
     return torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
 
 
+#: A size whose single call takes this long is large enough to time: bigger would only add seconds.
+_ENOUGH_SECONDS = 0.05
+
+
+def _first_timeable(sizes, seconds_at) -> int:
+    """The first of ``sizes`` (growing) whose one call takes ``_ENOUGH_SECONDS``, else the last. Where a dtype
+    has no fast kernel (bfloat16 on a CPU without AVX-512 BF16: about 1.6 GFLOP/s, 10 s for one 2048 matmul),
+    the rate is then read from a small size in well under a second instead of a minute at the large one."""
+    for n in sizes[:-1]:
+        if seconds_at(n) >= _ENOUGH_SECONDS:
+            return n
+    return sizes[-1]
+
+
 def matmul_gflops(device: str = 'cpu', dtype: torch.dtype = torch.float32, size: Optional[int] = None,
                   repeats: int = 5) -> float:
     """GFLOP/s of a ``size x size`` by ``size x size`` ``torch.matmul`` (2 size^3 FLOPs), best of ``repeats``.
 
-    Default size: 2048 on CPU (large enough to be compute-bound, small enough to take well under a second),
-    8192 on a GPU.
+    Default size: up to 2048 on CPU (large enough to be compute-bound, small enough to take well under a
+    second), 8192 on a GPU; smaller where one call already takes long enough (``_first_timeable``).
     """
     dev = torch.device(device)
-    n = size or (8192 if dev.type == 'cuda' else 2048)
-    a = torch.randn(n, n, device=dev, dtype=dtype)
-    b = torch.randn(n, n, device=dev, dtype=dtype)
-    seconds = _best_seconds(lambda: torch.matmul(a, b), repeats, _sync_for(dev))
+    sync = _sync_for(dev)
+
+    def operands(n: int):
+        return (torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype))
+
+    def seconds_at(n: int) -> float:
+        a, b = operands(n)
+        return _best_seconds(lambda: torch.matmul(a, b), 1, sync)
+
+    n = size or _first_timeable((8192,) if dev.type == 'cuda' else (256, 512, 1024, 2048), seconds_at)
+    a, b = operands(n)
+    seconds = _best_seconds(lambda: torch.matmul(a, b), repeats, sync)
     return 2 * n ** 3 / seconds / 1e9
 
 
