@@ -6,7 +6,8 @@ paper's networks (registered in timm, so ``timm.create_model('scnet50')`` works 
 """
 from scnet.convert import ConversionReport, convert
 from scnet.deploy import DeployReport, deploy
-from scnet.errors import CheckpointError, ScnetError, UnknownModelError
+from scnet.errors import (CheckpointError, InvalidArgumentError, InvalidArgumentTypeError, ScnetError,
+                          UnknownModelError)
 from scnet.layers import GatherExcite, SCConv2d
 from scnet.models import PAPER_MODELS, create_model, list_models
 
@@ -14,4 +15,4 @@ __version__ = '0.1.0'
 
 __all__ = ['SCConv2d', 'GatherExcite', 'convert', 'ConversionReport', 'create_model', 'list_models',
            'PAPER_MODELS', 'deploy', 'DeployReport', 'ScnetError', 'UnknownModelError', 'CheckpointError',
-           '__version__']
+           'InvalidArgumentError', 'InvalidArgumentTypeError', '__version__']

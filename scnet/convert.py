@@ -11,11 +11,12 @@ from __future__ import annotations
 import fnmatch
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
+from scnet.errors import InvalidArgumentTypeError
 from scnet.layers.scconv import SCConv2d
 
 __all__ = ['convert', 'ConversionReport', 'ConvertedLayer', 'SkippedLayer']
@@ -31,6 +32,7 @@ class ConvertedLayer:
     groups: int
     params_before: int
     params_after: int
+    aliases: List[str] = field(default_factory=list)  # other names of the same (shared) conv, replaced too
 
 
 @dataclass
@@ -65,7 +67,7 @@ class ConversionReport:
         lines = [f'converted {len(self.converted)} 3x3 conv(s) to SCConv2d '
                  f'({self.params_before:,} -> {self.params_after:,} parameters), skipped {len(self.skipped)}']
         lines += [f'  + {c.name}: {c.in_channels}->{c.out_channels}, stride {c.stride}, groups {c.groups}'
-                  for c in self.converted]
+                  + (f' (also {", ".join(c.aliases)})' if c.aliases else '') for c in self.converted]
         lines += [f'  - {s.name}: {s.reason}' for s in self.skipped]
         return '\n'.join(lines)
 
@@ -89,30 +91,133 @@ def _why_not(conv: nn.Conv2d) -> Optional[str]:
     return None
 
 
-def convert(model: nn.Module, *, exclude: Iterable[str] = (), **sc_options) -> ConversionReport:
+#: Arguments of ``SCConv2d`` that ``convert`` takes from each convolution it replaces (one value passed to
+#: ``convert`` would apply to every layer and change its shape).
+PER_CONV_ARGUMENTS = ('in_channels', 'out_channels', 'stride', 'dilation', 'groups', 'device', 'dtype')
+
+#: Options of ``SCConv2d`` that ``convert`` passes on to every new layer.
+SC_OPTIONS = ('pooling_r', 'pool', 'identity', 'upsample', 'norm_layer', 'memory_efficient')
+
+ALREADY_SC = 'already an SCConv2d (converted before, or built as one)'
+
+
+def _check_model(model) -> None:
+    """``model`` must be an eager ``nn.Module``: a TorchScript module's forward is compiled code that keeps
+    calling its old convolutions whatever attributes are replaced, so converting one would change nothing."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise InvalidArgumentTypeError(
+            'convert: a TorchScript module (torch.jit.script / torch.jit.trace output) cannot be converted, its '
+            'forward is compiled code; convert the nn.Module first, then script it: '
+            'scnet.convert(model); torch.jit.script(model)')
+    if not isinstance(model, nn.Module):
+        hint = (f"; to convert a model by name, build it first: scnet.convert(timm.create_model({model!r}))"
+                if isinstance(model, str) else '')
+        raise InvalidArgumentTypeError(
+            f'convert takes an nn.Module (your network, a torchvision or timm model), got {type(model).__name__}{hint}')
+
+
+def _check_options(options: dict) -> None:
+    per_conv = [k for k in options if k in PER_CONV_ARGUMENTS]
+    if per_conv:
+        raise InvalidArgumentTypeError(
+            f'convert takes {", ".join(per_conv)} from each convolution it replaces (every SCConv2d keeps the shape '
+            f'of the conv it replaces), so it accepts no {"/".join(per_conv)} argument; to change them, change the '
+            'convolutions of the network, or build SCConv2d(...) layers yourself')
+    unknown = [k for k in options if k not in SC_OPTIONS]
+    if unknown:
+        raise InvalidArgumentTypeError(f'convert: unknown option(s) {", ".join(unknown)}; the SCConv2d options it '
+                                       f'takes: {", ".join(SC_OPTIONS)}')
+
+
+def _patterns(argument: str, value) -> Tuple[str, ...]:
+    """A single string is one pattern; iterating it would make each character a pattern of its own."""
+    if isinstance(value, str):
+        return (value,)
+    try:
+        patterns = tuple(value)
+    except TypeError:
+        patterns = (value,)
+    bad = [p for p in patterns if not isinstance(p, str)]
+    if bad:
+        raise InvalidArgumentTypeError(f'convert: {argument} takes a shell pattern of module names or a list of '
+                                       f'them, e.g. {argument}=\'layer4.*\', got {bad[0]!r}')
+    return patterns
+
+
+def _reachable(module: nn.Module, prefix: str = '') -> Iterator[Tuple[str, nn.Module]]:
+    """Every (name, submodule), a module shared under several names once per name (``named_modules`` lists
+    it once, so the other names would keep the old conv). ``SCConv2d`` and TorchScript modules are listed but not
+    entered: an SCConv2d's K1..K4 are part of it (converting them again would nest SC-Convs), and a scripted
+    module's convolutions cannot be replaced."""
+    for child_name, child in module._modules.items():
+        if child is None:
+            continue
+        name = f'{prefix}.{child_name}' if prefix else child_name
+        yield name, child
+        if not isinstance(child, (SCConv2d, torch.jit.ScriptModule)):
+            yield from _reachable(child, name)
+
+
+def _scripted_convs(module: torch.jit.ScriptModule) -> bool:
+    return any(getattr(m, 'original_name', None) == 'Conv2d' for m in module.modules())
+
+
+def convert(model: nn.Module, *, exclude: Union[str, Iterable[str]] = (), **sc_options) -> ConversionReport:
     """Replace, in place, every eligible 3x3 ``nn.Conv2d`` of ``model`` by an ``SCConv2d`` of the same shape.
 
     Args:
-        model: any ``nn.Module`` (your network, a torchvision or timm model).
-        exclude: shell patterns of module names to leave alone, e.g. ``('layer4.*',)``.
+        model: any eager ``nn.Module`` (your network, a torchvision or timm model); not a TorchScript module
+            (convert first, then script).
+        exclude: a shell pattern of module names to leave alone, or a list of them, e.g. ``'layer4.*'``.
         **sc_options: ``SCConv2d`` options (``pooling_r``, ``pool``, ``identity``, ``upsample``,
-            ``norm_layer``, ``memory_efficient``).
+            ``norm_layer``, ``memory_efficient``). Shape arguments (``stride``, ``groups``, ...) come from
+            each convolution.
 
     Returns:
         A ``ConversionReport`` listing the converted layers and the skipped 3x3 convs with their reasons.
         Eligible convs have an even number of input and output channels divisible in halves by their
         groups, zero padding equal to their dilation, no bias, and equal stride along both axes.
+
+    Converting twice changes nothing the second time: existing ``SCConv2d`` layers are reported as skipped,
+    never entered. A conv reachable under several names (shared) becomes one ``SCConv2d`` under all of them.
+    Every new layer is built before the first is put in place, so an option a layer rejects leaves the model
+    unchanged.
     """
-    patterns = tuple(exclude)
+    _check_model(model)
+    patterns = _patterns('exclude', exclude)
+    _check_options(sc_options)
     report = ConversionReport()
-    for name, conv in list(model.named_modules()):
+    if isinstance(model, SCConv2d):
+        report.skipped.append(SkippedLayer('', ALREADY_SC))
+        return report
+    if isinstance(model, nn.Conv2d) and model.kernel_size == (3, 3):
+        report.skipped.append(SkippedLayer('', 'the model itself is this conv: wrap it in a module to convert it'))
+        return report
+
+    names: Dict[int, List[str]] = {}  # id -> every name of the module, in the order named_modules lists them
+    modules: Dict[int, nn.Module] = {}
+    for name, module in _reachable(model):
+        names.setdefault(id(module), []).append(name)
+        modules[id(module)] = module
+
+    replacements = []
+    for key, conv in modules.items():
+        first = names[key][0]
+        if isinstance(conv, SCConv2d):
+            report.skipped.append(SkippedLayer(first, ALREADY_SC))
+            continue
+        if isinstance(conv, torch.jit.ScriptModule):
+            if _scripted_convs(conv):
+                report.skipped.append(SkippedLayer(first, 'a TorchScript module: its convolutions cannot be '
+                                                          'replaced (convert before scripting)'))
+            continue
         if not isinstance(conv, nn.Conv2d) or conv.kernel_size != (3, 3):
             continue
-        reason = _why_not(conv) if name else 'the model itself is this conv: wrap it in a module to convert it'
-        if reason is None and any(fnmatch.fnmatch(name, p) for p in patterns):
+        reason = _why_not(conv)
+        if reason is None and any(fnmatch.fnmatch(n, p) for n in names[key] for p in patterns):
             reason = 'excluded by pattern'
         if reason:
-            report.skipped.append(SkippedLayer(name, reason))
+            report.skipped.append(SkippedLayer(first, reason))
             continue
         sc = SCConv2d(conv.in_channels, conv.out_channels, stride=conv.stride[0], dilation=conv.dilation[0],
                       groups=conv.groups, device=conv.weight.device, dtype=conv.weight.dtype, **sc_options)
@@ -121,10 +226,13 @@ def convert(model: nn.Module, *, exclude: Iterable[str] = (), **sc_options) -> C
             sc.to(memory_format=torch.channels_last)
         for k in (sc.k1, sc.k2, sc.k3, sc.k4):
             nn.init.kaiming_normal_(k.weight, mode='fan_out', nonlinearity='relu')
-        parent_name, _, child = name.rpartition('.')
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, sc)
+        replacements.append((names[key], sc))
         report.converted.append(ConvertedLayer(
-            name, conv.in_channels, conv.out_channels, conv.stride[0], conv.dilation[0], conv.groups,
+            first, conv.in_channels, conv.out_channels, conv.stride[0], conv.dilation[0], conv.groups,
             params_before=sum(p.numel() for p in conv.parameters()),
-            params_after=sum(p.numel() for p in sc.parameters())))
+            params_after=sum(p.numel() for p in sc.parameters()), aliases=names[key][1:]))
+    for all_names, sc in replacements:
+        for name in all_names:
+            parent_name, _, child = name.rpartition('.')
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, sc)
     return report

@@ -384,6 +384,10 @@ def _probe_input(model: nn.Module, example_input: Optional[torch.Tensor]) -> tor
     if example_input is not None:
         if not isinstance(example_input, torch.Tensor):
             raise DeployError(f'example_input must be a tensor, got {type(example_input).__name__}')
+        if example_input.numel() == 0:  # nothing to compare: any folded copy would pass the check
+            raise DeployError(f'example_input is empty (shape {tuple(example_input.shape)}), so the folded copy could '
+                              'not be checked against the original; pass a batch of at least one input like the '
+                              'ones the network will see, e.g. torch.randn(1, 3, 224, 224)')
         return example_input
     cfg = getattr(model, 'pretrained_cfg', None) or getattr(model, 'default_cfg', None) or {}
     size = tuple(cfg.get('input_size') or DEFAULT_PROBE_SIZE) if isinstance(cfg, dict) else DEFAULT_PROBE_SIZE
@@ -428,10 +432,14 @@ def deploy(model: nn.Module, *, channels_last: bool = True, compile: bool = Fals
 
     Raises:
         DeployError: (a ``ScnetError``) the result differs from the original by more than ``tolerance`` on
-            the probe, or the model cannot be probed (meta device).
+            the probe, or the model cannot be probed (meta device, an empty ``example_input``), or
+            ``tolerance`` is negative or not a number.
     """
     if not isinstance(model, nn.Module):
         raise DeployError(f'deploy takes an nn.Module, got {type(model).__name__}')
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < float('inf'):
+        raise DeployError(f'tolerance must be a finite number >= 0 (a difference relative to the output scale), '
+                          f'got {tolerance!r}; the default is 1e-4')
     x = _probe_input(model, example_input)
     folded_model = copy.deepcopy(model).eval()
     folded_model.requires_grad_(False)

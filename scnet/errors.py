@@ -1,9 +1,12 @@
 """Errors scnet raises on bad input: each names the problem and the way out.
 
-The CLI prints these without a traceback; Python callers can catch ``ScnetError`` for all of them.
+The CLI prints these without a traceback; Python callers can catch ``ScnetError`` for all of them. Each is also
+the built-in exception a Python caller would expect for that mistake (``ValueError``, ``TypeError``), so
+``except ValueError`` keeps working.
 """
 
-__all__ = ['ScnetError', 'UnknownModelError', 'CheckpointError']
+__all__ = ['ScnetError', 'UnknownModelError', 'CheckpointError', 'InvalidArgumentError',
+           'InvalidArgumentTypeError']
 
 
 class ScnetError(Exception):
@@ -16,3 +19,12 @@ class UnknownModelError(ScnetError, ValueError):
 
 class CheckpointError(ScnetError, ValueError):
     """A checkpoint that cannot be read, is unsafe, or does not fit the model."""
+
+
+class InvalidArgumentError(ScnetError, ValueError):
+    """An argument (of ``SCConv2d``, ``convert``, ``create_model``, ...) or an input tensor with a value scnet
+    cannot take, caught before torch fails on it somewhere deeper with a message about internals."""
+
+
+class InvalidArgumentTypeError(ScnetError, TypeError):
+    """An argument of the wrong type (a string where a module or a number belongs, ...)."""

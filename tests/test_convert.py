@@ -95,3 +95,89 @@ def test_channels_last_and_eval_mode_are_kept():
 def test_bad_option_is_a_clear_error():
     with pytest.raises(ValueError, match='pooling_r'):
         scnet.convert(torchvision.models.resnet18(), pooling_r=-1)
+
+
+def test_converting_twice_changes_nothing_the_second_time():
+    """A second convert must not enter the SCConv2d layers and convert their K1..K4 (nested SC-Convs)."""
+    model = torchvision.models.resnet18()
+    first = scnet.convert(model)
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, SCConv2d)}
+    second = scnet.convert(model)
+    assert second.converted == [] and len(second.skipped) == len(first.converted) == 16
+    assert {s.name for s in second.skipped} == set(layers)
+    assert all(s.reason.startswith('already an SCConv2d') for s in second.skipped)
+    assert {name: m for name, m in model.named_modules() if isinstance(m, SCConv2d)} == layers
+    assert all(type(m.k1) is nn.Conv2d for m in layers.values())
+    sc_model = scnet.create_model('scnet26_cifar', num_classes=3)
+    assert scnet.convert(sc_model).converted == []
+    assert scnet.convert(SCConv2d(8, 8)).skipped[0].reason.startswith('already an SCConv2d')
+
+
+class Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.b = self.a                          # the same conv under a second name
+        self.blocks = nn.Sequential(self.a)      # and a third, one level down
+
+    def forward(self, x):
+        return self.blocks(self.b(self.a(x)))
+
+
+def test_a_shared_conv_becomes_one_sc_conv_under_every_name():
+    model = Shared()
+    report = scnet.convert(model)
+    assert [(c.name, c.aliases) for c in report.converted] == [('a', ['b', 'blocks.0'])]
+    assert isinstance(model.a, SCConv2d) and model.a is model.b is model.blocks[0]
+    assert '(also b, blocks.0)' in str(report)
+    assert model(torch.randn(2, 8, 6, 6)).shape == (2, 8, 6, 6)
+
+
+def test_shared_conv_is_excluded_by_any_of_its_names():
+    model = Shared()
+    report = scnet.convert(model, exclude='blocks.*')
+    assert report.converted == [] and [s.name for s in report.skipped] == ['a']
+    assert type(model.a) is nn.Conv2d and model.a is model.b is model.blocks[0]
+
+
+def test_exclude_takes_a_single_pattern_as_a_string():
+    """A string is one pattern, not one pattern per character."""
+    as_string = scnet.convert(torchvision.models.resnet18(), exclude='layer4.*')
+    as_list = scnet.convert(torchvision.models.resnet18(), exclude=['layer4.*'])
+    assert len(as_string.converted) == len(as_list.converted) == 12
+    assert [s.name for s in as_string.skipped] == [s.name for s in as_list.skipped]
+    with pytest.raises(scnet.InvalidArgumentTypeError, match='exclude takes a shell pattern'):
+        scnet.convert(torchvision.models.resnet18(), exclude=[3])
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(stride=2), 'convert takes stride from each convolution it replaces'),
+    (dict(groups=2), 'convert takes groups from each convolution it replaces'),
+    (dict(pooling=2), r'unknown option\(s\) pooling; the SCConv2d options it takes: pooling_r'),
+])
+def test_per_conv_and_unknown_options_are_clear_errors(kwargs, message):
+    model = torchvision.models.resnet18()
+    with pytest.raises(scnet.InvalidArgumentTypeError, match=message):
+        scnet.convert(model, **kwargs)
+    assert not any(isinstance(m, SCConv2d) for m in model.modules())
+
+
+def test_a_name_or_a_scripted_module_is_a_clear_error():
+    with pytest.raises(scnet.InvalidArgumentTypeError,
+                       match=r"takes an nn.Module .* got str; .*scnet.convert\(timm.create_model\('resnet18'\)\)"):
+        scnet.convert('resnet18')
+    with pytest.raises(scnet.InvalidArgumentTypeError, match='TorchScript module .* cannot be converted.*then script'):
+        scnet.convert(torch.jit.script(torchvision.models.resnet18()))
+    assert issubclass(scnet.InvalidArgumentTypeError, (scnet.ScnetError, TypeError))
+
+
+def test_a_layer_option_rejected_leaves_the_model_unchanged():
+    """Every new layer is built before the first is put in place: an option only the last conv cannot take
+    (8 channels in 16 groups) leaves the first unconverted too."""
+    from functools import partial
+    model = nn.Sequential(*(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False) for c_in, c_out in ((64, 16), (16, 16))))
+    with pytest.raises(ValueError, match='divisible'):
+        scnet.convert(model, norm_layer=partial(nn.GroupNorm, 16))
+    assert not any(isinstance(m, SCConv2d) for m in model.modules())
+    with pytest.raises(scnet.InvalidArgumentError, match='identity must be True or False'):
+        scnet.convert(model, identity='no')

@@ -235,6 +235,12 @@ def test_bad_inputs_raise_one_clear_error():
         scnet.deploy(scnet.create_model('resnet26_cifar', num_classes=10), example_input=torch.randn(2, 1, 32, 32))
     with pytest.raises(DeployError, match='example_input must be a tensor'):
         scnet.deploy(nn.Conv2d(3, 3, 1), example_input=[1, 2])
+    pair = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    with pytest.raises(DeployError, match=r'example_input is empty \(shape \(0, 3, 32, 32\)\).*at least one input'):
+        scnet.deploy(pair, example_input=torch.empty(0, 3, 32, 32))  # nothing to check the folded copy on
+    for tolerance in (-1e-4, float('nan'), '1e-4'):
+        with pytest.raises(DeployError, match='tolerance must be a finite number >= 0'):
+            scnet.deploy(pair, tolerance=tolerance)
 
 
 def test_compile_headroom_raises_the_recompile_limit_only_inside():

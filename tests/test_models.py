@@ -1,4 +1,6 @@
 """The zoo: names, timm registration, feature extraction, SC options, and every model on odd input sizes."""
+import warnings
+
 import pytest
 import timm
 import torch
@@ -20,6 +22,19 @@ def test_every_name_of_the_paper_is_listed():
     assert set(ISSUE_NAMES) <= set(scnet.list_models())
     assert set(PAPER_MODELS) == set(ISSUE_NAMES)
     assert scnet.list_models('scnext*') == ['scnext50_32x4d', 'scnext101_32x4d']
+
+
+def test_list_models_takes_several_patterns_and_pretrained():
+    """As timm.list_models: a list of patterns (any may match), and pretrained=True for names with weights."""
+    both = scnet.list_models(['scnext*', 'resnext50*'])
+    assert both == [n for n in scnet.list_models() if n.startswith(('scnext', 'resnext50'))]
+    assert scnet.list_models(('scnext*',)) == scnet.list_models('scnext*')
+    with_weights = scnet.list_models(pretrained=True)
+    assert {'scnet50', 'scnet50_v1d', 'scnet101', 'resnet50'} <= set(with_weights)
+    assert not {'scnext50_32x4d', 'scnet26_cifar', 'resnext50_2x40d'} & set(with_weights)
+    assert scnet.list_models('scnet*', pretrained=True) == ['scnet50', 'scnet101', 'scnet50_v1d']
+    with pytest.raises(scnet.InvalidArgumentTypeError, match='pattern must be a shell pattern'):
+        scnet.list_models(['scnet*', 50])
 
 
 @pytest.mark.parametrize('name', scnet.list_models())
@@ -144,3 +159,39 @@ def test_caller_arguments_override_the_variant():
     model = scnet.create_model('scnet26_cifar', channels=(16, 32, 64, 128), num_classes=2)
     assert model.layer4[0].conv3.out_channels == 512
     assert scnet.create_model('scnet50', layers=(1, 1, 1, 1)).layer3[0].conv2.in_channels == 256
+
+
+@pytest.mark.parametrize('kwargs, error, message', [
+    (dict(channels=(8, 16, 32, 64)), scnet.InvalidArgumentError,
+     r'stage 1 would give SC-Conv a width of 0 channels .*base_width=4.*cardinality=32.*widen the network.*'
+     r'e.g. channels=\(32, 64, 128, 256\)'),
+    (dict(base_width=1), scnet.InvalidArgumentError, r'width of 32 channels .*positive even number'),
+    (dict(num_classes='10'), scnet.InvalidArgumentTypeError, r"num_classes must be an int, got '10' \(str\)"),
+    (dict(num_classes=-1), scnet.InvalidArgumentError, 'num_classes must be at least 0, got -1'),
+    (dict(in_chans=0), scnet.InvalidArgumentError, 'in_chans must be at least 1, got 0'),
+    (dict(in_chans=3.0), scnet.InvalidArgumentTypeError, r'in_chans must be an int, got 3.0'),
+])
+def test_model_arguments_are_clear_errors(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        scnet.create_model('scnext50_32x4d', **kwargs)
+
+
+def test_norm_layer_without_weights_or_by_name():
+    """timm's ResNet takes norm_layer=nn.Identity (a network without normalisation) and timm's norm names; the SC
+    models take them too."""
+    for norm in (torch.nn.Identity, 'batchnorm'):
+        model = scnet.create_model('scnet26_cifar', num_classes=3, norm_layer=norm).eval()
+        layer = sc_layers(model)[0]
+        assert type(layer.k3_norm) is (torch.nn.Identity if norm is torch.nn.Identity else torch.nn.BatchNorm2d)
+        with torch.no_grad():
+            assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_whole_model_traces_with_torch_jit_trace_default_check():
+    model = scnet.create_model('scnet26_cifar', num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, x)  # check_trace=True: traces twice and compares the graphs
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-5)

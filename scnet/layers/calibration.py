@@ -15,6 +15,13 @@ element-wise passes and calls ATen's own convolution and batch-norm backward ker
 twice and no convolution runs again (``torch.utils.checkpoint`` would re-run K4's forward); running
 statistics are updated once, in forward, as ``nn.BatchNorm2d`` does. No library provides this node: it is
 specific to the layer's dataflow.
+
+Second-order gradients (``torch.autograd.grad(..., create_graph=True)``, gradient penalties): the hand-written
+backward works in place and through kernels whose own derivatives would miss BN3's dependence on the batch
+statistics, so under ``create_graph`` ``CalibratedHalf`` instead recomputes BN3 (batch statistics, running ones
+untouched), the gate, the product and K4 with ordinary differentiable ops from the kept inputs and
+differentiates them; the graph of the gradient is then exactly plain autograd's (at plain autograd's memory
+cost, for that step only).
 """
 from __future__ import annotations
 
@@ -98,13 +105,15 @@ def calibrated_product(features: Tensor, x1: Tensor, context: Tensor, identity: 
 
     On CUDA (with triton) this is one fused kernel (``scnet.layers.gate_op``). Elsewhere: up-sampling by an
     integer factor is a broadcast over blocks instead of an up-sampled copy, and without autograd the sigmoid
-    and the product run in place on the gate's own buffer (two passes fewer).
+    and the product run in place on the gate's own buffer (two passes fewer; not while ``torch.jit.trace`` records).
     """
     if not torch.jit.is_scripting():
         if upsample == 'nearest' and gate_op_available(x1):
             return gated_product(features, x1, context, identity)
     logits = _gate_logits(x1, context, identity, upsample)
-    if torch.is_grad_enabled() and (features.requires_grad or logits.requires_grad):
+    # torch.jit.trace records whichever branch runs, and its check_trace traces again with other grad settings:
+    # traced graphs take the out-of-place branch always, so both traces agree and the graph stays differentiable
+    if torch.jit.is_tracing() or (torch.is_grad_enabled() and (features.requires_grad or logits.requires_grad)):
         return features * torch.sigmoid(logits)
     return logits.sigmoid_().mul_(features)
 
@@ -132,6 +141,8 @@ class CalibratedHalf(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
+        if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
+            return CalibratedHalf._differentiable_backward(ctx, grad_y)
         z, x1, context, bn_weight, bn_bias, mean, invstd, k4_weight, k4_bias = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
         identity, upsample, eps, conv_dtype = ctx.options
@@ -171,6 +182,35 @@ class CalibratedHalf(torch.autograd.Function):
             grad_k4b = grad_k4b.to(k4_bias.dtype)
         return (grad_z, grad_x1, grad_context, grad_bnw, grad_bnb, None, None, None, None, grad_k4w, grad_k4b,
                 None, None, None, None, None, None)
+
+    @staticmethod
+    def _differentiable_backward(ctx, grad_y):
+        """The backward as a graph (see the module doc): forward again with differentiable ops, BN3 on batch
+        statistics without touching the running ones (forward updated them), then autograd.
+
+        Each input enters as an alias (``view_as``), a node of its own downstream of the original: the gradient
+        with respect to an alias counts only the paths from ``y`` to it, i.e. this node's partial derivative (``z``
+        and ``context`` are themselves functions of ``x1``, and the gradient with respect to ``x1`` itself would
+        count those paths a second time), while the result stays connected to the original inputs for the next
+        order."""
+        saved = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        identity, upsample, eps, conv_dtype = ctx.options
+        with torch.enable_grad():
+            z, x1, context, bn_weight, bn_bias, _, _, k4_weight, k4_bias = [
+                None if t is None else t.view_as(t) for t in saved]
+            inputs = {0: z, 1: x1, 2: context, 3: bn_weight, 4: bn_bias, 9: k4_weight, 10: k4_bias}
+            wanted = [i for i, t in inputs.items() if ctx.needs_input_grad[i] and t is not None]
+            features = F.batch_norm(z, None, None, bn_weight, bn_bias, True, 0.0, eps)
+            product = features * torch.sigmoid(_gate_logits(x1, context, identity, upsample))
+            y = F.conv2d(product.to(conv_dtype), k4_weight.to(conv_dtype),
+                         None if k4_bias is None else k4_bias.to(conv_dtype), stride, padding, dilation, groups)
+            grads = torch.autograd.grad(y, [inputs[i] for i in wanted], grad_y.to(y.dtype), create_graph=True,
+                                        allow_unused=True)
+        result: List[Optional[Tensor]] = [None] * 17
+        for i, g in zip(wanted, grads):
+            result[i] = g
+        return tuple(result)
 
 
 def batch_norm_momentum(bn: nn.BatchNorm2d) -> float:

@@ -44,11 +44,12 @@ Tracing and scripting. Everything that depends on a map's size lives in ``scnet.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
 
+from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError
 from scnet.layers.calibration import CalibratedHalf, batch_norm_momentum, calibrated_product, pool_context
 
 __all__ = ['SCConv2d', 'NormLayer']
@@ -66,7 +67,7 @@ _UPSAMPLES = ('nearest', 'bilinear')
 
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f'SCConv2d: {name} must be a positive integer, got {value!r}')
+        raise InvalidArgumentError(f'SCConv2d: {name} must be a positive integer, got {value!r}')
     return value
 
 
@@ -74,9 +75,43 @@ def _single(name: str, value) -> int:
     """Accept ``v`` or ``(v, v)``; SC-Conv needs the same stride/dilation along both axes."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2 or value[0] != value[1]:
-            raise ValueError(f'SCConv2d: {name} must be the same along both axes, got {tuple(value)}')
+            raise InvalidArgumentError(f'SCConv2d: {name} must be the same along both axes, got {tuple(value)}')
         value = value[0]
     return _positive_int(name, value)
+
+
+def _flag(name: str, value) -> bool:
+    """``True``/``False`` (or 1/0); anything else, e.g. ``identity='no'`` (which ``bool()`` would read as True),
+    is an error rather than a silent ``True``."""
+    if isinstance(value, bool) or (type(value) is int and value in (0, 1)):
+        return bool(value)
+    raise InvalidArgumentError(f'SCConv2d: {name} must be True or False, got {value!r}')
+
+
+def _choice(name: str, value, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidArgumentError(f'SCConv2d: {name} must be one of {choices}, got {value!r}')
+    return value
+
+
+def _norm_factory(norm_layer) -> Optional[NormLayer]:
+    """``norm_layer`` as a callable (or None): a timm layer name (``'batchnorm'``, ``'groupnorm'``, ...) is
+    resolved as timm's ResNet resolves its own ``norm_layer``, so one string configures a whole zoo model."""
+    if norm_layer is None or callable(norm_layer):
+        return norm_layer
+    if isinstance(norm_layer, str):
+        from timm.layers import create_norm, get_norm_layer
+        try:
+            return get_norm_layer(norm_layer)
+        except KeyError:
+            names = ', '.join(sorted(getattr(create_norm, '_NORM_MAP', {})))
+            raise InvalidArgumentError(
+                f'SCConv2d: unknown norm_layer {norm_layer!r}; pass a callable that builds the norm from a channel '
+                f'count (nn.BatchNorm2d, functools.partial(nn.GroupNorm, 8), ...), None, or one of timm\'s names: '
+                f'{names}') from None
+    raise InvalidArgumentTypeError(
+        f'SCConv2d: norm_layer must be a callable that builds a norm layer from a channel count (e.g. '
+        f'nn.BatchNorm2d), a timm norm name such as \'batchnorm\', or None; got {type(norm_layer).__name__}')
 
 
 class SCConv2d(nn.Module):
@@ -92,8 +127,8 @@ class SCConv2d(nn.Module):
         pool: ``'avg'`` (default) or ``'max'`` pooling for equation 2.
         identity: ``True`` gates with ``sigmoid(X1 + X1')``, ``False`` with ``sigmoid(X1')``.
         upsample: ``'nearest'`` (the authors' released code) or ``'bilinear'`` (the paper's text).
-        norm_layer: builds the normalisation after K2 and after K3 from a channel count;
-            ``None`` for none (for networks without normalisation).
+        norm_layer: builds the normalisation after K2 and after K3 from a channel count, or a timm norm name
+            (``'batchnorm'``, ``'groupnorm'``, ...); ``None`` for none (for networks without normalisation).
         memory_efficient: in training, keep one half-width map for backward instead of four and rebuild the
             others in backward (see the module doc); no effect on results or in inference.
     """
@@ -110,7 +145,7 @@ class SCConv2d(nn.Module):
             pool: str = 'avg',
             identity: bool = True,
             upsample: str = 'nearest',
-            norm_layer: Optional[NormLayer] = nn.BatchNorm2d,
+            norm_layer: Union[NormLayer, str, None] = nn.BatchNorm2d,
             memory_efficient: bool = True,
             device=None,
             dtype=None,
@@ -122,13 +157,14 @@ class SCConv2d(nn.Module):
         dilation = _single('dilation', dilation)
         groups = _positive_int('groups', groups)
         pooling_r = _positive_int('pooling_r', pooling_r)
-        if pool not in _POOLS:
-            raise ValueError(f"SCConv2d: pool must be one of {_POOLS}, got {pool!r}")
-        if upsample not in _UPSAMPLES:
-            raise ValueError(f"SCConv2d: upsample must be one of {_UPSAMPLES}, got {upsample!r}")
+        pool = _choice('pool', pool, _POOLS)
+        upsample = _choice('upsample', upsample, _UPSAMPLES)
+        identity = _flag('identity', identity)
+        memory_efficient = _flag('memory_efficient', memory_efficient)
+        norm_layer = _norm_factory(norm_layer)
         for name, channels in (('in_channels', in_channels), ('out_channels', out_channels)):
             if channels % 2 or (channels // 2) % groups:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f'SCConv2d: {name}={channels} must be even and each half ({channels / 2:g}) divisible '
                     f'by groups={groups}; SC-Conv splits the channels in two halves of {groups} groups each')
 
@@ -142,9 +178,9 @@ class SCConv2d(nn.Module):
         self.groups = groups
         self.pooling_r = pooling_r
         self.pool = pool
-        self.identity = bool(identity)
+        self.identity = identity
         self.upsample = upsample
-        self.memory_efficient = bool(memory_efficient)
+        self.memory_efficient = memory_efficient
 
         half_in, half_out = in_channels // 2, out_channels // 2
         dd = dict(device=device, dtype=dtype)
@@ -157,9 +193,15 @@ class SCConv2d(nn.Module):
             if norm_layer is None:
                 return nn.Identity()
             try:
-                return norm_layer(channels, **dd)
+                layer = norm_layer(channels, **dd)
             except TypeError:  # a norm factory that takes no device/dtype
-                return norm_layer(channels).to(**{k: v for k, v in dd.items() if v is not None})
+                layer = norm_layer(channels)
+                if isinstance(layer, nn.Module):
+                    layer = layer.to(**{k: v for k, v in dd.items() if v is not None})
+            if not isinstance(layer, nn.Module):
+                raise InvalidArgumentTypeError(f'SCConv2d: norm_layer({channels}) must build an nn.Module, got '
+                                               f'{type(layer).__name__}')
+            return layer
 
         self.k1 = conv3x3(half_in, half_out, stride)   # path 2: plain conv
         self.k2 = conv3x3(half_in, half_in)            # path 1: on the pooled input (eq. 3)
@@ -167,6 +209,16 @@ class SCConv2d(nn.Module):
         self.k3 = conv3x3(half_in, half_in)            # path 1: features to calibrate (eq. 4)
         self.k3_norm = norm(half_in)
         self.k4 = conv3x3(half_in, half_out, stride)   # path 1: output transform (eq. 5)
+
+    def reset_parameters(self) -> None:
+        """Re-initialise K1..K4 as ``nn.Conv2d.reset_parameters`` does and reset both norms (weights and running
+        statistics), in construction order, so ``torch.manual_seed(s)`` gives the weights a new layer built after
+        the same seed has. For code written against ``nn.Conv2d`` (re-initialisation, ``to_empty`` after building
+        on the meta device)."""
+        for module in (self.k1, self.k2, self.k2_norm, self.k3, self.k3_norm, self.k4):
+            reset = getattr(module, 'reset_parameters', None)
+            if callable(reset):
+                reset()
 
     def _context(self, x1: torch.Tensor) -> torch.Tensor:
         """``K2(Pool_r(X1))`` with its normalisation, at the pooled resolution (equations 2 and 3)."""
@@ -184,18 +236,37 @@ class SCConv2d(nn.Module):
                       context: torch.Tensor) -> Optional[torch.Tensor]:
         """BN3, gate, product and K4 as one ``CalibratedHalf`` node when it applies, else ``None``: training-mode
         ``nn.BatchNorm2d`` after K3 and autograd on, outside torch.fx, tracing and compilers (they plan
-        memory themselves or cannot run a custom autograd node)."""
+        memory themselves or cannot run a custom autograd node). An empty batch takes the plain path, as ATen's
+        batch norm kernels reject empty inputs that ``nn.BatchNorm2d`` handles itself."""
         bn, k4 = self.k3_norm, self.k4
         if not (self.memory_efficient and self.training and torch.is_grad_enabled()
                 and type(bn) is nn.BatchNorm2d and bn.track_running_stats
-                and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not _fx_tracing()):
+                and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not _fx_tracing()
+                and features.numel() > 0):
             return None
         return CalibratedHalf.apply(
             features, x_calib, context, bn.weight, bn.bias, bn.running_mean, bn.running_var,
             batch_norm_momentum(bn), bn.eps, k4.weight, k4.bias, k4.stride, k4.padding, k4.dilation, k4.groups,
             self.identity, self.upsample)
 
+    @torch.jit.unused
+    def _check_input(self, x: torch.Tensor) -> None:
+        """A clear error for an input the layer cannot take, instead of one from a half-width convolution deep
+        inside (which would count half the channels). Not under torch.fx (a Proxy has no shape to check)."""
+        if not isinstance(x, torch.Tensor) or isinstance(x, torch.fx.Proxy):
+            return
+        if x.dim() != 4:
+            hint = ('; for one unbatched (C, H, W) image add the batch dimension: layer(x.unsqueeze(0))'
+                    if x.dim() == 3 else '')
+            raise InvalidArgumentError(f'SCConv2d expects a 4-D input of shape (N, C, H, W), got a {x.dim()}-D '
+                                       f'input of shape {tuple(x.shape)}{hint}')
+        if x.shape[1] != self.in_channels:
+            raise InvalidArgumentError(f'SCConv2d expects an input of shape (N, {self.in_channels}, H, W) '
+                                       f'(in_channels={self.in_channels}), got {tuple(x.shape)}')
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self._check_input(x)
         halves = torch.split(x, self.in_channels // 2, dim=1)  # one gradient concatenation in backward
         x_plain, x_calib = halves[0], halves[1]
         y_plain = self.k1(x_plain)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import numbers
 import warnings
-from typing import List, Optional
+from typing import Iterable, List, Optional, Union
 
 import timm
 from torch import nn
 
-from scnet.errors import UnknownModelError
+from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError, ScnetError, UnknownModelError
 from scnet.models.zoo import SC_OPTIONS, ZOO_ARCHITECTURES
 from scnet.weights import load_into, read_checkpoint
 
@@ -31,13 +32,34 @@ PAPER_MODELS = ('scnet50', 'scnet101', 'scnext50_32x4d', 'scnext101_32x4d', 'se_
                 'resnext101_32x4d', 'resnext50_2x40d', 'seresnet50', 'seresnet101', 'ge_resnet50')
 
 
-def list_models(pattern: Optional[str] = None) -> List[str]:
+def list_models(pattern: Union[str, Iterable[str], None] = None, pretrained: bool = False) -> List[str]:
     """Names ``create_model`` accepts: the SC networks, the baselines, and the small networks.
 
-    ``pattern`` filters with shell wildcards, e.g. ``list_models('*scnet*')``.
+    ``pattern`` filters with shell wildcards, e.g. ``list_models('*scnet*')``, or with several (a name matching
+    any of them), e.g. ``list_models(['scnet*', 'resnet*'])``, as ``timm.list_models`` takes them.
+    ``pretrained=True`` keeps the names ``create_model(name, pretrained=True)`` can load weights for: the SC
+    networks the authors released ImageNet weights of, and the baselines timm has weights for.
     """
+    if pattern is None:
+        patterns = None
+    elif isinstance(pattern, str):
+        patterns = [pattern]
+    else:
+        try:
+            patterns = list(pattern)
+        except TypeError:
+            patterns = [pattern]
+        if not all(isinstance(p, str) for p in patterns):
+            raise InvalidArgumentTypeError(f'list_models: pattern must be a shell pattern such as \'scnet*\' or a '
+                                           f'list of them, got {pattern!r}')
     names = list(dict.fromkeys([*ZOO_ARCHITECTURES, *BASELINES]))
-    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+    if patterns is not None:
+        names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
+    if pretrained:
+        # timm lists "name.tag" for every weight file its registry knows, ours (the authors') included
+        with_weights = {n.split('.')[0] for n in timm.list_models(names, pretrained=True)} if names else set()
+        names = [n for n in names if n in with_weights]
+    return names
 
 
 def _unknown(name: str) -> UnknownModelError:
@@ -54,6 +76,22 @@ def validate_model_name(name: str) -> str:
     return name
 
 
+def _count(what: str, value, minimum: int, example: str) -> None:
+    """An int of at least ``minimum``; a string or float here would fail deep inside timm or torch."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy's ints too
+        raise InvalidArgumentTypeError(f'{what} must be an int, got {value!r} ({type(value).__name__}); {example}')
+    if value < minimum:
+        raise InvalidArgumentError(f'{what} must be at least {minimum}, got {value}; {example}')
+
+
+def _check_arguments(num_classes, kwargs: dict) -> None:
+    """The common arguments checked before anything is built (and before a checkpoint is read)."""
+    if num_classes is not None:
+        _count('num_classes', num_classes, 0, 'e.g. num_classes=10, or 0 for a backbone without classifier')
+    if 'in_chans' in kwargs:
+        _count('in_chans', kwargs['in_chans'], 1, 'e.g. in_chans=3 for RGB images, 1 for grey ones')
+
+
 def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] = None,
                  num_classes: Optional[int] = None, **kwargs) -> nn.Module:
     """Build a network of the zoo.
@@ -65,10 +103,17 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
         checkpoint: a local ``.safetensors`` or PyTorch file in either layout (the authors' or ours, detected).
         num_classes: classifier outputs (0 for none). Default: the checkpoint's class count, else 1000. A value
             that differs from the checkpoint's gives a new, freshly initialised classifier (fine-tuning).
-        **kwargs: any argument of timm's ResNet (``features_only``, ``output_stride``, ``drop_path_rate``, ...),
-            and for SC models the SC-Conv options ``pooling_r``, ``pool``, ``identity``, ``upsample``.
+        **kwargs: any argument of timm's ResNet (``features_only``, ``output_stride``, ``drop_path_rate``,
+            ``in_chans``, ``norm_layer`` (a class or a timm name such as ``'groupnorm'``), ...), and for SC models
+            the SC-Conv options ``pooling_r``, ``pool``, ``identity``, ``upsample``, ``memory_efficient``.
+
+    Raises:
+        UnknownModelError, InvalidArgumentError, InvalidArgumentTypeError (all ``ScnetError``): an unknown name;
+            ``num_classes`` or ``in_chans`` that is not a count; ``channels``/``base_width`` too narrow for
+            SC-Conv's two halves of ``cardinality`` groups; an argument the model does not take.
     """
     validate_model_name(name)
+    _check_arguments(num_classes, kwargs)
     if pretrained and checkpoint:
         raise ValueError('pass either pretrained=True or checkpoint=PATH, not both')
     state_dict = read_checkpoint(checkpoint) if checkpoint else None  # fail before building on a bad file
@@ -78,12 +123,14 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
         num_classes = saved_classes or 1000
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except ScnetError:  # already names the problem and the way out
+        raise
     except TypeError as e:
         bad = [k for k in kwargs if f"'{k}'" in str(e)]
         if bad and name in BASELINES and set(bad) & set(SC_OPTIONS):
-            raise TypeError(f'{name} has no SC-Conv layers, so it takes none of {", ".join(bad)}; '
-                            f'SC models: {", ".join(list_models("*sc*"))}') from None
-        raise TypeError(f'{name}: {e}') from None
+            raise InvalidArgumentTypeError(f'{name} has no SC-Conv layers, so it takes none of {", ".join(bad)}; '
+                                           f'SC models: {", ".join(list_models("*sc*"))}') from None
+        raise InvalidArgumentTypeError(f'{name}: {e}') from None
     if state_dict is not None:
         if new_head and num_classes:  # num_classes=0 (a backbone) drops the head on purpose
             warnings.warn(f'{checkpoint} has {saved_classes} classes and the model {num_classes}: its classifier '

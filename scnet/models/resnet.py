@@ -24,7 +24,9 @@ class SCResNet(ResNet):
     def __init__(self, *args, cifar_stem: bool = False, gather_excite: bool = False, design_size: int = 224,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        dd = dict(device=self.bn1.weight.device, dtype=self.bn1.weight.dtype)
+        # the stem's first conv weight: a norm layer may have none (norm_layer=nn.Identity, as timm's ResNet allows)
+        first = next(self.parameters())
+        dd = dict(device=first.device, dtype=first.dtype)
         if cifar_stem:
             if isinstance(self.conv1, nn.Sequential):
                 raise ValueError("cifar_stem replaces the 7x7 stem; it cannot be combined with stem_type='deep'")

@@ -10,12 +10,13 @@ of every SC model, so each row of Table 2 is one call, e.g. ``create_model('scne
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import Bottleneck
 
+from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError
 from scnet.models.blocks import SCBottleneck
 from scnet.models.resnet import SCResNet
 from scnet.weights.official import OFFICIAL_WEIGHTS, pretrained_state_dict
@@ -81,18 +82,59 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+#: timm's ResNet defaults for the arguments that set a bottleneck's width.
+_RESNET_CHANNELS = (64, 128, 256, 512)
+
+
+def _sc_width_problem(channels: Sequence[int], base_width: int, cardinality: int) -> Optional[Tuple[int, int]]:
+    """(stage, width) of the first stage whose SC-Conv cannot split its width, else None.
+
+    timm's bottleneck is ``width = int(channels * base_width / 64) * cardinality`` wide, and SC-Conv splits it in
+    two halves of ``cardinality`` groups each: ``int(channels * base_width / 64)`` must be a positive even number.
+    """
+    for stage, planes in enumerate(channels, 1):
+        per_group = int(planes * (base_width / 64))
+        if per_group < 1 or per_group % 2:
+            return stage, per_group * cardinality
+    return None
+
+
+def _check_sc_widths(variant: str, model_args: Dict[str, Any]) -> None:
+    """A clear error, naming the arguments that set it, for an SC network too narrow for its groups, instead of
+    the SCConv2d error of one of its layers (whose channel count the caller never chose directly)."""
+    channels = model_args.get('channels', _RESNET_CHANNELS)
+    base_width, cardinality = model_args.get('base_width', 64), model_args.get('cardinality', 1)
+    if not isinstance(channels, (tuple, list)) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                           for v in (*channels, base_width, cardinality)):
+        return  # timm reports arguments of the wrong kind itself
+    problem = _sc_width_problem(channels, base_width, cardinality)
+    if problem is None:
+        return
+    stage, width = problem
+    wider = next((tuple(c * k for c in channels) for k in (2, 4, 8, 16, 32, 64, 128)
+                  if _sc_width_problem([c * k for c in channels], base_width, cardinality) is None), None)
+    hint = f', e.g. channels={wider}' if wider else ''
+    raise InvalidArgumentError(
+        f'{variant}: stage {stage} would give SC-Conv a width of {width} channels (int(channels[{stage - 1}]='
+        f'{channels[stage - 1]} * base_width={base_width} / 64) * cardinality={cardinality}), but SC-Conv splits '
+        f'the width in two halves of cardinality groups each, so int(channels * base_width / 64) must be a '
+        f'positive even number in every stage; widen the network with larger channels= or base_width={hint}')
+
+
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SCResNet:
     """Build ``variant`` with timm's builder; SC options go to every block, weights come from scnet.weights."""
     model_args = dict(ZOO_ARCHITECTURES[variant])
     block_args = {**model_args.pop('block_args', {}), **(kwargs.pop('block_args', None) or {})}
     sc_options = {k: kwargs.pop(k) for k in SC_OPTIONS if k in kwargs}
     if sc_options and model_args['block'] is not SCBottleneck:
-        raise TypeError(f'{variant} has no SC-Conv layers, so it takes none of {", ".join(sc_options)}')
+        raise InvalidArgumentTypeError(f'{variant} has no SC-Conv layers, so it takes none of {", ".join(sc_options)}')
     block_args.update(sc_options)
     overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
     if pretrained:
         overlay.setdefault('state_dict', pretrained_state_dict(variant))  # download, check, convert
     model_args.update(kwargs)  # the caller's choices (channels, stem_width, ...) override the variant's
+    if model_args['block'] is SCBottleneck:
+        _check_sc_widths(variant, model_args)
     stem = _first_conv(model_args.get('stem_type', ''))
     if stem != _first_conv(ZOO_ARCHITECTURES[variant].get('stem_type', '')):
         overlay.setdefault('first_conv', stem)  # the caller chose another stem: the config names its conv
