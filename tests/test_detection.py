@@ -81,6 +81,23 @@ def test_shapes_command_writes_a_set_and_says_how_to_train_on_it(tmp_path, capsy
     assert main(['detect', 'shapes', str(tmp_path / 't'), '--image-size', '8']) == 2
 
 
+def test_shapes_command_refuses_a_folder_that_holds_a_data_set(tmp_path, capsys):
+    """As `scnet pose synth`: a second set written over the first would replace its files."""
+    root = tmp_path / 's'
+    assert main(['detect', 'shapes', str(root), '--num-train', '2', '--num-val', '1', '--image-size', '32']) == 0
+    before = {p: p.read_bytes() for p in root.rglob('*') if p.is_file()}
+    capsys.readouterr()
+    assert main(['detect', 'shapes', str(root), '--num-train', '3', '--num-val', '1', '--image-size', '32',
+                 '--seed', '1']) == 2
+    _one_error_line(capsys, f'{root} already holds a data set (instances_train.json, instances_val.json, train, '
+                            'val); choose another output folder')
+    assert {p: p.read_bytes() for p in root.rglob('*') if p.is_file()} == before
+    (root / 'instances_train.json').unlink()
+    (root / 'instances_val.json').unlink()   # images left from an interrupted run are not overwritten either
+    assert main(['detect', 'shapes', str(root), '--image-size', '32']) == 2
+    _one_error_line(capsys, 'already holds a data set (train, val)')
+
+
 # --- every backbone of the zoo ---------------------------------------------------------------------------
 
 
@@ -316,6 +333,92 @@ def test_wrong_backbone_checkpoints_are_named(tiny, tmp_path, capsys):
     assert 'not a detection checkpoint' in capsys.readouterr().err
 
 
+def tiny_detector_checkpoint(path: Path) -> Path:
+    """An untrained detector of the shapes recipe's narrow backbone, saved as `scnet detect train` saves one."""
+    from scnet.tasks.detection import DetectionMetadata
+
+    recipe = load_detection_recipe('shapes')
+    meta = DetectionMetadata(task='bbox', backbone=recipe.backbone, backbone_kwargs=recipe.backbone_kwargs,
+                             trainable_layers=5, frozen_bn=False,
+                             categories=[{'id': k + 1, 'name': n} for k, n in enumerate(SHAPES)], min_size=64,
+                             max_size=64, detector=recipe.arch())
+    torch.manual_seed(0)
+    return save_state_dict(meta.build().state_dict(), path, metadata=meta.to_metadata())
+
+
+def test_predict_reads_every_image_before_writing_anything(tiny, tmp_path, capsys):
+    """A damaged image among good ones stops predict before its first drawing: no half-done output folder
+    without predictions.json."""
+    checkpoint = tiny_detector_checkpoint(tmp_path / 'model.safetensors')
+    photos = tmp_path / 'photos'
+    shutil.copytree(tiny.val_images, photos)
+    bad = photos / 'zz_damaged.png'   # sorted last: the good images come first
+    bad.write_bytes((photos / '000000.png').read_bytes()[:200])
+    (photos / 'zz_text.png').write_text('not a picture')
+    out = tmp_path / 'drawn'
+    assert main(['detect', 'predict', '--checkpoint', str(checkpoint), '--images', str(photos), '--output', str(out),
+                 '--quiet']) == 2
+    _one_error_line(capsys, '2 of the 6 images cannot be decoded', str(bad), 'zz_text.png',
+                    'fix or remove them (nothing was written)')
+    assert not out.exists()
+    bad.unlink()
+    (photos / 'zz_text.png').unlink()
+    assert main(['detect', 'predict', '--checkpoint', str(checkpoint), '--images', str(photos), '--output', str(out),
+                 '--quiet']) == 0
+    assert len(list(out.glob('*.png'))) == 4 and (out / 'predictions.json').is_file()
+
+
+def test_damaged_checkpoint_is_called_damaged(tiny, tmp_path, capsys):
+    """Not "not a detection checkpoint", which would send the user looking for another file."""
+    good = tiny_detector_checkpoint(tmp_path / 'model.safetensors')
+    damaged = tmp_path / 'damaged.safetensors'
+    damaged.write_bytes(good.read_bytes()[:1000])
+    for checkpoint in (damaged, tmp_path / 'noise.safetensors'):
+        if not checkpoint.exists():
+            checkpoint.write_bytes(bytes(range(256)) * 4)
+        assert main(['detect', 'eval', '--checkpoint', str(checkpoint), '--val-ann', str(tiny.val_ann),
+                     '--val-images', str(tiny.val_images)]) == 2
+        _one_error_line(capsys, f'{checkpoint}: not a readable safetensors file, damaged or truncated')
+    # weights that do not fit the detector the metadata describes: which keys, in one line
+    edited = load_file(good)
+    edited.pop('roi_heads.box_predictor.bbox_pred.bias')
+    edited['rpn.head.cls_logits.bias'] = torch.zeros(7)
+    edited = save_state_dict(edited, tmp_path / 'edited.safetensors', metadata=read_metadata(good))
+    assert main(['detect', 'eval', '--checkpoint', str(edited), '--val-ann', str(tiny.val_ann), '--val-images',
+                 str(tiny.val_images)]) == 2
+    _one_error_line(capsys, f'{edited} does not fit the bbox detector its metadata describes: the file was damaged or '
+                            'edited', 'keys: 1 of another shape (checkpoint vs network) (e.g. rpn.head.cls_logits.bias '
+                            '(7,) vs (3,)), 1 missing from the checkpoint (e.g. roi_heads.box_predictor.bbox_pred.bias)')
+
+
+def test_pretrained_backbone_out_of_reach_fails_in_seconds_naming_the_flag(tiny, tmp_path, capsys, monkeypatch):
+    """Offline, the ImageNet weights are asked of a server that refuses (here: a closed local port, through
+    the weights mirror); the run stops at once, saying how to give a local copy, and leaves no run folder."""
+    import time
+
+    monkeypatch.setenv('SCNET_WEIGHTS_MIRROR', 'http://127.0.0.1:9/weights')
+    monkeypatch.setenv('SCNET_CACHE', str(tmp_path / 'cache'))   # nothing cached
+    for variable in ('https_proxy', 'HTTPS_PROXY', 'http_proxy', 'HTTP_PROXY', 'all_proxy', 'ALL_PROXY'):
+        monkeypatch.delenv(variable, raising=False)
+    start = time.perf_counter()
+    assert detect_train(tiny, tmp_path / 'run', *tiny_args(), '--backbone', 'scnet50', '--backbone-checkpoint',
+                        'pretrained') == 2
+    assert time.perf_counter() - start < 60
+    _one_error_line(capsys, 'scnet50: its ImageNet weights are not cached here and cannot be downloaded from '
+                            'http://127.0.0.1:9/weights/scnet50-', 'pass a local copy with --backbone-checkpoint PATH')
+    assert not (tmp_path / 'run').exists()
+
+
+def test_backbone_checkpoint_of_another_network_is_one_line(tiny, tmp_path, capsys):
+    """A file without the name of its network (an authors' .pth, a plain safetensors) that does not fit."""
+    path = save_state_dict(scnet.create_model('resnet26_cifar', num_classes=3).state_dict(), tmp_path / 'w.safetensors')
+    assert detect_train(tiny, tmp_path / 'run', *tiny_args(), '--backbone', 'scnet26_cifar', '--backbone-checkpoint',
+                        str(path)) == 2
+    _one_error_line(capsys, f'{path} does not fit scnet26_cifar: give --backbone-checkpoint a checkpoint of '
+                            'scnet26_cifar, or the --backbone it holds', 'missing from the checkpoint (e.g. ',
+                    'not in the network (e.g. layer1.0.conv2.weight)')
+
+
 # --- bad data --------------------------------------------------------------------------------------------
 
 
@@ -357,6 +460,25 @@ def test_bad_boxes_are_named(tiny, tmp_path, capsys, box, problem):
     _edit(tiny.train_ann, change)
     assert detect_train(tiny, tmp_path / 'run', *tiny_args()) == 2
     _one_error_line(capsys, problem, str(box))
+
+
+@pytest.mark.parametrize('change, expected', [
+    (lambda d: d['images'][1].update(id=1), 'duplicate image ids (give each image its own): id 1: 000000.png and '
+                                            '000001.png'),
+    (lambda d: d['annotations'][1].update(id=1), 'duplicate annotation ids (give each annotation its own): id 1'),
+    (lambda d: d['categories'].append(dict(d['categories'][0])), 'duplicate category ids: id 1 (square)'),
+    (lambda d: d['annotations'][0].update(category_id=7), 'annotations of categories the file does not list (it '
+                                                          'lists 1, 2, 3): annotation 1 -> category_id 7'),
+    (lambda d: d['annotations'][0].update(image_id=99), 'annotations of images the file does not list: annotation 1 '
+                                                        '-> image_id 99'),
+    (lambda d: d['images'][0].update(id=[1]), 'images whose id is not an integer'),
+])
+def test_ids_and_categories_that_do_not_add_up_are_named(tiny, tmp_path, capsys, change, expected):
+    """pycocotools indexes images, annotations and categories by id: a duplicate would silently replace the
+    other (training and evaluating on part of the data), an unknown one fail in the middle of a run."""
+    _edit(tiny.train_ann, change)
+    assert detect_train(tiny, tmp_path / 'run', *tiny_args()) == 2
+    _one_error_line(capsys, str(tiny.train_ann), expected)
 
 
 def test_segm_needs_masks_and_val_categories_must_be_known(tiny, tmp_path, capsys):

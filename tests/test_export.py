@@ -171,6 +171,50 @@ def test_cli_loads_a_safetensors_checkpoint(tmp_path, capsys):
     assert check_parity(model, load_exported(out_file, 'exported'), x) < 1e-4  # the checkpoint's 7 classes
 
 
+def test_cli_refuses_a_checkpoint_whose_classifier_does_not_fit(tmp_path, capsys):
+    """``create_model`` would only warn and give a new, random classifier: the file would pass its parity check
+    and classify at random."""
+    checkpoint = save_state_dict(scnet.create_model('resnet26_cifar', num_classes=7).state_dict(),
+                                 tmp_path / 'weights.safetensors')
+    out_file = tmp_path / 'net.ts'
+    code, _, err = export_cli(capsys, '--model', 'resnet26_cifar', '--checkpoint', str(checkpoint), '--num-classes',
+                              '3', '--format', 'torchscript', '--output', str(out_file), '--input-size', '16')
+    assert code == 2 and err.strip() == (
+        f'scnet export: error: {checkpoint} has 7 classes, not 3: its classifier would be replaced by a random one; '
+        'pass --num-classes 7 or leave it out (--num-classes 0 exports the features, without classifier)')
+    assert not out_file.exists() and not (tmp_path / 'net.ts.json').exists()
+    code, out, err = export_cli(capsys, '--model', 'resnet26_cifar', '--checkpoint', str(checkpoint), '--num-classes',
+                                '7', '--format', 'torchscript', '--output', str(out_file), '--input-size', '16')
+    assert code == 0 and ', 7 classes, ' in out, err
+    assert json.loads((tmp_path / 'net.ts.json').read_text())['num_classes'] == 7
+
+
+def test_cli_says_when_the_file_has_no_classifier(tmp_path, capsys):
+    """--num-classes 0 is timm's network without classifier: the file outputs pooled features, not scores."""
+    checkpoint = save_state_dict(scnet.create_model('resnet26_cifar', num_classes=7).state_dict(),
+                                 tmp_path / 'weights.safetensors')
+    out_file = tmp_path / 'features.ts'
+    code, out, err = export_cli(capsys, '--model', 'resnet26_cifar', '--checkpoint', str(checkpoint), '--num-classes',
+                                '0', '--format', 'torchscript', '--output', str(out_file), '--input-size', '16')
+    assert code == 0, err
+    assert 'no classifier (--num-classes 0): outputs 1024 pooled features per image' in out.splitlines()[0]
+    report = json.loads((tmp_path / 'features.ts.json').read_text())
+    assert (report['num_classes'], report['classifier'], report['output_shape']) == (0, False, [1, 1024])
+    assert load_exported(out_file, 'torchscript')(torch.randn(2, 3, 16, 16)).shape == (2, 1024)
+
+
+def test_cli_checkpoint_of_another_network_is_one_line(tmp_path, capsys):
+    checkpoint = save_state_dict(scnet.create_model('resnet26_cifar', num_classes=7).state_dict(),
+                                 tmp_path / 'weights.safetensors')
+    code, _, err = export_cli(capsys, '--model', 'scnet26_cifar', '--checkpoint', str(checkpoint), '--format',
+                              'torchscript', '--output', str(tmp_path / 'net.ts'))
+    assert code == 2 and err.count('\n') == 1, err
+    assert err.startswith(f'scnet export: error: {checkpoint} does not fit scnet26_cifar: pass the --model it was '
+                          'trained as (`scnet models` lists them), or a checkpoint of scnet26_cifar; keys: ')
+    assert 'missing from the checkpoint (e.g. layer1.0.conv2.k1.weight)' in err
+    assert '8 not in the network (e.g. layer1.0.conv2.weight)' in err
+
+
 @pytest.mark.parametrize('argv, message', [
     (['--model', 'scnet26_cifr'], "unknown model 'scnet26_cifr'. Did you mean scnet26_cifar"),
     (['--output', '{tmp}/missing/net.onnx'], 'missing: no such directory; create it first'),

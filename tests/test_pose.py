@@ -441,17 +441,44 @@ def _set_first(key, value):
     return edit
 
 
+def _set_first_value(index, value):
+    def edit(data):
+        data['annotations'][0]['keypoints'][index] = value
+    return edit
+
+
+def _nose_at(x, y):
+    def edit(data):
+        data['annotations'][0]['keypoints'][:3] = [x, y, 2]
+    return edit
+
+
 @pytest.mark.parametrize('edit,message', [
     (_set_first('keypoints', [10, 10, 2] * 16), 'keypoint arrays of the wrong length: annotation 1: 48 values, '
                                                 'expected 51'),
+    (_set_first_value(3, 'ten'), "keypoint arrays with values that are not numbers: annotation 1: 'ten' at position 3 "
+                                 '(x of left_eye)'),
+    (_set_first_value(2, 7), 'keypoints with a visibility other than 0 (not labelled), 1 (hidden), 2 (visible): '
+                             'annotation 1: nose has v=7'),
+    (_nose_at(500, 10), 'labelled keypoints outside their image: annotation 1 in 000001.jpg (96x96): nose at '
+                        '(500, 10)'),
+    (_nose_at(20, -8.5), 'labelled keypoints outside their image: annotation 1 in 000001.jpg (96x96): nose at '
+                         '(20, -8.5)'),
+    (lambda d: d['images'][1].update(id=1), 'duplicate image ids (give each image its own): id 1: 000001.jpg and '
+                                            '000002.jpg'),
+    (lambda d: d['annotations'][1].update(id=1), 'duplicate annotation ids (give each annotation its own): id 1'),
+    (_set_first('category_id', 3), 'annotations of categories the file does not list (it lists 1): annotation 1 -> '
+                                   'category_id 3'),
+    (_set_first('image_id', 99), 'annotations of images the file does not list: annotation 1 -> image_id 99'),
     (_set_first('bbox', [10, 10, 0, 40]), 'boxes with zero or negative area'),
     (_set_first('bbox', [50, 50, 200, 40]), 'boxes outside their image'),
     (lambda d: d['images'][0].update(file_name='nowhere.jpg'), 'images listed but missing'),
     (lambda d: d['categories'][0].pop('keypoints'), 'keypoint definitions missing'),
 ])
 def test_bad_annotations_stop_with_one_line(small, tmp_path, capsys, edit, message):
-    paths = _broken_copy(small, tmp_path, edit)
-    assert main(['pose', 'train', *data_args(paths), '--output', str(tmp_path / 'run'), '--quiet']) == 2
+    paths = _broken_copy(small, tmp_path, edit)   # (a short recipe: a problem let through costs seconds, not hours)
+    assert main(['pose', 'train', '--config', 'people', '--epochs', '1', *data_args(paths), '--output',
+                 str(tmp_path / 'run'), '--quiet']) == 2
     err = capsys.readouterr().err
     assert message in err and str(paths['train_ann']) in err and err.count('\n') == 1
     assert not (tmp_path / 'run' / 'last.pt').exists()
@@ -500,3 +527,113 @@ def test_bad_detection_files_and_checkpoints(trained, small, people, tmp_path, c
     other = save_state_dict({'w': torch.zeros(2)}, tmp_path / 'cls.safetensors', metadata={'model': 'scnet26'})
     assert main(['pose', 'eval', '--checkpoint', str(other), *data_args(people, train=False)]) == 2
     assert 'not a pose checkpoint' in capsys.readouterr().err
+
+
+# --- predict: every input checked before anything is written ----------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def untrained(tmp_path_factory):
+    """An untrained pose network on a CIFAR-stem backbone with COCO's keypoints, saved as a run saves one (its
+    keypoints are random; what these tests check is what predict reads and writes)."""
+    from scnet.tasks.pose import PoseMetadata, PoseRecipe
+    from scnet.weights import save_state_dict
+
+    recipe = PoseRecipe(backbone='resnet26_cifar', image_size=[32, 24], deconv_layers=1, deconv_channels=8)
+    torch.manual_seed(0)
+    model = build_pose_model('resnet26_cifar', len(COCO_KEYPOINTS), deconv_layers=1, deconv_channels=8)
+    return save_state_dict(model.state_dict(), tmp_path_factory.mktemp('untrained') / 'model.safetensors',
+                           metadata=PoseMetadata.of_run(recipe, SPEC, model).to_metadata())
+
+
+def predict_args(checkpoint, images, out, boxes=None):
+    return ['pose', 'predict', '--checkpoint', str(checkpoint), '--images', *map(str, images), '--output', str(out),
+            '--no-flip-test', '--device', 'cpu', *(['--boxes', str(boxes)] if boxes else [])]
+
+
+def one_error_line(capsys, *expected):
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('scnet pose: error: '), err
+    for text in expected:
+        assert text in err, err
+
+
+def test_predict_clips_boxes_and_refuses_boxes_wholly_outside(untrained, small, tmp_path, capsys):
+    image = small['val_images'] / '000001.jpg'   # 96 x 96
+    boxes = tmp_path / 'boxes.json'
+    boxes.write_text(json.dumps({'000001.jpg': [[-20, -30, 60, 300, 0.9]]}))   # passes the border: clipped
+    assert main(predict_args(untrained, [image], tmp_path / 'a', boxes)) == 0
+    person = json.loads((tmp_path / 'a' / 'keypoints.json').read_text())[0]['people']
+    assert len(person) == 1 and person[0]['score'] == 0.9
+    boxes.write_text(json.dumps([{'file_name': '000001.jpg', 'bbox': [10, 10, 30, 30]},
+                                 {'file_name': '000001.jpg', 'bbox': [200, 150, 40, 80]}]))
+    assert main(predict_args(untrained, [image], tmp_path / 'b', boxes)) == 2
+    one_error_line(capsys, f'{boxes}: 1 box(es) [x, y, w, h] wholly outside their image: 000001.jpg (96x96): '
+                           '[200.0, 150.0, 40.0, 80.0]')
+    assert not (tmp_path / 'b').exists()
+
+
+def test_predict_refuses_a_box_file_keyed_by_other_names(untrained, small, tmp_path, capsys):
+    """Names matching none of the images, while an image has no boxes: a file keyed by other names (paths,
+    other extensions) would otherwise draw no one, silently."""
+    images = [small['val_images'] / '000001.jpg', small['val_images'] / '000002.jpg']
+    boxes = tmp_path / 'boxes.json'
+    boxes.write_text(json.dumps({'val/000001.png': [[10, 10, 30, 30]], 'val/000002.png': [[5, 5, 20, 20]]}))
+    assert main(predict_args(untrained, images, tmp_path / 'a', boxes)) == 2
+    one_error_line(capsys, '2 name(s) match none of the images: val/000001.png, val/000002.png',
+                   '2 image(s) have no boxes: 000001.jpg, 000002.jpg', "Key the boxes by file name (e.g. '000001.jpg')")
+    assert not (tmp_path / 'a').exists()
+    # a box file of a whole set, drawn for some of its images: every image given has its entry
+    boxes.write_text(json.dumps({'000001.jpg': [[10, 10, 30, 30]], '000002.jpg': [], '000003.jpg': [[1, 1, 9, 9]]}))
+    assert main(predict_args(untrained, images, tmp_path / 'b', boxes)) == 0
+    assert [len(r['people']) for r in json.loads((tmp_path / 'b' / 'keypoints.json').read_text())] == [1, 0]
+
+
+def test_predict_reads_every_image_before_writing_anything(untrained, small, tmp_path, capsys):
+    folder = tmp_path / 'images'
+    shutil.copytree(small['val_images'], folder)
+    bad = folder / 'zz.jpg'   # sorted last, after the good ones
+    bad.write_bytes((folder / '000001.jpg').read_bytes()[:400])
+    boxes = tmp_path / 'boxes.json'   # no boxes for the damaged image: it is not cropped, only drawn at the end
+    boxes.write_text(json.dumps({'000001.jpg': [[10, 10, 30, 30]], '000002.jpg': [], '000003.jpg': [],
+                                 'zz.jpg': []}))
+    assert main(predict_args(untrained, [folder], tmp_path / 'out', boxes)) == 2
+    one_error_line(capsys, f'1 of the 4 images cannot be decoded: {bad}', 'nothing was written')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_damaged_pose_checkpoint_is_called_damaged(untrained, small, tmp_path, capsys):
+    damaged = tmp_path / 'model.safetensors'
+    damaged.write_bytes(untrained.read_bytes()[:500])
+    assert main(['pose', 'eval', '--checkpoint', str(tmp_path), *data_args(small, train=False)]) == 2
+    one_error_line(capsys, f'{damaged}: not a readable safetensors file, damaged or truncated')
+
+
+# --- small settings, offline weights ----------------------------------------------------------------------------
+
+
+def test_too_small_image_sizes_suggest_a_size_that_works(small, tmp_path, capsys):
+    assert main(small_train(small, tmp_path / 'run', '--image-size', '8')) == 2
+    one_error_line(capsys, "image size 8x6: height and width must be multiples of 32, the stride of scnet26's last "
+                           'stage (e.g. 32x32)')
+    assert main(['pose', 'synth', '--output', str(tmp_path / 'synth'), '--image-size', '8']) == 2
+    one_error_line(capsys, '--image-size 8 is too small for the figures: pass 32 or more')
+    assert not (tmp_path / 'synth').exists()
+
+
+def test_pretrained_backbone_out_of_reach_fails_in_seconds_naming_the_flag(small, tmp_path, capsys, monkeypatch):
+    """A baseline's weights come from the Hugging Face Hub, whose client retries for about a minute before a
+    message that names no flag. Here the Hub is a closed local port and its cache an empty folder."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hub'))
+    for variable in ('https_proxy', 'HTTPS_PROXY', 'http_proxy', 'HTTP_PROXY', 'all_proxy', 'ALL_PROXY'):
+        monkeypatch.delenv(variable, raising=False)
+    start = time.perf_counter()
+    assert main(small_train(small, tmp_path / 'run', '--backbone', 'resnet26', '--pretrained')) == 2
+    assert time.perf_counter() - start < 60
+    one_error_line(capsys, 'resnet26: its ImageNet weights are not cached here and cannot be downloaded from '
+                           'http://127.0.0.1:9/timm/resnet26', 'pass a local copy with --backbone-checkpoint PATH')

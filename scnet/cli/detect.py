@@ -145,13 +145,19 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_shapes(args: argparse.Namespace) -> int:
+    from scnet.errors import ScnetError
     from scnet.tasks.synthetic import make_shapes_coco
 
+    # a set written over another would replace its files and leave images of the old one beside the new JSON
+    root = Path(args.output)
+    held = [p.name for p in (root / 'instances_train.json', root / 'instances_val.json', root / 'train', root / 'val')
+            if p.is_file() or (p.is_dir() and any(p.iterdir()))]
+    if held:
+        raise ScnetError(f'{root} already holds a data set ({", ".join(held)}); choose another output folder')
     try:
         paths = make_shapes_coco(args.output, num_train=args.num_train, num_val=args.num_val,
                                  image_size=args.image_size, seed=args.seed)
     except ValueError as e:
-        from scnet.errors import ScnetError
         raise ScnetError(str(e)) from None
     print(f'wrote {args.num_train} + {args.num_val} images of shapes to {paths.root}; train on them with:')
     print('  scnet detect train --config shapes --task bbox ' + ' '.join(paths.cli_args())

@@ -82,6 +82,55 @@ def _size(n_bytes: int) -> str:
     return f'{n_bytes / 2 ** 20:.1f} MiB'
 
 
+def _build(name: str, checkpoint, num_classes):
+    """The network with its checkpoint's weights.
+
+    A checkpoint whose classifier has another number of classes than ``--num-classes`` (not 0) is refused:
+    ``create_model`` would give the network a new, randomly initialised classifier (fine-tuning's start, with
+    only a warning), and the exported file would classify at random while its parity check passes. Weights
+    that do not fit the network are named in one line (``create_model`` lists every key)."""
+    from scnet.errors import CheckpointError
+    from scnet.export import ExportError
+    from scnet.models import create_model
+
+    if checkpoint and num_classes:
+        from scnet.weights import read_checkpoint
+
+        weights = read_checkpoint(checkpoint)
+        saved = weights['fc.weight'].shape[0] if 'fc.weight' in weights else None
+        if saved is not None and saved != num_classes:
+            raise ExportError(f'{checkpoint} has {saved} classes, not {num_classes}: its classifier would be replaced '
+                              f'by a random one; pass --num-classes {saved} or leave it out (--num-classes 0 exports '
+                              'the features, without classifier)')
+    try:
+        return create_model(name, checkpoint=checkpoint, num_classes=num_classes)
+    except CheckpointError:
+        problem = _misfit(name, checkpoint, num_classes) if checkpoint else None
+        if problem is None:
+            raise
+        raise problem from None
+
+
+def _misfit(name: str, checkpoint: str, num_classes):
+    """One line for a checkpoint whose keys do not fit ``name`` (None if they do)."""
+    import torch
+
+    from scnet.models import create_model
+    from scnet.tasks.weights_fit import misfit
+    from scnet.weights import read_checkpoint
+
+    theirs = read_checkpoint(checkpoint)
+    saved = theirs['fc.weight'].shape[0] if 'fc.weight' in theirs else None
+    with torch.device('meta'):   # only the names and shapes are needed
+        own = create_model(name, num_classes=(saved or 1000) if num_classes is None else num_classes).state_dict()
+    if num_classes == 0:
+        theirs = {k: v for k, v in theirs.items() if not k.startswith('fc.')}
+    if set(own) == set(theirs) and all(tuple(own[k].shape) == tuple(theirs[k].shape) for k in own):
+        return None
+    return misfit(checkpoint, name, own, theirs, 'pass the --model it was trained as (`scnet models` lists them), '
+                  f'or a checkpoint of {name}')
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -90,7 +139,6 @@ def run(args: argparse.Namespace) -> int:
     from scnet.deploy import deploy
     from scnet.errors import ScnetError
     from scnet.export import check_parity, export_model, load_exported, write_json
-    from scnet.models import create_model
 
     output = Path(args.output)
     report_path = output.with_name(output.name + '.json')
@@ -106,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_classes is not None and args.num_classes < 0:
         raise ScnetError(f'--num-classes must be 0 (no classifier) or more, got {args.num_classes}')
 
-    model = create_model(args.model, checkpoint=args.checkpoint, num_classes=args.num_classes).eval()
+    model = _build(args.model, args.checkpoint, args.num_classes).eval()
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     h, w = parse_input_size(args.input_size) if args.input_size else tuple(cfg.get('input_size', (3, 224, 224))[1:])
     x = torch.randn(args.batch_size, 3, h, w, generator=torch.Generator().manual_seed(0))
@@ -120,9 +168,11 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_exported(output, args.format)
     diff = check_parity(model, loaded, x)
     with torch.no_grad():
-        scale = max(1.0, float(model(x).abs().max()))
+        reference = model(x)
+        out_shape, scale = tuple(reference.shape), max(1.0, float(reference.abs().max()))
         ms = _median_ms({'eager': lambda: model(x), 'exported': lambda: loaded(x)}, args.repeats)
     ok = diff <= TOLERANCE * scale
+    classes = int(getattr(model, 'num_classes', out_shape[-1]))
 
     data = {
         'model': args.model, 'checkpoint': args.checkpoint, 'format': args.format, 'output': str(output),
@@ -130,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         'dynamic_batch': True, 'deployed': not args.no_deploy,
         'folded_bns': deploy_report.folded_count if deploy_report else 0,
         'unfolded_bns': [u.name for u in deploy_report.unfolded] if deploy_report else None,
+        'num_classes': classes, 'classifier': classes > 0, 'output_shape': list(out_shape),
         'max_abs_diff': diff, 'tolerance': TOLERANCE * scale, 'parity_ok': ok,
         'ms_per_batch': {'torch_eager': ms['eager'], 'exported': ms['exported']},
         'repeats': args.repeats, 'threads': torch.get_num_threads(), 'torch': torch.__version__,
@@ -142,7 +193,10 @@ def run(args: argparse.Namespace) -> int:
 
     folded = (f'{deploy_report.folded_count} BatchNorms folded, {len(deploy_report.unfolded)} left'
               if deploy_report else 'not deployed (--no-deploy)')
-    print(f'{output}: {args.model}, input {tuple(x.shape)}, {folded}; report in {report_path}')
+    # num_classes 0 is timm's network without classifier: say so, as the file's output is not class scores
+    head = f'{classes} classes' if classes else \
+        f'no classifier (--num-classes 0): outputs {out_shape[-1]} pooled features per image'
+    print(f'{output}: {args.model}, input {tuple(x.shape)}, {head}, {folded}; report in {report_path}')
     print(render_table(
         ['format', 'runtime', 'file size', 'max abs diff', 'torch eager ms/batch', 'exported ms/batch'],
         [[args.format, loaded.runtime, _size(data['file_bytes']), f'{diff:.2e}', f"{ms['eager']:.1f}",

@@ -149,6 +149,8 @@ def run_synth(args: argparse.Namespace) -> int:
         raise PoseError(f'{root} already holds a data set; choose another --output')
     if args.num_train < 1 or args.num_val < 1:
         raise PoseError('--num-train and --num-val must be at least 1')
+    if args.image_size < 32:   # (make_people_coco's ValueError, as one line)
+        raise PoseError(f'--image-size {args.image_size} is too small for the figures: pass 32 or more')
     paths = make_people_coco(root, num_train=args.num_train, num_val=args.num_val, image_size=args.image_size,
                              seed=args.seed)
     dets = make_detections(paths['val_ann'], root / 'detections_val.json', seed=args.seed)

@@ -5,21 +5,102 @@ network whose stages are direct children, which timm's ResNet family (and so eve
 adds is the usual detection fine-tuning setup of the paper's detectors: the classification weights of any
 checkpoint (ours or the authors', detected), batch-norm statistics frozen (every BN, SC-Conv's inner ones
 included, becomes a ``FrozenBatchNorm2d``), and the stem plus the first ``5 - trainable_layers`` stages frozen.
+
+Weights that cannot come are reported in seconds, with the way out a training command offers
+(``--backbone-checkpoint PATH``): ImageNet weights that are not cached and whose server cannot be reached
+(Hugging Face's client would retry for about a minute before a message that names no flag), and a checkpoint
+whose keys do not fit the backbone (one line, not a page of key names).
 """
 from __future__ import annotations
 
-from typing import Optional
+import os
+import socket
+from typing import Dict, Optional, Tuple
+from urllib.parse import urlparse
 
+import torch
 from timm.layers import freeze_batch_norm_2d
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from scnet.errors import CheckpointError
 from scnet.models import create_model
 
-__all__ = ['STAGES', 'build_fpn_backbone', 'build_backbone']
+__all__ = ['STAGES', 'build_fpn_backbone', 'build_backbone', 'check_pretrained_reachable']
 
 STAGES = ('layer1', 'layer2', 'layer3', 'layer4')
 _TRAINABLE_ORDER = ('layer4', 'layer3', 'layer2', 'layer1', 'conv1')
+_PROBE_TIMEOUT = 5.0   # seconds to wait for the weights' server to answer a connection
+_PROXY_VARIABLES = ('https_proxy', 'HTTPS_PROXY', 'http_proxy', 'HTTP_PROXY', 'all_proxy', 'ALL_PROXY')
+
+
+def _pretrained_location(name: str) -> Optional[Tuple[str, bool]]:
+    """(address, cached) of the ImageNet weights ``create_model(name, pretrained=True)`` loads; None where it
+    has none (``create_model`` says so itself) or the address is not a server."""
+    from scnet.models.zoo import ZOO_ARCHITECTURES
+    from scnet.weights.download import cache_dir
+    from scnet.weights.official import OFFICIAL_WEIGHTS, official_url
+
+    if name in OFFICIAL_WEIGHTS:   # the authors' files, through scnet.weights.download (a mirror if set)
+        url = official_url(name)
+        return url, (cache_dir() / os.path.basename(urlparse(url).path)).is_file()
+    if name in ZOO_ARCHITECTURES:
+        return None
+    from timm.models import get_pretrained_cfg   # a baseline: timm's weights, from the Hugging Face Hub
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        import huggingface_hub
+        from huggingface_hub import constants
+
+        cached = any(isinstance(huggingface_hub.try_to_load_from_cache(cfg.hf_hub_id, f), str)
+                     for f in ('model.safetensors', 'pytorch_model.bin', cfg.hf_hub_filename) if f)
+        if constants.HF_HUB_OFFLINE and not cached:
+            raise _unreachable(name, f'{constants.ENDPOINT}/{cfg.hf_hub_id}', 'HF_HUB_OFFLINE is set')
+        return f'{constants.ENDPOINT}/{cfg.hf_hub_id}', cached
+    if cfg.url:
+        return cfg.url, (cache_dir() / os.path.basename(urlparse(cfg.url).path)).is_file()
+    return None
+
+
+def _unreachable(name: str, address: str, reason: str) -> CheckpointError:
+    return CheckpointError(
+        f'{name}: its ImageNet weights are not cached here and cannot be downloaded from {address} ({reason}); '
+        f'without network access, pass a local copy with --backbone-checkpoint PATH (a .safetensors or .pth of '
+        f'{name}, fetched where the address is reachable), or leave out --pretrained / --backbone-checkpoint '
+        'pretrained to train the backbone from scratch')
+
+
+def check_pretrained_reachable(name: str) -> None:
+    """A ``CheckpointError`` in seconds when the ImageNet weights of ``name`` are neither cached nor on a server
+    that accepts a connection (behind a proxy, which the probe does not use, the download itself decides)."""
+    location = _pretrained_location(name)
+    if location is None or location[1]:
+        return
+    url = urlparse(location[0])
+    if url.scheme not in ('http', 'https') or not url.hostname or any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        return
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == 'https' else 80)),
+                                 timeout=_PROBE_TIMEOUT).close()
+    except OSError as e:
+        raise _unreachable(name, location[0], e.strerror or str(e) or type(e).__name__) from None
+
+
+def _checkpoint_misfit(name: str, checkpoint: str, model_kwargs: Dict) -> Optional[CheckpointError]:
+    """The one-line error for a backbone ``checkpoint`` whose keys do not fit ``name`` (None if they do)."""
+    from scnet.tasks.weights_fit import misfit
+    from scnet.weights import read_checkpoint
+
+    theirs = {k: v for k, v in read_checkpoint(checkpoint).items() if not k.startswith('fc.')}
+    with torch.device('meta'):   # only the names and shapes are needed
+        own = create_model(name, num_classes=0, **model_kwargs).state_dict()
+    if set(own) == set(theirs) and all(tuple(own[k].shape) == tuple(theirs[k].shape) for k in own):
+        return None
+    return misfit(checkpoint, name, own, theirs, f'give --backbone-checkpoint a checkpoint of {name}, or the '
+                  '--backbone it holds (`scnet models` lists them)')
 
 
 def build_backbone(name: str, *, checkpoint: Optional[str] = None, pretrained: bool = False,
@@ -27,7 +108,15 @@ def build_backbone(name: str, *, checkpoint: Optional[str] = None, pretrained: b
     """The zoo model ``name`` without classifier, with frozen BN and frozen early stages."""
     if not 0 <= trainable_layers <= 5:
         raise ValueError(f'trainable_layers must be within 0..5, got {trainable_layers}')
-    model = create_model(name, pretrained=pretrained, checkpoint=checkpoint, num_classes=0, **model_kwargs)
+    if pretrained and not checkpoint:
+        check_pretrained_reachable(name)
+    try:
+        model = create_model(name, pretrained=pretrained, checkpoint=checkpoint, num_classes=0, **model_kwargs)
+    except CheckpointError:
+        problem = _checkpoint_misfit(name, checkpoint, model_kwargs) if checkpoint else None
+        if problem is None:
+            raise
+        raise problem from None
     if frozen_bn:
         model = freeze_batch_norm_2d(model)
     trainable = _TRAINABLE_ORDER[:trainable_layers] + (('bn1',) if trainable_layers == 5 else ())

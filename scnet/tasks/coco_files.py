@@ -1,9 +1,11 @@
 """COCO-format annotation files, checked before any training starts.
 
 pycocotools reads the files and computes the metrics; what it does not do is tell a user, before hours of
-training, that the file is not COCO JSON, that images it lists are missing, that a box is outside its image or
-has no area, or that a keypoint array has the wrong length. ``load_coco`` checks all of that up front and
-reports every problem found (the first few of each kind, with counts) in one ``CocoDataError``.
+training, that the file is not COCO JSON, that images it lists are missing, that two images (annotations,
+categories) share an id (pycocotools' index keeps the last, silently), that a box is outside its image or has
+no area, or that a keypoint array has the wrong length, values that are not numbers, a visibility other than
+0, 1, 2 or a labelled keypoint outside its image. ``load_coco`` checks all of that up front and reports every
+problem found (the first few of each kind, with counts) in one ``CocoDataError``.
 """
 from __future__ import annotations
 
@@ -73,15 +75,51 @@ class _Problems:
         raise CocoDataError(f'{path}: ' + ' | '.join(parts))
 
 
-def _check_keypoint_categories(data: Dict, problems: _Problems) -> Dict[int, int]:
-    lengths = {}
+def _check_keypoint_categories(data: Dict, problems: _Problems) -> Dict[Any, List[str]]:
+    """The keypoint names of each category that lists some, by category id."""
+    names_of = {}
     for cat in data['categories']:
-        names = cat.get('keypoints')
-        if isinstance(names, list) and names:
-            lengths[cat['id']] = len(names)
-    if not lengths:
+        names = cat.get('keypoints') if isinstance(cat, dict) else None
+        if isinstance(names, list) and names and _is_id(cat.get('id')):
+            names_of[cat['id']] = [str(n) for n in names]
+    if not names_of:
         problems.add('keypoint definitions missing', 'no category lists "keypoints" names')
-    return lengths
+    return names_of
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_id(value: Any) -> bool:
+    """A usable id: COCO's are integers; strings index as well (bools, lists, floats do not)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _check_keypoints(ann: Dict, img: Dict, names: List[str], problems: _Problems) -> None:
+    """An annotation's ``keypoints``: 3 numbers per keypoint, visibility 0, 1 or 2, labelled ones in the image."""
+    aid, kps, expected = ann['id'], ann.get('keypoints'), 3 * len(names)
+    if not isinstance(kps, list) or len(kps) != expected:
+        found = f'{len(kps)} values' if isinstance(kps, list) else 'no "keypoints" list'
+        problems.add('keypoint arrays of the wrong length',
+                     f'annotation {aid}: {found}, expected {expected} (x, y, visibility per keypoint)')
+        return
+    bad = [(j, v) for j, v in enumerate(kps) if not _is_number(v)]
+    if bad:
+        j, v = bad[0]
+        problems.add('keypoint arrays with values that are not numbers',
+                     f'annotation {aid}: {v!r} at position {j} ({"xyv"[j % 3]} of {names[j // 3]})')
+        return
+    for k, name in enumerate(names):
+        x, y, v = kps[3 * k:3 * k + 3]
+        if v not in (0, 1, 2):
+            problems.add('keypoints with a visibility other than 0 (not labelled), 1 (hidden), 2 (visible)',
+                         f'annotation {aid}: {name} has v={v}')
+        elif v > 0 and (x < -_EDGE_SLACK or y < -_EDGE_SLACK or x > img['width'] + _EDGE_SLACK or
+                        y > img['height'] + _EDGE_SLACK):
+            problems.add('labelled keypoints outside their image',
+                         f'annotation {aid} in {img["file_name"]} ({img["width"]}x{img["height"]}): {name} at '
+                         f'({x}, {y})')
 
 
 def load_coco(annotation_file: Path, images_dir: Optional[Path] = None, *, task: str = 'bbox'):
@@ -99,11 +137,31 @@ def load_coco(annotation_file: Path, images_dir: Optional[Path] = None, *, task:
         if not isinstance(img, dict) or not {'id', 'file_name', 'width', 'height'} <= set(img):
             problems.add('images without id/file_name/width/height', str(img)[:80])
             continue
+        if not _is_id(img['id']) or not (_is_number(img['width']) and _is_number(img['height'])):
+            problems.add('images whose id is not an integer or whose width/height are not numbers', str(img)[:80])
+            continue
+        if img['id'] in images:
+            problems.add('duplicate image ids (give each image its own)',
+                         f'id {img["id"]}: {images[img["id"]]["file_name"]} and {img["file_name"]}')
+            continue
         images[img['id']] = img
         if images_dir is not None and not (Path(images_dir) / img['file_name']).is_file():
             problems.add(f'images listed but missing from {images_dir}', str(img['file_name']))
-    categories = {c.get('id') for c in data['categories'] if isinstance(c, dict)}
-    keypoint_lengths = _check_keypoint_categories(data, problems) if task == 'keypoints' else {}
+    categories = set()
+    for cat in data['categories']:
+        cid = cat.get('id') if isinstance(cat, dict) else None
+        if not _is_id(cid):
+            problems.add('categories without an integer "id"', str(cat)[:80])
+        elif cid in categories:
+            problems.add('duplicate category ids', f'id {cid} ({cat.get("name")})')
+        else:
+            categories.add(cid)
+    listed = sorted(categories, key=str)
+    unknown_category = ('annotations of categories the file does not list (it lists ' +
+                        (', '.join(map(str, listed[:10])) + (' ...' if len(listed) > 10 else '') if listed else 'none')
+                        + ')')
+    keypoint_names = _check_keypoint_categories(data, problems) if task == 'keypoints' else {}
+    annotation_ids: Dict[Any, Any] = {}
     for ann in data['annotations']:
         if not isinstance(ann, dict):
             problems.add('annotations that are not objects', str(ann)[:80])
@@ -112,12 +170,22 @@ def load_coco(annotation_file: Path, images_dir: Optional[Path] = None, *, task:
         if aid is None:
             problems.add('annotations without an "id"', str(ann)[:80])
             continue
-        img = images.get(ann.get('image_id'))
-        if img is None:
-            problems.add('annotations of unknown images', f'annotation {aid} -> image_id {ann.get("image_id")}')
+        if not _is_id(aid):
+            problems.add('annotations whose "id" is not an integer', str(ann)[:80])
             continue
-        if ann.get('category_id') not in categories:
-            problems.add('annotations of unknown categories', f'annotation {aid} -> {ann.get("category_id")}')
+        if aid in annotation_ids:
+            problems.add('duplicate annotation ids (give each annotation its own)',
+                         f'id {aid} (images {annotation_ids[aid]} and {ann.get("image_id")})')
+            continue
+        annotation_ids[aid] = ann.get('image_id')
+        img = images.get(ann.get('image_id')) if _is_id(ann.get('image_id')) else None
+        if img is None:
+            problems.add('annotations of images the file does not list',
+                         f'annotation {aid} -> image_id {ann.get("image_id")!r}')
+            continue
+        known_category = _is_id(ann.get('category_id')) and ann['category_id'] in categories
+        if not known_category:
+            problems.add(unknown_category, f'annotation {aid} -> category_id {ann.get("category_id")!r}')
         box = ann.get('bbox')
         if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
             problems.add('annotations without a [x, y, w, h] bbox', f'annotation {aid}')
@@ -131,13 +199,8 @@ def load_coco(annotation_file: Path, images_dir: Optional[Path] = None, *, task:
                              f'({img["width"]}x{img["height"]}): {box}')
         if task == 'segm' and not ann.get('segmentation'):
             problems.add('annotations without a segmentation', f'annotation {aid}')
-        if task == 'keypoints' and ann.get('category_id') in keypoint_lengths:
-            kps = ann.get('keypoints')
-            expected = 3 * keypoint_lengths[ann['category_id']]
-            if not isinstance(kps, list) or len(kps) != expected:
-                found = f'{len(kps)} values' if isinstance(kps, list) else 'no "keypoints" list'
-                problems.add('keypoint arrays of the wrong length',
-                             f'annotation {aid}: {found}, expected {expected} (x, y, visibility per keypoint)')
+        if task == 'keypoints' and known_category and ann['category_id'] in keypoint_names:
+            _check_keypoints(ann, img, keypoint_names[ann['category_id']], problems)
     problems.raise_if_any(path)
     coco = COCO()
     coco.dataset = data

@@ -1,12 +1,17 @@
-"""The image files a ``predict`` command was given: files as they are, folders searched for images."""
+"""The image files a ``predict`` command was given: files as they are, folders searched for images; and every
+one of them decoded before the command writes anything, so that a damaged file stops it before its first
+output, not in the middle of the folder with half the drawings written and no JSON summary."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import List, Sequence, Tuple, Union
 
 from scnet.errors import ScnetError
 
-__all__ = ['image_files']
+__all__ = ['image_files', 'decoded_sizes']
+
+_SHOWN = 5  # unreadable files named in the message
 
 
 def image_files(inputs: Sequence[Union[str, Path]]) -> List[Path]:
@@ -26,3 +31,24 @@ def image_files(inputs: Sequence[Union[str, Path]]) -> List[Path]:
         else:
             raise ScnetError(f'{item}: no such image file or folder')
     return files
+
+
+def decoded_sizes(files: Sequence[Path], threads: int = 4) -> List[Tuple[int, int]]:
+    """The (width, height) of every file, each decoded in full (a header can be fine and the data truncated),
+    or one ``BadImageError`` naming every file that is not a readable image."""
+    from scnet.data.folders import BadImageError, decode_rgb
+
+    def size(path: Path):
+        try:
+            return decode_rgb(str(path)).size
+        except Exception as e:  # PIL raises several kinds for truncated or foreign files
+            return f'{path} ({str(e).splitlines()[0] if str(e) else type(e).__name__})'
+
+    with ThreadPoolExecutor(threads) as pool:
+        sizes = list(pool.map(size, files))
+    bad = [s for s in sizes if isinstance(s, str)]
+    if bad:
+        more = f'; ... ({len(bad) - _SHOWN} more)' if len(bad) > _SHOWN else ''
+        raise BadImageError(f'{len(bad)} of the {len(files)} images cannot be decoded: {"; ".join(bad[:_SHOWN])}'
+                            f'{more}; fix or remove them (nothing was written)')
+    return sizes

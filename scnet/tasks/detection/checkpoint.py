@@ -15,6 +15,7 @@ from torch import nn
 from scnet.errors import CheckpointError
 from scnet.tasks.detection.model import build_detector
 from scnet.tasks.detection.recipe import ARCH_KEYS, TASKS
+from scnet.tasks.weights_fit import misfit, unreadable_safetensors
 from scnet.train.checkpoint_meta import CheckpointMetadata, read_task_checkpoint
 
 __all__ = ['DetectionMetadata', 'load_detector']
@@ -61,15 +62,22 @@ def load_detector(checkpoint: Path, *, device: str = 'cpu',
     """The detector of a ``model.safetensors`` or ``last.pt`` written by ``scnet detect train`` (or its run
     folder), in eval mode, and its ``DetectionMetadata``. ``image_size`` replaces the short side it was
     trained with (the long side scales with it)."""
-    info, state_dict, path = read_task_checkpoint(
-        checkpoint, DetectionMetadata, task='detection', command='scnet detect train',
-        is_task=lambda meta: meta.get('format') == FORMAT and meta.get('task') in TASKS)
+    try:
+        info, state_dict, path = read_task_checkpoint(
+            checkpoint, DetectionMetadata, task='detection', command='scnet detect train',
+            is_task=lambda meta: meta.get('format') == FORMAT and meta.get('task') in TASKS)
+    except CheckpointError:
+        damaged = unreadable_safetensors(checkpoint)  # damaged, not "not a detection checkpoint"
+        if damaged is None:
+            raise
+        raise damaged from None
     if image_size:
         info.max_size = max(image_size, round(image_size * info.max_size / info.min_size))
         info.min_size = image_size
     model = info.build()
     try:
         model.load_state_dict(state_dict)
-    except RuntimeError as e:
-        raise CheckpointError(f'{path}: does not fit the detector it describes ({str(e).splitlines()[0]})') from None
+    except RuntimeError:   # torch's message opens with a line that names no key: say which, in one line
+        raise misfit(path, f'the {info.task} detector its metadata describes', model.state_dict(), state_dict,
+                     'the file was damaged or edited; give the model.safetensors or last.pt its run wrote') from None
     return model.to(torch.device(device)).eval(), info

@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from scnet.tasks.detection.checkpoint import load_detector
-from scnet.tasks.image_files import image_files
+from scnet.tasks.image_files import decoded_sizes, image_files
 from scnet.train import distributed
 
 __all__ = ['draw_detections', 'predict']
@@ -42,7 +42,10 @@ def predict(checkpoint: Path, inputs: Sequence[Path], output: Path, *, score_thr
             device: str = 'auto', image_size: Optional[int] = None, progress: bool = False) -> List[Dict[str, Any]]:
     """Detect on each image of ``inputs`` (files or folders), write ``output/<name>.png`` (the image at its
     own size with the detections drawn) and ``output/predictions.json`` (every detection above the
-    threshold: category, score, box [x, y, w, h] in the image's pixels); returns that list."""
+    threshold: category, score, box [x, y, w, h] in the image's pixels); returns that list.
+
+    Every image is decoded once before anything is written: a damaged one stops the command with nothing
+    written, rather than after some drawings and without ``predictions.json``."""
     from PIL import Image
 
     from scnet.data.folders import BadImageError, decode_rgb
@@ -50,6 +53,7 @@ def predict(checkpoint: Path, inputs: Sequence[Path], output: Path, *, score_thr
     files = image_files(inputs)
     dev = distributed._device(device, 0)
     model, info = load_detector(checkpoint, device=str(dev), image_size=image_size)
+    decoded_sizes(files)
     names = [c['name'] for c in info.categories]
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from scnet.errors import CheckpointError
 from scnet.tasks.pose.data import KeypointSpec
 from scnet.tasks.pose.model import SimplePose, build_for_recipe
 from scnet.tasks.pose.recipe import PoseRecipe
+from scnet.tasks.weights_fit import misfit, unreadable_safetensors
 from scnet.train.checkpoint_meta import CheckpointMetadata, read_task_checkpoint
 
 __all__ = ['PoseMetadata', 'PoseCheckpoint', 'load_pose_checkpoint']
@@ -81,15 +82,21 @@ class PoseCheckpoint:
 
 def load_pose_checkpoint(path: Path) -> PoseCheckpoint:
     """The network of a ``scnet pose train`` checkpoint: its ``model.safetensors`` or its ``last.pt``."""
-    info, weights, path = read_task_checkpoint(path, PoseMetadata, task='pose', command='scnet pose train',
-                                               is_task=lambda meta: meta.get('task') == 'pose')
+    try:
+        info, weights, path = read_task_checkpoint(path, PoseMetadata, task='pose', command='scnet pose train',
+                                                   is_task=lambda meta: meta.get('task') == 'pose')
+    except CheckpointError:
+        damaged = unreadable_safetensors(path)  # damaged, not "not a pose checkpoint"
+        if damaged is None:
+            raise
+        raise damaged from None
     recipe = info.recipe()
     model = build_for_recipe(recipe, len(info.keypoints['names']), with_weights=False)
     try:
         model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(f'{path}: its weights do not fit the network its metadata describes '
-                              f'({str(e).splitlines()[0]})') from None
+    except RuntimeError:   # torch's message opens with a line that names no key: say which, in one line
+        raise misfit(path, 'the pose network its metadata describes', model.state_dict(), weights,
+                     'the file was damaged or edited; give the model.safetensors or last.pt its run wrote') from None
     model.eval()
     return PoseCheckpoint(model, KeypointSpec.from_dict(info.keypoints), recipe.image_size, model.stride,
                           recipe.backbone, recipe.box_padding)

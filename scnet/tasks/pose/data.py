@@ -410,7 +410,7 @@ def load_detections(path: Path, coco, spec: KeypointSpec, aspect: float, images_
             continue
         if det['category_id'] != spec.category_id:
             continue
-        img = coco.imgs.get(det['image_id'])
+        img = coco.imgs.get(det['image_id']) if isinstance(det['image_id'], (int, str)) else None
         if img is None:
             problem('boxes of images not in the annotation file', f'#{i}: image_id {det["image_id"]}')
             continue

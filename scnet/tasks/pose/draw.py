@@ -9,16 +9,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from scnet.data.folders import BadImageError
 from scnet.tasks.coco_files import read_json
-from scnet.tasks.image_files import image_files
+from scnet.tasks.image_files import decoded_sizes, image_files
 from scnet.tasks.pose.checkpoint import load_pose_checkpoint
-from scnet.tasks.pose.data import Instance, PoseCropSet, box_to_region
+from scnet.tasks.pose.data import Instance, PoseCropSet, _clip_box, box_to_region
 from scnet.tasks.pose.evaluate import predict_keypoints
 from scnet.tasks.pose.recipe import PoseError
 from scnet.train import distributed
 
 __all__ = ['predict_pose']
+
+_SHOWN = 5  # names or boxes shown in a message
 
 
 def _read_person_boxes(path: Path) -> Dict[str, List[Tuple[List[float], float]]]:
@@ -40,6 +41,7 @@ def _read_person_boxes(path: Path) -> Dict[str, List[Tuple[List[float], float]]]
         for name, boxes in data.items():
             if not isinstance(boxes, list):
                 raise PoseError(f'{path}: {name}: expected a list of boxes')
+            out.setdefault(str(name), [])   # an image listed without boxes: known, no one to draw
             for box in boxes:
                 add(name, box, 1.0, name)
     elif isinstance(data, list):
@@ -54,11 +56,53 @@ def _read_person_boxes(path: Path) -> Dict[str, List[Tuple[List[float], float]]]
     return out
 
 
+def _boxes_of_images(path: Path, person_boxes: Dict[str, List[Tuple[List[float], float]]], files: Sequence[Path],
+                     sizes: Sequence[Tuple[int, int]]) -> List[List[Tuple[List[float], float]]]:
+    """The boxes of each of ``files`` (a file's entry: its path as found, else its file name), clipped to the
+    image as the boxes of a detection-results file are, so that a box a detector let pass the border a little
+    crops the person it found.
+
+    A ``PoseError`` for a box wholly outside its image (no person to crop), and for names of the box file
+    that are none of the images while some image has no entry: that is a file keyed by other names (paths
+    where the images are given by name, other extensions ...), which would otherwise draw no one at all.
+    Entries for images not given are fine when every image given has its own (a file of a whole set, drawn
+    for a few of its images)."""
+    known = {key for f in files for key in (str(f), f.name)}
+    unknown = [name for name in person_boxes if name not in known]
+    out, outside = [], []
+    for f, (width, height) in zip(files, sizes):
+        entries = person_boxes.get(str(f), person_boxes.get(f.name))
+        if entries is None:
+            out.append(None)
+            continue
+        clipped = []
+        for box, score in entries:
+            inside = _clip_box(box, width, height)
+            if inside is None:
+                outside.append(f'{f.name} ({width}x{height}): {box}')
+            else:
+                clipped.append((inside, score))
+        out.append(clipped)
+    without = [f.name for f, entries in zip(files, out) if entries is None]
+    if unknown and without:
+        more = f' ... ({len(unknown) - _SHOWN} more)' if len(unknown) > _SHOWN else ''
+        raise PoseError(f'{path}: {len(unknown)} name(s) match none of the images: {", ".join(unknown[:_SHOWN])}'
+                        f'{more}; and {len(without)} image(s) have no boxes: {", ".join(without[:_SHOWN])}'
+                        f'{" ..." if len(without) > _SHOWN else ""}. Key the boxes by file name (e.g. '
+                        f'{files[0].name!r}) or by the path as given to --images')
+    if outside:
+        more = f'; ... ({len(outside) - _SHOWN} more)' if len(outside) > _SHOWN else ''
+        raise PoseError(f'{path}: {len(outside)} box(es) [x, y, w, h] wholly outside their image: '
+                        f'{"; ".join(outside[:_SHOWN])}{more}; boxes are in the pixels of the image itself')
+    return [entries or [] for entries in out]
+
+
 def predict_pose(checkpoint: Path, inputs: Sequence[str], output: Path, *, boxes: Optional[Path] = None,
                  kpt_thresh: float = 0.2, box_score_thresh: float = 0.0, flip_test: bool = True,
                  device: str = 'auto', batch_size: int = 16) -> List[Path]:
     """Draw the keypoints and skeleton of every person on each image; PNGs (and keypoints.json) in ``output``.
-    People: the boxes of ``boxes`` for each image (by file name), or the whole image as one person."""
+    People: the boxes of ``boxes`` for each image (by file name, clipped to the image), or the whole image as
+    one person. Every image and box is checked before anything is written (see ``_boxes_of_images``)."""
     from PIL import Image
     from torchvision.utils import draw_bounding_boxes, draw_keypoints
 
@@ -67,19 +111,16 @@ def predict_pose(checkpoint: Path, inputs: Sequence[str], output: Path, *, boxes
     ck = load_pose_checkpoint(checkpoint)
     files = image_files(inputs)
     person_boxes = _read_person_boxes(boxes) if boxes else None
+    sizes = decoded_sizes(files)   # every image readable before anything is written
+    if person_boxes is not None:
+        person_boxes = _boxes_of_images(Path(boxes), person_boxes, files, sizes)
     h, w = ck.input_size
     instances: List[Instance] = []
-    sizes = {}
     for i, f in enumerate(files):
-        try:
-            with Image.open(f) as im:
-                sizes[i] = im.size
-        except (OSError, SyntaxError, ValueError) as e:
-            raise BadImageError(f'{f}: unreadable image ({e})') from None
         if person_boxes is None:
             entries = [([0.0, 0.0, float(sizes[i][0]), float(sizes[i][1])], 1.0)]
         else:
-            entries = person_boxes.get(str(f), person_boxes.get(f.name, []))
+            entries = person_boxes[i]
         for box, score in entries:
             if score < box_score_thresh:
                 continue

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from scnet.tasks.pose.recipe import PoseError, PoseRecipe
+from scnet.tasks.pose.recipe import PoseError, PoseRecipe, size_problem
 
 __all__ = ['SimplePose', 'build_pose_model', 'build_for_recipe', 'heatmap_size', 'backbone_stride']
 
@@ -103,9 +103,7 @@ def build_for_recipe(recipe: PoseRecipe, num_keypoints: int, *, with_weights: bo
     stride = backbone_stride(model.backbone)
     h, w = recipe.image_size
     if h % stride or w % stride:
-        raise PoseError(f'image size {h}x{w}: height and width must be multiples of {stride}, the stride of '
-                        f'{recipe.backbone}\'s last stage (e.g. {stride * max(1, round(h / stride))}x'
-                        f'{stride * max(1, round(w / stride))})')
+        raise PoseError(size_problem(recipe.image_size, stride, recipe.backbone))
     if stride % 2 ** model.deconv_layers:
         raise PoseError(f'{model.deconv_layers} deconvolution layers up-sample {recipe.backbone}\'s stride-{stride} '
                         'features beyond the input resolution; use fewer')

@@ -20,7 +20,7 @@ from scnet.train import schedule
 from scnet.train.recipe import RECIPES_DIR, RecipeError, RecipeReader, check_settings, run_checks
 
 __all__ = ['PoseError', 'PoseRecipe', 'POSE_RECIPES_DIR', 'list_pose_recipes', 'load_pose_recipe',
-           'parse_image_size']
+           'parse_image_size', 'size_problem']
 
 POSE_RECIPES_DIR = RECIPES_DIR / 'pose'
 #: What a run's config.json records beside its recipe (left out when it is read back as a recipe).
@@ -46,6 +46,13 @@ def parse_image_size(value: Union[int, str, Sequence[int]]) -> List[int]:
     if len(values) != 2:
         raise RecipeError(f'image size {value!r}: expected [height, width]')
     return values
+
+
+def size_problem(image_size: Sequence[int], stride: int, backbone: str) -> str:
+    """What is wrong with a crop size that is not made of multiples of ``stride``, with the nearest one that is."""
+    h, w = image_size
+    return (f'image size {h}x{w}: height and width must be multiples of {stride}, the stride of {backbone}\'s last '
+            f'stage (e.g. {stride * max(1, round(h / stride))}x{stride * max(1, round(w / stride))})')
 
 
 @dataclass
@@ -108,6 +115,14 @@ class PoseRecipe:
         self.image_size = parse_image_size(self.image_size)
 
     @property
+    def nominal_stride(self) -> int:
+        """The stride of the backbone's last stage, known without building it (``build_for_recipe`` checks
+        the network's own): 8 for the CIFAR-stem networks, 32 for the others, less with ``output_stride``.
+        The crop must be at least that, so an image size too small is refused before the data is read."""
+        stride = 8 if str(self.backbone).endswith('_cifar') else 32
+        return min(stride, int((self.backbone_kwargs or {}).get('output_stride') or stride))
+
+    @property
     def milestones(self) -> List[int]:
         span = self.schedule_epochs or self.epochs
         return [max(1, int(round(s * self.epochs / span))) for s in self.lr_steps]
@@ -125,7 +140,8 @@ class PoseRecipe:
             *run_checks(self.epochs, self.batch_size, self.lr, self.workers, self.device),
             (self.optimizer in ('adam', 'sgd'), f"optimizer must be adam or sgd, got {self.optimizer!r}"),
             (self.sigma > 0, f'sigma must be > 0, got {self.sigma}'),
-            (min(self.image_size) >= 16, f'image_size must be at least 16x16, got {self.image_size}'),
+            (min(self.image_size) >= self.nominal_stride,
+             size_problem(self.image_size, self.nominal_stride, self.backbone)),
             (0 <= self.scale_factor < 1, f'scale_factor must be within [0, 1), got {self.scale_factor}'),
             (self.eval_every >= 1, f'eval_every must be >= 1, got {self.eval_every}'),
             (self.deconv_layers is None or self.deconv_layers >= 0,

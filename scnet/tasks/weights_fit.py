@@ -1,0 +1,52 @@
+"""Checkpoints for the networks the task commands build: one line saying how weights do not fit a network, and
+one saying that a file is damaged rather than of another kind.
+
+``scnet.weights.load_into`` names every key that does not fit, one kind per line, for Python callers who read
+the whole list. A command prints its error as one line, so ``misfit`` says the same in one: the problem
+and the way out first, then how many keys of each kind, with the first of each (the rest only make the line
+longer without helping to choose the right checkpoint or ``--model``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import torch
+
+from scnet.errors import CheckpointError
+
+__all__ = ['misfit', 'unreadable_safetensors']
+
+
+def misfit(source: Union[str, Path], name: str, own: Mapping[str, torch.Tensor],
+           theirs: Mapping[str, torch.Tensor], way_out: str) -> CheckpointError:
+    """The ``CheckpointError`` for the weights ``theirs`` of ``source`` that do not fit the state dict ``own``
+    of network ``name``: one line, ``way_out`` right after the problem."""
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    shapes = sorted(f'{k} {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}' for k in set(own) & set(theirs)
+                    if tuple(theirs[k].shape) != tuple(own[k].shape))
+    parts = [f'{len(keys)} {label} (e.g. {keys[0]})' for keys, label in (
+        (shapes, 'of another shape (checkpoint vs network)'), (missing, 'missing from the checkpoint'),
+        (unexpected, 'not in the network')) if keys]
+    return CheckpointError(f'{source} does not fit {name}: {way_out}; keys: {", ".join(parts) or "none differ"}')
+
+
+def unreadable_safetensors(path: Union[str, Path]) -> Optional[CheckpointError]:
+    """The ``CheckpointError`` for a ``.safetensors`` file (or a run folder holding ``model.safetensors``) that
+    safetensors cannot open, else None: a damaged or truncated file, which a reader that only looks at the
+    metadata takes for one of another kind (no metadata of its task) and reports as such."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / 'model.safetensors'
+    if path.suffix != '.safetensors' or not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework='pt'):
+            return None
+    except Exception as e:  # safetensors raises its own error, OSError or ValueError on a damaged file
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return CheckpointError(f'{path}: not a readable safetensors file, damaged or truncated ({detail}); '
+                               'copy it again, or give the model.safetensors or last.pt its training run wrote')
