@@ -73,3 +73,40 @@ def test_shard_sizes_are_parsed_or_refused_in_one_line(data, tmp_path, capsys):
     assert capsys.readouterr().err.startswith("scnet shards: error: shard size 'lots'")
     assert main(['shards', str(tmp_path / 'none'), str(tmp_path / 'out')]) == 2
     assert 'expected train/' in capsys.readouterr().err
+
+
+def test_output_inside_the_source_or_a_file_is_refused(data, tmp_path, capsys):
+    """A second run would pack the shards in SRC as images of it; a file cannot hold shards."""
+    assert main(['shards', str(data), str(data / 'train' / 'packed'), '--quiet']) == 2
+    assert f'{data / "train" / "packed"} is inside {data}' in capsys.readouterr().err
+    assert not (data / 'train' / 'packed').exists()
+    afile = tmp_path / 'afile'
+    afile.write_text('')
+    with pytest.raises(ShardsError, match='is a file, not a folder'):
+        shards_module.write_shards(data, afile, progress=False)
+
+
+def test_unreadable_images_stop_the_writing_or_are_left_out_and_listed(data, tmp_path, capsys):
+    bad = data / 'train' / 'dot' / '003.png'
+    bad.write_bytes(bad.read_bytes()[:len(bad.read_bytes()) // 2])  # truncated in its image data
+    out = tmp_path / 'shards'
+    assert main(['shards', str(data), str(out), '--quiet']) == 2
+    err = capsys.readouterr().err
+    assert f'{bad}: unreadable image' in err and '--skip-bad-images' in err and len(err.strip().splitlines()) == 1
+    assert not list(out.glob('*.tar'))
+    assert main(['shards', str(data), str(out), '--quiet', '--skip-bad-images']) == 0
+    assert 'left out 1 unreadable image: train/dot/003.png' in capsys.readouterr().out
+    index = json.loads((out / 'index.json').read_text())
+    assert index['skipped'] == ['train/dot/003.png'] and index['splits']['train']['images'] == 35
+
+
+def test_a_shard_cut_short_since_it_was_written_is_written_again(data, tmp_path, capsys):
+    out = tmp_path / 'shards'
+    assert main(['shards', str(data), str(out), '--shard-size', '5KB', '--quiet']) == 0
+    whole = {p.name: p.read_bytes() for p in out.glob('*.tar')}
+    cut = out / 'train-000001.tar'
+    cut.write_bytes(whole[cut.name][:len(whole[cut.name]) // 2])
+    capsys.readouterr()
+    assert main(['shards', str(data), str(out), '--shard-size', '5KB', '--quiet']) == 0
+    assert 'train-000001.tar cut short or changed since written; writing it again' in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in out.glob('*.tar')} == whole

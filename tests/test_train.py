@@ -383,3 +383,142 @@ def test_a_plain_model_takes_a_recipe_written_for_sc_conv():
     assert _model_kwargs(recipe, announce=False) == recipe.model_kwargs
     plain = load_recipe('embedded', model='resnet26_cifar')
     assert _model_kwargs(plain, announce=False) == {'channels': [8, 16, 32, 64]}
+
+
+# --- resume: what a run records and what a resume may change -------------------------------------------
+
+
+def test_resume_continues_the_run_as_recorded_and_refuses_what_it_cannot_honour(data, recipe, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """The run records its data as an absolute path (a resume from another folder finds it); flags given on
+    resume apply (an extended cosine run continues on the longer curve at the new --lr, not at lr 0); a
+    --config repeated on resume cannot shorten the run; other data, another optimiser or fewer epochs are
+    refused in one line, before anything is written."""
+    import math
+    import shutil
+
+    run = tmp_path / 'run'
+    here = tmp_path / 'here'
+    here.mkdir()
+    shutil.copy(recipe, here / 'tiny.yaml')
+    monkeypatch.chdir(tmp_path)
+    assert main(['train', '--data', 'data', '--config', str(recipe), '--output', 'run', '--epochs', '1',
+                 '--quiet']) == 0
+    config = json.loads((run / 'config.json').read_text())
+    assert config['data'] == config['data_root'] == str(data)
+    capsys.readouterr()
+
+    monkeypatch.chdir(here)  # another working folder: the run's data is still found
+    assert main(['train', '--output', str(run), '--resume', '--epochs', '2', '--lr', '0.3', '--quiet']) == 0
+    rows = read_metrics(run)
+    assert [r['epoch'] for r in rows] == [1, 2]
+    # cosine over 2 epochs x 4 steps at peak 0.3: epoch 2 begins half-way, where the lr is 0.15 (the 1-epoch
+    # schedule had ended at 0)
+    assert rows[1]['lr'] == pytest.approx(0.3 * 0.5 * (1 + math.cos(math.pi * 4 / 8)))
+    assert json.loads((run / 'config.json').read_text())['epochs'] == 2
+    before = (run / 'last.pt').read_bytes()
+    other = write_folder(tmp_path / 'other')  # the same class names, other images
+    refused = [
+        # the original command again: its recipe says 3 epochs, the run now has 2
+        (['--config', 'tiny.yaml'], '--config tiny.yaml sets epochs 3 (the run: 2): on --resume the run\'s own '
+                                    'settings'),
+        (['--data', str(other), '--epochs', '3'], f'the run was trained on the data at {data}, --data now names '
+                                                  f'{other}: resume with --data {data}'),
+        (['--optimizer', 'adamw', '--epochs', '3'], "the run has optimizer 'sgd', this resume 'adamw'"),
+        (['--batch-size', '4', '--epochs', '3'], 'the run has batch_size 8, this resume 4'),
+        (['--ema-decay', '0.9', '--epochs', '3'], 'trained without an EMA of the weights'),
+        (['--epochs', '1'], 'has trained 2 epochs already; --epochs 1 would end it before them'),
+    ]
+    for args, message in refused:
+        assert main(['train', '--output', str(run), '--resume', '--quiet', *args]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err, (args, err)
+    assert (run / 'last.pt').read_bytes() == before
+    # the same --config, with the change as a flag, and the same images moved elsewhere: accepted
+    assert main(['train', '--output', str(run), '--resume', '--quiet', '--config', 'tiny.yaml', '--epochs', '3',
+                 '--data', str(other), '--data-moved']) == 0
+    assert [r['epoch'] for r in read_metrics(run)] == [1, 2, 3]
+
+
+def test_bad_settings_and_model_options_stop_before_the_run_folder_holds_anything(data, recipe, tmp_path, capsys):
+    """Wrong types, out-of-range values, model options that do not fit the network, a batch that the
+    accumulation steps cannot split and a single class: one line each, and no run folder left behind."""
+    one_class = write_folder(tmp_path / 'one', classes=('bar',))
+    cases = [
+        ('epochs: two', (), "epochs must be an integer, got 'two'"),
+        ('label_smoothing: 1.5\nwarmup_epochs: -1\nweight_decay: -1\neval_resize: 0\neval_image_size: 0', (),
+         'weight_decay must be >= 0, got -1; warmup_epochs must be >= 0, got -1; label_smoothing must be in [0, 1)'),
+        ('model_kwargs: {channels: [8, 16]}', (), "scnet26_cifar cannot be built or run with model_kwargs "
+                                                  "{'channels': [8, 16]}"),
+        ('model_kwargs: {bogus: 1}', (), "unexpected keyword argument 'bogus'"),
+        ('accum_steps: 3', (), 'batch_size 8 must be divisible by accum_steps 3'),
+        ('seed: 1', ('--data', str(one_class)), 'one class (bar); a classifier needs at least 2 classes'),
+    ]
+    for i, (settings, extra, message) in enumerate(cases):
+        bad = tmp_path / f'bad{i}.yaml'
+        bad.write_text(f'base: {recipe}\n{settings}\n')
+        out = tmp_path / f'run{i}'
+        assert main([*train_args(data, bad, out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err, (settings, err)
+        assert 'eval_image_size must be >= 8' in err if 'eval_image_size' in settings else True
+        assert not out.exists(), settings
+    # the processes, not only the accumulation steps, must split the batch
+    from scnet.train.sampling import BatchSizeError
+    with pytest.raises(BatchSizeError, match=r'divisible by processes x accumulation steps \(3 x 1 = 3\)'):
+        ShardedBatchSampler(36, 8, world_size=3)
+
+
+def test_damaged_or_foreign_last_pt_is_refused_in_one_line(tmp_path, capsys):
+    run = tmp_path / 'run'
+    run.mkdir()
+    for content, message in ((None, 'an empty file (0 bytes), not a training state'),
+                             ({'a': 1}, "not a scnet training state (no 'epoch', 'history' in it)"),
+                             ({'epoch': 1, 'history': []}, "not a scnet training state (no 'model', 'optimizer'")):
+        if content is None:
+            (run / 'last.pt').write_bytes(b'')
+        else:
+            torch.save(content, run / 'last.pt')
+        assert main(['train', '--output', str(run), '--resume', '--quiet']) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err and 'start the run again' in err, err
+
+
+def test_eval_names_the_model_a_checkpoint_belongs_to_or_says_in_one_line_that_it_does_not_fit(
+        data, recipe, tmp_path, capsys, monkeypatch):
+    """h, i: a checkpoint of scnet train records its model; one without records says in one line how it does not
+    fit. The result is printed before --output is written, so a file that cannot be written loses nothing."""
+    from scnet.models import create_model
+    from scnet.train.classifier_checkpoint import ClassifierMetadata
+    from scnet.weights import save_state_dict
+
+    net = create_model('scnet26_cifar', num_classes=3, channels=[8, 16, 32, 64], memory_efficient=False)
+    meta = ClassifierMetadata(model='scnet26_cifar', classes=['bar', 'dot', 'ring'], image_size=16, eval_resize=16,
+                              model_kwargs={'channels': [8, 16, 32, 64], 'memory_efficient': False}).to_metadata()
+    ours, bare = tmp_path / 'model.safetensors', tmp_path / 'bare.safetensors'
+    save_state_dict(net.state_dict(), ours, metadata=meta)
+    save_state_dict(net.state_dict(), bare)
+    common = ['--data', str(data), '--workers', '0', '--quiet']
+    assert main(['eval', '--model', 'resnet26_cifar', '--checkpoint', str(ours), *common]) == 2
+    assert capsys.readouterr().err.strip() == (f'scnet eval: error: {ours} holds weights of scnet26_cifar (recorded '
+                                               'in it), not of resnet26_cifar: pass --model scnet26_cifar')
+    assert main(['eval', '--model', 'resnet26_cifar', '--checkpoint', str(bare), *common]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'scnet eval: error: {bare} does not fit resnet26_cifar: pass the --model it was trained '
+                          'as') and len(err.strip().splitlines()) == 1 and 'not in the network (e.g. ' in err
+    # --init with weights of another network: the same one line
+    assert main(train_args(data, recipe, tmp_path / 'run', '--model', 'resnet26_cifar', '--init', str(ours))) == 2
+    err = capsys.readouterr().err
+    assert f'{ours} does not fit resnet26_cifar: start from a checkpoint of resnet26_cifar' in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / 'run').exists()
+
+    def full_disk(self, text):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(Path, 'write_text', full_disk)
+    assert main(['eval', '--model', 'scnet26_cifar', '--checkpoint', str(ours), '--format', 'json',
+                 '--output', str(tmp_path / 'result.json'), *common]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out)['images'] == 12  # printed before the write failed
+    assert err.strip() == (f'scnet eval: error: --output {tmp_path / "result.json"}: cannot write the result (No '
+                           'space left on device); it is printed above; give a writable --output (its folder must '
+                           'exist)')

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from scnet.cli.arg_types import positive_int
 from scnet.cli.formatting import render_table
-from scnet.cli.run_flags import add_eval_flags, add_quiet_flag, add_report_flags
+from scnet.cli.run_flags import add_eval_flags, add_quiet_flag, add_report_flags, write_report
 
 
 def add_parser(sub) -> None:
@@ -35,14 +36,16 @@ def run(args: argparse.Namespace) -> int:
                                  workers=args.workers, device=args.device, image_size=args.image_size,
                                  eval_resize=args.resize, skip_bad_images=args.skip_bad_images,
                                  progress=not args.quiet)
-    if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=2))
+    # printed first: a --output that cannot be written then loses no evaluation
     if args.format == 'json':
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2), flush=True)
     else:
         print(render_table(['model', 'images', 'top-1 (%)', 'top-5 (%)', 'loss'],
                            [[result['model'], result['images'], f"{result['top1']:.2f}", f"{result['top5']:.2f}",
                              f"{result['loss']:.4f}"]]))
         if result['skipped_images']:
             print(f"skipped {result['skipped_images']} unreadable images")
+        sys.stdout.flush()
+    if args.output:
+        write_report(Path(args.output), result)
     return 0

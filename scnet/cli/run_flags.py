@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Optional
 from scnet.cli.arg_types import non_negative_int, output_folder, positive_int, report_file
 
 __all__ = ['DEVICES', 'add_run_flags', 'add_report_flags', 'print_report', 'add_eval_flags', 'add_device_flag',
-           'add_quiet_flag', 'run_config']
+           'add_quiet_flag', 'run_config', 'write_report']
 
 DEVICES = ('auto', 'cpu', 'cuda')
 
@@ -40,10 +40,23 @@ def print_report(args: argparse.Namespace, result: Dict[str, Any], table: Callab
     as ``table(result)``; under torchrun by process 0 only (every process has the result)."""
     if os.environ.get('RANK', '0') != '0':
         return 0
+    # printed first: a --output that cannot be written then loses no evaluation
+    print(json.dumps(result, indent=2) if args.format == 'json' else table(result), flush=True)
     if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2) if args.format == 'json' else table(result))
+        write_report(Path(args.output), result)
     return 0
+
+
+def write_report(path: Path, result: Dict[str, Any]) -> None:
+    """Write ``result`` as JSON to ``path`` (``--output``), after the caller printed it: a path that cannot be
+    written is one line (``ScnetError``) saying that the result is above and how to write it, not a traceback."""
+    from scnet.errors import ScnetError
+
+    try:
+        Path(path).write_text(json.dumps(result, indent=2))
+    except OSError as e:
+        raise ScnetError(f'--output {path}: cannot write the result ({e.strerror or e}); it is printed above; '
+                         'give a writable --output (its folder must exist)') from None
 
 
 def add_eval_flags(p: argparse.ArgumentParser, *, batch_size: int, batch_help: str, workers: int) -> None:

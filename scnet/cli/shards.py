@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
                    help='write the images in a random order (recommended for training: a reader\'s shuffle '
                         'buffer cannot mix a shard that holds one class)')
     p.add_argument('--seed', type=int, default=0, help='seed of --shuffle (default 0)')
+    p.add_argument('--skip-bad-images', action='store_true',
+                   help='leave images that do not decode out of the shards (listed in OUT/index.json) instead of '
+                        'stopping; every image is decoded once before the shards are written')
     add_quiet_flag(p)
     p.set_defaults(run=run)
 
@@ -30,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from scnet.data.shards import parse_size, write_shards
 
     index = write_shards(Path(args.src), Path(args.out), shard_size=parse_size(args.shard_size),
-                         shuffle=args.shuffle, seed=args.seed, progress=not args.quiet)
+                         shuffle=args.shuffle, seed=args.seed, progress=not args.quiet,
+                         skip_bad_images=args.skip_bad_images)
     parts = [f"{split}: {info['images']} images in {len(info['shards'])} shards"
              for split, info in index['splits'].items()]
     print(f"{'; '.join(parts)}; {len(index['classes'])} classes; index in {Path(args.out) / 'index.json'}")

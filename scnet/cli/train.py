@@ -27,8 +27,16 @@ many processes: torchrun --nproc_per_node=K -m scnet train ...  (NCCL on GPUs, g
 is the global batch, split evenly over processes and accumulation steps.
 
 output: DIR/metrics.jsonl (a line per epoch), DIR/tensorboard/, DIR/last.pt (full state, every epoch, written
-atomically), DIR/model.safetensors (final weights), DIR/model_ema.safetensors (with --ema-decay). --resume
-continues DIR/last.pt with DIR's settings. One run per DIR at a time (DIR/run.lock names the process holding it).
+atomically), DIR/model.safetensors (final weights), DIR/model_ema.safetensors (with --ema-decay). One run per
+DIR at a time (DIR/run.lock names the process holding it).
+
+resume: --resume continues DIR/last.pt with DIR's settings (DIR/config.json); flags given now change them:
+--epochs N extends the run (the schedule is rebuilt for N epochs and continues at the step reached), --lr,
+--weight-decay and the other optimiser settings apply from the next step. A --config given with --resume may
+only repeat the run's settings (a setting it changes is refused: give the change as a flag). Refused, as the
+run cannot keep them: another --model, model_kwargs, --optimizer, --batch-size, --aux-weight or --ema-decay on
+or off, fewer --epochs than done, and data elsewhere than the run's (its absolute path is recorded; the same
+images moved: add --data-moved).
 
 preemption: --checkpoint-every N also saves DIR/last.pt every N optimiser steps; SIGTERM saves it at the next
 step and exits with status 143; --resume continues mid-epoch, ending with the weights of an uninterrupted run.
@@ -60,6 +68,8 @@ def add_parser(sub) -> None:
     p.add_argument('--image-size', type=positive_int, help='training and evaluation crop size')
     p.add_argument('--skip-bad-images', action='store_true', default=None,
                    help='skip unreadable images (counted in the log) instead of stopping')
+    p.add_argument('--data-moved', action='store_true',
+                   help='with --resume: the run\'s images are now at --data (checked: the same classes)')
     p.add_argument('--checkpoint-every', type=non_negative_int, metavar='N',
                    help='also save DIR/last.pt every N optimiser steps (a preempted run loses at most N steps; '
                         'default: after each epoch only)')
@@ -99,19 +109,22 @@ def run(args: argparse.Namespace) -> int:
     from scnet.models.factory import validate_model_name
     from scnet.train.estimate import format_seconds
     from scnet.train.preemption import PREEMPTED_EXIT_STATUS, Preempted
-    from scnet.train.recipe import Recipe, load_recipe
+    from scnet.train.recipe import Recipe, load_recipe, load_resumed_recipe
     from scnet.train.trainer import train
 
     overrides = recipe_overrides(args, Recipe)   # every flag named as its recipe setting
     fine_tuning = args.pretrained or args.init
     config = run_config(args, default='embedded' if args.data is None else
                         'finetune' if fine_tuning else 'imagenet_100ep')
-    recipe = load_recipe(config, **overrides)
+    saved = Path(args.output) / 'config.json' if args.resume else None
+    # on --resume the run's own settings are the base; a --config given too may only repeat them
+    recipe = (load_resumed_recipe(saved, args.config, **overrides) if saved is not None and saved.is_file()
+              else load_recipe(config, **overrides))
     validate_model_name(recipe.model)
     output = Path(args.output or f'runs/{recipe.model}-{time.strftime("%Y%m%d-%H%M%S")}')
     start = time.perf_counter()
     try:
-        last = train(recipe, output, resume=args.resume, progress=not args.quiet)
+        last = train(recipe, output, resume=args.resume, progress=not args.quiet, data_moved=args.data_moved)
     except Preempted as e:
         print(f'scnet train: {e}', file=sys.stderr)
         return PREEMPTED_EXIT_STATUS

@@ -13,9 +13,18 @@
 Each shard is written to a hidden temporary file and renamed when complete, so a shard file is never half
 written. The plan (which image goes into which shard) depends only on the listing of SRC, the options and
 the seed, and is kept in ``OUT/.plan.json``; an interrupted run started again with the same arguments skips
-the shards already there. The tar writing is ``webdataset.TarWriter``'s; what is written here is the plan,
+the shards already there, once each is checked to hold every image of its plan whole (a shard cut short by a
+copy or a full disk is written again). The tar writing is ``webdataset.TarWriter``'s; what is written here is the plan,
 the atomic renames and the index, which webdataset's ``ShardWriter`` does not do (it writes in place and
 sizes shards as it goes, so an interrupted run cannot tell a complete shard from a cut one).
+
+Every image is decoded once before the plan is made (in threads: the decoders release the GIL), since a shard
+keeps the file's bytes as they are and a damaged one would otherwise stop a training run hours later, in a
+shard that names it only by its path. A damaged image stops the writing, naming it; with ``skip_bad_images``
+(``--skip-bad-images``, as for training on a folder) it is left out of the shards and listed in the index.
+JPEGs are decoded at an eighth of their size (PIL's ``draft``): the whole compressed stream is still read, so a
+truncated file still fails, at a fraction of the cost. (PIL's ``verify`` would be cheaper still, but it does not
+read a JPEG's image data at all, so it passes truncated ones.)
 """
 from __future__ import annotations
 
@@ -27,7 +36,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from scnet.data.folders import DataError, _is_image, split_folders
 
@@ -75,15 +84,60 @@ def _samples(folder: Path, root: Path, classes: Sequence[str]) -> List[_Sample]:
     return samples
 
 
-def plan_shards(src: Path, *, shard_size: int, shuffle: bool = False, seed: int = 0
+def _image_problem(path: Path) -> Optional[str]:
+    """Why the image at ``path`` cannot be decoded (None: it can); see the module docstring."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if image.format == 'JPEG':
+                image.draft('RGB', (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return str(e) or type(e).__name__
+    return None
+
+
+def _readable(src: Path, samples: List[_Sample], *, skip_bad_images: bool, bad: List[str],
+              progress: bool = False) -> List[_Sample]:
+    """The ``samples`` whose images decode; a damaged one raises ``ShardsError`` naming it or, with
+    ``skip_bad_images``, is left out and its path appended to ``bad``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        problems = list(tqdm(pool.map(lambda s: _image_problem(src / s.path), samples), total=len(samples),
+                             unit='img', desc='checking images', disable=None if progress else True,
+                             dynamic_ncols=True, leave=False))
+    good = []
+    for sample, problem in zip(samples, problems):
+        if problem is None:
+            good.append(sample)
+        elif skip_bad_images:
+            bad.append(sample.path)
+        else:
+            raise ShardsError(f'{src / sample.path}: unreadable image ({problem}); fix or remove it, or pass '
+                              '--skip-bad-images to leave such files out of the shards')
+    return good
+
+
+def plan_shards(src: Path, *, shard_size: int, shuffle: bool = False, seed: int = 0, check_images: bool = False,
+                skip_bad_images: bool = False, bad: Optional[List[str]] = None, progress: bool = False
                 ) -> Tuple[List[str], Dict[str, List[List[_Sample]]]]:
     """The classes of ``src`` and, per split, its samples cut into shards of at most ``shard_size`` bytes
-    (at least one image a shard), in folder order or, with ``shuffle``, in an order drawn from ``seed``."""
+    (at least one image a shard), in folder order or, with ``shuffle``, in an order drawn from ``seed``.
+
+    ``check_images``: decode every image first (``_readable``): a damaged one is an error or, with
+    ``skip_bad_images``, left out of the plan, its path appended to ``bad``."""
     src = Path(src)
     _, _, classes = split_folders(src)
     plan = {}
     for split in SPLITS:
         samples = _samples(src / split, src, classes)
+        if check_images:
+            samples = _readable(src, samples, skip_bad_images=skip_bad_images,
+                                bad=bad if bad is not None else [], progress=progress)
         if shuffle:
             random.Random(f'{seed}/{split}').shuffle(samples)
         shards: List[List[_Sample]] = [[]]
@@ -134,14 +188,53 @@ def _write_shard(src: Path, out: Path, split: str, number: int, shard: List[_Sam
     os.replace(tmp, final)
 
 
+def _complete(path: Path, shard: Sequence[_Sample]) -> bool:
+    """Whether the shard file ``path`` holds every sample of ``shard`` whole: its members (three a sample) and
+    their image bytes as the plan (and index.json) counts them, the last one's data inside the file. Read
+    from the tar headers only; a file cut short (a copy or a full disk) fails."""
+    import tarfile
+
+    try:
+        with tarfile.open(path) as tar:
+            members = tar.getmembers()
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+    images = sum(m.size for m in members if not m.name.endswith(('.cls', '.path.txt')))
+    return (len(members) == 3 * len(shard) and images == sum(s.size for s in shard)
+            and members[-1].offset_data + members[-1].size <= path.stat().st_size)
+
+
+def _check_folders(src: Path, out: Path) -> None:
+    """Refuse an ``out`` that is a file, or inside ``src``, whose shards a second run would pack as images."""
+    if out.exists() and not out.is_dir():
+        raise ShardsError(f'{out} is a file, not a folder: give a new or empty output folder for the shards')
+    if src.is_dir() and (out.resolve() == src.resolve() or src.resolve() in out.resolve().parents):
+        raise ShardsError(f'{out} is inside {src}: the shards would be taken for images of it; give an output '
+                          f'folder outside {src}')
+
+
+def _skipped_line(bad: Iterable[str]) -> str:
+    bad = list(bad)
+    return f'left out {len(bad)} unreadable image{"s" if len(bad) != 1 else ""}: {", ".join(bad[:5])}' + (
+        f', ... ({len(bad) - 5} more, listed in {INDEX_NAME})' if len(bad) > 5 else '')
+
+
 def write_shards(src: Path, out: Path, *, shard_size: int = 10**9, shuffle: bool = False, seed: int = 0,
-                 progress: bool = True, report: Callable[[str], None] = print) -> Dict:
+                 progress: bool = True, report: Callable[[str], None] = print,
+                 skip_bad_images: bool = False) -> Dict:
     """Write ``src``'s train and val images as shards into ``out`` (see the module docstring); returns the
-    index. Started again after an interruption, with the same arguments, it writes only the missing shards."""
+    index. Started again after an interruption, with the same arguments, it writes only the missing shards
+    (and those cut short since). ``skip_bad_images``: leave images that do not decode out (listed in the
+    index under ``skipped``) instead of stopping."""
     from tqdm import tqdm
 
     src, out = Path(src), Path(out)
-    classes, plan = plan_shards(src, shard_size=shard_size, shuffle=shuffle, seed=seed)
+    _check_folders(src, out)
+    bad: List[str] = []
+    classes, plan = plan_shards(src, shard_size=shard_size, shuffle=shuffle, seed=seed, check_images=True,
+                                skip_bad_images=skip_bad_images, bad=bad, progress=progress)
+    if bad:
+        report(_skipped_line(bad))
     fingerprint = _fingerprint(classes, plan)
     plan_file = out / _PLAN_NAME
     if out.is_dir() and any(out.iterdir()):
@@ -151,8 +244,13 @@ def write_shards(src: Path, out: Path, *, shard_size: int = 10**9, shuffle: bool
                               'give an empty or new output folder (or the same arguments to finish it)')
     out.mkdir(parents=True, exist_ok=True)
     plan_file.write_text(json.dumps({'fingerprint': fingerprint, 'source': str(src.resolve())}))
+    cut = [_shard_name(split, n) for split in SPLITS for n, shard in enumerate(plan[split])
+           if shard and (out / _shard_name(split, n)).is_file() and not _complete(out / _shard_name(split, n), shard)]
+    if cut:
+        report(f'{out}: {", ".join(cut)} cut short or changed since written; writing '
+               f'{"it" if len(cut) == 1 else "them"} again')
     todo = [(split, n, shard) for split in SPLITS for n, shard in enumerate(plan[split])
-            if shard and not (out / _shard_name(split, n)).is_file()]
+            if shard and (not (out / _shard_name(split, n)).is_file() or _shard_name(split, n) in cut)]
     done = sum(len(shard) for split in SPLITS for shard in plan[split]) - sum(len(s) for _, _, s in todo)
     if done:
         report(f'{out}: {done} images already in shards from an earlier run; writing the rest')
@@ -162,6 +260,8 @@ def write_shards(src: Path, out: Path, *, shard_size: int = 10**9, shuffle: bool
             _write_shard(src, out, split, number, shard)
             bar.update(len(shard))
     index = {'format': 'webdataset', 'classes': classes, 'shuffled': shuffle, 'seed': seed, 'splits': {}}
+    if bad:
+        index['skipped'] = bad
     for split in SPLITS:
         entries = [{'file': _shard_name(split, n), 'images': len(shard), 'bytes': sum(s.size for s in shard),
                     'per_class': _per_class(shard, classes)} for n, shard in enumerate(plan[split]) if shard]

@@ -13,6 +13,7 @@ run records in its config and its checkpoints as for folders.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List
@@ -21,7 +22,7 @@ from torch.utils.data import Dataset
 
 from scnet.data.transforms import eval_transform, train_transform
 
-__all__ = ['RunData', 'open_run_data', 'open_eval_data']
+__all__ = ['RunData', 'open_run_data', 'open_eval_data', 'absolute_spec', 'same_data']
 
 
 @dataclass
@@ -39,6 +40,27 @@ class RunData:
     train_kwargs: Callable[[], Dict[str, Any]]   # DataLoader arguments of the training set (after set_epoch)
     val_kwargs: Dict[str, Any]
     set_epoch: Callable[[int, int], None]        # (epoch, steps already done)
+
+
+def absolute_spec(spec: str) -> str:
+    """``spec`` (``--data``) with its local path made absolute, so that a run's config.json names its data
+    from any working folder (what ``--resume`` from elsewhere reads back, and what it is compared with).
+
+    A folder, a brace pattern of local shards and the path of a Hugging Face spec (``PATH#image=...``) are made
+    absolute; ``pipe:`` commands and URLs name their data already and are kept as they are.
+    """
+    spec = str(spec)
+    if spec.startswith('pipe:') or '://' in spec:
+        return spec
+    path, sep, options = spec.partition('#')
+    return os.path.abspath(path) + sep + options
+
+
+def same_data(a: str, b: str) -> bool:
+    """Whether the specs ``a`` and ``b`` name the same data: equal once absolute, or the same real path (one
+    of them through a symbolic link)."""
+    a, b = absolute_spec(a), absolute_spec(b)
+    return a == b or os.path.realpath(a) == os.path.realpath(b)
 
 
 def _transforms(recipe, mean, std):

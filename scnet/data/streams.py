@@ -230,16 +230,11 @@ class ShardStream(IterableDataset, _Decoding):
                  world_size: int = 1, accum_steps: int = 1, seed: int = 0, shuffle_buffer: int = 1000,
                  skip_bad_images: bool = False, decoder: Optional[str] = None) -> None:
         _Decoding.__init__(self, transform, skip_bad_images, decoder)
-        shards = world_size * accum_steps
-        if batch_size % shards:
-            raise ValueError(f'batch size {batch_size} must be divisible by processes x accumulation steps '
-                             f'({world_size} x {accum_steps} = {shards})')
-        if split.images < batch_size:
-            raise ValueError(f'{split.images} training images are fewer than one batch of {batch_size}: '
-                             'lower --batch-size')
+        from scnet.train.sampling import check_batch
+
+        self.micro = check_batch(batch_size, world_size, accum_steps, split.images)
         self.split, self.batch_size, self.rank, self.world_size = split, batch_size, rank, world_size
         self.accum_steps, self.seed, self.shuffle_buffer = accum_steps, seed, shuffle_buffer
-        self.micro = batch_size // shards
         self.start_step = 0
         self.offsets = split.offsets
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import torch
 from torch.utils.data import DataLoader
 
 from scnet.data.folders import CheckedImageFolder, DataError, collate_skipping_bad, find_classes
 from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from scnet.errors import CheckpointError
 from scnet.train import distributed
 from scnet.train.classifier_checkpoint import read_classifier_metadata
 from scnet.train.loop import evaluate
@@ -29,6 +31,29 @@ def checkpoint_metadata(path: Path) -> Dict[str, Any]:
     return read_classifier_metadata(path).known()
 
 
+def _build(model_name: str, checkpoint: Path, model_kwargs: Dict[str, Any]):
+    """``model_name`` with the weights of ``checkpoint``, or a one-line ``CheckpointError`` saying that they do
+    not fit and what to pass instead (``load_into``'s own error lists every key, one kind per line)."""
+    from scnet.models import create_model
+    from scnet.tasks.weights_fit import misfit
+    from scnet.weights import read_checkpoint
+
+    way_out = 'pass the --model it was trained as (`scnet models` lists them)'
+    try:
+        return create_model(model_name, checkpoint=str(checkpoint), **model_kwargs)
+    except TypeError as e:  # options recorded with the weights that this network does not take
+        raise CheckpointError(f'{checkpoint}: its model options {model_kwargs} do not fit {model_name} ({e}); '
+                              f'{way_out}') from None
+    except CheckpointError as e:
+        if '\n' not in str(e).strip():  # a damaged file: its own one line says so
+            raise
+    theirs = read_checkpoint(checkpoint)
+    classes = theirs['fc.weight'].shape[0] if 'fc.weight' in theirs else 1000
+    with torch.device('meta'):  # only the names and shapes are needed
+        own = create_model(model_name, num_classes=classes, **model_kwargs).state_dict()
+    raise misfit(checkpoint, model_name, own, theirs, way_out) from None
+
+
 def _class_folder(data: Path) -> Path:
     data = Path(data)
     return data / 'val' if (data / 'val').is_dir() else data
@@ -39,9 +64,12 @@ def evaluate_checkpoint(model_name: str, checkpoint: Path, data: Path, *, batch_
                         skip_bad_images: bool = False, progress: bool = True) -> Dict[str, Any]:
     """Top-1 / top-5 / loss of ``checkpoint`` (built as ``model_name``) on the images under ``data``."""
     from scnet.data.sources import open_eval_data
-    from scnet.models import create_model
 
     meta = checkpoint_metadata(checkpoint)
+    recorded = meta.get('model')
+    if recorded and recorded != model_name:
+        raise CheckpointError(f'{checkpoint} holds weights of {recorded} (recorded in it), not of {model_name}: '
+                              f'pass --model {recorded}')
     size = image_size or meta.get('image_size', 224)
     resize = eval_resize or meta.get('eval_resize', 256 if size == 224 else size)
     mean, std = meta.get('mean', IMAGENET_MEAN), meta.get('std', IMAGENET_STD)
@@ -65,7 +93,7 @@ def evaluate_checkpoint(model_name: str, checkpoint: Path, data: Path, *, batch_
             raise DataError(f'{folder}: its classes do not match the checkpoint\'s (only in the checkpoint: '
                             f'{", ".join(only_ckpt[:10]) or "-"}; only in the data: '
                             f'{", ".join(only_data[:10]) or "-"})')
-        model = create_model(model_name, checkpoint=str(checkpoint), **meta.get('model_kwargs', {}))
+        model = _build(model_name, checkpoint, meta.get('model_kwargs', {}))
         num_classes = getattr(model, 'num_classes', None)
         if saved is None and num_classes != len(classes):
             raise DataError(f'{folder}: {len(classes)} classes, but the checkpoint has {num_classes} classes '

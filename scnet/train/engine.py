@@ -139,9 +139,28 @@ def wrap_ddp(model: nn.Module, ctx: Context) -> nn.Module:
 def restore_training(state: Dict[str, Any], optimizer: torch.optim.Optimizer, scheduler,
                      scaler: Optional[torch.amp.GradScaler] = None) -> None:
     """Continue ``last.pt``'s ``state``: optimiser, schedule, loss scaler and every random generator (the
-    model's weights are the caller's: each task checks that they fit its network)."""
+    model's weights are the caller's: each task checks that they fit its network).
+
+    What the optimiser and the schedule carry over is their progress (momentum buffers, the steps done); their
+    settings are the ones given now (``optimizer`` and ``scheduler`` as built from the run's recipe, flags
+    given on resume included). Loading the saved state alone would bring back the saved learning rate, weight
+    decay and momentum, so that a resumed run records ``--lr 0.3`` in its config.json and trains at the old
+    rate, and a run extended with ``--epochs`` keeps the lr its schedule had ended at (0 for cosine) until the
+    first step. Here each group's settings are those of the fresh optimiser, the peak learning rate that of
+    the recipe, and the learning rate that of the (rebuilt) schedule at the step reached: an extended cosine
+    run continues on the curve of the longer run. An unchanged run gets exactly the saved values back.
+    """
+    fresh = [{k: v for k, v in group.items() if k not in ('params', 'lr')} for group in optimizer.param_groups]
     optimizer.load_state_dict(state['optimizer'])
     scheduler.load_state_dict(state['scheduler'])
+    for group, settings in zip(optimizer.param_groups, fresh):
+        group.update(settings)
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        scheduler.base_lrs = [group['initial_lr'] for group in optimizer.param_groups]
+        lrs = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group['lr'] = lr
+        scheduler._last_lr = lrs
     if scaler is not None and state.get('scaler'):
         scaler.load_state_dict(state['scaler'])
     restore_rng_states(state['rng'])

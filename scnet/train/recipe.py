@@ -1,6 +1,8 @@
 """Training recipes: every setting of a run in one dataclass, read from YAML files and overridden by flags.
 
-A run's own ``config.json`` reads back as a recipe too (what ``--resume`` continues with).
+A run's own ``config.json`` reads back as a recipe too (what ``--resume`` continues with: flags given on resume
+change it, a recipe file given on resume may only repeat it, ``RecipeReader.load_resumed``). Every setting is
+checked to be of its field's type first (``typed_settings``), so ``epochs: two`` is one line, not a traceback.
 
 The files in ``scnet/recipes/`` are the paper's section 4.1 settings, one per row of Tables 1-3 that the zoo
 builds. A file may name a ``base:`` file whose settings it extends. ``lr`` left empty means the paper's rule:
@@ -19,6 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import typing
+from collections import abc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Generic, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
@@ -28,8 +33,8 @@ import yaml
 from scnet.data.transforms import AUGMENTATIONS, check_auto_augment
 from scnet.errors import ScnetError
 
-__all__ = ['Recipe', 'RecipeError', 'RecipeReader', 'RECIPES_DIR', 'list_recipes', 'load_recipe', 'SCHEDULES',
-           'check_settings', 'device_check', 'run_checks']
+__all__ = ['Recipe', 'RecipeError', 'RecipeReader', 'RECIPES_DIR', 'list_recipes', 'load_recipe', 'load_resumed_recipe',
+           'SCHEDULES', 'check_settings', 'device_check', 'run_checks', 'typed_settings']
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / 'recipes'
 SCHEDULES = ('step', 'cosine')
@@ -136,8 +141,17 @@ class Recipe:
             (self.epochs >= 1, f'epochs must be >= 1, got {self.epochs}'),
             (self.batch_size >= 1, f'batch_size must be >= 1, got {self.batch_size}'),
             (self.accum_steps >= 1, f'accum_steps must be >= 1, got {self.accum_steps}'),
+            (self.accum_steps < 1 or self.batch_size % self.accum_steps == 0,
+             f'batch_size {self.batch_size} must be divisible by accum_steps {self.accum_steps} (each accumulation '
+             'step takes an equal part of the batch): change --batch-size or --accum-steps'),
             (self.peak_lr > 0, f'lr must be > 0, got {self.peak_lr}'),
             (self.schedule in SCHEDULES, f'schedule must be one of {SCHEDULES}, got {self.schedule!r}'),
+            (self.lr_step >= 1, f'lr_step must be >= 1 (epochs between lr decays), got {self.lr_step}'),
+            (self.lr_gamma > 0, f'lr_gamma must be > 0, got {self.lr_gamma}'),
+            (self.momentum >= 0, f'momentum must be >= 0, got {self.momentum}'),
+            (self.weight_decay >= 0, f'weight_decay must be >= 0, got {self.weight_decay}'),
+            (self.warmup_epochs >= 0, f'warmup_epochs must be >= 0, got {self.warmup_epochs}'),
+            (0 <= self.label_smoothing < 1, f'label_smoothing must be in [0, 1), got {self.label_smoothing}'),
             (self.augment in AUGMENTATIONS, f'augment must be one of {AUGMENTATIONS}, got {self.augment!r}'),
             (self.aux_weight >= 0, f'aux_weight must be >= 0, got {self.aux_weight}'),
             (self.workers >= 0, f'workers must be >= 0, got {self.workers}'),
@@ -157,13 +171,82 @@ class Recipe:
              'mixup_prob and mixup_switch_prob must be in [0, 1]'),
             (0 <= self.ema_decay < 1, f'ema_decay must be in [0, 1), got {self.ema_decay}'),
             (0 <= self.drop_path_rate < 1, f'drop_path_rate must be in [0, 1), got {self.drop_path_rate}'),
-            (self.eval_size >= 8, f'eval_image_size must be >= 8, got {self.eval_image_size}'),
+            (self.eval_image_size is None or self.eval_image_size >= 8,
+             f'eval_image_size must be >= 8 (or left out: image_size), got {self.eval_image_size}'),
+            (self.eval_resize >= self.eval_size,
+             f'eval_resize (the short side before the centre crop) must be >= the evaluation crop '
+             f'{self.eval_size} (eval_image_size, else image_size), got {self.eval_resize}'),
+            (self.bce_target_thresh is None or 0 <= self.bce_target_thresh <= 1,
+             f'bce_target_thresh must be in [0, 1], got {self.bce_target_thresh}'),
         ]
         check_settings(checks)
         return self
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_TYPE_NAMES = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'a string', dict: 'a mapping',
+               list: 'a list'}
+
+
+def _typed(value: Any, hint: Any) -> Tuple[bool, Any, str]:
+    """``(ok, value, expected)``: ``value`` as the type ``hint`` of its field wants it, where it is one.
+
+    A YAML file gives any type for any key (``epochs: two``), and YAML 1.1 reads ``1e-4`` (no dot) as a
+    string: the latter is taken as the number it spells; an integral float (``3.0``) as an integer. Types
+    that are not plain (a class, a union of several) are left to the recipe's own checks.
+    """
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Union:
+        if value is None:
+            return True, value, ''
+        if len(args) != 1:
+            return True, value, ''
+        ok, value, expected = _typed(value, args[0])
+        return ok, value, expected + ' (or null)'
+    kind = typing.get_origin(hint) or hint
+    kind = {typing.Dict: dict, typing.List: list, typing.Mapping: dict, typing.Sequence: list}.get(kind, kind)
+    kind = dict if kind in (dict, abc.Mapping) else list if kind in (list, tuple, abc.Sequence) else kind
+    expected = _TYPE_NAMES.get(kind, '')
+    if kind is bool:
+        return isinstance(value, bool), value, expected
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return True, int(value), expected
+        return isinstance(value, int) and not isinstance(value, bool), value, expected
+    if kind is float:
+        if isinstance(value, str):
+            try:
+                return True, float(value), expected
+            except ValueError:
+                return False, value, expected
+        return isinstance(value, (int, float)) and not isinstance(value, bool), value, expected
+    if kind is str:
+        return isinstance(value, str), value, expected
+    if kind is dict:
+        return isinstance(value, dict), value, expected
+    if kind is list:
+        return isinstance(value, (list, tuple)), value, expected
+    return True, value, ''
+
+
+def typed_settings(recipe_type: type, settings: Mapping[str, Any]) -> Dict[str, Any]:
+    """``settings`` checked against the field types of ``recipe_type`` (see ``_typed``): one ``RecipeError``
+    naming each setting of the wrong type and the type it takes, rather than a ``TypeError`` traceback from the
+    first comparison or arithmetic that meets it."""
+    try:
+        hints = typing.get_type_hints(recipe_type)
+    except Exception:  # a hint that does not resolve: the recipe's own checks stand alone
+        return dict(settings)
+    typed, problems = {}, []
+    for key, value in settings.items():
+        ok, typed[key], expected = _typed(value, hints[key]) if key in hints else (True, value, '')
+        if not ok:
+            problems.append(f'{key} must be {expected}, got {value!r}')
+    if problems:
+        raise RecipeError('invalid settings: ' + '; '.join(problems))
+    return typed
 
 
 class RecipeReader(Generic[R]):
@@ -239,7 +322,8 @@ class RecipeReader(Generic[R]):
         return given
 
     def build(self, settings: Mapping[str, Any]) -> R:
-        """The validated recipe of ``settings``."""
+        """The validated recipe of ``settings``, each first checked to be of its field's type."""
+        settings = typed_settings(self.recipe_type, settings)
         try:
             recipe = self.recipe_type(**settings)
         except TypeError as e:
@@ -249,6 +333,35 @@ class RecipeReader(Generic[R]):
     def load(self, config: Optional[str], overrides: Mapping[str, Any]) -> R:
         """The recipe of ``config`` with ``overrides`` (those not None) on top."""
         return self.build({**self.read(config), **self.overrides(overrides)})
+
+    def load_resumed(self, saved: Path, config: Optional[str], overrides: Mapping[str, Any]) -> R:
+        """The recipe that continues the run whose settings are ``saved`` (its ``config.json``).
+
+        The run's own settings are the base and ``overrides`` (flags given now) change them. A ``config`` (a
+        recipe file) given too may only repeat them: a setting of it that differs from the run's and that no
+        flag sets now is refused, naming both values. Taking the file as the base instead, as a fresh run does,
+        would silently undo what flags changed in the run (an ``--epochs`` that extended it ends it early) and
+        reset every setting the file leaves out to its default.
+        """
+        base = typed_settings(self.recipe_type, self.read(str(saved)))
+        given = self.overrides(overrides)
+        if config:
+            conflicts = [f'{key} {value!r} (the run: {base.get(key)!r})'
+                         for key, value in typed_settings(self.recipe_type, self.read(config)).items()
+                         if key not in given and not _same_setting(key, value, base.get(key))]
+            if conflicts:
+                raise RecipeError(f'--config {config} sets {"; ".join(conflicts)}: on --resume the run\'s own '
+                                  f'settings ({saved}) are the base and flags given now change them; leave out '
+                                  '--config, or give each change as a flag')
+        return self.build({**base, **given})
+
+
+def _same_setting(key: str, a: Any, b: Any) -> bool:
+    """Whether two values of setting ``key`` are the same: a ``data`` path given relative to the working
+    folder names the same data as the absolute one a run records."""
+    if key == 'data' and isinstance(a, str) and isinstance(b, str):
+        return os.path.abspath(a) == os.path.abspath(b)
+    return a == b
 
 
 _READER = RecipeReader(Recipe, RECIPES_DIR, RUN_RECORD_KEYS)
@@ -262,3 +375,9 @@ def list_recipes() -> List[str]:
 def load_recipe(config: Optional[str] = None, **overrides: Any) -> Recipe:
     """The recipe of ``config`` (a YAML path or a shipped name), with ``overrides`` (not None) on top."""
     return _READER.load(config, overrides)
+
+
+def load_resumed_recipe(saved: Path, config: Optional[str] = None, **overrides: Any) -> Recipe:
+    """The recipe continuing the run whose ``config.json`` is ``saved``: its settings, ``overrides`` (not None)
+    on top; ``config`` only where it repeats them (``RecipeReader.load_resumed``)."""
+    return _READER.load_resumed(Path(saved), config, overrides)

@@ -29,7 +29,7 @@ try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None
-from scnet.train.state import load_state, rng_states, save_atomic
+from scnet.train.state import STATE_KEYS, load_state, rng_states, save_atomic
 
 __all__ = ['RunError', 'RunFolder', 'LOCK_NAME']
 
@@ -65,7 +65,7 @@ class RunFolder:
         if resume:
             if not last.is_file():
                 raise RunError(f'{self.path}: nothing to resume (no last.pt); start the run without --resume')
-            self.state: Optional[Dict[str, Any]] = load_state(last)
+            self.state: Optional[Dict[str, Any]] = load_state(last, STATE_KEYS)
         else:
             if last.is_file() or any((self.path / name).is_file() for name in final_files):
                 raise RunError(f'{self.path} already holds a run: pass --resume to continue it, or choose another '

@@ -17,7 +17,28 @@ from typing import Iterator, List
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ['ShardedBatchSampler', 'StridedSampler']
+from scnet.errors import ScnetError
+
+__all__ = ['BatchSizeError', 'check_batch', 'ShardedBatchSampler', 'StridedSampler']
+
+
+class BatchSizeError(ScnetError, ValueError):
+    """A batch size that the processes, the accumulation steps or the data cannot be cut into."""
+
+
+def check_batch(batch_size: int, world_size: int, accum_steps: int, num_images: int) -> int:
+    """The images per process and accumulation step (``batch_size / (world_size x accum_steps)``), or a
+    ``BatchSizeError`` naming the flags to change: before the run's first step, rather than a ``ValueError``
+    traceback from its first batch."""
+    shards = world_size * accum_steps
+    if batch_size % shards:
+        raise BatchSizeError(f'batch size {batch_size} must be divisible by processes x accumulation steps '
+                             f'({world_size} x {accum_steps} = {shards}): change --batch-size, --accum-steps or '
+                             'the number of processes')
+    if num_images < batch_size:
+        raise BatchSizeError(f'{num_images} training images are fewer than one batch of {batch_size}: '
+                             'lower --batch-size')
+    return batch_size // shards
 
 
 class ShardedBatchSampler(Sampler[List[int]]):
@@ -25,16 +46,9 @@ class ShardedBatchSampler(Sampler[List[int]]):
 
     def __init__(self, num_images: int, batch_size: int, *, rank: int = 0, world_size: int = 1,
                  accum_steps: int = 1, seed: int = 0) -> None:
-        shards = world_size * accum_steps
-        if batch_size % shards:
-            raise ValueError(f'batch size {batch_size} must be divisible by processes x accumulation steps '
-                             f'({world_size} x {accum_steps} = {shards})')
-        if num_images < batch_size:
-            raise ValueError(f'{num_images} training images are fewer than one batch of {batch_size}: '
-                             'lower --batch-size')
+        self.micro = check_batch(batch_size, world_size, accum_steps, num_images)
         self.num_images, self.batch_size = num_images, batch_size
         self.rank, self.accum_steps, self.seed = rank, accum_steps, seed
-        self.micro = batch_size // shards
         self.epoch = 0
         self.start_step = 0
 

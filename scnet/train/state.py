@@ -10,14 +10,15 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Sequence
 
 import numpy as np
 import torch
 
 from scnet.errors import CheckpointError
 
-__all__ = ['save_atomic', 'load_state', 'rng_states', 'restore_rng_states', 'seed_everything']
+__all__ = ['save_atomic', 'load_state', 'check_state', 'STATE_KEYS', 'rng_states', 'restore_rng_states',
+           'seed_everything']
 
 
 def seed_everything(seed: int) -> None:
@@ -41,12 +42,41 @@ def save_atomic(state: Dict[str, Any], path: Path) -> None:
             os.unlink(tmp)
 
 
-def load_state(path: Path) -> Dict[str, Any]:
+#: What every training state holds (``scnet.train.run_folder`` writes them); each task's run needs more.
+STATE_KEYS = ('epoch', 'history')
+_WAY_OUT = ('nothing in it can be continued: start the run again into a new --output (or, where it was given as '
+            'a checkpoint, give another)')
+
+
+def load_state(path: Path, required: Sequence[str] = ()) -> Dict[str, Any]:
+    """The training state in ``path``; a ``CheckpointError`` (one line: the problem and the way out) for a file
+    that is empty, damaged or, with ``required`` (e.g. ``STATE_KEYS``), not a training state (a mapping holding
+    those keys), rather than the ``IndexError`` or ``KeyError`` its first use would raise."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointError(f'{path}: an empty file (0 bytes), not a training state (scnet writes last.pt '
+                              f'whole: it was cut by a copy or a full disk); {_WAY_OUT}')
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise CheckpointError(f'{path}: cannot read the training state ({str(e).splitlines()[0]}); the file is '
-                              'damaged or not a scnet training checkpoint') from None
+        lines = str(e).strip().splitlines()
+        detail = lines[0] if lines else type(e).__name__
+        raise CheckpointError(f'{path}: cannot read the training state ({detail}); the file is damaged or not a '
+                              f'scnet training checkpoint: {_WAY_OUT}') from None
+    if required:
+        check_state(state, path, required)
+    return state
+
+
+def check_state(state: Any, path: Path, required: Sequence[str]) -> None:
+    """``CheckpointError`` unless ``state`` is a mapping holding every key of ``required``."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f'{path}: not a scnet training state (it holds a {type(state).__name__}, not the '
+                              f'mapping scnet training writes); {_WAY_OUT}')
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise CheckpointError(f'{path}: not a scnet training state (no {", ".join(map(repr, missing))} in it); '
+                              f'{_WAY_OUT}')
 
 
 def rng_states() -> Dict[str, Any]:

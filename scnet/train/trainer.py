@@ -19,9 +19,17 @@ process), not carried over from the previous epoch, so a run resumed from ``last
 exactly the epochs it lost and ends with the same weights as an uninterrupted run (on CPU). Python's and
 NumPy's generators (what timm's Mixup draws from) are reseeded the same way at each epoch, and the EMA of the
 weights travels in ``last.pt``.
+
+Resuming: the run's config.json is the recipe (``scnet.train.recipe.load_resumed_recipe``) and flags given on
+resume change it; what they change applies (``scnet.train.engine.restore_training``: an extended run's
+schedule is rebuilt for its new length). What the saved state cannot be continued with is refused before
+anything is loaded or written (``_check_resumable``: another network, optimiser or batch size, the side
+classifier or the EMA switched, fewer epochs than done), and so is data at another location than the one the
+run recorded (absolute, so that a resume from another working folder finds it), unless ``data_moved``.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Dict
 
@@ -29,9 +37,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from scnet.data.folders import collate_skipping_bad
-from scnet.data.sources import open_run_data
+from scnet.data.folders import DataError, collate_skipping_bad
+from scnet.data.sources import absolute_spec, open_run_data, same_data
 from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from scnet.errors import ScnetError
 from scnet.train import distributed, engine
 from scnet.train.classifier_checkpoint import ClassifierMetadata
 from scnet.train.estimate import measure_and_estimate
@@ -39,11 +48,11 @@ from scnet.train.init_weights import apply_initial_weights, find_initial_weights
 from scnet.train.loop import StepSettings, evaluate, train_one_epoch
 from scnet.train.modern import build_criterion, build_ema, build_mixup, build_optimizer
 from scnet.train.preemption import StepCheckpoints, ignore_sigterm, resume_requested
-from scnet.train.recipe import Recipe
+from scnet.train.recipe import Recipe, RecipeError
 from scnet.train.side_output import WithSideOutput
 from scnet.train.run_folder import RunError, RunFolder
 from scnet.train.schedule import lr_schedule
-from scnet.train.state import seed_everything
+from scnet.train.state import check_state, seed_everything
 
 __all__ = ['train', 'RunError']
 
@@ -60,7 +69,7 @@ def _lr_factor(recipe: Recipe, steps_per_epoch: int):
 
 def _data_root(recipe: Recipe, ctx: distributed.Context) -> str:
     if recipe.data:
-        return recipe.data
+        return absolute_spec(recipe.data)
     from scnet.data.embedded import DEFAULT_ROOT, build_embedded_dataset
 
     if ctx.is_main:
@@ -90,6 +99,66 @@ def _model_kwargs(recipe: Recipe, announce: bool = True) -> Dict[str, Any]:
     return kwargs
 
 
+#: The settings a run keeps from its start to its end, with the flag that sets each and why:
+#: a resume that changes one is refused (``_check_resumable``).
+FIXED_ON_RESUME = {
+    'model': ('--model', 'its weights are of this network'),
+    'model_kwargs': ('model_kwargs (in the recipe)', 'its weights are of this network'),
+    'optimizer': ('--optimizer', 'its saved optimiser state (momentum, moments) is of this optimiser'),
+    'decay_norm_and_bias': ('--no-decay-norm-and-bias', 'its saved optimiser state has these parameter groups'),
+    'batch_size': ('--batch-size', 'its schedule and a state saved mid-epoch count optimiser steps of this batch'),
+}
+#: What a classification run's last.pt holds beyond every run's ``STATE_KEYS``.
+CLASSIFIER_STATE_KEYS = ('model', 'optimizer', 'scheduler', 'rng', 'classes', 'config')
+
+
+def _check_resumable(state: Dict[str, Any], recipe: Recipe, output: Path, *, side: bool, ema: bool,
+                     start_epoch: int) -> None:
+    """Refuse to continue ``state`` with a recipe it cannot be continued with, naming the setting, the run's
+    value and the way out, before anything is loaded (where the mismatch would surface as a ``KeyError`` or
+    a ``RuntimeError`` of ``load_state_dict``)."""
+    check_state(state, output / 'last.pt', CLASSIFIER_STATE_KEYS)
+    saved, now = state['config'], recipe.to_dict()
+    way_out = 'resume with the run\'s value (or leave the flag out), or start a new run into another --output'
+    with_weights = f' (--init {output / "last.pt"} starts it from these weights)'
+    for key, (flag, why) in FIXED_ON_RESUME.items():
+        if key in saved and saved[key] != now[key]:
+            raise RunError(f'{output}: the run has {key} {saved[key]!r}, this resume {now[key]!r} ({flag}); a '
+                           f'run keeps it to its end, since {why}: {way_out}'
+                           f'{"" if key in ("model", "model_kwargs") else with_weights}')
+    for name, flag, had, has in (('a side classifier', '--aux-weight', state.get('side_head') is not None, side),
+                                 ('an EMA of the weights', '--ema-decay', state.get('ema') is not None, ema)):
+        if had != has:
+            raise RunError(f'{output}: the run was trained {"with" if had else "without"} {name}, this resume is '
+                           f'{"with" if has else "without"} ({flag}); {way_out}{with_weights}')
+    if recipe.epochs < start_epoch:
+        raise RunError(f'{output}: the run has trained {start_epoch} epochs already; --epochs {recipe.epochs} would '
+                       f'end it before them: give --epochs {start_epoch} or more')
+
+
+def _build_checked(recipe: Recipe, num_classes: int, model_kwargs: Dict[str, Any]) -> nn.Module:
+    """The recipe's network, built and run once on one image of the training size (in eval mode, drawing no
+    random numbers), so that model options that do not fit it (``model_kwargs`` with an unknown name, or
+    ``channels`` of the wrong length, which builds but fails in its first forward pass) stop the run with one
+    line naming them, before the run folder holds anything."""
+    from scnet.models import create_model
+
+    try:
+        net = create_model(recipe.model, num_classes=num_classes, **model_kwargs)
+        net.eval()
+        with torch.no_grad():
+            net(torch.zeros(1, 3, recipe.image_size, recipe.image_size))
+        net.train()
+    except Exception as e:  # TypeError, AttributeError, RuntimeError: all mean "these options do not fit"
+        lines = str(e).strip().splitlines()
+        detail = lines[0] if lines and isinstance(e, ScnetError) else \
+            f'{type(e).__name__}: {lines[0]}' if lines else type(e).__name__
+        raise RecipeError(f'{recipe.model} cannot be built or run with model_kwargs {recipe.model_kwargs} at '
+                          f'image_size {recipe.image_size} ({detail}); fix model_kwargs in the recipe (--config), '
+                          'see `scnet models` for the options') from None
+    return net
+
+
 def _print_line(text: str) -> None:
     print(text, flush=True)
 
@@ -108,23 +177,41 @@ def _loader(dataset, ctx: distributed.Context, recipe: Recipe, **kwargs) -> Data
                       pin_memory=ctx.device.type == 'cuda', persistent_workers=False, **kwargs)
 
 
-def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool = True) -> Dict[str, Any]:
-    """Run ``recipe`` into ``output``; returns the last epoch's metrics. See the module docstring."""
-    from scnet.models import create_model
+def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool = True,
+          data_moved: bool = False) -> Dict[str, Any]:
+    """Run ``recipe`` into ``output``; returns the last epoch's metrics. See the module docstring.
+
+    Resuming (``resume``) checks that the run can go on as asked (``_check_resumable``) and that its data is
+    the run's: the same absolute location as config.json records, or, with ``data_moved`` (the same images
+    moved elsewhere), at least the same classes.
+    """
     from scnet.weights import save_state_dict
 
     output = Path(output)
+    if recipe.data:  # recorded absolute: --resume from another working folder finds the same data
+        recipe = dataclasses.replace(recipe, data=absolute_spec(recipe.data))
     ctx = distributed.setup(recipe.device)
     resume = resume_requested(output, resume)  # (also in workers that torchrun restarted)
     checkpoints = None
     try:
         run = RunFolder(output, resume=resume, is_main=ctx.is_main, final_files=('model.safetensors',))
         state = run.state
+        if state is not None:
+            _check_resumable(state, recipe, output, side=recipe.aux_weight > 0, ema=recipe.ema_decay > 0,
+                             start_epoch=run.start_epoch)
         mean, std = IMAGENET_MEAN, IMAGENET_STD
+        spec = _data_root(recipe, ctx)
+        recorded = (state or {}).get('config', {}).get('data_root')
+        if recorded and not data_moved and not same_data(recorded, spec):
+            raise RunError(f'{output}: the run was trained on the data at {recorded}, --data now names {spec}: '
+                           f'resume with --data {recorded}, or start a new run into another --output; if the same '
+                           'images have moved there, add --data-moved')
         # a folder, shards or a Hugging Face dataset (scnet.data.sources): one interface from here on
-        data = open_run_data(_data_root(recipe, ctx), recipe, mean=mean, std=std, rank=ctx.rank,
-                             world_size=ctx.world_size)
+        data = open_run_data(spec, recipe, mean=mean, std=std, rank=ctx.rank, world_size=ctx.world_size)
         root, classes, train_set, val_set = data.description, data.classes, data.train_set, data.val_set
+        if len(classes) < 2:
+            raise DataError(f'{root}: one class ({", ".join(classes)}); a classifier needs at least 2 classes to '
+                            'learn to tell apart: add class folders (train/<class>/ and val/<class>/)')
         if state is not None and state['classes'] != classes:
             raise RunError(f'{output}: the run was trained on classes {state["classes"][:5]}..., the data at {root} '
                            f'has {classes[:5]}...: resume with the same data')
@@ -140,9 +227,10 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
         model_kwargs = _model_kwargs(recipe, announce=ctx.is_main)
         if recipe.drop_path_rate > 0:
             model_kwargs['drop_path_rate'] = recipe.drop_path_rate
-        net: nn.Module = create_model(recipe.model, num_classes=len(classes), **model_kwargs)
+        net = _build_checked(recipe, len(classes), model_kwargs)
         if initial is not None:
-            apply_initial_weights(net, initial, len(classes), report=_print_line if ctx.is_main else lambda _: None)
+            apply_initial_weights(net, initial, len(classes), report=_print_line if ctx.is_main else lambda _: None,
+                                  model_name=recipe.model)
         initial_record = initial.record() if initial else (state or {}).get('config', {}).get('initial_weights')
         model = WithSideOutput(net, len(classes)) if recipe.aux_weight > 0 else net
         side = model.side if isinstance(model, WithSideOutput) else None
@@ -154,9 +242,6 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(recipe, data.steps))
         scaler = engine.grad_scaler(ctx.device, recipe.amp)
         if state is not None:
-            if state['config']['model'] != recipe.model or (state.get('side_head') is None) != (side is None):
-                raise RunError(f'{output}: last.pt is a run of {state["config"]["model"]} (aux head: '
-                               f'{state.get("side_head") is not None}); resume it with the same model and --aux-weight')
             net.load_state_dict(state['model'])
             if side is not None:
                 side.load_state_dict(state['side_head'])
