@@ -2,7 +2,7 @@
 # The GPU run of the performance issue: under 8 minutes on one CUDA GPU, one JSON report.
 #
 #   bash benchmarks/gpu.sh                         # writes benchmarks/results/gpu.json
-#   bash benchmarks/gpu.sh --dry-run --output-dir D  # CPU rehearsal at tiny sizes (< 1 min): D/gpu_dry_run.json
+#   bash benchmarks/gpu.sh --dry-run --output-dir D  # CPU rehearsal at tiny sizes (1-3 min): D/gpu_dry_run.json
 #   SCNET_GPU_DRY_RUN=1 bash benchmarks/gpu.sh       # the same rehearsal
 #   bash benchmarks/gpu.sh --output-dir "$OUT" --log-dir "$OUT/logs"   # on a lent GPU machine (the device
 #       tool returns what is under $OUT); then copy gpu.json into benchmarks/results/ and commit it

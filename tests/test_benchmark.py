@@ -127,7 +127,7 @@ def test_gemm_rates_are_positive_and_finite():
 
 
 def test_matmul_rate_stops_growing_once_a_call_takes_long_enough(monkeypatch):
-    """A dtype without fast kernels (bfloat16 on an AVX2 CPU: 10 s a 2048 matmul) is timed at a small size."""
+    """A dtype without fast kernels (bfloat16 on an AVX2 CPU: seconds for one 2048 matmul) is timed at a small size."""
     import scnet.bench.rates as rates
 
     sizes, matmul = [], torch.matmul

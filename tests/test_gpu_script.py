@@ -32,7 +32,7 @@ def test_dry_run_writes_every_section(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS='1', PYTHONPATH=path)
     proc = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu.sh'), '--dry-run', '--output-dir', str(tmp_path),
                            '--log-dir', str(tmp_path / 'logs')],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=480)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     # the sections in their own processes (Triton's interpreter, torchrun) left their logs where asked
     assert {'gate_op.log', 'ddp.log'} <= {p.name for p in (tmp_path / 'logs').iterdir()}

@@ -38,8 +38,8 @@ _ENOUGH_SECONDS = 0.05
 
 def _first_timeable(sizes, seconds_at) -> int:
     """The first of ``sizes`` (growing) whose one call takes ``_ENOUGH_SECONDS``, else the last. Where a dtype
-    has no fast kernel (bfloat16 on a CPU without AVX-512 BF16: about 1.6 GFLOP/s, 10 s for one 2048 matmul),
-    the rate is then read from a small size in well under a second instead of a minute at the large one."""
+    has no fast kernel (bfloat16 on a CPU without AVX-512 BF16, where one 2048 matmul takes seconds), the rate
+    is then read from a small size in well under a second instead of a minute at the large one."""
     for n in sizes[:-1]:
         if seconds_at(n) >= _ENOUGH_SECONDS:
             return n
