@@ -228,6 +228,18 @@ def test_timm_create_model_pretrained(published, cache, scnet50_expected):
     assert_matches_reference(timm.create_model('scnet50', pretrained=True), scnet50_expected)
 
 
+def test_timm_local_file_overlay_reads_the_authors_file_without_downloading(source, cache, scnet50_expected,
+                                                                             monkeypatch):
+    """timm's way to point pretrained=True at a local file (``pretrained_cfg_overlay=dict(file=...)``): the
+    authors' layout is converted, and the official address (unreachable here) is not tried."""
+    monkeypatch.setitem(official.OFFICIAL_WEIGHTS, 'scnet50', 'file:///nowhere/scnet50-00000000.pth')
+    model = timm.create_model('scnet50', pretrained=True, pretrained_cfg_overlay=dict(file=str(source)))
+    assert_matches_reference(model, scnet50_expected)
+    assert not cache.exists() or not any(cache.iterdir())
+    with pytest.raises(scnet.CheckpointError, match='missing.pth'):
+        timm.create_model('scnet50', pretrained=True, pretrained_cfg_overlay=dict(file=str(cache / 'missing.pth')))
+
+
 def test_pretrained_with_new_classifier(published, cache, scnet50_ref):
     model = scnet.create_model('scnet50', pretrained=True, num_classes=10)
     assert model.fc.weight.shape == (10, 2048)

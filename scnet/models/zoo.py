@@ -19,7 +19,7 @@ from timm.models.resnet import Bottleneck
 from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError
 from scnet.models.blocks import SCBottleneck
 from scnet.models.resnet import SCResNet
-from scnet.weights.official import OFFICIAL_WEIGHTS, pretrained_state_dict
+from scnet.weights.official import OFFICIAL_WEIGHTS, pretrained_state_dict, read_checkpoint
 
 __all__ = ['SC_OPTIONS', 'ZOO_ARCHITECTURES']
 
@@ -130,8 +130,12 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SCResNet:
         raise InvalidArgumentTypeError(f'{variant} has no SC-Conv layers, so it takes none of {", ".join(sc_options)}')
     block_args.update(sc_options)
     overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
-    if pretrained:
-        overlay.setdefault('state_dict', pretrained_state_dict(variant))  # download, check, convert
+    if pretrained and overlay.get('file') and 'state_dict' not in overlay:
+        # timm's way to point pretrained=True at a local file; read here so that the authors' layout is
+        # converted too (timm would load it as is) and nothing is downloaded
+        overlay['state_dict'] = read_checkpoint(overlay['file'])
+    if pretrained and 'state_dict' not in overlay:
+        overlay['state_dict'] = pretrained_state_dict(variant)  # download, check, convert
     model_args.update(kwargs)  # the caller's choices (channels, stem_width, ...) override the variant's
     if model_args['block'] is SCBottleneck:
         _check_sc_widths(variant, model_args)
