@@ -147,6 +147,21 @@ def test_incomplete_authors_checkpoint_names_the_unpaired_key(tmp_path):
         scnet.create_model('scnet50', checkpoint=str(path))
 
 
+def test_a_checkpoint_of_another_network_is_one_line_with_the_way_out(tmp_path):
+    """load_into (create_model(checkpoint=...), the commands): the problem and the way out on one line, the
+    differing keys counted with an example of each, not listed by the hundred."""
+    path = tmp_path / 'scnet26.safetensors'
+    scnet.weights.save_state_dict(scnet.create_model('scnet26_cifar', num_classes=10).state_dict(), path)
+    with pytest.raises(CheckpointError) as info:
+        scnet.create_model('resnet26_cifar', checkpoint=str(path))
+    message = str(info.value)
+    assert '\n' not in message and message.startswith(f'{path} does not fit the model: check that the model name')
+    assert 'missing from the checkpoint (e.g. layer1.0.conv2.weight)' in message
+    assert 'not in the network (e.g. layer1.0.conv2.k1.weight)' in message
+    with pytest.raises(CheckpointError, match='the checkpoint has 10 classes: build the model with num_classes=10'):
+        scnet.weights.load_into(scnet.create_model('scnet26_cifar', num_classes=3), scnet.weights.read_state_dict(path))
+
+
 def test_incomplete_authors_checkpoint_names_the_orphan_half():
     state = random_authors_state_dict('scnet50')
     del state['layer2.3.conv1_b.weight']

@@ -116,7 +116,7 @@ def _misfit(name: str, checkpoint: str, num_classes):
     import torch
 
     from scnet.models import create_model
-    from scnet.tasks.weights_fit import misfit
+    from scnet.weights.fit import misfit
     from scnet.weights import read_checkpoint
 
     theirs = read_checkpoint(checkpoint)

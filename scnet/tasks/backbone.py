@@ -91,7 +91,7 @@ def check_pretrained_reachable(name: str) -> None:
 
 def _checkpoint_misfit(name: str, checkpoint: str, model_kwargs: Dict) -> Optional[CheckpointError]:
     """The one-line error for a backbone ``checkpoint`` whose keys do not fit ``name`` (None if they do)."""
-    from scnet.tasks.weights_fit import misfit
+    from scnet.weights.fit import misfit
     from scnet.weights import read_checkpoint
 
     theirs = {k: v for k, v in read_checkpoint(checkpoint).items() if not k.startswith('fc.')}

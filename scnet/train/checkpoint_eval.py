@@ -35,7 +35,7 @@ def _build(model_name: str, checkpoint: Path, model_kwargs: Dict[str, Any]):
     """``model_name`` with the weights of ``checkpoint``, or a one-line ``CheckpointError`` saying that they do
     not fit and what to pass instead (``load_into``'s own error lists every key, one kind per line)."""
     from scnet.models import create_model
-    from scnet.tasks.weights_fit import misfit
+    from scnet.weights.fit import misfit
     from scnet.weights import read_checkpoint
 
     way_out = 'pass the --model it was trained as (`scnet models` lists them)'

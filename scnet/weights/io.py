@@ -10,11 +10,10 @@ import argparse
 import os
 import pickle
 import pickletools
-import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -23,6 +22,7 @@ from safetensors.torch import save_file as _save_safetensors
 from torch import nn
 
 from scnet.errors import CheckpointError
+from scnet.weights.fit import misfit
 
 __all__ = ['StateDict', 'read_state_dict', 'read_metadata', 'save_state_dict', 'load_into']
 
@@ -152,21 +152,11 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: PathLike,
     return path
 
 
-def _natural(key: str):
-    return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', key)]
-
-
-def _names(keys: Iterable[str], limit: int = 12) -> str:
-    keys = sorted(keys, key=_natural)
-    shown = ', '.join(keys[:limit])
-    return shown + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
-
-
 def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = 'checkpoint',
               new_head: bool = False) -> None:
-    """Copy ``state_dict`` into ``model``, or raise ``CheckpointError`` naming every key that does not fit.
-
-    Missing keys, unexpected keys and shape mismatches are all reported together. The checkpoint's classifier
+    """Copy ``state_dict`` into ``model``, or raise ``CheckpointError`` saying in one line how it does not fit
+    (``scnet.weights.fit.misfit``: the way out, then missing keys, unexpected keys and shape mismatches counted,
+    with an example of each). The checkpoint's classifier
     (``fc.*``) is left out when the model has none (a ``features_only`` backbone) or when ``new_head`` asks
     to keep the model's own, freshly initialised one (fine-tuning on other classes).
     """
@@ -175,23 +165,13 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sourc
     if new_head or 'fc.weight' not in own:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith('fc.')}
         own = {k: v for k, v in own.items() if not k.startswith('fc.')}
-    missing = set(own) - set(state_dict)
-    unexpected = set(state_dict) - set(own)
-    mismatched = {k: (tuple(state_dict[k].shape), tuple(own[k].shape))
-                  for k in set(own) & set(state_dict) if state_dict[k].shape != own[k].shape}
-    if missing or unexpected or mismatched:
-        lines = [f'{source} does not fit the model:']
-        if mismatched:
-            lines.append('  shape mismatch (checkpoint vs model): ' + _names(
-                f'{k} {tuple(a)} vs {tuple(b)}' for k, (a, b) in mismatched.items()))
-        if missing:
-            lines.append('  missing from the checkpoint: ' + _names(missing))
-        if unexpected:
-            lines.append('  not in the model: ' + _names(unexpected))
-        if 'fc.weight' in mismatched:
-            n = mismatched['fc.weight'][0][0]
-            lines.append(f'  the checkpoint has {n} classes: build the model with num_classes={n}')
+    differ = set(own) ^ set(state_dict) or any(state_dict[k].shape != own[k].shape for k in own)
+    if differ:
+        fc_theirs, fc_own = state_dict.get('fc.weight'), own.get('fc.weight')
+        if fc_theirs is not None and fc_own is not None and fc_theirs.shape != fc_own.shape:
+            way_out = f'the checkpoint has {fc_theirs.shape[0]} classes: build the model with num_classes=' \
+                      f'{fc_theirs.shape[0]}'
         else:
-            lines.append('  check that the model name matches the checkpoint (see `scnet models`)')
-        raise CheckpointError('\n'.join(lines))
+            way_out = 'check that the model name matches the checkpoint (see `scnet models`)'
+        raise misfit(source, 'the model', own, state_dict, way_out)
     model.load_state_dict(state_dict, strict=not new_head)

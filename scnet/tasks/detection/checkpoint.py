@@ -15,7 +15,7 @@ from torch import nn
 from scnet.errors import CheckpointError
 from scnet.tasks.detection.model import build_detector
 from scnet.tasks.detection.recipe import ARCH_KEYS, TASKS
-from scnet.tasks.weights_fit import misfit, unreadable_safetensors
+from scnet.weights.fit import misfit, unreadable_safetensors
 from scnet.train.checkpoint_meta import CheckpointMetadata, read_task_checkpoint
 
 __all__ = ['DetectionMetadata', 'load_detector']

@@ -16,7 +16,7 @@ from scnet.errors import CheckpointError
 from scnet.tasks.pose.data import KeypointSpec
 from scnet.tasks.pose.model import SimplePose, build_for_recipe
 from scnet.tasks.pose.recipe import PoseRecipe
-from scnet.tasks.weights_fit import misfit, unreadable_safetensors
+from scnet.weights.fit import misfit, unreadable_safetensors
 from scnet.train.checkpoint_meta import CheckpointMetadata, read_task_checkpoint
 
 __all__ = ['PoseMetadata', 'PoseCheckpoint', 'load_pose_checkpoint']

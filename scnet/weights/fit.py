@@ -1,10 +1,9 @@
-"""Checkpoints for the networks the task commands build: one line saying how weights do not fit a network, and
-one saying that a file is damaged rather than of another kind.
+"""How weights do not fit a network, in one line, and a damaged file told apart from one of another kind.
 
-``scnet.weights.load_into`` names every key that does not fit, one kind per line, for Python callers who read
-the whole list. A command prints its error as one line, so ``misfit`` says the same in one: the problem
-and the way out first, then how many keys of each kind, with the first of each (the rest only make the line
-longer without helping to choose the right checkpoint or ``--model``).
+Every loader (``scnet.weights.load_into``, the commands' checkpoint readers) reports a misfit through
+``misfit``: the problem and the way out first, then how many keys of each kind differ, with the first of
+each. A command prints its error as one line, and the full list of names only makes that line longer without
+helping to choose the right checkpoint or ``--model``.
 """
 from __future__ import annotations
 
