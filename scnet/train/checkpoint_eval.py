@@ -33,7 +33,7 @@ def checkpoint_metadata(path: Path) -> Dict[str, Any]:
 
 def _build(model_name: str, checkpoint: Path, model_kwargs: Dict[str, Any]):
     """``model_name`` with the weights of ``checkpoint``, or a one-line ``CheckpointError`` saying that they do
-    not fit and what to pass instead (``load_into``'s own error lists every key, one kind per line)."""
+    not fit and what to pass instead (``load_into``'s own error cannot name the --model way out)."""
     from scnet.models import create_model
     from scnet.weights.fit import misfit
     from scnet.weights import read_checkpoint
@@ -44,10 +44,9 @@ def _build(model_name: str, checkpoint: Path, model_kwargs: Dict[str, Any]):
     except TypeError as e:  # options recorded with the weights that this network does not take
         raise CheckpointError(f'{checkpoint}: its model options {model_kwargs} do not fit {model_name} ({e}); '
                               f'{way_out}') from None
-    except CheckpointError as e:
-        if '\n' not in str(e).strip():  # a damaged file: its own one line says so
-            raise
-    theirs = read_checkpoint(checkpoint)
+    except CheckpointError:
+        pass  # a damaged file or weights that do not fit: read again below, which tells them apart
+    theirs = read_checkpoint(checkpoint)  # a damaged file: its own error says so
     classes = theirs['fc.weight'].shape[0] if 'fc.weight' in theirs else 1000
     with torch.device('meta'):  # only the names and shapes are needed
         own = create_model(model_name, num_classes=classes, **model_kwargs).state_dict()

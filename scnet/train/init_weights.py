@@ -88,7 +88,7 @@ def apply_initial_weights(net: nn.Module, weights: InitialWeights, num_classes: 
                           report: Callable[[str], None] = print, model_name: str = 'the model') -> None:
     """Load ``weights`` into ``net`` (the network ``model_name``), all but the classifier when its class count
     is not ``num_classes``; weights that do not fit are a one-line ``CheckpointError`` (how many keys of each
-    kind, the first of each), where ``load_into``'s lists every key, one kind per line."""
+    kind, the first of each) naming this command's way out, which ``load_into``'s own cannot."""
     from scnet.weights.fit import misfit
     from scnet.weights import load_into
 
