@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any, Callable
 
 __all__ = ['positive_int', 'non_negative_int', 'positive_float', 'non_negative_float', 'unit_float', 'report_file',
            'output_folder']
@@ -32,44 +33,27 @@ def _float(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """A count or size that must be at least 1 (batch sizes, epochs, repeats, image sides in pixels)."""
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
-    return value
+def _number(parse: Callable[[str], Any], within: Callable[[Any], bool], requirement: str, doc: str):
+    """An argument type: ``parse`` the text, then refuse a value outside ``within`` as "must be <requirement>"."""
+    def convert(text: str):
+        value = parse(text)
+        if not within(value):
+            raise argparse.ArgumentTypeError(f'must be {requirement}, got {text.strip()}')
+        return value
+
+    convert.__doc__ = doc
+    return convert
 
 
-def non_negative_int(text: str) -> int:
-    """A count where 0 means none (data loading workers, warm-up rounds)."""
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'must be 0 or more, got {value}')
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A rate or scale that must be above 0 (a learning rate)."""
-    value = _float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f'must be above 0, got {text}')
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A weight or alpha where 0 means off (weight decay, mixup alpha, an auxiliary loss weight)."""
-    value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'must be 0 or more, got {text}')
-    return value
-
-
-def unit_float(text: str) -> float:
-    """A probability, score threshold or opacity: between 0 and 1, both included."""
-    value = _float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f'must be between 0 and 1, got {text}')
-    return value
+positive_int = _number(_int, lambda v: v >= 1, 'at least 1',
+                       'A count or size that must be at least 1 (batch sizes, epochs, repeats, image sides).')
+non_negative_int = _number(_int, lambda v: v >= 0, '0 or more',
+                           'A count where 0 means none (data loading workers, warm-up rounds).')
+positive_float = _number(_float, lambda v: v > 0, 'above 0', 'A rate or scale that must be above 0 (a learning rate).')
+non_negative_float = _number(_float, lambda v: v >= 0, '0 or more',
+                             'A weight or alpha where 0 means off (weight decay, mixup alpha, a loss weight).')
+unit_float = _number(_float, lambda v: 0.0 <= v <= 1.0, 'between 0 and 1',
+                     'A probability, score threshold or opacity: between 0 and 1, both included.')
 
 
 def report_file(text: str) -> str:
