@@ -275,6 +275,26 @@ def test_existing_run_is_never_overwritten_and_resume_needs_one(tiny, tmp_path, 
     assert 'nothing to resume' in capsys.readouterr().err
 
 
+def test_resume_takes_the_runs_settings_and_refuses_a_config_that_changes_them(tmp_path, capsys):
+    """On --resume the run's config.json is the base (as for scnet train): a --config given too may only repeat
+    it, since taking the file as the base would undo what flags changed in the run (an extended --epochs)."""
+    from scnet.tasks.detection import load_detection_recipe
+
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'config.json').write_text(json.dumps(load_detection_recipe('shapes', epochs=6).to_dict()))
+    assert main(['detect', 'train', '--output', str(run), '--resume', '--config', 'shapes', '--quiet']) == 2
+    err = capsys.readouterr().err
+    assert "--config shapes sets epochs 12 (the run: 6)" in err and "on --resume the run's own settings" in err
+    # the run's own command line again, with --resume: the file read with --epochs 6 (decay points rescaled)
+    # repeats the run, so the check lets it through (to the run folder, which has no last.pt here)
+    assert main(['detect', 'train', '--output', str(run), '--resume', '--config', 'shapes', '--epochs', '6',
+                 '--quiet']) == 2
+    err = capsys.readouterr().err
+    assert "on --resume the run's own settings" not in err and 'nothing to resume' in err
+    assert sorted(p.name for p in run.iterdir()) == ['config.json']
+
+
 # --- backbone weights ------------------------------------------------------------------------------------
 
 

@@ -323,6 +323,19 @@ def small_train(small, run, *extra):
             '--epochs', '2', '--seed', '3', *extra]
 
 
+def test_resume_refuses_a_config_that_changes_the_runs_settings(tmp_path, capsys):
+    """On --resume the run's config.json is the base, as for scnet train and scnet detect train."""
+    from scnet.tasks.pose import load_pose_recipe
+
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'config.json').write_text(json.dumps(load_pose_recipe('people', epochs=3).to_dict()))
+    assert main(['pose', 'train', '--output', str(run), '--resume', '--config', 'people', '--quiet']) == 2
+    err = capsys.readouterr().err
+    assert '--config people sets epochs 10 (the run: 3)' in err and "on --resume the run's own settings" in err
+    assert sorted(p.name for p in run.iterdir()) == ['config.json']
+
+
 def test_interrupted_run_resumes_to_the_same_weights(small, tmp_path, monkeypatch, capsys):
     from scnet.train.run_folder import RunFolder
 

@@ -29,7 +29,8 @@ many processes: torchrun --nproc_per_node=K -m scnet detect train ...  (NCCL on 
 
 output: DIR/metrics.jsonl (a line per epoch: lr, losses, bbox_AP ... bbox_APl, segm_AP ... segm_APl),
 DIR/tensorboard/, DIR/last.pt (every epoch, written atomically), DIR/model.safetensors (final weights, with
-the task, backbone, categories and image sizes in its metadata). --resume continues DIR/last.pt.
+the task, backbone, categories and image sizes in its metadata). --resume continues DIR/last.pt with DIR's
+settings (DIR/config.json): flags given now change them; a --config given too may only repeat them.
 Under torchrun --max-restarts K, restarted workers resume from DIR/last.pt by themselves."""
 
 
@@ -96,9 +97,12 @@ def add_parser(sub) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from scnet.tasks.detection import DetectionRecipe, load_detection_recipe, train_detector
+    from scnet.tasks.detection.recipe import check_resumed_detection_config
 
-    config = run_config(args, default='mask_rcnn_2x' if args.task == 'segm' else 'faster_rcnn_2x')
-    recipe = load_detection_recipe(config, **recipe_overrides(args, DetectionRecipe))
+    overrides = recipe_overrides(args, DetectionRecipe)
+    config = run_config(args, default='mask_rcnn_2x' if args.task == 'segm' else 'faster_rcnn_2x',
+                        check_repeats=check_resumed_detection_config, overrides=overrides)
+    recipe = load_detection_recipe(config, **overrides)
     if args.image_size:
         recipe.max_size = max(args.image_size, round(args.image_size * recipe.max_size / recipe.min_size))
         recipe.min_size = args.image_size

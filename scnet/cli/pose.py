@@ -25,7 +25,8 @@ many processes: torchrun --nproc_per_node=K -m scnet pose train ... (NCCL on GPU
 
 output: DIR/metrics.jsonl (epoch, lr, train_loss, kpt_AP, kpt_AP50, kpt_AP75, kpt_APm, kpt_APl, kpt_AR..., in
 percent; -1 where no person of that size exists), DIR/tensorboard/, DIR/last.pt (every epoch, atomically), DIR/model.safetensors (final weights with
-what eval and predict need), DIR/keypoints_val.json. --resume continues DIR/last.pt with DIR's settings.
+what eval and predict need), DIR/keypoints_val.json. --resume continues DIR/last.pt with DIR's settings
+(DIR/config.json): flags given now change them; a --config given too may only repeat them.
 Under torchrun --max-restarts K, restarted workers resume from DIR/last.pt by themselves."""
 
 
@@ -95,8 +96,11 @@ def add_parser(sub) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from scnet.tasks.pose import PoseRecipe, load_pose_recipe, train_pose
+    from scnet.tasks.pose.recipe import check_resumed_pose_config
 
-    recipe = load_pose_recipe(run_config(args), **recipe_overrides(args, PoseRecipe))
+    overrides = recipe_overrides(args, PoseRecipe)
+    recipe = load_pose_recipe(run_config(args, check_repeats=check_resumed_pose_config, overrides=overrides),
+                              **overrides)
     output = Path(args.output or f'runs/pose-{recipe.backbone}-{time.strftime("%Y%m%d-%H%M%S")}')
     last = train_pose(recipe, output, resume=args.resume, progress=not args.quiet)
     if last and 'kpt_AP' in last and os.environ.get('RANK', '0') == '0':

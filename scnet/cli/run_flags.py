@@ -76,16 +76,21 @@ def add_quiet_flag(p: argparse.ArgumentParser, *, bars: bool = False) -> None:
     p.add_argument('--quiet', action='store_true', help='no progress bars' if bars else 'no progress bar')
 
 
-def run_config(args: argparse.Namespace, default: Optional[str] = None) -> Optional[str]:
-    """The recipe a training command reads: ``--config``; with ``--resume`` and no ``--config``, the run's own
-    ``config.json`` (flags given now still override it); otherwise ``default``."""
+def run_config(args: argparse.Namespace, default: Optional[str] = None,
+               check_repeats: Optional[Callable[..., None]] = None,
+               overrides: Optional[Dict[str, Any]] = None) -> Optional[str]:
+    """The recipe a training command reads: ``--config``; with ``--resume``, the run's own ``config.json``
+    (flags given now still override it), where a ``--config`` given too may only repeat the run's settings
+    (``check_repeats(saved, config, **overrides)`` refuses one that changes them); otherwise ``default``."""
     from scnet.train.run_folder import RunError
 
     if args.resume:
         if not args.output:
             raise RunError('--resume needs --output DIR, the folder of the run to continue')
         saved = Path(args.output) / 'config.json'
-        if args.config is None and saved.is_file():
+        if saved.is_file() and (args.config is None or check_repeats is not None):
+            if args.config is not None:
+                check_repeats(saved, args.config, **(overrides or {}))
             return str(saved)  # the run's own settings; flags given now still override them
         return args.config
     return default if args.config is None else args.config

@@ -346,14 +346,25 @@ class RecipeReader(Generic[R]):
         base = typed_settings(self.recipe_type, self.read(str(saved)))
         given = self.overrides(overrides)
         if config:
-            conflicts = [f'{key} {value!r} (the run: {base.get(key)!r})'
-                         for key, value in typed_settings(self.recipe_type, self.read(config)).items()
-                         if key not in given and not _same_setting(key, value, base.get(key))]
-            if conflicts:
-                raise RecipeError(f'--config {config} sets {"; ".join(conflicts)}: on --resume the run\'s own '
-                                  f'settings ({saved}) are the base and flags given now change them; leave out '
-                                  '--config, or give each change as a flag')
+            self.check_repeats(saved, config, overrides)
         return self.build({**base, **given})
+
+    def check_repeats(self, saved: Path, config: str, overrides: Mapping[str, Any],
+                      settings: Optional[Mapping[str, Any]] = None) -> None:
+        """Refuse a recipe file ``config`` given on ``--resume`` that changes a setting of the run (its
+        ``config.json``, ``saved``) that no flag (``overrides``) sets now, naming both values. ``settings``:
+        the file's settings as its loader reads them with ``overrides`` (a task's loader rescales the lr decay
+        points to ``--epochs``), else as written."""
+        base = typed_settings(self.recipe_type, self.read(str(saved)))
+        given = self.overrides(overrides)
+        if settings is None:
+            settings = typed_settings(self.recipe_type, self.read(config))
+        conflicts = [f'{key} {value!r} (the run: {base.get(key)!r})' for key, value in settings.items()
+                     if key not in given and not _same_setting(key, value, base.get(key))]
+        if conflicts:
+            raise RecipeError(f'--config {config} sets {"; ".join(conflicts)}: on --resume the run\'s own '
+                              f'settings ({saved}) are the base and flags given now change them; leave out '
+                              '--config, or give each change as a flag')
 
 
 def _same_setting(key: str, a: Any, b: Any) -> bool:

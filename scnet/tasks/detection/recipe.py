@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from scnet.cli.recipe_flags import cli_flag
@@ -124,6 +125,14 @@ _READER = RecipeReader(DetectionRecipe, DETECTION_RECIPES_DIR, RUN_RECORD_KEYS, 
 
 def list_detection_recipes() -> List[str]:
     return _READER.names()
+
+
+def check_resumed_detection_config(saved: Path, config: str, **overrides: Any) -> None:
+    """On ``--resume``, refuse a ``--config`` that changes a setting of the run (its config.json, ``saved``)
+    which no flag sets now: the run's own settings are the base (``RecipeReader.check_repeats``). The file is
+    read as a fresh run would read it with these flags, so the same command line with ``--resume`` added passes."""
+    fresh = load_detection_recipe(config, **overrides).to_dict()
+    _READER.check_repeats(saved, config, overrides, settings={k: fresh[k] for k in _READER.read(config) if k in fresh})
 
 
 def load_detection_recipe(config: Optional[str] = None, **overrides: Any) -> DetectionRecipe:

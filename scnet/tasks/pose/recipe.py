@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -167,6 +168,14 @@ _READER = RecipeReader(PoseRecipe, POSE_RECIPES_DIR, RUN_RECORD_KEYS, label='pos
 
 def list_pose_recipes() -> List[str]:
     return _READER.names()
+
+
+def check_resumed_pose_config(saved: Path, config: str, **overrides: Any) -> None:
+    """On ``--resume``, refuse a ``--config`` that changes a setting of the run (its config.json, ``saved``)
+    which no flag sets now: the run's own settings are the base (``RecipeReader.check_repeats``). The file is
+    read as a fresh run would read it with these flags, so the same command line with ``--resume`` added passes."""
+    fresh = load_pose_recipe(config, **overrides).to_dict()
+    _READER.check_repeats(saved, config, overrides, settings={k: fresh[k] for k in _READER.read(config) if k in fresh})
 
 
 def load_pose_recipe(config: Optional[str] = None, **overrides: Any) -> PoseRecipe:
