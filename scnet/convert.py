@@ -8,7 +8,7 @@ or fine-tune.
 """
 from __future__ import annotations
 
-import fnmatch
+import inspect
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
@@ -18,6 +18,7 @@ from torch import nn
 
 from scnet.errors import InvalidArgumentTypeError
 from scnet.layers.scconv import SCConv2d
+from scnet.name_patterns import as_patterns, matches_any
 
 __all__ = ['convert', 'ConversionReport', 'ConvertedLayer', 'SkippedLayer']
 
@@ -95,8 +96,8 @@ def _why_not(conv: nn.Conv2d) -> Optional[str]:
 #: ``convert`` would apply to every layer and change its shape).
 PER_CONV_ARGUMENTS = ('in_channels', 'out_channels', 'stride', 'dilation', 'groups', 'device', 'dtype')
 
-#: Options of ``SCConv2d`` that ``convert`` passes on to every new layer.
-SC_OPTIONS = ('pooling_r', 'pool', 'identity', 'upsample', 'norm_layer', 'memory_efficient')
+#: Options of ``SCConv2d`` that ``convert`` passes on to every new layer: the rest of its signature.
+SC_OPTIONS = tuple(p for p in inspect.signature(SCConv2d).parameters if p not in PER_CONV_ARGUMENTS)
 
 ALREADY_SC = 'already an SCConv2d (converted before, or built as one)'
 
@@ -127,21 +128,6 @@ def _check_options(options: dict) -> None:
     if unknown:
         raise InvalidArgumentTypeError(f'convert: unknown option(s) {", ".join(unknown)}; the SCConv2d options it '
                                        f'takes: {", ".join(SC_OPTIONS)}')
-
-
-def _patterns(argument: str, value) -> Tuple[str, ...]:
-    """A single string is one pattern; iterating it would make each character a pattern of its own."""
-    if isinstance(value, str):
-        return (value,)
-    try:
-        patterns = tuple(value)
-    except TypeError:
-        patterns = (value,)
-    bad = [p for p in patterns if not isinstance(p, str)]
-    if bad:
-        raise InvalidArgumentTypeError(f'convert: {argument} takes a shell pattern of module names or a list of '
-                                       f'them, e.g. {argument}=\'layer4.*\', got {bad[0]!r}')
-    return patterns
 
 
 def _reachable(module: nn.Module, prefix: str = '') -> Iterator[Tuple[str, nn.Module]]:
@@ -184,7 +170,9 @@ def convert(model: nn.Module, *, exclude: Union[str, Iterable[str]] = (), **sc_o
     unchanged.
     """
     _check_model(model)
-    patterns = _patterns('exclude', exclude)
+    patterns = as_patterns(exclude, lambda bad: InvalidArgumentTypeError(
+        f'convert: exclude takes a shell pattern of module names or a list of them, e.g. exclude=\'layer4.*\', '
+        f'got {bad!r}'))
     _check_options(sc_options)
     report = ConversionReport()
     if isinstance(model, SCConv2d):
@@ -214,7 +202,7 @@ def convert(model: nn.Module, *, exclude: Union[str, Iterable[str]] = (), **sc_o
         if not isinstance(conv, nn.Conv2d) or conv.kernel_size != (3, 3):
             continue
         reason = _why_not(conv)
-        if reason is None and any(fnmatch.fnmatch(n, p) for n in names[key] for p in patterns):
+        if reason is None and any(matches_any(n, patterns) for n in names[key]):
             reason = 'excluded by pattern'
         if reason:
             report.skipped.append(SkippedLayer(first, reason))

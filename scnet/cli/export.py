@@ -88,10 +88,10 @@ def _build(name: str, checkpoint, num_classes):
     A checkpoint whose classifier has another number of classes than ``--num-classes`` (not 0) is refused:
     ``create_model`` would give the network a new, randomly initialised classifier (fine-tuning's start, with
     only a warning), and the exported file would classify at random while its parity check passes. Weights
-    that do not fit the network are named in one line (``create_model`` lists every key)."""
-    from scnet.errors import CheckpointError
+    that do not fit the network say so with this command's way out (``--model``)."""
     from scnet.export import ExportError
     from scnet.models import create_model
+    from scnet.weights.fit import WeightsMismatchError
 
     if checkpoint and num_classes:
         from scnet.weights import read_checkpoint
@@ -104,31 +104,9 @@ def _build(name: str, checkpoint, num_classes):
                               'the features, without classifier)')
     try:
         return create_model(name, checkpoint=checkpoint, num_classes=num_classes)
-    except CheckpointError:
-        problem = _misfit(name, checkpoint, num_classes) if checkpoint else None
-        if problem is None:
-            raise
-        raise problem from None
-
-
-def _misfit(name: str, checkpoint: str, num_classes):
-    """One line for a checkpoint whose keys do not fit ``name`` (None if they do)."""
-    import torch
-
-    from scnet.models import create_model
-    from scnet.weights.fit import misfit
-    from scnet.weights import read_checkpoint
-
-    theirs = read_checkpoint(checkpoint)
-    saved = theirs['fc.weight'].shape[0] if 'fc.weight' in theirs else None
-    with torch.device('meta'):   # only the names and shapes are needed
-        own = create_model(name, num_classes=(saved or 1000) if num_classes is None else num_classes).state_dict()
-    if num_classes == 0:
-        theirs = {k: v for k, v in theirs.items() if not k.startswith('fc.')}
-    if set(own) == set(theirs) and all(tuple(own[k].shape) == tuple(theirs[k].shape) for k in own):
-        return None
-    return misfit(checkpoint, name, own, theirs, 'pass the --model it was trained as (`scnet models` lists them), '
-                  f'or a checkpoint of {name}')
+    except WeightsMismatchError as e:
+        raise e.with_way_out(f'pass the --model it was trained as (`scnet models` lists them), or a checkpoint '
+                             f'of {name}', name=name) from None
 
 
 def run(args: argparse.Namespace) -> int:

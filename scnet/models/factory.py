@@ -8,7 +8,6 @@ either layout safely and reports keys that do not fit.
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import numbers
 import warnings
 from typing import Iterable, List, Optional, Union
@@ -18,6 +17,7 @@ from torch import nn
 
 from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError, ScnetError, UnknownModelError
 from scnet.models.zoo import SC_OPTIONS, ZOO_ARCHITECTURES
+from scnet.name_patterns import as_patterns, matches_any
 from scnet.weights import load_into, read_checkpoint
 
 __all__ = ['PAPER_MODELS', 'BASELINES', 'create_model', 'list_models', 'validate_model_name']
@@ -40,21 +40,11 @@ def list_models(pattern: Union[str, Iterable[str], None] = None, pretrained: boo
     ``pretrained=True`` keeps the names ``create_model(name, pretrained=True)`` can load weights for: the SC
     networks the authors released ImageNet weights of, and the baselines timm has weights for.
     """
-    if pattern is None:
-        patterns = None
-    elif isinstance(pattern, str):
-        patterns = [pattern]
-    else:
-        try:
-            patterns = list(pattern)
-        except TypeError:
-            patterns = [pattern]
-        if not all(isinstance(p, str) for p in patterns):
-            raise InvalidArgumentTypeError(f'list_models: pattern must be a shell pattern such as \'scnet*\' or a '
-                                           f'list of them, got {pattern!r}')
     names = list(dict.fromkeys([*ZOO_ARCHITECTURES, *BASELINES]))
-    if patterns is not None:
-        names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
+    if pattern is not None:
+        patterns = as_patterns(pattern, lambda bad: InvalidArgumentTypeError(
+            f'list_models: pattern must be a shell pattern such as \'scnet*\' or a list of them, got {pattern!r}'))
+        names = [n for n in names if matches_any(n, patterns)]
     if pretrained:
         # timm lists "name.tag" for every weight file its registry knows, ours (the authors') included
         with_weights = {n.split('.')[0] for n in timm.list_models(names, pretrained=True)} if names else set()

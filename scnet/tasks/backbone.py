@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 from urllib.parse import urlparse
 
-import torch
 from timm.layers import freeze_batch_norm_2d
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from scnet.errors import CheckpointError
 from scnet.models import create_model
+from scnet.weights.fit import WeightsMismatchError
 
 __all__ = ['STAGES', 'build_fpn_backbone', 'build_backbone', 'check_pretrained_reachable']
 
@@ -89,20 +89,6 @@ def check_pretrained_reachable(name: str) -> None:
         raise _unreachable(name, location[0], e.strerror or str(e) or type(e).__name__) from None
 
 
-def _checkpoint_misfit(name: str, checkpoint: str, model_kwargs: Dict) -> Optional[CheckpointError]:
-    """The one-line error for a backbone ``checkpoint`` whose keys do not fit ``name`` (None if they do)."""
-    from scnet.weights.fit import misfit
-    from scnet.weights import read_checkpoint
-
-    theirs = {k: v for k, v in read_checkpoint(checkpoint).items() if not k.startswith('fc.')}
-    with torch.device('meta'):   # only the names and shapes are needed
-        own = create_model(name, num_classes=0, **model_kwargs).state_dict()
-    if set(own) == set(theirs) and all(tuple(own[k].shape) == tuple(theirs[k].shape) for k in own):
-        return None
-    return misfit(checkpoint, name, own, theirs, f'give --backbone-checkpoint a checkpoint of {name}, or the '
-                  '--backbone it holds (`scnet models` lists them)')
-
-
 def build_backbone(name: str, *, checkpoint: Optional[str] = None, pretrained: bool = False,
                    trainable_layers: int = 3, frozen_bn: bool = True, **model_kwargs):
     """The zoo model ``name`` without classifier, with frozen BN and frozen early stages."""
@@ -112,11 +98,9 @@ def build_backbone(name: str, *, checkpoint: Optional[str] = None, pretrained: b
         check_pretrained_reachable(name)
     try:
         model = create_model(name, pretrained=pretrained, checkpoint=checkpoint, num_classes=0, **model_kwargs)
-    except CheckpointError:
-        problem = _checkpoint_misfit(name, checkpoint, model_kwargs) if checkpoint else None
-        if problem is None:
-            raise
-        raise problem from None
+    except WeightsMismatchError as e:
+        raise e.with_way_out(f'give --backbone-checkpoint a checkpoint of {name}, or the --backbone it holds '
+                             '(`scnet models` lists them)', name=name) from None
     if frozen_bn:
         model = freeze_batch_norm_2d(model)
     trainable = _TRAINABLE_ORDER[:trainable_layers] + (('bn1',) if trainable_layers == 5 else ())

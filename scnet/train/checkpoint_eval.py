@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import torch
 from torch.utils.data import DataLoader
 
 from scnet.data.folders import CheckedImageFolder, DataError, collate_skipping_bad, find_classes
@@ -33,10 +32,9 @@ def checkpoint_metadata(path: Path) -> Dict[str, Any]:
 
 def _build(model_name: str, checkpoint: Path, model_kwargs: Dict[str, Any]):
     """``model_name`` with the weights of ``checkpoint``, or a one-line ``CheckpointError`` saying that they do
-    not fit and what to pass instead (``load_into``'s own error cannot name the --model way out)."""
+    not fit and what to pass instead (``create_model``'s own cannot name the --model way out)."""
     from scnet.models import create_model
-    from scnet.weights.fit import misfit
-    from scnet.weights import read_checkpoint
+    from scnet.weights.fit import WeightsMismatchError
 
     way_out = 'pass the --model it was trained as (`scnet models` lists them)'
     try:
@@ -44,13 +42,8 @@ def _build(model_name: str, checkpoint: Path, model_kwargs: Dict[str, Any]):
     except TypeError as e:  # options recorded with the weights that this network does not take
         raise CheckpointError(f'{checkpoint}: its model options {model_kwargs} do not fit {model_name} ({e}); '
                               f'{way_out}') from None
-    except CheckpointError:
-        pass  # a damaged file or weights that do not fit: read again below, which tells them apart
-    theirs = read_checkpoint(checkpoint)  # a damaged file: its own error says so
-    classes = theirs['fc.weight'].shape[0] if 'fc.weight' in theirs else 1000
-    with torch.device('meta'):  # only the names and shapes are needed
-        own = create_model(model_name, num_classes=classes, **model_kwargs).state_dict()
-    raise misfit(checkpoint, model_name, own, theirs, way_out) from None
+    except WeightsMismatchError as e:
+        raise e.with_way_out(way_out, name=model_name) from None
 
 
 def _class_folder(data: Path) -> Path:

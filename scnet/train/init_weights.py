@@ -89,18 +89,16 @@ def apply_initial_weights(net: nn.Module, weights: InitialWeights, num_classes: 
     """Load ``weights`` into ``net`` (the network ``model_name``), all but the classifier when its class count
     is not ``num_classes``; weights that do not fit are a one-line ``CheckpointError`` (how many keys of each
     kind, the first of each) naming this command's way out, which ``load_into``'s own cannot."""
-    from scnet.weights.fit import misfit
     from scnet.weights import load_into
+    from scnet.weights.fit import WeightsMismatchError
 
     saved = weights.state_dict.get('fc.weight')
     new_head = saved is not None and saved.shape[0] != num_classes
     try:
         load_into(net, weights.state_dict, source=weights.location, new_head=new_head)
-    except CheckpointError:
-        keep = (lambda k: not k.startswith('fc.')) if new_head else (lambda k: True)
-        raise misfit(weights.location, model_name, {k: v for k, v in net.state_dict().items() if keep(k)},
-                     {k: v for k, v in weights.state_dict.items() if keep(k)},
-                     f'start from a checkpoint of {model_name} (--init), or train the --model it holds') from None
+    except WeightsMismatchError as e:
+        raise e.with_way_out(f'start from a checkpoint of {model_name} (--init), or train the --model it holds',
+                             name=model_name) from None
     if new_head:
         report(f'{weights.location} has {saved.shape[0]} classes, the data {num_classes}: its classifier is left '
                'out and a new one is trained from random initial weights')

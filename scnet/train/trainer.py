@@ -69,7 +69,7 @@ def _lr_factor(recipe: Recipe, steps_per_epoch: int):
 
 def _data_root(recipe: Recipe, ctx: distributed.Context) -> str:
     if recipe.data:
-        return absolute_spec(recipe.data)
+        return recipe.data  # made absolute by train()
     from scnet.data.embedded import DEFAULT_ROOT, build_embedded_dataset
 
     if ctx.is_main:

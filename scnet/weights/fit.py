@@ -14,13 +14,27 @@ import torch
 
 from scnet.errors import CheckpointError
 
-__all__ = ['misfit', 'unreadable_safetensors']
+__all__ = ['WeightsMismatchError', 'misfit', 'unreadable_safetensors']
+
+
+class WeightsMismatchError(CheckpointError):
+    """Weights whose keys or shapes do not fit a network (as opposed to a file that cannot be read). It keeps
+    its parts, so that a command that knows a better way out (``--model``, ``--init``, ``--backbone-checkpoint``)
+    says it with ``with_way_out`` instead of reading the file and building the network again to compare."""
+
+    def __init__(self, source: Union[str, Path], name: str, way_out: str, keys: str) -> None:
+        super().__init__(f'{source} does not fit {name}: {way_out}; keys: {keys}')
+        self.source, self.name, self.way_out, self.keys = source, name, way_out, keys
+
+    def with_way_out(self, way_out: str, name: Optional[str] = None) -> 'WeightsMismatchError':
+        """The same mismatch, of the network ``name`` (default: as before), with ``way_out`` as the advice."""
+        return WeightsMismatchError(self.source, name or self.name, way_out, self.keys)
 
 
 def misfit(source: Union[str, Path], name: str, own: Mapping[str, torch.Tensor],
-           theirs: Mapping[str, torch.Tensor], way_out: str) -> CheckpointError:
-    """The ``CheckpointError`` for the weights ``theirs`` of ``source`` that do not fit the state dict ``own``
-    of network ``name``: one line, ``way_out`` right after the problem."""
+           theirs: Mapping[str, torch.Tensor], way_out: str) -> WeightsMismatchError:
+    """The error for the weights ``theirs`` of ``source`` that do not fit the state dict ``own`` of network
+    ``name``: one line, ``way_out`` right after the problem, then the differing keys counted."""
     missing = sorted(set(own) - set(theirs))
     unexpected = sorted(set(theirs) - set(own))
     shapes = sorted(f'{k} {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}' for k in set(own) & set(theirs)
@@ -28,7 +42,7 @@ def misfit(source: Union[str, Path], name: str, own: Mapping[str, torch.Tensor],
     parts = [f'{len(keys)} {label} (e.g. {keys[0]})' for keys, label in (
         (shapes, 'of another shape (checkpoint vs network)'), (missing, 'missing from the checkpoint'),
         (unexpected, 'not in the network')) if keys]
-    return CheckpointError(f'{source} does not fit {name}: {way_out}; keys: {", ".join(parts) or "none differ"}')
+    return WeightsMismatchError(source, name, way_out, ', '.join(parts) or 'none differ')
 
 
 def unreadable_safetensors(path: Union[str, Path]) -> Optional[CheckpointError]:
