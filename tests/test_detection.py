@@ -601,3 +601,25 @@ def test_two_processes_train_and_evaluate_every_image_once(tiny, tmp_path, capsy
     one = json.loads(capsys.readouterr().out)
     assert two['images'] == one['images'] == 4
     assert two['metrics'] == pytest.approx(one['metrics'], abs=0.05)
+
+
+def test_classifier_tools_name_the_detect_command_for_a_detection_checkpoint(bbox_run, tmp_path, capsys):
+    """cam, eval, export and create_model refuse a detection run's weights in one line that names the command
+    that runs them, instead of a list of keys that do not fit (or "its metadata names no model")."""
+    weights = bbox_run / 'model.safetensors'
+    backbone = read_metadata(weights)['backbone']
+    said = f'is a detection checkpoint (backbone {backbone}), not a classifier: `scnet detect predict --checkpoint'
+    image = tmp_path / 'photo.png'
+    Image.new('RGB', (40, 30), 'gray').save(image)
+    commands = [['cam', '--models', str(bbox_run), '--images', str(image), '--output', str(tmp_path / 'cam')],
+                ['eval', '--model', backbone, '--checkpoint', str(weights), '--data', str(tmp_path)],
+                ['eval', '--model', backbone, '--checkpoint', str(bbox_run / 'last.pt'), '--data', str(tmp_path)],
+                ['export', '--model', backbone, '--checkpoint', str(weights), '--format', 'onnx',
+                 '--output', str(tmp_path / 'm.onnx')]]
+    for argv in commands:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert said in err and 'Traceback' not in err and len(err.strip().splitlines()) == 1, (argv, err)
+    with pytest.raises(scnet.CheckpointError, match='is a detection checkpoint'):
+        scnet.create_model(backbone, checkpoint=str(weights))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['photo.png']  # nothing written

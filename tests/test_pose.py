@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+import scnet
 from scnet.cli.main import main
 from scnet.models import list_models
 from scnet.tasks.eval_report import EvalReport
@@ -650,3 +651,19 @@ def test_pretrained_backbone_out_of_reach_fails_in_seconds_naming_the_flag(small
     assert time.perf_counter() - start < 60
     one_error_line(capsys, 'resnet26: its ImageNet weights are not cached here and cannot be downloaded from '
                            'http://127.0.0.1:9/timm/resnet26', 'pass a local copy with --backbone-checkpoint PATH')
+
+
+def test_classifier_tools_name_the_pose_command_for_a_pose_checkpoint(untrained, tmp_path, capsys):
+    said = (f'{untrained} is a pose checkpoint (backbone resnet26_cifar), not a classifier: '
+            f'`scnet pose predict --checkpoint {untrained}')
+    image = tmp_path / 'photo.png'
+    Image.new('RGB', (40, 30), 'gray').save(image)
+    assert main(['cam', '--models', f'resnet26_cifar:{untrained}', '--images', str(image),
+                 '--output', str(tmp_path / 'cam')]) == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1, err
+    assert main(['features', '--model', str(untrained), '--image', str(image), '--output', str(tmp_path / 'maps')]) == 2
+    assert said in capsys.readouterr().err
+    with pytest.raises(scnet.CheckpointError, match='is a pose checkpoint'):
+        scnet.create_model('resnet26_cifar', checkpoint=str(untrained))
+    assert [p.name for p in tmp_path.iterdir()] == ['photo.png']  # nothing written

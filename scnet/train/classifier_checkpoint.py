@@ -48,15 +48,26 @@ class ClassifierMetadata(CheckpointMetadata):
 
 def read_classifier_metadata(path: Union[str, Path]) -> ClassifierMetadata:
     """The description recorded with the checkpoint at ``path``: a ``.safetensors`` file's metadata, a
-    ``last.pt``'s run settings; every field None for a file that records none (the authors' ``.pth``)."""
+    ``last.pt``'s run settings; every field None for a file that records none (the authors' ``.pth``).
+    A ``CheckpointError`` naming the command to use for a detection or pose checkpoint."""
+    from scnet.weights.fit import not_a_classifier
     from scnet.weights.io import read_metadata
 
     path = Path(path)
     raw = read_metadata(path)
+    other_task = not_a_classifier(path, raw)
+    if other_task:
+        raise other_task
     if raw:
         return ClassifierMetadata.from_metadata(raw, path)
     if path.suffix != '.pt':
         return ClassifierMetadata()
     from scnet.train.state import load_state
 
-    return ClassifierMetadata.from_run_config(load_state(path).get('config') or {})
+    state = load_state(path)
+    if not isinstance(state, dict):  # e.g. a bare state dict saved with torch.save: records nothing
+        return ClassifierMetadata()
+    other_task = not_a_classifier(path, state.get('checkpoint') or {})  # a detection or pose run's last.pt
+    if other_task:
+        raise other_task
+    return ClassifierMetadata.from_run_config(state.get('config') or {})

@@ -14,7 +14,7 @@ import torch
 
 from scnet.errors import CheckpointError
 
-__all__ = ['WeightsMismatchError', 'misfit', 'unreadable_safetensors']
+__all__ = ['WeightsMismatchError', 'misfit', 'not_a_classifier', 'unreadable_safetensors']
 
 
 class WeightsMismatchError(CheckpointError):
@@ -63,3 +63,21 @@ def unreadable_safetensors(path: Union[str, Path]) -> Optional[CheckpointError]:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         return CheckpointError(f'{path}: not a readable safetensors file, damaged or truncated ({detail}); '
                                'copy it again, or give the model.safetensors or last.pt its training run wrote')
+
+
+def not_a_classifier(path: Union[str, Path], meta: Mapping[str, object]) -> Optional[CheckpointError]:
+    """The ``CheckpointError`` for a detection or pose checkpoint (``meta``: its recorded description) given
+    where a classifier's is expected, else None. Its weights hold a backbone and heads, so a classifier built
+    from it would only report keys that do not fit, and the file records no classifier model name: the error
+    names the command that runs it instead."""
+    if 'backbone' not in meta:
+        return None
+    if 'keypoints' in meta:
+        task, command = 'pose', f'scnet pose predict --checkpoint {path} --images ... --output ...'
+    elif 'task' in meta:
+        task, command = 'detection', f'scnet detect predict --checkpoint {path} --images ... --output ...'
+    else:
+        return None
+    return CheckpointError(f'{path} is a {task} checkpoint (backbone {meta["backbone"]}), not a classifier: '
+                           f'`{command}` runs it; the classification tools (scnet eval, cam, features, export, '
+                           'create_model) take the model.safetensors of `scnet train`')
