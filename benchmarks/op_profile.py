@@ -22,6 +22,11 @@ operators it calls) is put into one kind:
 * ``classifier and loss``; and ``framework`` for the rest (allocation, views, autograd's own bookkeeping,
   Python-level autograd functions).
 
+Self times leave out the time *between* operators: Python, module calls and the dispatcher before each
+operator starts. Each row therefore also counts the top-level operators a step calls (``operators``) and
+sums the idle time between consecutive ones in the profiler's trace (``between_ops_ms``): a network of more,
+smaller operators pays it once per operator, and at batch 1 it can decide a ratio.
+
 The per-step milliseconds of each kind, the top operators, and each model's excess over the first model
 (the baseline) are written as JSON with the machine's facts; ``benchmarks/tables.py`` renders it.
 
@@ -130,6 +135,29 @@ def _step_fn(model: torch.nn.Module, mode: str, batch: int, size: int, channels_
     return train
 
 
+def _called_by_an_operator(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith('aten::'):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def between_operators(events, steps: int) -> Dict[str, float]:
+    """``{'operators': top-level operators per step, 'between_ops_ms': idle time between consecutive ones per
+    step}``, from a profiler's events. Top-level: an ATen operator that no other ATen operator called (the
+    backward's, which autograd's engine calls, included), on the thread that ran the most of them (the main
+    thread; a CPU backward runs there too)."""
+    top = [e for e in events if e.name.startswith('aten::') and not _called_by_an_operator(e)]
+    if not top:
+        return {'operators': 0.0, 'between_ops_ms': 0.0}
+    threads = statistics.multimode(e.thread for e in top)
+    top = sorted((e for e in top if e.thread == threads[0]), key=lambda e: e.time_range.start)
+    idle_us = sum(max(0.0, b.time_range.start - a.time_range.end) for a, b in zip(top, top[1:]))
+    return {'operators': round(len(top) / steps, 2), 'between_ops_ms': round(idle_us / 1e3 / steps, 3)}
+
+
 def profile_models(names: List[str], mode: str, batch: int, *, size: int = 224, steps: int = 3, warmup: int = 2,
                    channels_last: bool = False, top: int = 10, **kwargs) -> List[Dict[str, object]]:
     """Per model: the median step time without the profiler (the models interleaved step by step, so that a
@@ -167,6 +195,7 @@ def profile_models(names: List[str], mode: str, batch: int, *, size: int = 224, 
         rows.append({'model': name, 'mode': mode, 'batch': batch, 'parameters': count,
                      'wall_ms': round(statistics.median(times) * 1e3, 2),
                      'profiled_ms': round(sum(kinds.values()), 2),
+                     **between_operators(prof.events(), steps),
                      'kinds_ms': {k: round(v, 3) for k, v in kinds.items()},
                      'kinds_calls': {k: round(v, 2) for k, v in calls.items()}, 'top_ops': ops[:top]})
     return rows
@@ -187,6 +216,8 @@ def _print_group(group: Dict[str, object]) -> None:
     for kind in ORDER:
         print(f'{kind:<{width}} ' + ' '.join(f'{row["kinds_ms"][kind]:>12.2f}' for row in rows))
     print(f'{"all (profiled)":<{width}} ' + ' '.join(f'{row["profiled_ms"]:>12.2f}' for row in rows))
+    print(f'{"top-level operators":<{width}} ' + ' '.join(f'{row["operators"]:>12.0f}' for row in rows))
+    print(f'{"between operators":<{width}} ' + ' '.join(f'{row["between_ops_ms"]:>12.2f}' for row in rows))
     print(f'{"wall, unprofiled":<{width}} ' + ' '.join(f'{row["wall_ms"]:>12.2f}' for row in rows))
 
 

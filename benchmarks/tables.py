@@ -124,7 +124,11 @@ def op_profile_table(report: Dict) -> str:
         for kind in report['kinds']:
             lines.append(f'| {kind} | ' + ' | '.join(_num(r['kinds_ms'][kind], 1) for r in rows)
                          + ''.join(f" | {group['excess_ms'][r['model']][kind]:+.1f}" for r in rows[1:]) + ' |')
-        for label, key in (('all, profiled', 'profiled_ms'), ('wall time, unprofiled', 'wall_ms')):
+        totals = [('all, profiled', 'profiled_ms'), ('between operators', 'between_ops_ms'),
+                  ('top-level operators', 'operators'), ('wall time, unprofiled', 'wall_ms')]
+        for label, key in totals:
+            if not all(key in r for r in rows):  # files written before op_profile.py counted operators
+                continue
             lines.append(f'| {label} | ' + ' | '.join(_num(r[key], 1) for r in rows)
                          + ''.join(f' | {r[key] - rows[0][key]:+.1f}' for r in rows[1:]) + ' |')
         lines.append('')

@@ -6,6 +6,7 @@ to benchmarks/ on a quiet machine), only that the measurements are the right one
 import json
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -573,8 +574,16 @@ def test_op_profile_writes_each_models_time_by_kind(tmp_path, capsys):
     assert tried_calls['convolution, forward'] >= sc_calls['convolution, forward'] + 8  # 8 SC layers, 8 K2s
     assert infer['rows'][1]['kinds_ms']['convolution, backward'] == 0
     assert train['rows'][1]['kinds_ms']['convolution, backward'] > 0
-    assert 'small-map path' in capsys.readouterr().out
+    # SC-Conv calls more operators than the plain 3x3 convolution it replaces (split, pooling, K2..K4, two norms,
+    # the gate, the concatenation), and the idle time between them is counted
+    for group in report['groups']:
+        base, sc = group['rows'][:2]
+        assert sc['operators'] >= base['operators'] + 8 * 8
+        assert all(row['between_ops_ms'] >= 0 for row in group['rows'])
+    printed = capsys.readouterr().out
+    assert 'small-map path' in printed and 'between operators' in printed
     table = _benchmarks_module('tables').render_file(out, 'op_profile.json')
+    assert table.count('| between operators |') == 2 and table.count('| top-level operators |') == 2
     assert table.count('| kind | resnet26_cifar | scnet26_cifar | scnet26_cifar onednn_direct |') == 1
     assert table.count('| kind | resnet26_cifar | scnet26_cifar | scnet26_cifar - resnet26_cifar |') == 1
     assert '| convolution, forward, small-map path |' in table and 'No table' not in table
@@ -606,3 +615,23 @@ def test_op_profile_channels_last_keeps_the_small_map_path(tmp_path):
     report = json.loads(out.read_text())
     assert report['settings']['channels_last'] is True and report['groups'][0]['excess_ms'] == {}
     assert report['groups'][0]['rows'][0]['kinds_calls']['convolution, forward, small-map path'] >= 8  # the K2s
+
+
+def test_op_profile_counts_the_idle_time_between_top_level_operators():
+    op_profile = _benchmarks_module('op_profile')
+
+    def event(name, start, end, parent=None, thread=1):
+        return SimpleNamespace(name=name, cpu_parent=parent, thread=thread,
+                               time_range=SimpleNamespace(start=start, end=end))
+
+    outer = event('aten::conv2d', 100, 400)
+    engine = event('autograd::engine::evaluate_function: ReluBackward0', 1150, 1300)
+    events = [event('aten::relu_', 1000, 1100), outer, event('aten::mkldnn_convolution', 110, 390, parent=outer),
+              event('aten::batch_norm', 700, 900), event('ProfilerStep', 0, 5000), engine,
+              event('aten::threshold_backward', 1200, 1250, parent=engine),  # the backward's: counts
+              event('aten::empty', 1210, 1220, parent=event('aten::threshold_backward', 1200, 1250, parent=engine)),
+              event('aten::add', 450, 460, thread=2)]  # another thread's operator does not count
+    # main thread: conv2d 100-400, batch_norm 700-900, relu_ 1000-1100, threshold_backward 1200-1250:
+    # idle 300 + 100 + 100 us over 2 steps
+    assert op_profile.between_operators(events, steps=2) == {'operators': 2.0, 'between_ops_ms': 0.25}
+    assert op_profile.between_operators([], steps=1) == {'operators': 0.0, 'between_ops_ms': 0.0}
