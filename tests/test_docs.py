@@ -220,22 +220,31 @@ def test_readme_is_short_and_keeps_the_two_commands():
 
 
 def test_readme_speed_table_quotes_the_committed_results():
-    """Each ratio of the README's speed table is the one its results file holds, so it cannot go stale."""
+    """Each ratio of the README's speed table is the one its results file holds, so it cannot go stale: the
+    first pair of columns from benchmarks/results/, the second from benchmarks/results/zen3/."""
     section = README.split('## Speed', 1)[1].split('\n## ', 1)[0]
-    rows = re.findall(r'^\| [^|]+ \| `([\w.]+\.json)` \| ([^|]+) \| (\d+) \| ([\d.]+)x \| ([\d.]*)x? ?\|$',
-                      section, re.M)
-    assert len(rows) == 6
-    machines = set()
-    for name, model, batch, speed, memory in rows:
-        report = json.loads((ROOT / 'benchmarks' / 'results' / name).read_text())
-        machines.add(cpu_description(report['machine']))
-        [result] = [r for r in report['results'] if r['model'] == model.strip() and r['batch_size'] == int(batch)]
-        assert f"{result['speed_ratio']:.2f}" == speed, (name, model, batch)
-        if memory:
-            assert f"{result['memory_ratio']:.2f}" == memory, (name, model, batch)
-    # one machine for every ratio, named as its files record it: core generation and instruction set included
-    [machine] = machines
-    assert '(' in machine and f'on an {machine}, 2 threads' in ' '.join(section.split())
+    rows = re.findall(r'^\| [^|]+ \| `([\w.]+\.json)` \| ([^|]+) \| (\d+) \| ([\d.]*)x? ?\| ([\d.]*)x? ?\| '
+                      r'([\d.]+)x \| ([\d.]*)x? ?\|$', section, re.M)
+    assert len(rows) == 8
+    quoted = 0
+    for folder, columns in (('results', (3, 4)), ('results/zen3', (5, 6))):
+        machines = set()
+        for row in rows:
+            name, model, batch = row[:3]
+            speed, memory = (row[i] for i in columns)
+            if not speed:
+                continue
+            report = json.loads((ROOT / 'benchmarks' / folder / name).read_text())
+            machines.add(cpu_description(report['machine']))
+            [result] = [r for r in report['results'] if r['model'] == model.strip() and r['batch_size'] == int(batch)]
+            assert f"{result['speed_ratio']:.2f}" == speed, (folder, name, model, batch)
+            if memory:
+                assert f"{result['memory_ratio']:.2f}" == memory, (folder, name, model, batch)
+            quoted += 1
+        # one machine per pair of columns, named as its files record it: core generation and instruction set
+        [machine] = machines
+        assert '(' in machine and f'on an {machine}, 2 threads' in ' '.join(section.split())
+    assert quoted == 16
     from scnet.complexity import profile_model
     madds = re.search(r'\(([\d.]+) G against ([\d.]+) G, as `scnet profile` counts', section).groups()
     assert madds == tuple(f"{profile_model(m)['macs_g']:.2f}" for m in ('scnet50', 'resnet50'))
@@ -245,23 +254,28 @@ def test_readme_speed_table_quotes_the_committed_results():
 
 
 def test_readme_other_implementations_quote_the_committed_results():
-    """The README's table against the authors' structure and mmpose's SCNet is other_implementations.json's."""
+    """The README's table against the authors' structure and mmpose's SCNet is other_implementations.json's, one
+    file per machine."""
     section = README.split('## Speed', 1)[1].split('\n## ', 1)[0]
-    rows = re.findall(r'^\| (scnet50[^|]*?) \| ([\d.]+)x \| ([\d.]+)x \| ([\d.]+)x \| ([\d.]+)x \|$', section, re.M)
-    assert [r[0] for r in rows] == ['scnet50', "scnet50 authors' structure", 'scnet50 mmpose 1.3.2']
-    report = json.loads((ROOT / 'benchmarks' / 'results' / 'other_implementations.json').read_text())
-    assert report['mmpose'] == '1.3.2' and max(v for k, v in report['same_outputs'].items()
-                                                if k != 'logit_scale') < 1e-5 * report['same_outputs']['logit_scale']
+    rows = re.findall(r'^\| (scnet50[^|]*?) \| (Zen \d) \w+ \| ([\d.]+)x \| ([\d.]+)x \| ([\d.]+)x \| ([\d.]+)x \|$',
+                      section, re.M)
+    names = ['scnet50', "scnet50 authors' structure", 'scnet50 mmpose 1.3.2']
+    assert [(r[0], r[1]) for r in rows] == [(n, 'Zen 4') for n in names] + [(n, 'Zen 3') for n in names]
+    for machine, folder in (('Zen 4', 'results'), ('Zen 3', 'results/zen3')):
+        report = json.loads((ROOT / 'benchmarks' / folder / 'other_implementations.json').read_text())
+        assert f'({machine},' in cpu_description(report['train']['machine'])
+        assert report['mmpose'] == '1.3.2' and max(v for k, v in report['same_outputs'].items()
+                                                    if k != 'logit_scale') < 1e-5 * report['same_outputs']['logit_scale']
 
-    def result(mode, model, batch):
-        [r] = [r for r in report[mode]['results'] if r['model'] == model and r['batch_size'] == batch]
-        return r
+        def result(mode, model, batch):
+            [r] = [r for r in report[mode]['results'] if r['model'] == model and r['batch_size'] == batch]
+            return r
 
-    for model, train, memory, infer1, infer8 in rows:
-        assert f"{result('train', model, 16)['speed_ratio']:.2f}" == train, model
-        assert f"{result('train', model, 16)['memory_ratio']:.2f}" == memory, model
-        assert f"{result('infer', model, 1)['speed_ratio']:.2f}" == infer1, model
-        assert f"{result('infer', model, 8)['speed_ratio']:.2f}" == infer8, model
+        for model, _, train, memory, infer1, infer8 in (r for r in rows if r[1] == machine):
+            assert f"{result('train', model, 16)['speed_ratio']:.2f}" == train, (machine, model)
+            assert f"{result('train', model, 16)['memory_ratio']:.2f}" == memory, (machine, model)
+            assert f"{result('infer', model, 1)['speed_ratio']:.2f}" == infer1, (machine, model)
+            assert f"{result('infer', model, 8)['speed_ratio']:.2f}" == infer8, (machine, model)
 
 
 def test_readme_operation_profile_quotes_the_committed_results():

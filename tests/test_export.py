@@ -10,7 +10,7 @@ from torch import nn
 import scnet
 from scnet.cli.main import main
 from scnet.export import ExportError, LoadedModel, check_parity, export_model, load_exported, write_json
-from scnet.weights.io import save_state_dict
+from scnet.weights.io import read_shape, save_state_dict
 
 SUFFIX = {'onnx': 'onnx', 'torchscript': 'ts', 'exported': 'pt2'}
 
@@ -183,6 +183,14 @@ def test_cli_refuses_a_checkpoint_whose_classifier_does_not_fit(tmp_path, capsys
         f'scnet export: error: {checkpoint} has 7 classes, not 3: its classifier would be replaced by a random one; '
         'pass --num-classes 7 or leave it out (--num-classes 0 exports the features, without classifier)')
     assert not out_file.exists() and not (tmp_path / 'net.ts.json').exists()
+    # a safetensors file's class count comes from its header; another format's from reading it whole
+    assert read_shape(checkpoint, 'fc.weight') == [7, 1024] and read_shape(checkpoint, 'head.weight') is None
+    pickled = tmp_path / 'weights.pt'
+    torch.save(scnet.create_model('resnet26_cifar', num_classes=7).state_dict(), pickled)
+    assert read_shape(pickled, 'fc.weight') is None
+    code, _, err = export_cli(capsys, '--model', 'resnet26_cifar', '--checkpoint', str(pickled), '--num-classes',
+                              '3', '--format', 'torchscript', '--output', str(out_file), '--input-size', '16')
+    assert code == 2 and f'{pickled} has 7 classes, not 3' in err
     code, out, err = export_cli(capsys, '--model', 'resnet26_cifar', '--checkpoint', str(checkpoint), '--num-classes',
                                 '7', '--format', 'torchscript', '--output', str(out_file), '--input-size', '16')
     assert code == 0 and ', 7 classes, ' in out, err

@@ -95,9 +95,13 @@ def _build(name: str, checkpoint, num_classes):
 
     if checkpoint and num_classes:
         from scnet.weights import read_checkpoint
+        from scnet.weights.io import read_shape
 
-        weights = read_checkpoint(checkpoint)
-        saved = weights['fc.weight'].shape[0] if 'fc.weight' in weights else None
+        shape = read_shape(checkpoint, 'fc.weight')  # a safetensors header says it: no second read of the weights
+        if shape is None:  # another format (the authors' .pth), or no classifier: read it whole
+            weights = read_checkpoint(checkpoint)
+            shape = list(weights['fc.weight'].shape) if 'fc.weight' in weights else None
+        saved = shape[0] if shape else None
         if saved is not None and saved != num_classes:
             raise ExportError(f'{checkpoint} has {saved} classes, not {num_classes}: its classifier would be replaced '
                               f'by a random one; pass --num-classes {saved} or leave it out (--num-classes 0 exports '

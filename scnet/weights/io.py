@@ -24,7 +24,7 @@ from torch import nn
 from scnet.errors import CheckpointError
 from scnet.weights.fit import misfit
 
-__all__ = ['StateDict', 'read_state_dict', 'read_metadata', 'save_state_dict', 'load_into']
+__all__ = ['StateDict', 'read_state_dict', 'read_metadata', 'read_shape', 'save_state_dict', 'load_into']
 
 StateDict = Dict[str, torch.Tensor]
 PathLike = Union[str, os.PathLike]
@@ -133,6 +133,16 @@ def read_metadata(path: PathLike) -> Dict[str, str]:
             return dict(f.metadata() or {})
     except Exception:  # not safetensors (a .pt / .pth), or unreadable: no metadata
         return {}
+
+
+def read_shape(path: PathLike, key: str) -> Optional[List[int]]:
+    """The shape of the tensor ``key`` of a ``.safetensors`` file, from its header alone (no tensor is read);
+    None where the file has no such tensor or is not a readable safetensors file (read it whole instead)."""
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            return list(f.get_slice(key).get_shape()) if key in f.keys() else None
+    except Exception:  # not safetensors (a .pt / .pth), or unreadable: the caller reads the file its own way
+        return None
 
 
 def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: PathLike,
