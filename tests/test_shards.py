@@ -18,7 +18,8 @@ def data(tmp_path):
 def test_shards_hold_every_image_once_with_an_index_and_the_classes(data, tmp_path, capsys):
     out = tmp_path / 'shards'
     assert main(['shards', str(data), str(out), '--shard-size', '3KB', '--shuffle', '--quiet']) == 0
-    assert 'train: 36 images in' in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert 'train: 36 images in' in captured.out and captured.err == ''  # no one-class note for three classes
     index = json.loads((out / 'index.json').read_text())
     assert (out / 'classes.txt').read_text().split() == index['classes'] == ['bar', 'dot', 'ring']
     for split, per_class in (('train', 12), ('val', 4)):
@@ -110,3 +111,19 @@ def test_a_shard_cut_short_since_it_was_written_is_written_again(data, tmp_path,
     assert main(['shards', str(data), str(out), '--shard-size', '5KB', '--quiet']) == 0
     assert 'train-000001.tar cut short or changed since written; writing it again' in capsys.readouterr().out
     assert {p.name: p.read_bytes() for p in out.glob('*.tar')} == whole
+
+
+def test_one_class_is_packed_with_a_note_that_training_needs_two(data, tmp_path, capsys):
+    import shutil
+
+    for split in ('train', 'val'):
+        for extra in ('dot', 'ring'):
+            shutil.rmtree(data / split / extra)
+    out = tmp_path / 'one'
+    assert main(['shards', str(data), str(out), '--quiet']) == 0
+    captured = capsys.readouterr()
+    assert 'train: 12 images in' in captured.out and '; 1 classes;' in captured.out
+    assert captured.err.strip() == ('note: one class (bar): `scnet train` needs at least 2 classes to learn to tell '
+                                    'apart; add class folders to the source and run this command again for a '
+                                    'training set')
+    assert json.loads((out / 'index.json').read_text())['classes'] == ['bar']

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from scnet.cli.arg_types import output_folder
@@ -38,4 +39,7 @@ def run(args: argparse.Namespace) -> int:
     parts = [f"{split}: {info['images']} images in {len(info['shards'])} shards"
              for split, info in index['splits'].items()]
     print(f"{'; '.join(parts)}; {len(index['classes'])} classes; index in {Path(args.out) / 'index.json'}")
+    if len(index['classes']) == 1:  # a valid set (evaluation, features), but `scnet train` would refuse it later
+        print(f"note: one class ({index['classes'][0]}): `scnet train` needs at least 2 classes to learn to tell "
+              'apart; add class folders to the source and run this command again for a training set', file=sys.stderr)
     return 0
