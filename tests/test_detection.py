@@ -27,6 +27,7 @@ from scnet.tasks.synthetic import SHAPES, make_shapes_coco
 from scnet.train.recipe import RecipeError
 from scnet.weights import save_state_dict
 from scnet.weights.io import read_metadata
+from tests.test_train import write_folder
 
 REPO = Path(__file__).resolve().parents[1]
 #: The short CPU run whose AP the README quotes: `--config shapes --image-size 96 --epochs 8` on 32 + 16 images.
@@ -611,15 +612,20 @@ def test_classifier_tools_name_the_detect_command_for_a_detection_checkpoint(bbo
     said = f'is a detection checkpoint (backbone {backbone}), not a classifier: `scnet detect predict --checkpoint'
     image = tmp_path / 'photo.png'
     Image.new('RGB', (40, 30), 'gray').save(image)
+    folder = write_folder(tmp_path / 'classes')
     commands = [['cam', '--models', str(bbox_run), '--images', str(image), '--output', str(tmp_path / 'cam')],
                 ['eval', '--model', backbone, '--checkpoint', str(weights), '--data', str(tmp_path)],
                 ['eval', '--model', backbone, '--checkpoint', str(bbox_run / 'last.pt'), '--data', str(tmp_path)],
                 ['export', '--model', backbone, '--checkpoint', str(weights), '--format', 'onnx',
-                 '--output', str(tmp_path / 'm.onnx')]]
+                 '--output', str(tmp_path / 'm.onnx')],
+                ['train', '--model', backbone, '--init', str(weights), '--data', str(folder), '--batch-size', '8',
+                 '--output', str(tmp_path / 'run')]]
     for argv in commands:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert said in err and 'Traceback' not in err and len(err.strip().splitlines()) == 1, (argv, err)
     with pytest.raises(scnet.CheckpointError, match='is a detection checkpoint'):
         scnet.create_model(backbone, checkpoint=str(weights))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['photo.png']  # nothing written
+    # nothing written: the refused train run holds only its lock, which the process keeps until it ends
+    assert [p.name for p in (tmp_path / 'run').iterdir()] == ['run.lock']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['classes', 'photo.png', 'run']

@@ -19,8 +19,6 @@ from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError, ScnetEr
 from scnet.models.zoo import SC_OPTIONS, ZOO_ARCHITECTURES
 from scnet.name_patterns import as_patterns, matches_any
 from scnet.weights import load_into, read_checkpoint
-from scnet.weights.fit import not_a_classifier
-from scnet.weights.io import read_metadata
 
 __all__ = ['PAPER_MODELS', 'BASELINES', 'create_model', 'list_models', 'validate_model_name']
 
@@ -110,10 +108,6 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
     _check_arguments(num_classes, kwargs)
     if pretrained and checkpoint:
         raise ValueError('pass either pretrained=True or checkpoint=PATH, not both')
-    if checkpoint:
-        other_task = not_a_classifier(checkpoint, read_metadata(checkpoint))
-        if other_task:
-            raise other_task
     state_dict = read_checkpoint(checkpoint) if checkpoint else None  # fail before building on a bad file
     saved_classes = state_dict['fc.weight'].shape[0] if state_dict and 'fc.weight' in state_dict else None
     new_head = num_classes is not None and saved_classes is not None and num_classes != saved_classes

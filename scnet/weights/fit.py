@@ -80,4 +80,4 @@ def not_a_classifier(path: Union[str, Path], meta: Mapping[str, object]) -> Opti
         return None
     return CheckpointError(f'{path} is a {task} checkpoint (backbone {meta["backbone"]}), not a classifier: '
                            f'`{command}` runs it; the classification tools (scnet eval, cam, features, export, '
-                           'create_model) take the model.safetensors of `scnet train`')
+                           'train --init, create_model) take the model.safetensors of `scnet train`')

@@ -29,7 +29,8 @@ import torch
 
 from scnet.errors import CheckpointError
 from scnet.weights.download import fetch
-from scnet.weights.io import StateDict, read_state_dict
+from scnet.weights.fit import not_a_classifier
+from scnet.weights.io import StateDict, read_metadata, read_state_dict
 
 __all__ = ['OFFICIAL_WEIGHTS', 'is_authors_layout', 'convert_authors_state_dict', 'official_url',
            'pretrained_state_dict', 'read_checkpoint']
@@ -117,6 +118,11 @@ def pretrained_state_dict(name: str, progress: bool = True) -> StateDict:
 
 
 def read_checkpoint(path) -> StateDict:
-    """Read a checkpoint in either layout (the authors' or ours, detected) and return it in ours."""
+    """Read a classifier's checkpoint in either layout (the authors' or ours, detected) and return it in ours.
+    A detection or pose checkpoint is refused in one line that names the command that runs it (every reader
+    of classifier weights comes here: ``create_model``, ``--init``, export, timm's ``pretrained_cfg_overlay``)."""
+    other_task = not_a_classifier(path, read_metadata(path))
+    if other_task:
+        raise other_task
     state_dict = read_state_dict(path)
     return convert_authors_state_dict(state_dict) if is_authors_layout(state_dict) else state_dict
