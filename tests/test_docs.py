@@ -14,6 +14,7 @@ import tokenize
 from pathlib import Path
 
 import pytest
+import torch
 
 from scnet.bench.machine import cpu_description
 
@@ -300,6 +301,35 @@ def test_readme_operation_profile_quotes_the_committed_results():
     assert rows["ResNet-50's wall time"] == [f"{model(g, 'resnet50')['wall_ms']:.1f}" for g in groups]
     eager = json.loads((ROOT / 'benchmarks' / 'results' / 'infer_eager.json').read_text())
     assert cpu_description(report['machine']) == cpu_description(eager['machine'])   # 'same machine'
+
+
+def test_performance_page_quotes_the_small_networks_arithmetic_and_convolution_times():
+    """The small networks' paragraph of docs/performance.md: the MACs as count_complexity counts them, and the
+    convolution times (forward plus backward) of each machine's op_profile_small_networks.json."""
+    from scnet.complexity import count_complexity
+    from scnet.models import create_model
+
+    text = ' '.join((DOCS / 'performance.md').read_text().split())
+    paragraph = text.split('The small networks hold more arithmetic', 1)[1].split('\n- ', 1)[0]
+    with torch.device('meta'):
+        macs = {name: count_complexity(create_model(name, channels=(16, 32, 64, 128), num_classes=8), 32)[1]
+                for name in ('scnet26_cifar', 'resnet26_cifar')}
+        default_width = [count_complexity(create_model(name), 32)[1] for name in ('scnet26_cifar', 'resnet26_cifar')]
+    sc, plain = (f'{macs[n] / 1e6:.1f} M' for n in ('scnet26_cifar', 'resnet26_cifar'))
+    assert f'needs {sc} multiply-accumulates against `resnet26_cifar`\'s {plain}' in paragraph
+    ratio = f"{macs['scnet26_cifar'] / macs['resnet26_cifar']:.3f}x"
+    assert f'{ratio} at any width' in paragraph
+    assert f'{default_width[0] / default_width[1]:.3f}x' == ratio
+    for machine, folder in (('Zen 3', 'results/zen3'), ('Zen 4', 'results')):
+        report = json.loads((ROOT / 'benchmarks' / folder / 'op_profile_small_networks.json').read_text())
+        assert f'({machine},' in cpu_description(report['machine'])
+        rows = {r['model']: r['kinds_ms'] for r in report['groups'][0]['rows']}
+        conv = {m: k['convolution, forward'] + k['convolution, forward, small-map path'] + k['convolution, backward']
+                for m, k in rows.items()}
+        quoted = (f"{conv['scnet26_cifar'] / conv['resnet26_cifar']:.2f}x",
+                  f"{conv['scnet26_cifar']:.1f} against {conv['resnet26_cifar']:.1f} ms")
+        assert re.search(re.escape(quoted[0]) + r'[^()]*' + re.escape(machine) + r' (?:machine|one) \(' +
+                         re.escape(quoted[1]), paragraph), (machine, quoted)
 
 
 def test_readme_lists_every_command():
