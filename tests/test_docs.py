@@ -320,6 +320,7 @@ def test_performance_page_quotes_the_small_networks_arithmetic_and_convolution_t
     ratio = f"{macs['scnet26_cifar'] / macs['resnet26_cifar']:.3f}x"
     assert f'{ratio} at any width' in paragraph
     assert f'{default_width[0] / default_width[1]:.3f}x' == ratio
+    assert f"`scnet26_cifar` holds {ratio} `resnet26_cifar`'s arithmetic, at any width" in ' '.join(README.split())
     for machine, folder in (('Zen 3', 'results/zen3'), ('Zen 4', 'results')):
         report = json.loads((ROOT / 'benchmarks' / folder / 'op_profile_small_networks.json').read_text())
         assert f'({machine},' in cpu_description(report['machine'])
