@@ -131,8 +131,8 @@ def profile_shapes(mode: str, batch: int, rounds: int, shapes=None, tried: bool 
     for width, size, stride, count in SCNET50_SHAPES if shapes is None else shapes:
         torch.manual_seed(0)
         layers = {'conv3x3': nn.Conv2d(width, width, 3, stride, 1, bias=False),
-                  'scconv': SCConv2d(width, width, stride),
-                  'scconv_plain_autograd': SCConv2d(width, width, stride, memory_efficient=False)}
+                  'scconv': SCConv2d(width, width, stride=stride),
+                  'scconv_plain_autograd': SCConv2d(width, width, stride=stride, memory_efficient=False)}
         x = torch.randn(batch, width, size, size)
         fns = {}
         for name, layer in layers.items():

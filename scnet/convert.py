@@ -94,7 +94,8 @@ def _why_not(conv: nn.Conv2d) -> Optional[str]:
 
 #: Arguments of ``SCConv2d`` that ``convert`` takes from each convolution it replaces (one value passed to
 #: ``convert`` would apply to every layer and change its shape).
-PER_CONV_ARGUMENTS = ('in_channels', 'out_channels', 'stride', 'dilation', 'groups', 'device', 'dtype')
+PER_CONV_ARGUMENTS = ('in_channels', 'out_channels', 'kernel_size', 'stride', 'padding', 'dilation', 'groups', 'bias',
+                      'padding_mode', 'device', 'dtype')
 
 #: Options of ``SCConv2d`` that ``convert`` passes on to every new layer: the rest of its signature.
 SC_OPTIONS = tuple(p for p in inspect.signature(SCConv2d).parameters if p not in PER_CONV_ARGUMENTS)

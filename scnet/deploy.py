@@ -165,6 +165,12 @@ class DeployedModel(nn.Module):
         super().train(False)
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
+        if isinstance(x, torch.Tensor) and x.dim() == 3 and len(self.report.probe_shape) == 4:
+            # an unbatched image: a plain first convolution would take it, and the first layer that cannot would
+            # report its own input's shape, not the caller's
+            raise DeployError(f'the deployed network takes batches of shape (N, C, H, W), as its probe '
+                              f'{tuple(self.report.probe_shape)}, got an input of shape {tuple(x.shape)}; for one '
+                              f'image add the batch dimension: deployed(x.unsqueeze(0))')
         with torch.no_grad():  # also what lets inductor's freezing apply to a compiled network
             if self.report.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -437,6 +443,9 @@ def deploy(model: nn.Module, *, channels_last: bool = True, compile: bool = Fals
     """
     if not isinstance(model, nn.Module):
         raise DeployError(f'deploy takes an nn.Module, got {type(model).__name__}')
+    for flag, value in (('channels_last', channels_last), ('compile', compile)):
+        if not isinstance(value, bool):  # 'no' would read as True
+            raise DeployError(f'{flag} must be True or False, got {value!r}')
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < float('inf'):
         raise DeployError(f'tolerance must be a finite number >= 0 (a difference relative to the output scale), '
                           f'got {tolerance!r}; the default is 1e-4')

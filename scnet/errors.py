@@ -6,7 +6,7 @@ the built-in exception a Python caller would expect for that mistake (``ValueErr
 """
 
 __all__ = ['ScnetError', 'UnknownModelError', 'CheckpointError', 'InvalidArgumentError',
-           'InvalidArgumentTypeError']
+           'InvalidArgumentTypeError', 'SingleValueBatchError', 'is_single_value_batch']
 
 
 class ScnetError(Exception):
@@ -28,3 +28,16 @@ class InvalidArgumentError(ScnetError, ValueError):
 
 class InvalidArgumentTypeError(ScnetError, TypeError):
     """An argument of the wrong type (a string where a module or a number belongs, ...)."""
+
+
+class SingleValueBatchError(InvalidArgumentError):
+    """Batch statistics over a single value per channel (a batch of one image whose map, or pooled context, is
+    1x1, in training): ``SCConv2d`` raises it where torch's own ``ValueError`` would name neither the layer nor a
+    way out, and the commands translate it into their own flag (``--batch-size``, ``--samples``)."""
+
+
+def is_single_value_batch(error: BaseException) -> bool:
+    """True for the error of batch norm on one value per channel: ``SCConv2d``'s, or torch's own (a plain layer
+    on a 1x1 map)."""
+    return isinstance(error, SingleValueBatchError) or (
+        isinstance(error, ValueError) and 'more than 1 value per channel' in str(error))

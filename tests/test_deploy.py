@@ -241,6 +241,14 @@ def test_bad_inputs_raise_one_clear_error():
     for tolerance in (-1e-4, float('nan'), '1e-4'):
         with pytest.raises(DeployError, match='tolerance must be a finite number >= 0'):
             scnet.deploy(pair, tolerance=tolerance)
+    for flag in ('channels_last', 'compile'):  # 'no' would read as True (and compile for a minute)
+        with pytest.raises(DeployError, match=f"{flag} must be True or False, got 'no'"):
+            scnet.deploy(pair, **{flag: 'no'})
+    deployed = scnet.deploy(scnet.create_model('scnet26_cifar', num_classes=4), channels_last=False)
+    with pytest.raises(DeployError, match=r'takes batches of shape \(N, C, H, W\), as its probe \(2, 3, 32, 32\), '
+                                          r'got an input of shape \(3, 32, 32\).*x.unsqueeze\(0\)'):
+        deployed(torch.randn(3, 32, 32))
+    assert deployed(torch.randn(1, 3, 32, 32)).shape == (1, 4)
 
 
 def test_compile_headroom_raises_the_recompile_limit_only_inside():

@@ -170,10 +170,38 @@ def test_caller_arguments_override_the_variant():
     (dict(num_classes=-1), scnet.InvalidArgumentError, 'num_classes must be at least 0, got -1'),
     (dict(in_chans=0), scnet.InvalidArgumentError, 'in_chans must be at least 1, got 0'),
     (dict(in_chans=3.0), scnet.InvalidArgumentTypeError, r'in_chans must be an int, got 3.0'),
+    # timm builds these and fails at the first forward pass, or fails with a bare assertion or KeyError
+    (dict(drop_rate=2), scnet.InvalidArgumentError, r'drop_rate must be a probability in \[0, 1\), got 2'),
+    (dict(drop_path_rate=-0.1), scnet.InvalidArgumentError, r'drop_path_rate must be a probability .* got -0.1'),
+    (dict(drop_path_rate='0.1'), scnet.InvalidArgumentError, r"drop_path_rate must be a probability .* got '0.1'"),
+    (dict(output_stride=7), scnet.InvalidArgumentError, 'output_stride must be one of 8, 16, 32.* got 7'),
+    (dict(global_pool='foo'), scnet.InvalidArgumentError,
+     r"scnext50_32x4d: Invalid pool type: foo \(arguments given: global_pool='foo'\).*'avg', 'max'"),
+    (dict(norm_layer='foonorm'), scnet.InvalidArgumentError,
+     r"norm_layer='foonorm' is not a layer name timm knows; pass a class .*'batchnorm'"),
+    (dict(act_layer='foo'), scnet.InvalidArgumentError, r"act_layer='foo' is not a layer name timm knows"),
+    (dict(checkpoint=5), scnet.InvalidArgumentTypeError, r'checkpoint must be a path .* got 5 \(int\)'),
+    (dict(pretrained='no'), scnet.InvalidArgumentTypeError, "pretrained must be True or False, got 'no'"),
+    (dict(norm_layer='groupnorm', channels=(32, 64, 128, 256), cardinality=1, base_width=64),
+     scnet.InvalidArgumentError, r'norm_layer cannot normalise the 16-channel half .*partial\(nn.GroupNorm, 8\)'),
 ])
 def test_model_arguments_are_clear_errors(kwargs, error, message):
     with pytest.raises(error, match=message):
         scnet.create_model('scnext50_32x4d', **kwargs)
+
+
+@pytest.mark.parametrize('name', [None, 50, ['scnet50']])
+def test_a_model_name_that_is_not_a_string_is_a_clear_error(name):
+    with pytest.raises(scnet.InvalidArgumentTypeError, match=r"a model name is a string such as 'scnet50', got"):
+        scnet.create_model(name)
+    with pytest.raises(scnet.InvalidArgumentTypeError, match='a model name is a string'):
+        scnet.models.factory.validate_model_name(name)
+
+
+def test_valid_rates_and_output_strides_still_build():
+    model = scnet.create_model('scnet26_cifar', num_classes=3, drop_rate=0.2, drop_path_rate=0.1, output_stride=16,
+                               global_pool='avgmax').train()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
 
 
 def test_norm_layer_without_weights_or_by_name():

@@ -181,11 +181,39 @@ def test_memory_efficient_is_a_model_option():
     (dict(in_channels=8, out_channels=8, memory_efficient='yes'), 'memory_efficient must be True or False'),
     (dict(in_channels=8, out_channels=8, pool=['avg']), "pool must be one of"),
     (dict(in_channels=8, out_channels=8, norm_layer='bn'), "unknown norm_layer 'bn'.*timm's names: .*batchnorm"),
+    # nn.Conv2d's arguments, in its order: a third positional argument is the kernel size, never the stride
+    (dict(in_channels=8, out_channels=8, kernel_size=2), r"kernel_size=2 is not possible.*3x3.*SCConv2d\(in_channels, "
+                                                         r"out_channels, 3, stride\)"),
+    (dict(in_channels=8, out_channels=8, kernel_size=(3, 5)), r'kernel_size=\(3, 5\) is not possible'),
+    (dict(in_channels=8, out_channels=8, padding=2), r'padding=2 is not possible.*padded by its dilation \(1\)'),
+    (dict(in_channels=8, out_channels=8, stride=2, padding='same'), "padding='same' is not possible"),
+    (dict(in_channels=8, out_channels=8, bias=True), 'bias=True is not possible: SC-Conv has no bias'),
+    (dict(in_channels=8, out_channels=8, padding_mode='reflect'), "padding_mode='reflect' is not possible"),
+    (dict(in_channels=32, out_channels=32, norm_layer='groupnorm'),
+     r'norm_layer cannot normalise the 16-channel half of this 32-channel layer \(num_channels \(16\) must be '
+     r'divisible by num_groups \(32\)\).*functools.partial\(nn.GroupNorm, 8\)'),
 ])
 def test_invalid_arguments_name_the_problem(kwargs, message):
     with pytest.raises(ScnetError, match=message) as e:
         SCConv2d(**kwargs)
     assert isinstance(e.value, ValueError)
+
+
+def test_takes_nn_conv2d_arguments_in_their_order():
+    """A call written for nn.Conv2d swaps by class name: same arguments, positions and output shapes; the
+    attributes code inspects on a conv (bias, padding_mode) are there."""
+    import numpy as np
+    x = torch.randn(2, 8, 9, 7)
+    for args, kwargs in (((8, 8, 3, 2, 1), dict(bias=False)), ((8, 8, 3), dict(padding=1)),
+                         ((8, 8, (3, 3), 1, 'same'), dict(padding_mode='zeros')), ((8, 8, 3, 2, 2, 2), {}),
+                         ((np.int64(8), np.int64(8), np.int64(3)),
+                          dict(stride=np.int64(2), padding=np.int64(1), groups=np.int64(2)))):
+        layer, plain = SCConv2d(*args, **kwargs), nn.Conv2d(*args, **kwargs)
+        assert layer(x).shape == plain(x).shape, (args, kwargs)
+        assert (layer.stride, layer.dilation, layer.groups) == (plain.stride, plain.dilation, plain.groups)
+        assert layer.padding == (plain.padding if plain.padding != 'same' else plain.dilation)  # 'same' resolved
+        assert layer.bias is None and layer.padding_mode == 'zeros' and 'bias' not in layer.state_dict()
+        assert type(layer.in_channels) is int and type(layer.groups) is int
 
 
 def test_norm_layer_by_timm_name_or_a_clear_type_error():
@@ -207,6 +235,30 @@ def test_input_of_the_wrong_shape_is_a_clear_error(shape, message):
     for training in (False, True):
         with pytest.raises(InvalidArgumentError, match=message):
             SCConv2d(8, 8).train(training)(torch.randn(*shape))
+
+
+def test_a_batch_statistic_of_one_value_is_a_clear_error():
+    """One image whose context pools to 1x1 leaves K2's BatchNorm one value per channel in training: the error
+    names the layer and the ways out (torch's own names neither); evaluation, two images or a larger map run."""
+    layer = SCConv2d(8, 8)
+    for shape in ((1, 8, 4, 4), (1, 8, 7, 5), (1, 8, 1, 1)):
+        with pytest.raises(InvalidArgumentError, match=r'a batch of 1 image of .* single value per channel.*'
+                                                       r'at least 2 images.*model.eval\(\)'):
+            layer.train()(torch.randn(*shape))
+        assert layer.eval()(torch.randn(*shape)).shape == shape
+    for shape in ((2, 8, 4, 4), (1, 8, 8, 4), (0, 8, 4, 4)):
+        assert layer.train()(torch.randn(*shape)).shape == shape
+    assert SCConv2d(8, 8, norm_layer=None).train()(torch.randn(1, 8, 4, 4)).shape == (1, 8, 4, 4)
+    stats_free = SCConv2d(8, 8, norm_layer=partial(nn.BatchNorm2d, track_running_stats=False)).eval()
+    with pytest.raises(InvalidArgumentError, match='single value per channel'):
+        stats_free(torch.randn(1, 8, 4, 4))  # batch statistics in evaluation too
+    with pytest.raises(InvalidArgumentError, match='single value per channel'):
+        __import__('scnet').create_model('scnet26_cifar', num_classes=4)(torch.randn(1, 3, 32, 32))
+
+
+def test_an_input_that_is_not_a_tensor_is_a_clear_error():
+    with pytest.raises(InvalidArgumentTypeError, match=r'takes a tensor of shape \(N, C, H, W\), got list'):
+        SCConv2d(8, 8)([[0.0]])
 
 
 def test_reset_parameters_reinitialises_like_a_new_layer():

@@ -375,3 +375,14 @@ def test_scnet50_sees_further_than_resnet50(tmp_path, capsys):
     assert list(res) == ['layer1', 'layer2']
     for stage in ('layer1', 'layer2'):
         assert sc[stage]['r95'] > res[stage]['r95'] and sc[stage]['r50'] >= res[stage]['r50']
+
+
+def test_erf_with_one_sample_names_the_flags_that_fix_it(tmp_path, capsys):
+    """Batch-norm calibration on one input: scnet26_cifar's last stage pools to 1x1, so the error names
+    --samples 2 and --no-bn-calibration (both then run), not the layer's advice for a training loop."""
+    args = ['erf', '--models', 'scnet26_cifar', '--input-size', '32', '--stages', 'res2', '--quiet']
+    assert main([*args, '--samples', '1', '--output', str(tmp_path / 'a')]) == 2
+    error = capsys.readouterr().err
+    assert 'error: calibrating batch norm on a single input' in error and '--samples 2' in error
+    assert '--no-bn-calibration' in error and 'drop_last' not in error
+    assert main([*args, '--samples', '1', '--no-bn-calibration', '--output', str(tmp_path / 'b')]) == 0

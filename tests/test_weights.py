@@ -428,6 +428,61 @@ def test_key_report_suggests_num_classes(tmp_path):
         load_into(scnet.create_model('scnet26'), ten.state_dict(), source='ten classes')
 
 
+@pytest.mark.parametrize('kwargs', [dict(), dict(channels=(16, 32, 64, 128)), dict(num_classes=10)])
+def test_key_report_names_the_network_not_num_classes_when_the_body_differs(kwargs, tmp_path):
+    """A checkpoint of another stem or width also has a classifier of another shape; the way out is the
+    network's name and arguments, never a num_classes it already has."""
+    path = save_state_dict(scnet.create_model('scnet26_cifar').state_dict(), tmp_path / 'cifar.safetensors')
+    name = 'scnet26' if not kwargs.get('channels') else 'scnet26_cifar'
+    with pytest.raises(CheckpointError) as info:
+        scnet.create_model(name, checkpoint=str(path), **kwargs)
+    assert 'check that the model name and its arguments (channels=, stem, in_chans) match' in str(info.value)
+    assert 'num_classes=' not in str(info.value)
+
+
+def test_checkpoint_adapts_the_stem_to_in_chans(tmp_path):
+    """checkpoint= adapts the first convolution to in_chans as pretrained=True does (timm's adapt_input_conv):
+    one channel gets the sum of the RGB filters, four get them repeated and scaled; the rest loads unchanged."""
+    rgb = scnet.create_model('scnet26_cifar', num_classes=5)
+    path = save_state_dict(rgb.state_dict(), tmp_path / 'rgb.safetensors')
+    grey = scnet.create_model('scnet26_cifar', checkpoint=str(path), in_chans=1)
+    torch.testing.assert_close(grey.conv1.weight, rgb.conv1.weight.sum(dim=1, keepdim=True))
+    four = scnet.create_model('scnet26_cifar', checkpoint=str(path), in_chans=4)
+    torch.testing.assert_close(four.conv1.weight[:, :3], rgb.conv1.weight * 3 / 4)
+    own = rgb.state_dict()
+    assert all(torch.equal(v, own[k]) for k, v in grey.state_dict().items() if k != 'conv1.weight')
+    assert grey.eval()(torch.randn(2, 1, 32, 32)).shape == (2, 5)
+
+
+def test_timm_file_overlay_refuses_weights_of_another_network(tmp_path):
+    """timm loads pretrained weights non-strictly wherever the class count differs, which would leave every layer
+    the file lacks randomly initialised behind a log line: the zoo checks the fit first, as checkpoint= does."""
+    plain = save_state_dict(scnet.create_model('resnet26_cifar', num_classes=10).state_dict(),
+                            tmp_path / 'r.safetensors')
+    for kwargs in (dict(num_classes=10), dict()):
+        with pytest.raises(scnet.weights.fit.WeightsMismatchError) as info:
+            timm.create_model('scnet26_cifar', pretrained=True, pretrained_cfg_overlay=dict(file=str(plain)), **kwargs)
+        message = str(info.value)
+        assert message.startswith(f'{plain} does not fit scnet26_cifar: check that the model name')
+        assert 'missing from the checkpoint (e.g. layer1.0.conv2.k1.weight)' in message
+
+
+def test_timm_file_overlay_keeps_the_classifier_of_as_many_classes(tmp_path):
+    """The file's class count becomes the config's: a model of that count (timm's default for it, or asked for)
+    gets the file's classifier; another count gets a fresh one and the rest of the file (fine-tuning)."""
+    ten = scnet.create_model('scnet26_cifar', num_classes=10)
+    path = save_state_dict(ten.state_dict(), tmp_path / 'ten.safetensors')
+    overlay = dict(file=str(path))
+    for model in (timm.create_model('scnet26_cifar', pretrained=True, pretrained_cfg_overlay=overlay),
+                  timm.create_model('scnet26_cifar', pretrained=True, pretrained_cfg_overlay=overlay, num_classes=10)):
+        assert all(torch.equal(v, ten.state_dict()[k]) for k, v in model.state_dict().items())
+    four = timm.create_model('scnet26_cifar', pretrained=True, pretrained_cfg_overlay=overlay, num_classes=4)
+    assert four.fc.out_features == 4
+    torch.testing.assert_close(four.layer4[1].conv2.k4.weight, ten.layer4[1].conv2.k4.weight)
+    grey = timm.create_model('scnet26_cifar', pretrained=True, pretrained_cfg_overlay=overlay, in_chans=1)
+    torch.testing.assert_close(grey.conv1.weight, ten.conv1.weight.sum(dim=1, keepdim=True))
+
+
 def test_checkpoint_class_count_is_the_default_and_another_count_fine_tunes(tmp_path):
     ten = scnet.create_model('scnet26', num_classes=10)
     path = save_state_dict(ten.state_dict(), tmp_path / 'ten.safetensors')

@@ -21,6 +21,7 @@ from scnet.bench.memory import cpu_step_peak, cuda_step_peak
 from scnet.bench.rates import gemm_rates
 from scnet.bench.timing import summarize, time_interleaved
 from scnet.deploy import compile_headroom
+from scnet.errors import is_single_value_batch
 
 __all__ = ['run_benchmark']
 
@@ -37,7 +38,7 @@ def _check(step: Step) -> None:
         step.sync()
     except (RuntimeError, ValueError) as e:
         hint = ''
-        if 'more than 1 value per channel' in str(e):
+        if is_single_value_batch(e):
             hint = ' (training batch norm needs a batch of at least 2 where feature maps are 1x1: --batch-size 2)'
         raise BenchmarkError(f'{step.contender.label} cannot run {step.settings.mode} at batch '
                              f'{step.settings.batch_size}, input {step.settings.input_size}: {_first_line(e)}{hint}') from e

@@ -14,11 +14,14 @@ two halves:
 and the output is ``cat([Y2, Y1])``: path 2 first, the order of the authors' released checkpoints.
 
 The module is a drop-in for ``nn.Conv2d(in, out, 3, stride, padding=dilation, dilation=dilation,
-groups=groups, bias=False)``: same input and output shapes, and for ``in == out`` the same number of
-convolution weights. The two normalisation layers after K2 and K3 are the only additions, as in the
-authors' networks. The normalisation and activation that follow K1 and K4 in the authors' bottleneck are
-*not* part of this module: they are the block's own ``bn2``/``act2`` applied to the concatenated output,
-which is the same computation because both are per channel.
+groups=groups, bias=False)``: it takes the same arguments in the same order (so a call written for the plain
+convolution swaps by its class name alone; a kernel size other than 3, another padding or a bias is refused,
+since SC-Conv's four convolutions are 3x3, padded by their dilation, and bias-free), gives the same input and
+output shapes, and for ``in == out`` has the same number of convolution weights. The two normalisation layers
+after K2 and K3 are the only additions, as in the authors' networks. The normalisation and activation that
+follow K1 and K4 in the authors' bottleneck are *not* part of this module: they are the block's own
+``bn2``/``act2`` applied to the concatenated output, which is the same computation because both are per
+channel.
 
 Small feature maps. The authors' release pools with a fixed ``r x r`` window and crashes on maps smaller
 than ``r``. Here the pooling window is clamped, per dimension, to the map's extent: a map of height
@@ -44,12 +47,13 @@ Tracing and scripting. Everything that depends on a map's size lives in ``scnet.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+import numbers
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError
+from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError, SingleValueBatchError
 from scnet.layers.calibration import CalibratedHalf, batch_norm_momentum, calibrated_product, pool_context
 
 __all__ = ['SCConv2d', 'NormLayer']
@@ -66,9 +70,21 @@ _UPSAMPLES = ('nearest', 'bilinear')
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """A positive integer of any integer type (numpy's too, as ``nn.Conv2d`` takes them), as a Python int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise InvalidArgumentError(f'SCConv2d: {name} must be a positive integer, got {value!r}')
-    return value
+    return int(value)
+
+
+def _conv2d_argument(name: str, value, allowed, why: str):
+    """An ``nn.Conv2d`` argument SC-Conv fixes (``kernel_size``, ``padding``, ``bias``, ``padding_mode``): accepted
+    where it is the value SC-Conv has, refused with ``why`` otherwise (never silently ignored)."""
+    if isinstance(value, (tuple, list)) and len(value) == 2 and value[0] == value[1]:
+        value = value[0]
+    if not any(type(value) is type(a) and value == a for a in allowed) and not (
+            isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and any(type(a) is int and value == a for a in allowed)):
+        raise InvalidArgumentError(f'SCConv2d: {name}={value!r} is not possible: {why}')
 
 
 def _single(name: str, value) -> int:
@@ -117,12 +133,21 @@ def _norm_factory(norm_layer) -> Optional[NormLayer]:
 class SCConv2d(nn.Module):
     """Self-calibrated 3x3 convolution, a drop-in for a bias-free 3x3 ``nn.Conv2d``.
 
+    The arguments up to ``padding_mode`` are ``nn.Conv2d``'s, in its order; those SC-Conv fixes are accepted
+    where they have its value and refused otherwise, so ``SCConv2d(64, 64, 3, 2, 1, bias=False)`` is
+    ``nn.Conv2d(64, 64, 3, 2, 1, bias=False)`` made self-calibrated.
+
     Args:
         in_channels: input channels; even, and each half divisible by ``groups``.
         out_channels: output channels; even, and each half divisible by ``groups``.
+        kernel_size: 3 (every convolution of SC-Conv is 3x3).
         stride: stride of the layer, applied by K1 and K4 (as in the authors' networks).
-        dilation: dilation of all four 3x3 convolutions; padding equals the dilation.
+        padding: ``None`` (the default), the dilation, or ``'same'`` at stride 1: each convolution is padded by
+            its dilation (``nn.Conv2d``'s default of 0 is not possible, so give it where a plain call leaves it out).
+        dilation: dilation of all four 3x3 convolutions.
         groups: grouped convolution; each half keeps ``groups`` groups (SCNeXt).
+        bias: ``False``: SC-Conv has no bias (a norm follows it).
+        padding_mode: ``'zeros'``.
         pooling_r: down-sampling rate r of equation 2 (1 = no pooling).
         pool: ``'avg'`` (default) or ``'max'`` pooling for equation 2.
         identity: ``True`` gates with ``sigmoid(X1 + X1')``, ``False`` with ``sigmoid(X1')``.
@@ -137,9 +162,13 @@ class SCConv2d(nn.Module):
             self,
             in_channels: int,
             out_channels: int,
-            stride: int = 1,
-            dilation: int = 1,
+            kernel_size: Union[int, Tuple[int, int]] = 3,
+            stride: Union[int, Tuple[int, int]] = 1,
+            padding: Union[int, Tuple[int, int], str, None] = None,
+            dilation: Union[int, Tuple[int, int]] = 1,
             groups: int = 1,
+            bias: bool = False,
+            padding_mode: str = 'zeros',
             *,
             pooling_r: int = 4,
             pool: str = 'avg',
@@ -156,6 +185,17 @@ class SCConv2d(nn.Module):
         stride = _single('stride', stride)
         dilation = _single('dilation', dilation)
         groups = _positive_int('groups', groups)
+        _conv2d_argument('kernel_size', kernel_size, (3,),
+                         "SC-Conv's four convolutions are 3x3, so kernel_size is 3; the arguments follow nn.Conv2d's "
+                         'order: SCConv2d(in_channels, out_channels, 3, stride), or stride=... by name')
+        _conv2d_argument('padding', padding, (None, dilation, 'same') if stride == 1 else (None, dilation),
+                         f'each 3x3 convolution is padded by its dilation ({dilation}), so that the output has the '
+                         f'size of nn.Conv2d(..., 3, stride={stride}, padding={dilation}, dilation={dilation}); '
+                         'leave padding out')
+        _conv2d_argument('bias', bias, (False,), 'SC-Conv has no bias, as in the authors\' networks (a norm '
+                                                 'follows it); build it with bias=False and let the next layer '
+                                                 'carry the shift')
+        _conv2d_argument('padding_mode', padding_mode, ('zeros',), "SC-Conv pads with zeros, padding_mode='zeros'")
         pooling_r = _positive_int('pooling_r', pooling_r)
         pool = _choice('pool', pool, _POOLS)
         upsample = _choice('upsample', upsample, _UPSAMPLES)
@@ -176,6 +216,8 @@ class SCConv2d(nn.Module):
         self.padding = (dilation, dilation)
         self.dilation = (dilation, dilation)
         self.groups = groups
+        self.padding_mode = 'zeros'
+        self.register_parameter('bias', None)  # as nn.Conv2d(bias=False) has it
         self.pooling_r = pooling_r
         self.pool = pool
         self.identity = identity
@@ -193,11 +235,18 @@ class SCConv2d(nn.Module):
             if norm_layer is None:
                 return nn.Identity()
             try:
-                layer = norm_layer(channels, **dd)
-            except TypeError:  # a norm factory that takes no device/dtype
-                layer = norm_layer(channels)
-                if isinstance(layer, nn.Module):
-                    layer = layer.to(**{k: v for k, v in dd.items() if v is not None})
+                try:
+                    layer = norm_layer(channels, **dd)
+                except TypeError:  # a norm factory that takes no device/dtype
+                    layer = norm_layer(channels)
+                    if isinstance(layer, nn.Module):
+                        layer = layer.to(**{k: v for k, v in dd.items() if v is not None})
+            except ValueError as e:  # e.g. GroupNorm's 32 groups on a half of 16 channels
+                raise InvalidArgumentError(
+                    f'SCConv2d: norm_layer cannot normalise the {channels}-channel half of this {in_channels}-channel '
+                    f'layer ({str(e).strip() or type(e).__name__}); SC-Conv normalises its half-width maps after K2 '
+                    'and K3: pass a norm that fits them, e.g. functools.partial(nn.GroupNorm, 8), or widen the '
+                    'layer (for a zoo model, larger channels=)') from None
             if not isinstance(layer, nn.Module):
                 raise InvalidArgumentTypeError(f'SCConv2d: norm_layer({channels}) must build an nn.Module, got '
                                                f'{type(layer).__name__}')
@@ -253,8 +302,11 @@ class SCConv2d(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         """A clear error for an input the layer cannot take, instead of one from a half-width convolution deep
         inside (which would count half the channels). Not under torch.fx (a Proxy has no shape to check)."""
-        if not isinstance(x, torch.Tensor) or isinstance(x, torch.fx.Proxy):
+        if isinstance(x, torch.fx.Proxy):
             return
+        if not isinstance(x, torch.Tensor):
+            raise InvalidArgumentTypeError(f'SCConv2d takes a tensor of shape (N, C, H, W), got '
+                                           f'{type(x).__name__}; convert it first, e.g. torch.as_tensor(x)')
         if x.dim() != 4:
             hint = ('; for one unbatched (C, H, W) image add the batch dimension: layer(x.unsqueeze(0))'
                     if x.dim() == 3 else '')
@@ -263,6 +315,17 @@ class SCConv2d(nn.Module):
         if x.shape[1] != self.in_channels:
             raise InvalidArgumentError(f'SCConv2d expects an input of shape (N, {self.in_channels}, H, W) '
                                        f'(in_channels={self.in_channels}), got {tuple(x.shape)}')
+        norm = self.k2_norm
+        if isinstance(norm, nn.modules.batchnorm._BatchNorm) and (norm.training or norm.running_mean is None):
+            # batch statistics of one value per channel: torch's own error would name neither the layer nor a way out
+            n, h, w = x.shape[0], x.shape[2], x.shape[3]
+            pooled_h, pooled_w = (h // min(self.pooling_r, h), w // min(self.pooling_r, w)) if h and w else (h, w)
+            if n * pooled_h * pooled_w == 1:
+                raise SingleValueBatchError(
+                    f'SCConv2d: a batch of 1 image of {h}x{w} gives the BatchNorm after K2 a single value per '
+                    f'channel (the context pooled by pooling_r={self.pooling_r} is 1x1), and batch statistics need '
+                    'more: train with batches of at least 2 images (drop_last=True in the DataLoader keeps a last '
+                    'batch of 1 out), or call model.eval() to run on one image')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():

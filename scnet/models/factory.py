@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import numbers
+import os
 import warnings
 from typing import Iterable, List, Optional, Union
 
@@ -61,6 +62,9 @@ def _unknown(name: str) -> UnknownModelError:
 
 def validate_model_name(name: str) -> str:
     """``name`` if ``create_model`` accepts it, else ``UnknownModelError`` with the closest names."""
+    if not isinstance(name, str):
+        raise InvalidArgumentTypeError(f'a model name is a string such as \'scnet50\', got {name!r} '
+                                       f'({type(name).__name__}); `scnet models` lists them')
     if name not in list_models():
         raise _unknown(name)
     return name
@@ -74,12 +78,50 @@ def _count(what: str, value, minimum: int, example: str) -> None:
         raise InvalidArgumentError(f'{what} must be at least {minimum}, got {value}; {example}')
 
 
-def _check_arguments(num_classes, kwargs: dict) -> None:
-    """The common arguments checked before anything is built (and before a checkpoint is read)."""
+#: ``output_stride`` values timm's ResNet builds (dilating the last stages instead of striding them).
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+def _check_arguments(pretrained, checkpoint, num_classes, kwargs: dict) -> None:
+    """The common arguments checked before anything is built (and before a checkpoint is read): timm accepts
+    some of them silently and fails at the first forward pass (a drop rate of 2), or fails with a bare
+    assertion or KeyError that names neither the argument nor the values it takes."""
+    if not isinstance(pretrained, bool):
+        raise InvalidArgumentTypeError(f'pretrained must be True or False, got {pretrained!r}')
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise InvalidArgumentTypeError(f'checkpoint must be a path (str or pathlib.Path), got {checkpoint!r} '
+                                       f'({type(checkpoint).__name__})')
     if num_classes is not None:
         _count('num_classes', num_classes, 0, 'e.g. num_classes=10, or 0 for a backbone without classifier')
     if 'in_chans' in kwargs:
         _count('in_chans', kwargs['in_chans'], 1, 'e.g. in_chans=3 for RGB images, 1 for grey ones')
+    for rate in ('drop_rate', 'drop_path_rate', 'drop_block_rate'):
+        value = kwargs.get(rate)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                  or not 0 <= value < 1):
+            raise InvalidArgumentError(f'{rate} must be a probability in [0, 1), got {value!r}; e.g. {rate}=0.1')
+    if 'output_stride' in kwargs and kwargs['output_stride'] not in OUTPUT_STRIDES:
+        raise InvalidArgumentError(f'output_stride must be one of {", ".join(map(str, OUTPUT_STRIDES))} (the '
+                                   f'network\'s total stride; 8 and 16 dilate the last stages), got '
+                                   f'{kwargs["output_stride"]!r}')
+
+
+def _layer_name_error(name: str, error: Exception, kwargs: dict) -> Optional[ScnetError]:
+    """timm's errors for an argument it could not use (a layer name it does not know, a pooling type), as one
+    line naming the argument, else None."""
+    if isinstance(error, KeyError) and error.args:
+        bad = [k for k, v in kwargs.items() if isinstance(v, str) and v == error.args[0]]
+        if bad:
+            return InvalidArgumentError(
+                f'{name}: {bad[0]}={error.args[0]!r} is not a layer name timm knows; pass a class (e.g. '
+                f'nn.BatchNorm2d, nn.ReLU) or one of timm\'s names (e.g. \'batchnorm\', \'groupnorm\', \'relu\', '
+                f'\'silu\'; timm.layers.get_norm_layer / get_act_layer resolve them)')
+    if isinstance(error, AssertionError):
+        detail = str(error).strip() or 'an argument timm\'s ResNet does not accept'
+        given = ', '.join(f'{k}={v!r}' for k, v in kwargs.items())
+        return InvalidArgumentError(f'{name}: {detail} (arguments given: {given or "none"}); '
+                                    f'e.g. global_pool is one of \'avg\', \'max\', \'avgmax\', \'catavgmax\' or \'\'')
+    return None
 
 
 def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] = None,
@@ -91,6 +133,8 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
         pretrained: load the authors' ImageNet weights (scnet50, scnet50_v1d, scnet101), downloaded once and
             cached; the classifier is dropped when ``num_classes`` is not 1000. Baselines get timm's weights.
         checkpoint: a local ``.safetensors`` or PyTorch file in either layout (the authors' or ours, detected).
+            Its first convolution is adapted to ``in_chans`` as timm adapts pretrained weights (one channel: the
+            sum of the colour filters).
         num_classes: classifier outputs (0 for none). Default: the checkpoint's class count, else 1000. A value
             that differs from the checkpoint's gives a new, freshly initialised classifier (fine-tuning).
         **kwargs: any argument of timm's ResNet (``features_only``, ``output_stride``, ``drop_path_rate``,
@@ -99,13 +143,14 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
 
     Raises:
         UnknownModelError, InvalidArgumentError, InvalidArgumentTypeError (all ``ScnetError``): an unknown name;
-            ``num_classes`` or ``in_chans`` that is not a count; ``channels``/``base_width`` too narrow for
+            ``num_classes`` or ``in_chans`` that is not a count; a drop rate outside [0, 1), an ``output_stride``
+            other than 8, 16 or 32, a layer name timm does not know; ``channels``/``base_width`` too narrow for
             SC-Conv's two halves of ``cardinality`` groups; an argument the model does not take.
         CheckpointError (a ``ScnetError``): a checkpoint that cannot be read, weights that do not fit
             (``WeightsMismatchError``), or a detection or pose checkpoint, naming the command that runs it.
     """
     validate_model_name(name)
-    _check_arguments(num_classes, kwargs)
+    _check_arguments(pretrained, checkpoint, num_classes, kwargs)
     if pretrained and checkpoint:
         raise ValueError('pass either pretrained=True or checkpoint=PATH, not both')
     state_dict = read_checkpoint(checkpoint) if checkpoint else None  # fail before building on a bad file
@@ -123,6 +168,11 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
             raise InvalidArgumentTypeError(f'{name} has no SC-Conv layers, so it takes none of {", ".join(bad)}; '
                                            f'SC models: {", ".join(list_models("*sc*"))}') from None
         raise InvalidArgumentTypeError(f'{name}: {e}') from None
+    except (KeyError, AssertionError) as e:
+        error = _layer_name_error(name, e, kwargs)
+        if error is None:
+            raise
+        raise error from None
     if state_dict is not None:
         if new_head and num_classes:  # num_classes=0 (a backbone) drops the head on purpose
             warnings.warn(f'{checkpoint} has {saved_classes} classes and the model {num_classes}: its classifier '

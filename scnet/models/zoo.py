@@ -10,6 +10,7 @@ of every SC model, so each row of Table 2 is one call, e.g. ``create_model('scne
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -19,7 +20,8 @@ from timm.models.resnet import Bottleneck
 from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError
 from scnet.models.blocks import SCBottleneck
 from scnet.models.resnet import SCResNet
-from scnet.weights.official import OFFICIAL_WEIGHTS, pretrained_state_dict, read_checkpoint
+from scnet.weights.fit import adapt_first_conv, misfit, misfit_way_out
+from scnet.weights.official import OFFICIAL_WEIGHTS, official_url, pretrained_state_dict, read_checkpoint
 
 __all__ = ['SC_OPTIONS', 'ZOO_ARCHITECTURES']
 
@@ -130,11 +132,18 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SCResNet:
         raise InvalidArgumentTypeError(f'{variant} has no SC-Conv layers, so it takes none of {", ".join(sc_options)}')
     block_args.update(sc_options)
     overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
+    source = str(overlay.get('file') or overlay.get('url') or f'the {variant} weights')
     if pretrained and overlay.get('file') and 'state_dict' not in overlay:
         # timm's way to point pretrained=True at a local file; read here so that the authors' layout is
         # converted too (timm would load it as is) and nothing is downloaded
         overlay['state_dict'] = read_checkpoint(overlay['file'])
+        classifier = overlay['state_dict'].get('fc.weight')
+        if classifier is not None and 'num_classes' not in overlay:
+            # the file's class count, so that timm keeps its classifier where the model has as many classes
+            # (it drops it, as for any pretrained weights, where the model has another count)
+            overlay['num_classes'] = int(classifier.shape[0])
     if pretrained and 'state_dict' not in overlay:
+        source = official_url(variant)
         overlay['state_dict'] = pretrained_state_dict(variant)  # download, check, convert
     model_args.update(kwargs)  # the caller's choices (channels, stem_width, ...) override the variant's
     if model_args['block'] is SCBottleneck:
@@ -143,7 +152,26 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SCResNet:
     if stem != _first_conv(ZOO_ARCHITECTURES[variant].get('stem_type', '')):
         overlay.setdefault('first_conv', stem)  # the caller chose another stem: the config names its conv
     return build_model_with_cfg(SCResNet, variant, pretrained, block_args=block_args,
-                                pretrained_cfg_overlay=overlay or None, **model_args)
+                                pretrained_cfg_overlay=overlay or None,
+                                pretrained_filter_fn=partial(_check_pretrained_fits, source), **model_args)
+
+
+def _check_pretrained_fits(source: str, state_dict: Dict[str, Any], model: SCResNet) -> Dict[str, Any]:
+    """timm's ``pretrained_filter_fn``: weights that do not fit the network raise ``WeightsMismatchError``, as
+    ``create_model(checkpoint=)`` does. timm itself loads non-strictly wherever the class count differs, and would
+    leave every layer the file lacks randomly initialised with only a log line. The classifier is timm's to keep
+    or drop, and the first convolution's input channels its to adapt (``in_chans``)."""
+    own = model.state_dict()
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    keeps_classifier = model.num_classes == cfg.get('num_classes')
+    theirs = adapt_first_conv(model, state_dict, own)  # compared as timm will load it; timm adapts the original
+    if not keeps_classifier:
+        own = {k: v for k, v in own.items() if not k.startswith('fc.')}
+        theirs = {k: v for k, v in theirs.items() if not k.startswith('fc.')}
+    if set(own) != set(theirs) or any(tuple(theirs[k].shape) != tuple(own[k].shape) for k in own):
+        raise misfit(source, model.pretrained_cfg.get('architecture', 'the model'), own, theirs,
+                     misfit_way_out(own, theirs))
+    return state_dict
 
 
 def _register(name: str) -> None:

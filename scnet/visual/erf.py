@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from scnet.errors import ScnetError
+from scnet.errors import InvalidArgumentError, ScnetError, is_single_value_batch
 from scnet.visual.cam import frozen
 from scnet.visual.images import DPI, load_image, save_png
 from scnet.visual.loading import LoadedModel, load_model
@@ -127,7 +127,15 @@ def calibrate_batch_norm(model: nn.Module, inputs: torch.Tensor, batch_size: int
                 chunk = inputs[i:i + batch_size]
                 if len(chunk) < 2 and i > 0:
                     break  # train-mode BN needs two values per channel where the map is 1x1
-                model(chunk)
+                try:
+                    model(chunk)
+                except ValueError as e:
+                    if not is_single_value_batch(e):
+                        raise
+                    raise InvalidArgumentError(
+                        'calibrating batch norm on a single input leaves one value per channel where a map is 1x1: '
+                        'measure with at least 2 inputs (--samples 2, samples=2), or keep the default statistics '
+                        '(--no-bn-calibration, calibrate_bn=False)') from None
     finally:
         for m, momentum, training in saved:
             m.momentum = momentum

@@ -8,13 +8,14 @@ helping to choose the right checkpoint or ``--model``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Dict, Mapping, Optional, Union
 
 import torch
 
 from scnet.errors import CheckpointError
 
-__all__ = ['WeightsMismatchError', 'misfit', 'not_a_classifier', 'unreadable_safetensors']
+__all__ = ['WeightsMismatchError', 'adapt_first_conv', 'misfit', 'misfit_way_out', 'not_a_classifier',
+           'unreadable_safetensors']
 
 
 class WeightsMismatchError(CheckpointError):
@@ -43,6 +44,45 @@ def misfit(source: Union[str, Path], name: str, own: Mapping[str, torch.Tensor],
         (shapes, 'of another shape (checkpoint vs network)'), (missing, 'missing from the checkpoint'),
         (unexpected, 'not in the network')) if keys]
     return WeightsMismatchError(source, name, way_out, ', '.join(parts) or 'none differ')
+
+
+def _first_conv_key(model: torch.nn.Module) -> Optional[str]:
+    """The weight of the convolution that reads the image, as the model's ``pretrained_cfg`` names it."""
+    first = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
+    return f'{first}.weight' if isinstance(first, str) else None
+
+
+def _differs_in_input_channels_only(theirs: torch.Tensor, own: torch.Tensor) -> bool:
+    return (theirs.dim() == own.dim() == 4 and theirs.shape[1] != own.shape[1]
+            and theirs.shape[0] == own.shape[0] and theirs.shape[2:] == own.shape[2:])
+
+
+def adapt_first_conv(model: torch.nn.Module, theirs: Dict[str, torch.Tensor],
+                     own: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``theirs`` with the first convolution's weight adapted to the model's input channels (``in_chans=1`` for
+    grey images sums the colour channels; more channels repeat them, scaled), as timm adapts pretrained weights
+    (``timm.models.adapt_input_conv``), so that a checkpoint of RGB images initialises a network of other inputs
+    by ``checkpoint=`` as by ``pretrained=True``. Anything else is left for the comparison of shapes."""
+    key = _first_conv_key(model)
+    if key and key in theirs and key in own and _differs_in_input_channels_only(theirs[key], own[key]):
+        from timm.models import adapt_input_conv
+
+        theirs = dict(theirs)
+        theirs[key] = adapt_input_conv(own[key].shape[1], theirs[key], base_chans=theirs[key].shape[1])
+    return theirs
+
+
+def misfit_way_out(own: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor]) -> str:
+    """What to change when ``theirs`` does not fit ``own``: the class count where only the classifier's rows
+    differ, else the network (name, widths, stem), since a different body is never fixed by ``num_classes``."""
+    body = [k for k in set(own) | set(theirs) if not k.startswith('fc.')
+            and (k not in own or k not in theirs or tuple(own[k].shape) != tuple(theirs[k].shape))]
+    fc_theirs, fc_own = theirs.get('fc.weight'), own.get('fc.weight')
+    if not body and fc_theirs is not None and fc_own is not None and fc_theirs.shape[0] != fc_own.shape[0] \
+            and fc_theirs.shape[1:] == fc_own.shape[1:]:
+        return f'the checkpoint has {fc_theirs.shape[0]} classes: build the model with num_classes={fc_theirs.shape[0]}'
+    return ('check that the model name and its arguments (channels=, stem, in_chans) match the checkpoint\'s '
+            '(see `scnet models`)')
 
 
 def unreadable_safetensors(path: Union[str, Path]) -> Optional[CheckpointError]:

@@ -22,7 +22,7 @@ from safetensors.torch import save_file as _save_safetensors
 from torch import nn
 
 from scnet.errors import CheckpointError
-from scnet.weights.fit import misfit
+from scnet.weights.fit import adapt_first_conv, misfit, misfit_way_out
 
 __all__ = ['StateDict', 'read_state_dict', 'read_metadata', 'read_shape', 'save_state_dict', 'load_into']
 
@@ -168,20 +168,15 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sourc
     (``scnet.weights.fit.misfit``: the way out, then missing keys, unexpected keys and shape mismatches counted,
     with an example of each). The checkpoint's classifier
     (``fc.*``) is left out when the model has none (a ``features_only`` backbone) or when ``new_head`` asks
-    to keep the model's own, freshly initialised one (fine-tuning on other classes).
+    to keep the model's own, freshly initialised one (fine-tuning on other classes). The first convolution is
+    adapted to a model built for other input channels (``in_chans``), as timm adapts pretrained weights.
     """
     own = model.state_dict()
-    state_dict = dict(state_dict)
+    state_dict = adapt_first_conv(model, dict(state_dict), own)
     if new_head or 'fc.weight' not in own:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith('fc.')}
         own = {k: v for k, v in own.items() if not k.startswith('fc.')}
     differ = set(own) ^ set(state_dict) or any(state_dict[k].shape != own[k].shape for k in own)
     if differ:
-        fc_theirs, fc_own = state_dict.get('fc.weight'), own.get('fc.weight')
-        if fc_theirs is not None and fc_own is not None and fc_theirs.shape != fc_own.shape:
-            way_out = f'the checkpoint has {fc_theirs.shape[0]} classes: build the model with num_classes=' \
-                      f'{fc_theirs.shape[0]}'
-        else:
-            way_out = 'check that the model name matches the checkpoint (see `scnet models`)'
-        raise misfit(source, 'the model', own, state_dict, way_out)
+        raise misfit(source, 'the model', own, state_dict, misfit_way_out(own, state_dict))
     model.load_state_dict(state_dict, strict=not new_head)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from scnet.errors import ScnetError
+from scnet.errors import ScnetError, is_single_value_batch
 from scnet.tasks.detection.recipe import DetectionRecipe
 from scnet.train import distributed
 from scnet.train.engine import batches, check_finite, progress_bar
@@ -34,7 +34,7 @@ def _losses(model: nn.Module, images, targets) -> Dict[str, torch.Tensor]:
     try:
         return model(images, targets)
     except ValueError as e:
-        if 'more than 1 value per channel' not in str(e):
+        if not is_single_value_batch(e):
             raise
         raise ScnetError('batch norm learning from scratch needs at least 2 images per process where a map is '
                          '1 x 1 (the GE gates, or stage 4 of small images): use a --batch-size of at least 2 '
