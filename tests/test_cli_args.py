@@ -1,5 +1,7 @@
 """Impossible flag values are refused while the command line is parsed, before any work (scnet/cli/arg_types.py):
 each case names the flag and the problem, and nothing is written."""
+from pathlib import Path
+
 import pytest
 
 from scnet.cli.main import main
@@ -99,6 +101,77 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(argv, messag
     err = capsys.readouterr().err
     assert message.replace('{tmp}', str(tmp_path)) in err and 'Traceback' not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file'] and (tmp_path / 'a_file').read_text() == 'keep me'
+
+
+@pytest.fixture
+def locked(tmp_path, monkeypatch):
+    """A folder that takes no new file: read-only for a normal user, and (where the suite runs as root, whom
+    permission bits do not stop) refusing new files as the kernel would, at the one call that creates them."""
+    import errno
+    import os
+    import tempfile
+
+    folder = tmp_path / 'locked'
+    folder.mkdir()
+    folder.chmod(0o555)
+    create = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir).resolve() == folder.resolve():
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+        return create(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, 'mkstemp', mkstemp)
+    yield folder
+    folder.chmod(0o755)
+
+
+@pytest.mark.parametrize('argv', [
+    ['train', '--output', '{locked}/run'], ['train', '--output', '{locked}'], ['shards', '{tmp}', '{locked}/s'],
+    ['plot', '{tmp}', '--output', '{locked}'], ['cam', '--models', 'resnet26_cifar', '--output', '{locked}'],
+    ['features', '--model', 'resnet26_cifar', '--output', '{locked}/f'], ['erf', '--output', '{locked}'],
+    ['benchmark', '--output', '{locked}/b.json'], EVAL + ['--output', '{locked}/r.json'],
+    ['detect', 'train', '--output', '{locked}/run'], ['pose', 'synth', '--output', '{locked}/p'],
+])
+def test_outputs_in_a_folder_that_takes_no_file_are_refused_before_any_work(argv, locked, tmp_path, capsys):
+    argv = [a.replace('{locked}', str(locked)).replace('{tmp}', str(tmp_path)) for a in argv]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f'cannot write into {locked} (Permission denied); choose a folder you can write to' in err
+    assert 'Traceback' not in err and list(locked.iterdir()) == []
+
+
+def test_an_os_error_during_a_command_is_one_line(monkeypatch, capsys):
+    """What the checks before the work cannot foresee (a disk that fills up, a folder removed meanwhile): one line
+    naming the file and the reason, exit status 2; an out-of-memory error names the flags that shrink the work."""
+    import errno
+
+    import scnet.cli.models as models
+
+    def full(args):
+        raise OSError(errno.ENOSPC, 'No space left on device', '/data/run/last.pt')
+
+    monkeypatch.setattr(models, 'run', full)
+    assert main(['models']) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ('scnet models: error: /data/run/last.pt: No space left on device; check the paths given '
+                           'and that their folders can be written')
+
+    def no_memory(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(models, 'run', no_memory)
+    assert main(['models']) == 2
+    assert 'error: out of memory (' in capsys.readouterr().err
+
+    def bug(args):
+        raise RuntimeError('an internal error')
+
+    monkeypatch.setattr(models, 'run', bug)
+    with pytest.raises(RuntimeError, match='an internal error'):  # a bug keeps its traceback
+        main(['models'])
 
 
 def test_an_evaluation_report_goes_where_asked(tmp_path, capsys):

@@ -9,8 +9,10 @@ choice. argparse has range checks for none of this, hence these few functions.
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 __all__ = ['positive_int', 'non_negative_int', 'positive_float', 'non_negative_float', 'unit_float', 'report_file',
            'output_folder']
@@ -56,8 +58,31 @@ unit_float = _number(_float, lambda v: 0.0 <= v <= 1.0, 'between 0 and 1',
                      'A probability, score threshold or opacity: between 0 and 1, both included.')
 
 
+def _writable(folder: Path) -> Optional[str]:
+    """None if a file can be created in the existing ``folder``, else why not. Tried for real (a file created and
+    removed at once): permission bits do not tell for root, read-only mounts or immutable folders."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix='.scnet-write-test-', dir=folder)
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+def _check_writable(text: str, folder: Path) -> None:
+    """Refuse an output whose nearest existing folder (``folder`` or the first of its parents that exists) takes
+    no new file, before the work whose result would be lost."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    problem = _writable(existing) if existing is not None and existing.is_dir() else None
+    if problem:
+        raise argparse.ArgumentTypeError(f'{text}: cannot write into {existing} ({problem}); choose a folder you '
+                                         'can write to')
+
+
 def report_file(text: str) -> str:
-    """A file a command writes its result to, after the work: in a folder that exists, and not a folder itself."""
+    """A file a command writes its result to, after the work: in a folder that exists and takes new files, and not
+    a folder itself."""
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f'{text} is a folder; give a file name, e.g. {path / "result.json"}')
@@ -65,15 +90,17 @@ def report_file(text: str) -> str:
     if not folder.is_dir():
         what = 'is a file' if folder.exists() else 'does not exist'
         raise argparse.ArgumentTypeError(f'folder {folder} {what}; create the folder first or choose another path')
+    _check_writable(text, folder)
     return text
 
 
 def output_folder(text: str) -> str:
-    """A folder a command writes into: refused when it is a file (or lies under one), since writing would fail
-    only after the work, or replace nothing the user meant to keep."""
+    """A folder a command writes into: refused when it is a file (or lies under one), or when it (or, for a new
+    one, the folder it would be made in) takes no new file, since writing would fail only after the work."""
     path = Path(text)
     for p in (path, *path.parents):
         if p.exists() and not p.is_dir():
             what = 'is a file' if p == path else f'lies under {p}, which is a file'
             raise argparse.ArgumentTypeError(f'{text} {what}, not a folder; choose another output folder')
+    _check_writable(text, path)
     return text

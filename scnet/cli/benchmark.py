@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
+from scnet.cli.arg_types import report_file
 from scnet.cli.formatting import render_table
 
 _DESCRIPTION = """\
@@ -55,7 +56,7 @@ def add_parser(sub) -> None:
     p.add_argument('--seed', type=int, default=0, help='seed of the random weights and inputs (default: 0)')
     p.add_argument('--format', choices=('table', 'markdown', 'json'), default='table',
                    help='what to print: an aligned table, a Markdown table, or the JSON report')
-    p.add_argument('--output', type=Path, default=None, metavar='FILE',
+    p.add_argument('--output', type=report_file, default=None, metavar='FILE',
                    help='also write the full JSON report (machine facts, settings, every timing) to FILE')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     p.set_defaults(run=run)
@@ -129,8 +130,6 @@ def run(args: argparse.Namespace) -> int:
         raise BenchmarkError('--warmup must be >= 0 and --repeats >= 1')
     for name in args.models:
         validate_model_name(name)
-    if args.output is not None and not args.output.parent.is_dir():
-        raise BenchmarkError(f'--output {args.output}: folder {args.output.parent} does not exist; create it first')
     sizes = args.batch_size or ([1, 8] if args.mode == 'infer' else [16])
     bad = [b for b in sizes if b < 1]
     if bad:

@@ -36,6 +36,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ScnetError, FileNotFoundError) as e:
         print(f'scnet {args.command}: error: {e}', file=sys.stderr)
         return 2
+    except OSError as e:  # a folder that takes no file, a file where a folder belongs, a full disk
+        where = ' '.join(str(f) for f in (e.filename, e.filename2) if f)
+        print(f'scnet {args.command}: error: {where + ": " if where else ""}{e.strerror or e}; check the paths given '
+              'and that their folders can be written', file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not (isinstance(e, MemoryError) or 'out of memory' in text.lower() or "can't allocate" in text):
+            raise  # anything else is a bug, and its traceback is what a report needs
+        print(f'scnet {args.command}: error: out of memory ({text}); use a smaller --batch-size or --image-size',
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f'scnet {args.command}: interrupted', file=sys.stderr)
         return 130

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scnet.cli.arg_types import output_folder
+
 _DESCRIPTION = """\
 Draw the training curves of one or more runs of `scnet train` from their RUN_DIR/metrics.jsonl
 (one JSON line per finished epoch) and write, into the output directory:
@@ -23,7 +25,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser('plot', help='draw the training curves of runs (PNG) and summarise them',
                        description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('run_dirs', nargs='+', metavar='RUN_DIR', help='run directory holding metrics.jsonl')
-    p.add_argument('--output', '-o', metavar='DIR', default=None,
+    p.add_argument('--output', '-o', metavar='DIR', default=None, type=output_folder,
                    help='where to write the figures (default: the run directory for one run, ./plots for several)')
     p.add_argument('--labels', nargs='+', metavar='LABEL', default=None,
                    help='legend labels, one per RUN_DIR in the same order (put this option after the RUN_DIRs)')
