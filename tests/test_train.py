@@ -231,6 +231,18 @@ def test_recipe_errors_name_the_problem(tmp_path):
         load_recipe('nonexistent_recipe')
     with pytest.raises(RecipeError, match='epochs must be >= 1'):
         load_recipe('scnet50', epochs=0)
+    bad.write_text('lr: [0.1\n')  # one line, with the place, not the parser's five-line report
+    with pytest.raises(RecipeError, match=r"bad.yaml: not valid YAML at line 2, column 1: expected ',' or ']'") as e:
+        load_recipe(str(bad))
+    assert '\n' not in str(e.value)
+    config = tmp_path / 'config.json'
+    config.write_text('{"lr": ')
+    with pytest.raises(RecipeError, match=r'config.json: not valid JSON \(Expecting value'):
+        load_recipe(str(config))
+    weights = tmp_path / 'last.pt'  # a checkpoint given where the recipe belongs
+    weights.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(RecipeError, match=r'last.pt: a binary file, not a recipe .* use --init'):
+        load_recipe(str(weights))
 
 
 def test_every_kind_of_recipe_reads_the_same_way(tmp_path):

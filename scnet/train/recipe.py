@@ -291,10 +291,20 @@ class RecipeReader(Generic[R]):
         if path in seen:
             raise RecipeError(f'{path}: base recipes form a cycle: {" -> ".join(map(str, seen + (path,)))}')
         try:
+            text = path.read_text(encoding='utf-8')
+        except UnicodeDecodeError:
+            raise RecipeError(f'{path}: a binary file, not a recipe (a YAML file of settings, or a run\'s '
+                              'config.json); to start from a checkpoint\'s weights use --init') from None
+        try:
             # a run's config.json is read as JSON: YAML 1.1 reads a float without a dot (1e-09) as a string
-            data = (json.loads(path.read_text()) if path.suffix == '.json' else yaml.safe_load(path.read_text())) or {}
-        except (yaml.YAMLError, json.JSONDecodeError) as e:
-            raise RecipeError(f'{path}: not valid YAML ({e})') from None
+            data = (json.loads(text) if path.suffix == '.json' else yaml.safe_load(text)) or {}
+        except json.JSONDecodeError as e:
+            raise RecipeError(f'{path}: not valid JSON ({e})') from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, 'problem_mark', None)
+            where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark is not None else ''
+            problem = getattr(e, 'problem', None) or str(e).splitlines()[0]
+            raise RecipeError(f'{path}: not valid YAML{where}: {problem}') from None
         if not isinstance(data, dict):
             raise RecipeError(f'{path}: a recipe is a mapping of settings, found {type(data).__name__}')
         if path.suffix == '.json':
