@@ -491,3 +491,29 @@ def test_checkpoint_class_count_is_the_default_and_another_count_fine_tunes(tmp_
         three = scnet.create_model('scnet26', checkpoint=str(path), num_classes=3)
     assert three.fc.out_features == 3
     torch.testing.assert_close(three.layer4[1].conv2.k4.weight, ten.layer4[1].conv2.k4.weight)
+
+
+def test_a_training_run_folder_stands_for_its_checkpoint(tmp_path, capsys):
+    """A run folder given where a checkpoint file belongs (create_model, convert, eval, export, --init) reads its
+    model.safetensors, else its last.pt; a folder with neither says what it lacks."""
+    from scnet.cli.main import main
+    from scnet.weights.io import checkpoint_file
+
+    net = scnet.create_model('scnet26_cifar', num_classes=3)
+    run = tmp_path / 'run'
+    save_state_dict(net.state_dict(), run / 'model.safetensors')
+    assert checkpoint_file(run) == run / 'model.safetensors'
+    loaded = scnet.create_model('scnet26_cifar', checkpoint=str(run))
+    assert loaded.fc.out_features == 3 and torch.equal(loaded.fc.weight, net.fc.weight)
+    unfinished = tmp_path / 'unfinished'
+    unfinished.mkdir()
+    torch.save({'model': net.state_dict()}, unfinished / 'last.pt')
+    assert checkpoint_file(unfinished) == unfinished / 'last.pt'
+    assert torch.equal(scnet.create_model('scnet26_cifar', checkpoint=str(unfinished)).fc.weight, net.fc.weight)
+    assert main(['convert', str(run), str(tmp_path / 'copy.safetensors')]) == 0
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match=r'empty is a folder with neither model.safetensors nor last.pt'):
+        scnet.create_model('scnet26_cifar', checkpoint=str(empty))
+    assert main(['convert', str(empty), str(tmp_path / 'never.safetensors')]) == 2
+    assert 'is a folder with neither model.safetensors nor last.pt' in capsys.readouterr().err

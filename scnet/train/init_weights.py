@@ -52,9 +52,10 @@ def find_initial_weights(model: str, *, pretrained: bool = False, init: Optional
     """The weights a run of ``model`` starts from (None: random), read and hashed; CheckpointError if none."""
     from scnet.models.factory import BASELINES
     from scnet.weights import OFFICIAL_WEIGHTS, fetch, official_url, read_checkpoint
+    from scnet.weights.io import checkpoint_file
 
     if init:
-        path = Path(init)
+        path = checkpoint_file(init)  # a run folder: its model.safetensors (or last.pt)
         if not path.is_file():
             raise CheckpointError(f'{init}: no such checkpoint file (--init takes a model.safetensors, a last.pt '
                                   'or the authors\' .pth)')

@@ -24,7 +24,8 @@ from torch import nn
 from scnet.errors import CheckpointError
 from scnet.weights.fit import adapt_first_conv, misfit, misfit_way_out
 
-__all__ = ['StateDict', 'read_state_dict', 'read_metadata', 'read_shape', 'save_state_dict', 'load_into']
+__all__ = ['StateDict', 'checkpoint_file', 'read_state_dict', 'read_metadata', 'read_shape', 'save_state_dict',
+           'load_into']
 
 StateDict = Dict[str, torch.Tensor]
 PathLike = Union[str, os.PathLike]
@@ -92,13 +93,28 @@ def _foreign_imports(path: Path) -> List[str]:
     return list(dict.fromkeys(n for n in names if not n.startswith(allowed)))
 
 
+def checkpoint_file(path: PathLike) -> Path:
+    """``path``, or for the folder of a training run the checkpoint in it: ``model.safetensors`` (the finished
+    run's weights), else ``last.pt`` (an unfinished run's), as ``scnet cam`` and the detection and pose tools take
+    a run folder. A folder with neither is a ``CheckpointError`` naming what it lacks."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ('model.safetensors', 'last.pt'):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f'{path} is a folder with neither model.safetensors nor last.pt (the files of a '
+                              'training run); give a checkpoint file')
+    return path
+
+
 def read_state_dict(path: PathLike) -> StateDict:
-    """Read a state dict from a ``.safetensors`` or PyTorch file, without running any code it may carry.
+    """Read a state dict from a ``.safetensors`` or PyTorch file (or a training run's folder, see
+    ``checkpoint_file``), without running any code it may carry.
 
     Training checkpoints that wrap the weights (``{'model': ..., 'optimizer': ...}``, ``{'state_dict': ...}``)
     are unwrapped, and a ``module.`` prefix left by DistributedDataParallel is removed.
     """
-    path = Path(path)
+    path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(f'{path}: no such checkpoint file')
     if _is_safetensors(path):
@@ -127,9 +143,9 @@ def read_state_dict(path: PathLike) -> StateDict:
 
 def read_metadata(path: PathLike) -> Dict[str, str]:
     """The string metadata of a ``.safetensors`` file (what ``scnet`` runs record with their weights); ``{}`` for
-    any other file."""
+    any other file (of a training run's folder: of its checkpoint, see ``checkpoint_file``)."""
     try:
-        with safe_open(str(path), framework='pt') as f:
+        with safe_open(str(checkpoint_file(path)), framework='pt') as f:
             return dict(f.metadata() or {})
     except Exception:  # not safetensors (a .pt / .pth), or unreadable: no metadata
         return {}
@@ -139,7 +155,7 @@ def read_shape(path: PathLike, key: str) -> Optional[List[int]]:
     """The shape of the tensor ``key`` of a ``.safetensors`` file, from its header alone (no tensor is read);
     None where the file has no such tensor or is not a readable safetensors file (read it whole instead)."""
     try:
-        with safe_open(str(path), framework='pt') as f:
+        with safe_open(str(checkpoint_file(path)), framework='pt') as f:
             return list(f.get_slice(key).get_shape()) if key in f.keys() else None
     except Exception:  # not safetensors (a .pt / .pth), or unreadable: the caller reads the file its own way
         return None
