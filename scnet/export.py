@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from scnet.errors import ScnetError
+from scnet.files import give_usual_permissions
 
 __all__ = ['FORMATS', 'ExportError', 'LoadedModel', 'export_model', 'load_exported', 'check_parity',
            'write_json']
@@ -68,9 +69,7 @@ def _write_atomically(output: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        give_usual_permissions(tmp)
         os.replace(tmp, output)
     finally:
         if os.path.exists(tmp):

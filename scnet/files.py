@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Union
 
-__all__ = ['write_json_atomic']
+__all__ = ['write_json_atomic', 'give_usual_permissions']
 
 
 def write_json_atomic(obj: object, path: Union[str, Path]) -> Path:
@@ -20,3 +20,12 @@ def write_json_atomic(obj: object, path: Union[str, Path]) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def give_usual_permissions(path: Union[str, Path]) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (readable by its owner only) the permissions a plain
+    ``open(path, 'w')`` gives under the process's umask, before it is renamed into place: weights written for a
+    team stay readable by it, as every other file the commands write."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

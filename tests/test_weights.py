@@ -517,3 +517,24 @@ def test_a_training_run_folder_stands_for_its_checkpoint(tmp_path, capsys):
         scnet.create_model('scnet26_cifar', checkpoint=str(empty))
     assert main(['convert', str(empty), str(tmp_path / 'never.safetensors')]) == 2
     assert 'is a folder with neither model.safetensors nor last.pt' in capsys.readouterr().err
+
+
+def test_weights_and_training_states_get_the_usual_permissions(tmp_path):
+    """Written through a private temporary file, they still end up as a plain open() would make them under the
+    umask (readable by the team on a shared machine), not readable by their owner only."""
+    import os
+    import stat
+
+    from scnet.train.state import save_atomic
+
+    old = os.umask(0o022)
+    try:
+        weights = save_state_dict({'w': torch.zeros(2)}, tmp_path / 'model.safetensors')
+        save_atomic({'epoch': 1}, tmp_path / 'last.pt')
+        os.umask(0o077)
+        private = save_state_dict({'w': torch.zeros(2)}, tmp_path / 'private.safetensors')
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(weights.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / 'last.pt').stat().st_mode) == 0o644
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from scnet.errors import CheckpointError
+from scnet.files import give_usual_permissions
 
 __all__ = ['save_atomic', 'load_state', 'check_state', 'STATE_KEYS', 'rng_states', 'restore_rng_states',
            'seed_everything']
@@ -36,6 +37,7 @@ def save_atomic(state: Dict[str, Any], path: Path) -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        give_usual_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -22,6 +22,7 @@ from safetensors.torch import save_file as _save_safetensors
 from torch import nn
 
 from scnet.errors import CheckpointError
+from scnet.files import give_usual_permissions
 from scnet.weights.fit import adapt_first_conv, misfit, misfit_way_out
 
 __all__ = ['StateDict', 'checkpoint_file', 'read_state_dict', 'read_metadata', 'read_shape', 'save_state_dict',
@@ -171,6 +172,7 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: PathLike,
     os.close(fd)
     try:
         _save_safetensors(tensors, tmp, metadata=dict(metadata or {}))
+        give_usual_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
