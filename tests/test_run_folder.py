@@ -62,5 +62,49 @@ def test_a_run_refused_by_its_checks_leaves_no_folder_and_no_lock(tmp_path):
     (tmp_path / 'old' / 'model.safetensors').write_bytes(b'')
     with pytest.raises(RunError, match='already holds a run'):
         RunFolder(tmp_path / 'old', resume=False)
-    RunFolder(tmp_path / 'old', resume=False, final_files=()).close()  # the refused one released its lock
-    assert sorted(p.name for p in (tmp_path / 'old').iterdir()) == ['model.safetensors', LOCK_NAME]
+    (tmp_path / 'old' / 'model.safetensors').unlink()
+    RunFolder(tmp_path / 'old', resume=False).close()  # the refused one released its lock
+    assert sorted(p.name for p in (tmp_path / 'old').iterdir()) == [LOCK_NAME]
+
+
+def test_a_new_run_refuses_a_folder_of_other_files_and_takes_its_own_earlier_start(tmp_path, capsys):
+    """A new run writes config.json and metrics.jsonl: a folder holding anything else (a project folder given as
+    --output, someone's notes, a config.json that is not a run's) is refused before anything is written, the
+    lock included; the records of an earlier start that stopped before its first checkpoint are the run's own."""
+    mine = tmp_path / 'mine'
+    mine.mkdir()
+    (mine / 'notes.txt').write_text('keep me')
+    (mine / 'metrics.jsonl').write_text('{"my": 1}\n')
+    with pytest.raises(RunError, match=r'mine holds files that are not a run.s \(notes.txt\), which a new run '
+                                       r'would write among or replace .*choose a new or empty --output'):
+        RunFolder(mine, resume=False)
+    assert sorted(p.name for p in mine.iterdir()) == ['metrics.jsonl', 'notes.txt']
+    assert (mine / 'metrics.jsonl').read_text() == '{"my": 1}\n'
+    settings = tmp_path / 'settings'
+    settings.mkdir()
+    (settings / 'config.json').write_text('["not", "a", "run"]')
+    with pytest.raises(RunError, match=r"config.json \(not a run's\)"):
+        RunFolder(settings, resume=False)
+    assert main(['train', '--data', str(tmp_path), '--output', str(mine), '--quiet']) == 2
+    assert 'holds files that are not a run' in capsys.readouterr().err
+    earlier = tmp_path / 'earlier'  # a start that stopped before its first checkpoint
+    (earlier / 'tensorboard').mkdir(parents=True)
+    (earlier / 'config.json').write_text('{"model": "scnet26_cifar"}')
+    (earlier / 'metrics.jsonl').write_text('')
+    (earlier / LOCK_NAME).write_text('process 1 on host\n')
+    (earlier / '.last.pt.x1y2.partial').write_bytes(b'')
+    RunFolder(earlier, resume=False).close()
+
+
+def test_a_damaged_training_state_gives_no_unsafe_advice(tmp_path):
+    """torch's own message for a file it cannot read with weights_only suggests unpickling it without limits:
+    for a damaged last.pt that is wrong, and for a foreign one unsafe; the error says what the file is not."""
+    from scnet.errors import CheckpointError
+    from scnet.train.state import load_state
+
+    damaged = tmp_path / 'last.pt'
+    damaged.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(CheckpointError) as e:
+        load_state(damaged)
+    assert 'cannot read the training state (not a file of plain tensors that torch.load can read safely)' in \
+        str(e.value) and 'weights_only' not in str(e.value)

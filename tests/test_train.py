@@ -446,6 +446,9 @@ def test_resume_continues_the_run_as_recorded_and_refuses_what_it_cannot_honour(
         (['--batch-size', '4', '--epochs', '3'], 'the run has batch_size 8, this resume 4'),
         (['--ema-decay', '0.9', '--epochs', '3'], 'trained without an EMA of the weights'),
         (['--epochs', '1'], 'has trained 2 epochs already; --epochs 1 would end it before them'),
+        # weights to start from are a new run's: a resume would record them as this run's origin
+        (['--init', str(tmp_path / 'other.pth'), '--epochs', '3'], 'the run has init None, this resume'),
+        (['--pretrained', '--epochs', '3'], 'the run has pretrained False, this resume True (--pretrained)'),
     ]
     for args, message in refused:
         assert main(['train', '--output', str(run), '--resume', '--quiet', *args]) == 2
@@ -456,6 +459,13 @@ def test_resume_continues_the_run_as_recorded_and_refuses_what_it_cannot_honour(
     assert main(['train', '--output', str(run), '--resume', '--quiet', '--config', 'tiny.yaml', '--epochs', '3',
                  '--data', str(other), '--data-moved']) == 0
     assert [r['epoch'] for r in read_metrics(run)] == [1, 2, 3]
+    capsys.readouterr()
+    # only last.pt copied to another machine: its own copy of the settings restores config.json
+    (run / 'config.json').unlink()
+    assert main(['train', '--output', str(run), '--resume', '--quiet', '--epochs', '4']) == 0
+    assert f'{run / "config.json"} was missing: restored from the settings' in capsys.readouterr().err
+    assert [r['epoch'] for r in read_metrics(run)] == [1, 2, 3, 4]
+    assert json.loads((run / 'config.json').read_text())['optimizer'] == 'sgd'
 
 
 def test_bad_settings_and_model_options_stop_before_the_run_folder_holds_anything(data, recipe, tmp_path, capsys):

@@ -52,6 +52,12 @@ class RunFolder:
         last = self.path / 'last.pt'
         if resume and not last.is_file():
             raise RunError(f'{self.path}: nothing to resume (no last.pt); start the run without --resume')
+        holds_run = last.is_file() or any((self.path / name).is_file() for name in final_files)
+        foreign = [] if resume or holds_run else _foreign_files(self.path, ('last.pt', *final_files))
+        if foreign:  # before the lock, which would leave its file among them
+            raise RunError(f'{self.path} holds files that are not a run\'s ({", ".join(foreign[:3])}'
+                           f'{", ..." if len(foreign) > 3 else ""}), which a new run would write among or replace '
+                           '(config.json, metrics.jsonl); choose a new or empty --output')
         # the lock first: the checks below and every write after them are this run's alone
         self._release = weakref.finalize(self, _unlock, *_lock(self.path)) if is_main else None
         try:
@@ -124,6 +130,30 @@ class RunFolder:
         tmp = self.path / '.metrics.jsonl.partial'
         tmp.write_text(''.join(json.dumps(row) + '\n' for row in self.history))
         tmp.replace(self.path / 'metrics.jsonl')
+
+
+#: What a run started in a folder may find there from an earlier start that stopped before its first
+#: checkpoint: its own records, the lock and an interrupted atomic write. Anything else belongs to someone else.
+_RUN_RECORDS = ('config.json', 'metrics.jsonl', 'tensorboard', LOCK_NAME)
+
+
+def _foreign_files(folder: Path, checkpoints: Tuple[str, ...]) -> List[str]:
+    """Names in ``folder`` that no run wrote (``checkpoints`` are a run's too, refused apart as a run to resume):
+    a new run must not mix its records with (or replace) them. A ``config.json`` counts as a run's only when it
+    holds a JSON object (every run's record is one)."""
+    if not folder.is_dir():
+        return []
+    own = (*_RUN_RECORDS, *checkpoints)
+    foreign = sorted(p.name for p in folder.iterdir()
+                     if p.name not in own and not (p.name.startswith('.') and p.name.endswith('.partial')))
+    config = folder / 'config.json'
+    if config.is_file():
+        try:
+            if not isinstance(json.loads(config.read_text(encoding='utf-8')), dict):
+                raise ValueError
+        except (ValueError, UnicodeDecodeError):
+            foreign.insert(0, 'config.json (not a run\'s)')
+    return foreign
 
 
 def _lock(path: Path) -> Tuple[int, Path, bool]:

@@ -63,6 +63,8 @@ def load_state(path: Path, required: Sequence[str] = ()) -> Dict[str, Any]:
     except Exception as e:
         lines = str(e).strip().splitlines()
         detail = lines[0] if lines else type(e).__name__
+        if 'weights only load failed' in detail.lower():  # torch's advice to unpickle without limits: not for this
+            detail = 'not a file of plain tensors that torch.load can read safely'
         raise CheckpointError(f'{path}: cannot read the training state ({detail}); the file is damaged or not a '
                               f'scnet training checkpoint: {_WAY_OUT}') from None
     if required:

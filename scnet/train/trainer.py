@@ -107,6 +107,8 @@ FIXED_ON_RESUME = {
     'optimizer': ('--optimizer', 'its saved optimiser state (momentum, moments) is of this optimiser'),
     'decay_norm_and_bias': ('--no-decay-norm-and-bias', 'its saved optimiser state has these parameter groups'),
     'batch_size': ('--batch-size', 'its schedule and a state saved mid-epoch count optimiser steps of this batch'),
+    'init': ('--init', 'it started from those weights, and records them as its origin'),
+    'pretrained': ('--pretrained', 'it started from those weights, and records them as its origin'),
 }
 #: What a classification run's last.pt holds beyond every run's ``STATE_KEYS``.
 CLASSIFIER_STATE_KEYS = ('model', 'optimizer', 'scheduler', 'rng', 'classes', 'config')
@@ -125,7 +127,7 @@ def _check_resumable(state: Dict[str, Any], recipe: Recipe, output: Path, *, sid
         if key in saved and saved[key] != now[key]:
             raise RunError(f'{output}: the run has {key} {saved[key]!r}, this resume {now[key]!r} ({flag}); a '
                            f'run keeps it to its end, since {why}: {way_out}'
-                           f'{"" if key in ("model", "model_kwargs") else with_weights}')
+                           f'{"" if key in ("model", "model_kwargs", "init", "pretrained") else with_weights}')
     for name, flag, had, has in (('a side classifier', '--aux-weight', state.get('side_head') is not None, side),
                                  ('an EMA of the weights', '--ema-decay', state.get('ema') is not None, ema)):
         if had != has:
