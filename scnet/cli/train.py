@@ -147,9 +147,11 @@ def _restore_run_config(saved: Path) -> None:
     last = saved.parent / 'last.pt'
     if not last.is_file():
         return  # nothing to resume: the run folder says so
-    config = load_state(last, ('config',))['config']
+    try:
+        config = load_state(last).get('config')
+    except (ScnetError, AttributeError):
+        return  # not a training state: the run's own checks say so, in their words
     if not isinstance(config, dict) or not config:
-        raise ScnetError(f'{saved} is missing and {last} records no settings to restore it from; copy the run\'s '
-                         'config.json beside its last.pt')
+        return
     saved.write_text(json.dumps(config, indent=2))
     print(f'scnet train: {saved} was missing: restored from the settings {last} records', file=sys.stderr)
