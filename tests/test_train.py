@@ -245,6 +245,19 @@ def test_recipe_errors_name_the_problem(tmp_path):
         load_recipe(str(weights))
 
 
+def test_a_changed_crop_size_keeps_the_recipes_resize_ratio():
+    """--image-size without --eval-resize: validation resizes in the recipe's proportion (256 / 224), not to the
+    recipe's 256 px (which would score the centre eighth of an 8x up-scaled 32-px image, and refuse 320 px)."""
+    assert (load_recipe('imagenet_100ep').eval_resize, load_recipe('imagenet_100ep', image_size=None).eval_resize) \
+        == (256, 256)
+    assert load_recipe('imagenet_100ep', image_size=32).eval_resize == 37
+    assert load_recipe('imagenet_100ep', image_size=320).eval_resize == 366
+    assert load_recipe('imagenet_100ep', image_size=64, eval_image_size=96).eval_resize == 110
+    assert load_recipe('imagenet_100ep', image_size=32, eval_resize=40).eval_resize == 40  # given: kept
+    assert load_recipe('rsb_a3', image_size=128).eval_resize == 236  # its evaluation crop stays 224
+    assert load_recipe('embedded', image_size=40).eval_resize == 40
+
+
 def test_every_kind_of_recipe_reads_the_same_way(tmp_path):
     """Classification, detection and pose recipes share one reader (scnet.train.recipe.RecipeReader)."""
     from scnet.tasks.detection import load_detection_recipe

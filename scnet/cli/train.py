@@ -102,7 +102,9 @@ def add_parser(sub) -> None:
     g.add_argument('--drop-path', dest='drop_path_rate', type=unit_float, help='stochastic depth rate')
     g.add_argument('--eval-image-size', type=positive_int,
                    help='evaluation crop size (default: --image-size; RSB trains at 160 and tests at 224)')
-    g.add_argument('--eval-resize', type=positive_int, help='evaluation: resize the short side to this, then centre-crop')
+    g.add_argument('--eval-resize', type=positive_int,
+                   help='evaluation: resize the short side to this, then centre-crop (default: the recipe\'s, '
+                        'scaled with a changed crop size: 256 for 224, 37 for 32)')
     add_quiet_flag(p, bars=True)
     p.set_defaults(run=run)
 

@@ -394,7 +394,20 @@ def list_recipes() -> List[str]:
 
 
 def load_recipe(config: Optional[str] = None, **overrides: Any) -> Recipe:
-    """The recipe of ``config`` (a YAML path or a shipped name), with ``overrides`` (not None) on top."""
+    """The recipe of ``config`` (a YAML path or a shipped name), with ``overrides`` (not None) on top.
+
+    An evaluation crop changed by ``image_size`` or ``eval_image_size`` without an ``eval_resize`` keeps the
+    recipe's ratio of resize to crop (ImageNet's 256 / 224): left at the recipe's 256, a 32-px crop would score
+    the centre eighth of an 8x up-scaled image, and a 320-px crop would be refused.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given.keys() & {'image_size', 'eval_image_size'} and 'eval_resize' not in given:
+        written = _READER.load(config, {})
+        image_size = given.get('image_size', written.image_size)
+        eval_size = given.get('eval_image_size') or written.eval_image_size or image_size
+        if isinstance(eval_size, int) and not isinstance(eval_size, bool) and eval_size != written.eval_size:
+            overrides = {**overrides, 'eval_resize': max(eval_size, round(
+                eval_size * written.eval_resize / written.eval_size))}
     return _READER.load(config, overrides)
 
 
