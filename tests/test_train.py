@@ -102,6 +102,14 @@ def test_train_writes_every_artifact_and_eval_reads_it(data, recipe, tmp_path, c
     assert main(['eval', '--model', 'scnet26_cifar', '--checkpoint', str(run / 'last.pt'), '--data',
                  str(data / 'train'), '--workers', '0', '--quiet']) == 0
     assert 'top-1 (%)' in capsys.readouterr().out
+    # another crop: the checkpoint's resize-to-crop ratio, unless --resize is given; a resize below the crop
+    # (mostly padding) is refused, naming both flags
+    assert main(['eval', '--model', 'scnet26_cifar', '--checkpoint', str(run), '--data', str(data), '--workers',
+                 '0', '--quiet', '--format', 'json', '--image-size', '32']) == 0
+    assert json.loads(capsys.readouterr().out)['eval_resize'] == round(32 * int(meta['eval_resize']) / 16)
+    assert main(['eval', '--model', 'scnet26_cifar', '--checkpoint', str(run), '--data', str(data), '--workers',
+                 '0', '--quiet', '--image-size', '32', '--resize', '8']) == 2
+    assert 'a resize of 8 px (--resize) is smaller than the crop of 32 px (--image-size)' in capsys.readouterr().err
 
 
 def test_existing_run_is_never_overwritten_and_resume_needs_a_run(data, recipe, tmp_path, capsys):

@@ -23,7 +23,9 @@ def add_parser(sub) -> None:
     add_report_flags(p)
     add_eval_flags(p, batch_size=64, batch_help='images per batch', workers=4)
     p.add_argument('--image-size', type=positive_int, help='crop size (default: the checkpoint\'s, else 224)')
-    p.add_argument('--resize', type=positive_int, help='short side before the crop (default: the checkpoint\'s, else 256)')
+    p.add_argument('--resize', type=positive_int,
+                   help='short side before the crop (default: the checkpoint\'s, else 256; scaled with a '
+                        'changed --image-size: 37 for 32 where the checkpoint has 256 for 224)')
     p.add_argument('--skip-bad-images', action='store_true', help='skip unreadable images instead of stopping')
     add_quiet_flag(p)
     p.set_defaults(run=run)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from scnet.data.folders import CheckedImageFolder, DataError, collate_skipping_bad, find_classes
 from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from scnet.errors import CheckpointError
+from scnet.errors import CheckpointError, InvalidArgumentError
 from scnet.train import distributed
 from scnet.train.classifier_checkpoint import read_classifier_metadata
 from scnet.train.loop import evaluate
@@ -62,8 +62,15 @@ def evaluate_checkpoint(model_name: str, checkpoint: Path, data: Path, *, batch_
     if recorded and recorded != model_name:
         raise CheckpointError(f'{checkpoint} holds weights of {recorded} (recorded in it), not of {model_name}: '
                               f'pass --model {recorded}')
-    size = image_size or meta.get('image_size', 224)
-    resize = eval_resize or meta.get('eval_resize', 256 if size == 224 else size)
+    trained_size = meta.get('image_size', 224)
+    trained_resize = meta.get('eval_resize', 256 if trained_size == 224 else trained_size)
+    size = image_size or trained_size
+    # another crop keeps the checkpoint's ratio of resize to crop (as scnet train's recipes do)
+    resize = eval_resize or max(size, round(size * trained_resize / trained_size))
+    if resize < size:
+        raise InvalidArgumentError(f'a resize of {resize} px (--resize) is smaller than the crop of {size} px '
+                                   '(--image-size): the centre crop would be mostly padding; resize the short side '
+                                   'to at least the crop, or leave --resize out')
     mean, std = meta.get('mean', IMAGENET_MEAN), meta.get('std', IMAGENET_STD)
     transform = eval_transform(size, resize, mean, std)
     ctx = distributed.setup(device)
