@@ -134,8 +134,30 @@ def test_a_damaged_sample_is_named_or_skipped_and_counted(shards, recipe, tmp_pa
 
 
 def test_shards_that_do_not_fit_are_refused_in_one_line(shards, recipe, tmp_path, capsys):
+    train = sorted(p.name for p in shards.glob('train-*.tar'))
     for data, expected in ((f'{tmp_path}/none-{{0..1}}.tar', 'cannot read it'),
-                           (f'{shards}/val-000000.tar', 'not a training shard of its index.json')):
+                           (f'{shards}/val-000000.tar', 'names validation shards only; training reads the '
+                                                        'training shards'),
+                           (f'{shards}/{{{train[0]},val-000000.tar}}', 'val-000000.tar: a validation shard, named '
+                                                                       'among training ones')):
         assert main(train_args(data, recipe, tmp_path / 'run', '--epochs', '1')) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_eval_reads_the_validation_shards_named_or_those_of_the_index(shards, recipe, tmp_path, capsys):
+    """scnet eval --data takes the folder, the training pattern (its index's val shards are read) or the val
+    shards themselves, as its help says: all three score the same images."""
+    run = tmp_path / 'run'
+    assert main(train_args(shards, recipe, run, '--epochs', '1')) == 0
+    capsys.readouterr()
+    val = sorted(p.name for p in shards.glob('val-*.tar'))
+    pattern = f'{shards}/val-{{{val[0][4:10]}..{val[-1][4:10]}}}.tar'
+    results = []
+    for data in (str(shards), pattern):
+        assert main(['eval', '--model', 'scnet26_cifar', '--checkpoint', str(run), '--data', data, '--workers', '0',
+                     '--quiet', '--format', 'json']) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[0]['images'] == results[1]['images'] == 12 and results[0]['top1'] == results[1]['top1']
+    source = open_shards(str(shards / val[0]))
+    assert source.train.urls == () and source.val.urls == (str(shards / val[0]),)

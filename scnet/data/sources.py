@@ -118,7 +118,13 @@ def open_run_data(spec: str, recipe, *, mean, std, rank: int = 0, world_size: in
         val_set = data.split('val', eval_tf, skip_bad_images=recipe.skip_bad_images)
         return _random_access(train_set, val_set, data.classes, spec, recipe, rank, world_size)
     if is_shard_spec(spec):
-        return _streamed(open_shards(spec), recipe, mean, std, rank, world_size)
+        source = open_shards(spec)
+        if not source.train.urls:
+            from scnet.data.streams import ShardsError
+
+            raise ShardsError(f'{spec} names validation shards only; training reads the training shards (their '
+                              'folder, or the train-*.tar pattern), and validates on the val-*.tar its index lists')
+        return _streamed(source, recipe, mean, std, rank, world_size)
     train_dir, val_dir, classes = split_folders(Path(spec))
     train_tf, eval_tf = _transforms(recipe, mean, std)
     train_set = CheckedImageFolder(train_dir, train_tf, classes=classes, skip_bad_images=recipe.skip_bad_images)

@@ -115,16 +115,23 @@ def open_shards(spec: str) -> ShardSource:
         index_url = template.format(INDEX_NAME)
         index = _parse_index(_read_url(index_url), index_url)
     counts = {e['file']: e['images'] for e in index['splits']['train']['shards']}
-    train_counts = []
-    for url in train_urls:
-        name = _SHARD_NAME.findall(url)[-1] if not (Path(spec) / INDEX_NAME).is_file() else url.rsplit('/', 1)[-1]
-        if name not in counts:
-            raise ShardsError(f'{url}: not a training shard of its index.json; name shards that scnet shards '
-                              'wrote, or write them again')
-        train_counts.append(counts[name])
     val_entries = index['splits']['val']['shards']
+    val_counts = {e['file']: e['images'] for e in val_entries}
+    names = [_SHARD_NAME.findall(url)[-1] if not (Path(spec) / INDEX_NAME).is_file() else url.rsplit('/', 1)[-1]
+             for url in train_urls]
+    if names and all(name in val_counts for name in names):
+        # the validation shards named (what scnet eval reads): the validation split, and no training split
+        val = ShardSplit(tuple(train_urls), tuple(val_counts[name] for name in names))
+        return ShardSource(list(index['classes']), ShardSplit((), ()), val, spec)
+    for url, name in zip(train_urls, names):
+        if name not in counts:
+            what = ('a validation shard, named among training ones: name the train-*.tar or the val-*.tar shards, '
+                    'not both' if name in val_counts else
+                    'not a shard of its index.json; name shards that scnet shards wrote, or write them again')
+            raise ShardsError(f'{url}: {what}')
     val = ShardSplit(tuple(template.format(e['file']) for e in val_entries), tuple(e['images'] for e in val_entries))
-    return ShardSource(list(index['classes']), ShardSplit(tuple(train_urls), tuple(train_counts)), val, spec)
+    return ShardSource(list(index['classes']), ShardSplit(tuple(train_urls), tuple(counts[n] for n in names)), val,
+                       spec)
 
 
 def _parse_index(data: bytes, where) -> Dict:
