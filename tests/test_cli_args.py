@@ -60,6 +60,10 @@ POSE_PREDICT = ['pose', 'predict', '--checkpoint', 'c', '--images', 'i']
     (['train', '--image-size', '0'], 'argument --image-size: must be at least 1'),
     (['train', '--eval-image-size', '0'], 'argument --eval-image-size: must be at least 1'),
     (['train', '--eval-resize', '0'], 'argument --eval-resize: must be at least 1'),
+    (['train', '--seed', '99999999999999999999'], 'argument --seed: must be between 0 and 4294967295'),
+    (['erf', '--seeds', '0', '-1'], 'argument --seeds: must be between 0 and 4294967295, got -1'),
+    (['cam', '--models', 'resnet26_cifar', '--seed', '2**40'], "argument --seed: '2**40' is not a whole number"),
+    (['shards', 'in', 'out', '--seed', '4294967296'], 'argument --seed: must be between 0 and 4294967295'),
 ])
 def test_impossible_numbers_are_refused_before_any_work(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-__all__ = ['positive_int', 'non_negative_int', 'positive_float', 'non_negative_float', 'unit_float', 'report_file',
-           'output_folder']
+__all__ = ['positive_int', 'non_negative_int', 'positive_float', 'non_negative_float', 'unit_float', 'seed',
+           'report_file', 'output_folder']
 
 
 def _int(text: str) -> int:
@@ -54,6 +54,8 @@ non_negative_int = _number(_int, lambda v: v >= 0, '0 or more',
 positive_float = _number(_float, lambda v: v > 0, 'above 0', 'A rate or scale that must be above 0 (a learning rate).')
 non_negative_float = _number(_float, lambda v: v >= 0, '0 or more',
                              'A weight or alpha where 0 means off (weight decay, mixup alpha, a loss weight).')
+seed = _number(_int, lambda v: 0 <= v < 2 ** 32, f'between 0 and {2 ** 32 - 1}',
+               'A random seed: what Python, NumPy and torch can all be seeded with (NumPy takes 32 bits).')
 unit_float = _number(_float, lambda v: 0.0 <= v <= 1.0, 'between 0 and 1',
                      'A probability, score threshold or opacity: between 0 and 1, both included.')
 

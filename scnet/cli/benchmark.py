@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-from scnet.cli.arg_types import report_file
+from scnet.cli.arg_types import report_file, seed
 from scnet.cli.formatting import render_table
 
 _DESCRIPTION = """\
@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
     p.add_argument('--warmup', type=int, default=3, metavar='N', help='untimed rounds first (default: 3)')
     p.add_argument('--repeats', type=int, default=10, metavar='N', help='timed rounds (default: 10)')
     p.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurement')
-    p.add_argument('--seed', type=int, default=0, help='seed of the random weights and inputs (default: 0)')
+    p.add_argument('--seed', type=seed, default=0, help='seed of the random weights and inputs (default: 0)')
     p.add_argument('--format', choices=('table', 'markdown', 'json'), default='table',
                    help='what to print: an aligned table, a Markdown table, or the JSON report')
     p.add_argument('--output', type=report_file, default=None, metavar='FILE',

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from scnet.cli.arg_types import output_folder, positive_int, unit_float
+from scnet.cli.arg_types import output_folder, positive_int, seed, unit_float
 from scnet.errors import ScnetError
 
 _DESCRIPTION = """\
@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
                    help="short side before the centre crop (default: the checkpoint's, else 256 for 224)")
     p.add_argument('--alpha', type=unit_float, default=0.5, help='opacity of the map over the image (default 0.5)')
     p.add_argument('--cmap', default='jet', help='matplotlib colour map (default jet)')
-    p.add_argument('--seed', type=int, default=0, help='seed of random weights (default 0)')
+    p.add_argument('--seed', type=seed, default=0, help='seed of random weights (default 0)')
     p.add_argument('--list-layers', action='store_true',
                    help='print every layer of the (first) model with its output shape, and exit')
     p.set_defaults(run=run)

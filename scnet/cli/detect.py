@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from scnet.cli.arg_types import output_folder, positive_int, unit_float
+from scnet.cli.arg_types import output_folder, positive_int, seed, unit_float
 from scnet.cli.formatting import render_table
 from scnet.cli.recipe_flags import add_recipe_flags, recipe_overrides
 from scnet.cli.run_flags import (add_device_flag, add_eval_flags, add_quiet_flag, add_report_flags, add_run_flags,
@@ -91,7 +91,7 @@ def add_parser(sub) -> None:
     s.add_argument('--num-train', type=positive_int, default=64, help='training images (64)')
     s.add_argument('--num-val', type=positive_int, default=16, help='validation images (16)')
     s.add_argument('--image-size', type=positive_int, default=128, help='image side in pixels (128)')
-    s.add_argument('--seed', type=int, default=0, help='random seed (0)')
+    s.add_argument('--seed', type=seed, default=0, help='random seed (0)')
     s.set_defaults(run=run_shapes)
 
 

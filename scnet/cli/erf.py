@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from scnet.cli.arg_types import output_folder, positive_int
+from scnet.cli.arg_types import output_folder, positive_int, seed
 
 _DESCRIPTION = """\
 Measure the effective receptive field (Luo et al. 2016) of the centre unit of each stage
@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument('--output', '-o', metavar='DIR', required=True, type=output_folder, help='where to write erf.json and the PNGs')
     p.add_argument('--input-size', type=positive_int, default=224, help='input side in pixels (default 224)')
     p.add_argument('--samples', type=positive_int, default=8, help='inputs averaged per seed (default 8)')
-    p.add_argument('--seeds', type=int, nargs='+', default=[0], help='seeds: weights and inputs (default 0)')
+    p.add_argument('--seeds', type=seed, nargs='+', default=[0], help='seeds: weights and inputs (default 0)')
     p.add_argument('--batch-size', type=positive_int, default=8, help='inputs per forward pass (default 8)')
     p.add_argument('--images', nargs='+', metavar='FILE', default=(),
                    help='average over the crops of these images instead of random inputs')

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from scnet.cli.arg_types import output_folder, positive_int
+from scnet.cli.arg_types import output_folder, positive_int, seed
 from scnet.errors import ScnetError
 
 _DESCRIPTION = """\
@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument('--no-overlay', action='store_true', help='draw the maps alone at their own resolution')
     p.add_argument('--image-size', type=positive_int, default=None, help="crop size (default: the checkpoint's, else 224)")
     p.add_argument('--resize', type=positive_int, default=None, help="short side before the crop (default 256 for 224)")
-    p.add_argument('--seed', type=int, default=0, help='seed of random weights (default 0)')
+    p.add_argument('--seed', type=seed, default=0, help='seed of random weights (default 0)')
     p.add_argument('--list-layers', action='store_true',
                    help='print every layer of the (first) model with its output shape, and exit')
     p.set_defaults(run=run)

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from scnet.cli.arg_types import output_folder, positive_int, report_file, unit_float
+from scnet.cli.arg_types import output_folder, positive_int, report_file, seed, unit_float
 from scnet.cli.formatting import render_table
 from scnet.cli.recipe_flags import add_recipe_flags, recipe_overrides
 from scnet.cli.run_flags import (add_device_flag, add_eval_flags, add_quiet_flag, add_report_flags, add_run_flags,
@@ -90,7 +90,7 @@ def add_parser(sub) -> None:
     s.add_argument('--num-train', type=positive_int, default=200, help='training images (default 200)')
     s.add_argument('--num-val', type=positive_int, default=50, help='validation images (default 50)')
     s.add_argument('--image-size', type=positive_int, default=256, help='image side in pixels (default 256)')
-    s.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
+    s.add_argument('--seed', type=seed, default=0, help='random seed (default 0)')
     s.set_defaults(run=run_synth)
 
 

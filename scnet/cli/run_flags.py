@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from scnet.cli.arg_types import non_negative_int, output_folder, positive_int, report_file
+from scnet.cli.arg_types import non_negative_int, output_folder, positive_int, report_file, seed
 
 __all__ = ['DEVICES', 'add_run_flags', 'add_report_flags', 'print_report', 'add_eval_flags', 'add_device_flag',
            'add_quiet_flag', 'run_config', 'write_report']
@@ -24,7 +24,7 @@ def add_run_flags(p: argparse.ArgumentParser, *, output_default: str, seed_help:
     """
     p.add_argument('--output', type=output_folder, help=f'run folder (default: {output_default})')
     p.add_argument('--resume', action='store_true', help='continue the run in --output from its last.pt')
-    p.add_argument('--seed', type=int, help=f'random seed ({seed_help})')
+    p.add_argument('--seed', type=seed, help=f'random seed ({seed_help})')
     p.add_argument('--workers', type=non_negative_int, help='data loading processes per training process')
     p.add_argument('--device', choices=DEVICES, help='device (default: cuda if available)')
 

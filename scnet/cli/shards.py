@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from scnet.cli.arg_types import output_folder
+from scnet.cli.arg_types import output_folder, seed
 from scnet.cli.run_flags import add_quiet_flag
 
 
@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument('--shuffle', action='store_true',
                    help='write the images in a random order (recommended for training: a reader\'s shuffle '
                         'buffer cannot mix a shard that holds one class)')
-    p.add_argument('--seed', type=int, default=0, help='seed of --shuffle (default 0)')
+    p.add_argument('--seed', type=seed, default=0, help='seed of --shuffle (default 0)')
     p.add_argument('--skip-bad-images', action='store_true',
                    help='leave images that do not decode out of the shards (listed in OUT/index.json) instead of '
                         'stopping; every image is decoded once before the shards are written')
