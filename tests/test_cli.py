@@ -26,6 +26,17 @@ def test_top_level_help_and_version(capsys):
     assert 'scnet-torch' in capsys.readouterr().out
 
 
+@pytest.mark.parametrize('pattern, message', [
+    ('scnet_50', "no model matches 'scnet_50'; did you mean scnet50"),
+    ('scnet', "no model matches 'scnet'; did you mean scnet50, scnet26, scnet101? a pattern names models with shell "
+              "wildcards, e.g. 'scnet*'"),
+    ('zz*', "no model matches 'zz*' (`scnet models` lists them all)"),
+])
+def test_a_pattern_that_matches_no_model_says_so(pattern, message, capsys):
+    assert main(['models', pattern]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_models_table_pattern_and_json(capsys):
     assert main(['models']) == 0
     table = capsys.readouterr().out

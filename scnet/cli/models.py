@@ -5,6 +5,7 @@ import argparse
 import json
 
 from scnet.cli.formatting import render_table
+from scnet.errors import ScnetError
 
 
 def add_parser(sub) -> None:
@@ -21,8 +22,18 @@ def run(args: argparse.Namespace) -> int:
     from scnet.models import PAPER_MODELS, create_model, list_models
     from scnet.weights import OFFICIAL_WEIGHTS
 
+    names = list_models(args.pattern)
+    if args.pattern and not names:  # an empty table would look like an empty zoo
+        import difflib
+
+        close = difflib.get_close_matches(args.pattern.lower().replace('*', ''), list_models(), n=3, cutoff=0.5)
+        hint = f'did you mean {", ".join(close)}? ' if close else ''
+        wildcards = any(c in args.pattern for c in '*?[')
+        example = '' if wildcards else f"a pattern names models with shell wildcards, e.g. '{args.pattern.lower()}*' "
+        raise ScnetError(f'no model matches {args.pattern!r}; {hint}{example}(`scnet models` lists them '
+                         'all)'.replace('; (', ' ('))
     rows = []
-    for name in list_models(args.pattern):
+    for name in names:
         with torch.device('meta'):  # shapes only: no memory, no initialisation
             model = create_model(name)
         rows.append(dict(model=name, params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
