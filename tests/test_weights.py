@@ -324,7 +324,8 @@ def test_corrupt_cache_entry_is_downloaded_again(published, cache, scnet50_ref):
 
 def test_unreachable_address_is_a_checkpoint_error(cache, monkeypatch, tmp_path):
     monkeypatch.setitem(official.OFFICIAL_WEIGHTS, 'scnet50', (tmp_path / 'gone-12345678.pth').as_uri())
-    with pytest.raises(CheckpointError, match='checkpoint=PATH'):
+    with pytest.raises(CheckpointError, match=r'checkpoint=PATH in Python, --init PATH to scnet train, '
+                                              r'--checkpoint PATH to the other commands'):
         pretrained_state_dict('scnet50', progress=False)
 
 
@@ -332,7 +333,7 @@ def test_unreachable_address_is_a_checkpoint_error(cache, monkeypatch, tmp_path)
 def test_pretrained_without_released_weights_names_the_released_ones(name, cache):
     with pytest.raises(CheckpointError) as info:
         scnet.create_model(name, pretrained=True)
-    assert name in str(info.value)
+    assert name in str(info.value) and 'leave out --pretrained' in str(info.value)
     assert all(released in str(info.value) for released in ('scnet50', 'scnet50_v1d', 'scnet101'))
 
 

@@ -67,7 +67,8 @@ def fetch(url: str, *, directory: Optional[Path] = None, progress: bool = True) 
         raise
     except (URLError, OSError) as e:
         raise CheckpointError(
-            f'{url}: download failed ({e}). Without network access, download the file elsewhere and pass '
-            f'checkpoint=PATH, place it in {directory}, or point $SCNET_WEIGHTS_MIRROR at a folder or '
-            'server that holds it') from None
+            f'{url}: download failed ({e}). Without network access, download the file elsewhere and give it as a '
+            f'file (checkpoint=PATH in Python, --init PATH to scnet train, --checkpoint PATH to the other '
+            f'commands), place it in {directory}, or point $SCNET_WEIGHTS_MIRROR at a folder or server that holds '
+            'it') from None
     return path

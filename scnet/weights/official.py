@@ -104,7 +104,8 @@ def official_url(name: str) -> str:
     if name not in OFFICIAL_WEIGHTS:
         raise CheckpointError(
             f'no pretrained weights for {name!r}: the authors released {", ".join(sorted(OFFICIAL_WEIGHTS))}. '
-            f'Build it with pretrained=False, or load your own file with checkpoint=PATH')
+            f'Build it without them (pretrained=False; on the command line, leave out --pretrained or ":pretrained"), '
+            f'or load your own file (checkpoint=PATH; --init PATH to scnet train, --checkpoint PATH elsewhere)')
     url = OFFICIAL_WEIGHTS[name]
     mirror = os.environ.get(MIRROR_ENV)
     if mirror:
