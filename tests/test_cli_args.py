@@ -95,6 +95,8 @@ def test_impossible_numbers_are_refused_before_any_work(argv, message, tmp_path,
     (['cam', '--models', 'resnet26_cifar', '--output', '{tmp}/a_file'], '{tmp}/a_file is a file'),
     (['features', '--model', 'resnet26_cifar', '--output', '{tmp}/a_file'], '{tmp}/a_file is a file'),
     (['shards', '{tmp}', '{tmp}/a_file'], 'argument OUT: {tmp}/a_file is a file'),
+    (['benchmark', '--output', '{tmp}/missing/r.json'], 'argument --output: folder {tmp}/missing does not exist'),
+    (['plot', '{tmp}', '--output', '{tmp}/a_file'], 'argument --output/-o: {tmp}/a_file is a file, not a folder'),
 ])
 def test_outputs_that_cannot_be_written_are_refused_before_any_work(argv, message, tmp_path, capsys):
     (tmp_path / 'a_file').write_text('keep me')

@@ -241,7 +241,9 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, runs, capsys):
     err = error_of(['plot', str(runs[0]), str(runs[1]), '--labels', 'only-one'], capsys)
     assert '--labels: 1 label(s) given for 2 run directories' in err
     (tmp_path / 'file').write_text('')
-    assert 'is not a directory' in error_of(['plot', str(runs[0]), '-o', str(tmp_path / 'file')], capsys)
+    with pytest.raises(SystemExit) as e:  # refused while the command line is parsed
+        main(['plot', str(runs[0]), '-o', str(tmp_path / 'file')])
+    assert e.value.code == 2 and 'is a file, not a folder' in capsys.readouterr().err
 
 
 def test_cli_help(capsys):

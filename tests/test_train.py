@@ -314,8 +314,8 @@ def test_empty_class_folder_and_class_mismatch(data, recipe, tmp_path, capsys):
     assert main(train_args(data, recipe, tmp_path / 'b')) == 2
     err = capsys.readouterr().err
     assert 'different classes' in err and 'only in train: ring' in err and 'only in val: circle' in err
-    for missing, message in ((tmp_path / 'nope', 'nope: no such folder; --data takes a folder of train/<class>/'),
-                             (recipe, f'{recipe} is a file, not a folder of images')):
+    for missing, message in ((tmp_path / 'nope', 'nope: no such folder (expected train/ and val/ with one folder'),
+                             (recipe, f'{recipe} is a file, not a folder (expected train/ and val/')):
         assert main(train_args(missing, recipe, tmp_path / 'c')) == 2
         assert message in capsys.readouterr().err
 

@@ -71,12 +71,10 @@ def find_classes(folder: Path) -> List[str]:
 def split_folders(root: Path) -> Tuple[Path, Path, List[str]]:
     """``root/train`` and ``root/val`` with their common class list; an error if the class sets differ."""
     root = Path(root)
-    if not root.exists():
-        raise DataError(f'{root}: no such folder; --data takes a folder of train/<class>/ and val/<class>/ images, '
-                        'scnet shards, or a Hugging Face dataset (see `scnet train --help`)')
     if not root.is_dir():
-        raise DataError(f'{root} is a file, not a folder of images; --data takes a folder of train/<class>/ and '
-                        'val/<class>/ images, scnet shards, or a Hugging Face dataset (see `scnet train --help`)')
+        what = 'is a file, not a folder' if root.exists() else ': no such folder'
+        raise DataError(f'{root}{" " if root.exists() else ""}{what} (expected train/ and val/ with one folder per '
+                        f'class in it: {root}/train/<class>/*.jpg and {root}/val/<class>/*.jpg)')
     train, val = root / 'train', root / 'val'
     for split in (train, val):
         if not split.is_dir():

@@ -398,7 +398,7 @@ def load_recipe(config: Optional[str] = None, **overrides: Any) -> Recipe:
 
     An evaluation crop changed by ``image_size`` or ``eval_image_size`` without an ``eval_resize`` keeps the
     recipe's ratio of resize to crop (ImageNet's 256 / 224): left at the recipe's 256, a 32-px crop would score
-    the centre eighth of an 8x up-scaled image, and a 320-px crop would be refused.
+    a small centre patch of a much enlarged image, and a 320-px crop would be refused.
     """
     given = {k: v for k, v in overrides.items() if v is not None}
     if given.keys() & {'image_size', 'eval_image_size'} and 'eval_resize' not in given:
