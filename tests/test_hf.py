@@ -89,3 +89,9 @@ def test_columns_are_detected_or_named(folder, recipe, tmp_path, capsys):
     assert read_metrics(tmp_path / 'run')[0]['val_images'] == 12
     assert main(train_args(f'{tmp_path / "two"}#image=nope', recipe, tmp_path / 'other', '--epochs', '1')) == 2
     assert "no column 'nope'" in capsys.readouterr().err
+
+
+def test_a_dataset_spec_naming_nothing_says_so(recipe, tmp_path, capsys):
+    spec = f'{tmp_path / "nope"}#image=img,label=cls'
+    assert main(train_args(spec, recipe, tmp_path / 'run', '--epochs', '1')) == 2
+    assert f'{tmp_path / "nope"}: no such folder or file (a Hugging Face dataset' in capsys.readouterr().err

@@ -63,6 +63,9 @@ def _load(path: Path):
     except ImportError:
         raise HFDataError(f'{path} is a Hugging Face dataset: install the datasets library (pip install '
                           'scnet-torch[hf])') from None
+    if not path.exists():
+        raise HFDataError(f'{path}: no such folder or file (a Hugging Face dataset saved with save_to_disk, or '
+                          'parquet files named by split: train-..., validation-...)')
     if (path / 'dataset_dict.json').is_file() or (path / 'state.json').is_file():
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.Dataset):
