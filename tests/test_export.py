@@ -256,3 +256,21 @@ def test_cli_unknown_format_and_help(capsys):
     for flag in ('--model', '--checkpoint', '--num-classes', '--format', '--output', '--input-size', '--batch-size',
                  '--repeats', '--no-deploy', '--force'):
         assert flag in usage
+
+
+def test_a_probe_failure_names_the_flags_that_make_the_input(tmp_path, capsys, monkeypatch):
+    """deploy's advice is its Python argument (example_input=); scnet export builds that input from its flags."""
+    import sys
+
+    from scnet.deploy import DeployError
+
+    def failing(model, **kwargs):
+        raise DeployError('the model failed on the probe input of shape (100000, 3, 32, 32) (RuntimeError: '
+                          "can't allocate memory); pass example_input= with a valid input")
+
+    # the module (scnet.deploy, the attribute, is the function): run() imports deploy from it when it runs
+    monkeypatch.setattr(sys.modules['scnet.deploy'], 'deploy', failing)
+    code, _, err = export_cli(capsys, '--model', 'resnet26_cifar', '--format', 'torchscript', '--output',
+                              str(tmp_path / 'net.ts'))
+    assert code == 2 and 'example_input=' not in err
+    assert 'the example input is made from --batch-size and --input-size' in err

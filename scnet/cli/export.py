@@ -144,7 +144,12 @@ def run(args: argparse.Namespace) -> int:
     deploy_report = None
     exported = model
     if not args.no_deploy:
-        deployed = deploy(model, channels_last=False, compile=False, example_input=x)
+        try:
+            deployed = deploy(model, channels_last=False, compile=False, example_input=x)
+        except ScnetError as e:  # its advice is the Python API's example_input=: here the input comes from flags
+            raise ScnetError(str(e).replace('pass example_input= with a valid input', 'the example input is '
+                                            'made from --batch-size and --input-size: choose sizes the network '
+                                            'runs (and the memory holds)')) from None
         exported, deploy_report = deployed.module, deployed.report
     export_model(exported, args.format, output, x, dynamic_batch=True)
     loaded = load_exported(output, args.format)
