@@ -96,6 +96,7 @@ def test_impossible_numbers_are_refused_before_any_work(argv, message, tmp_path,
     (['features', '--model', 'resnet26_cifar', '--output', '{tmp}/a_file'], '{tmp}/a_file is a file'),
     (['shards', '{tmp}', '{tmp}/a_file'], 'argument OUT: {tmp}/a_file is a file'),
     (['benchmark', '--output', '{tmp}/missing/r.json'], 'argument --output: folder {tmp}/missing does not exist'),
+    (EVAL + ['--output', '{tmp}/a_file'], 'argument --output: {tmp}/a_file exists and is not a JSON report'),
     (['plot', '{tmp}', '--output', '{tmp}/a_file'], 'argument --output/-o: {tmp}/a_file is a file, not a folder'),
 ])
 def test_outputs_that_cannot_be_written_are_refused_before_any_work(argv, message, tmp_path, capsys):
@@ -186,6 +187,9 @@ def test_an_evaluation_report_goes_where_asked(tmp_path, capsys):
 
     args = build_parser().parse_args(EVAL + ['--output', str(tmp_path / 'r.json'), '--workers', '0'])
     assert args.output == str(tmp_path / 'r.json') and args.workers == 0 and args.batch_size == 64
+    (tmp_path / 'earlier.json').write_text('{"top1": 1.0}')  # an earlier report: replaced
+    assert build_parser().parse_args(EVAL + ['--output', str(tmp_path / 'earlier.json')]).output == \
+        str(tmp_path / 'earlier.json')
     args = build_parser().parse_args(['cam', '--models', 'resnet26_cifar', '--alpha', '0', '--output',
                                       str(tmp_path / 'new' / 'deeper')])
     assert args.alpha == 0.0 and args.output == str(tmp_path / 'new' / 'deeper')

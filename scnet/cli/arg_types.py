@@ -9,6 +9,7 @@ choice. argparse has range checks for none of this, hence these few functions.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -83,8 +84,8 @@ def _check_writable(text: str, folder: Path) -> None:
 
 
 def report_file(text: str) -> str:
-    """A file a command writes its result to, after the work: in a folder that exists and takes new files, and not
-    a folder itself."""
+    """A file a command writes its result to, after the work: in a folder that exists and takes new files, not a
+    folder itself, and not an existing file other than an earlier JSON report (someone's notes stay)."""
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f'{text} is a folder; give a file name, e.g. {path / "result.json"}')
@@ -93,7 +94,19 @@ def report_file(text: str) -> str:
         what = 'is a file' if folder.exists() else 'does not exist'
         raise argparse.ArgumentTypeError(f'folder {folder} {what}; create the folder first or choose another path')
     _check_writable(text, folder)
+    if path.is_file() and not _is_json(path):
+        raise argparse.ArgumentTypeError(f'{text} exists and is not a JSON report (which the command would replace); '
+                                         'choose another file name')
     return text
+
+
+def _is_json(path: Path) -> bool:
+    """Whether ``path`` holds JSON (an earlier report, which a new one may replace), read whole."""
+    try:
+        json.loads(path.read_bytes())
+        return True
+    except (ValueError, OSError):
+        return False
 
 
 def output_folder(text: str) -> str:
