@@ -119,8 +119,9 @@ def _layer_name_error(name: str, error: Exception, kwargs: dict) -> Optional[Scn
     if isinstance(error, AssertionError):
         detail = str(error).strip() or 'an argument timm\'s ResNet does not accept'
         given = ', '.join(f'{k}={v!r}' for k, v in kwargs.items())
-        return InvalidArgumentError(f'{name}: {detail} (arguments given: {given or "none"}); '
-                                    f'e.g. global_pool is one of \'avg\', \'max\', \'avgmax\', \'catavgmax\' or \'\'')
+        pools = ("; global_pool is one of 'avg', 'max', 'avgmax', 'catavgmax' or '' (none)"
+                 if 'global_pool' in kwargs else '')
+        return InvalidArgumentError(f'{name}: {detail} (arguments given: {given or "none"}){pools}')
     return None
 
 
