@@ -58,12 +58,16 @@ DEFAULT_PROBE_SIZE = (3, 64, 64)
 class DeployError(ScnetError, RuntimeError):
     """The deployed copy does not compute what the original computes, or the model cannot be probed.
 
-    ``report`` is the ``DeployReport`` so far (what was folded, and the difference), or None.
+    ``report`` is the ``DeployReport`` so far (what was folded, and the difference), or None. ``failed_probe`` is
+    ``(shape, detail)`` where the model itself failed on the probe input, so that a caller that made the input
+    (``scnet export``, from its flags) can name its own way out.
     """
 
-    def __init__(self, message: str, report: Optional['DeployReport'] = None) -> None:
+    def __init__(self, message: str, report: Optional['DeployReport'] = None, *,
+                 failed_probe: Optional[Tuple[Tuple[int, ...], str]] = None) -> None:
         super().__init__(message)
         self.report = report
+        self.failed_probe = failed_probe
 
 
 @dataclass
@@ -462,9 +466,9 @@ def deploy(model: nn.Module, *, channels_last: bool = True, compile: bool = Fals
     try:
         expected, problems = _probe(folded_model, candidates, x)
     except Exception as e:  # the user's network failed on the probe: say what to pass instead
-        raise DeployError(f'the model failed on the probe input of shape {tuple(x.shape)} ({type(e).__name__}: '
-                          f'{str(e).splitlines()[0] if str(e) else ""}); pass example_input= with a valid input') \
-            from None
+        detail = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+        raise DeployError(f'the model failed on the probe input of shape {tuple(x.shape)} ({detail}); pass '
+                          'example_input= with a valid input', failed_probe=(tuple(x.shape), detail)) from None
     for bn, c in candidates.items():
         if bn not in problems:
             _fold(folded_model, c)

@@ -231,8 +231,9 @@ def test_bad_inputs_raise_one_clear_error():
         scnet.deploy(meta)
     with pytest.raises(DeployError, match='takes an nn.Module'):
         scnet.deploy(lambda x: x)
-    with pytest.raises(DeployError, match=r'failed on the probe input of shape \(2, 1, 32, 32\).*example_input='):
+    with pytest.raises(DeployError, match=r'failed on the probe input of shape \(2, 1, 32, 32\).*example_input=') as e:
         scnet.deploy(scnet.create_model('resnet26_cifar', num_classes=10), example_input=torch.randn(2, 1, 32, 32))
+    assert e.value.failed_probe[0] == (2, 1, 32, 32) and e.value.failed_probe[1].startswith('RuntimeError: ')
     with pytest.raises(DeployError, match='example_input must be a tensor'):
         scnet.deploy(nn.Conv2d(3, 3, 1), example_input=[1, 2])
     pair = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))

@@ -266,7 +266,8 @@ def test_a_probe_failure_names_the_flags_that_make_the_input(tmp_path, capsys, m
 
     def failing(model, **kwargs):
         raise DeployError('the model failed on the probe input of shape (100000, 3, 32, 32) (RuntimeError: '
-                          "can't allocate memory); pass example_input= with a valid input")
+                          "can't allocate memory); pass example_input= with a valid input",
+                          failed_probe=((100000, 3, 32, 32), "RuntimeError: can't allocate memory"))
 
     # the module (scnet.deploy, the attribute, is the function): run() imports deploy from it when it runs
     monkeypatch.setattr(sys.modules['scnet.deploy'], 'deploy', failing)

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     from scnet.cli.formatting import render_table
     from scnet.complexity import parse_input_size
-    from scnet.deploy import deploy
+    from scnet.deploy import DeployError, deploy
     from scnet.errors import ScnetError
     from scnet.export import check_parity, export_model, load_exported, write_json
 
@@ -146,10 +146,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_deploy:
         try:
             deployed = deploy(model, channels_last=False, compile=False, example_input=x)
-        except ScnetError as e:  # its advice is the Python API's example_input=: here the input comes from flags
-            raise ScnetError(str(e).replace('pass example_input= with a valid input', 'the example input is '
-                                            'made from --batch-size and --input-size: choose sizes the network '
-                                            'runs (and the memory holds)')) from None
+        except DeployError as e:  # its advice is the Python API's example_input=: here the input comes from flags
+            if e.failed_probe is None:
+                raise
+            shape, detail = e.failed_probe
+            raise ScnetError(f'the model failed on the probe input of shape {shape} ({detail}); the example input is '
+                             'made from --batch-size and --input-size: choose sizes the network runs (and the memory '
+                             'holds)') from None
         exported, deploy_report = deployed.module, deployed.report
     export_model(exported, args.format, output, x, dynamic_batch=True)
     loaded = load_exported(output, args.format)

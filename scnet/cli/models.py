@@ -20,18 +20,17 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from scnet.models import PAPER_MODELS, create_model, list_models
+    from scnet.models.factory import close_model_names
     from scnet.weights import OFFICIAL_WEIGHTS
 
     names = list_models(args.pattern)
     if args.pattern and not names:  # an empty table would look like an empty zoo
-        import difflib
-
-        close = difflib.get_close_matches(args.pattern.lower().replace('*', ''), list_models(), n=3, cutoff=0.5)
-        hint = f'did you mean {", ".join(close)}? ' if close else ''
-        wildcards = any(c in args.pattern for c in '*?[')
-        example = '' if wildcards else f"a pattern names models with shell wildcards, e.g. '{args.pattern.lower()}*' "
-        raise ScnetError(f'no model matches {args.pattern!r}; {hint}{example}(`scnet models` lists them '
-                         'all)'.replace('; (', ' ('))
+        close = close_model_names(args.pattern.lower().replace('*', ''))
+        advice = f'did you mean {", ".join(close)}? ' if close else ''
+        if not any(c in args.pattern for c in '*?['):
+            advice += f"a pattern names models with shell wildcards, e.g. '{args.pattern.lower()}*' "
+        raise ScnetError(f'no model matches {args.pattern!r}{"; " + advice if advice else " "}'
+                         '(`scnet models` lists them all)')
     rows = []
     for name in names:
         with torch.device('meta'):  # shapes only: no memory, no initialisation

@@ -108,7 +108,7 @@ def open_run_data(spec: str, recipe, *, mean, std, rank: int = 0, world_size: in
     """The data that ``spec`` (``--data``; a folder path for the embedded set) names, for process ``rank``."""
     from scnet.data.folders import CheckedImageFolder, split_folders
     from scnet.data.hf import is_hf_spec, open_hf
-    from scnet.data.streams import is_shard_spec, open_shards
+    from scnet.data.streams import ShardsError, is_shard_spec, open_shards
 
     spec = str(spec)
     if is_hf_spec(spec):
@@ -120,8 +120,6 @@ def open_run_data(spec: str, recipe, *, mean, std, rank: int = 0, world_size: in
     if is_shard_spec(spec):
         source = open_shards(spec)
         if not source.train.urls:
-            from scnet.data.streams import ShardsError
-
             raise ShardsError(f'{spec} names validation shards only; training reads the training shards (their '
                               'folder, or the train-*.tar pattern), and validates on the val-*.tar its index lists')
         return _streamed(source, recipe, mean, std, rank, world_size)

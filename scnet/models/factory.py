@@ -53,8 +53,13 @@ def list_models(pattern: Union[str, Iterable[str], None] = None, pretrained: boo
     return names
 
 
+def close_model_names(text: str) -> List[str]:
+    """Up to three names of ``list_models()`` closest to ``text`` (a misspelt name), for a "did you mean"."""
+    return difflib.get_close_matches(text, list_models(), n=3, cutoff=0.5)
+
+
 def _unknown(name: str) -> UnknownModelError:
-    close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.5)
+    close = close_model_names(name)
     hint = f' Did you mean {", ".join(close)}?' if close else ''
     return UnknownModelError(f'unknown model {name!r}.{hint} Available: {", ".join(list_models())} '
                              '(`scnet models` lists them; any other timm model: timm.create_model)')

@@ -20,7 +20,7 @@ from timm.models.resnet import Bottleneck
 from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError
 from scnet.models.blocks import SCBottleneck
 from scnet.models.resnet import SCResNet
-from scnet.weights.fit import adapt_first_conv, misfit, misfit_way_out
+from scnet.weights.fit import adapt_first_conv, check_fit
 from scnet.weights.official import OFFICIAL_WEIGHTS, official_url, pretrained_state_dict, read_checkpoint
 
 __all__ = ['SC_OPTIONS', 'ZOO_ARCHITECTURES']
@@ -168,9 +168,7 @@ def _check_pretrained_fits(source: str, state_dict: Dict[str, Any], model: SCRes
     if not keeps_classifier:
         own = {k: v for k, v in own.items() if not k.startswith('fc.')}
         theirs = {k: v for k, v in theirs.items() if not k.startswith('fc.')}
-    if set(own) != set(theirs) or any(tuple(theirs[k].shape) != tuple(own[k].shape) for k in own):
-        raise misfit(source, model.pretrained_cfg.get('architecture', 'the model'), own, theirs,
-                     misfit_way_out(own, theirs))
+    check_fit(source, cfg.get('architecture', 'the model'), own, theirs)
     return state_dict
 
 

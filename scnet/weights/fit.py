@@ -14,8 +14,8 @@ import torch
 
 from scnet.errors import CheckpointError
 
-__all__ = ['WeightsMismatchError', 'adapt_first_conv', 'misfit', 'misfit_way_out', 'not_a_classifier',
-           'unreadable_safetensors']
+__all__ = ['WeightsMismatchError', 'adapt_first_conv', 'check_fit', 'misfit', 'misfit_way_out',
+           'not_a_classifier', 'unreadable_safetensors']
 
 
 class WeightsMismatchError(CheckpointError):
@@ -83,6 +83,14 @@ def misfit_way_out(own: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.T
         return f'the checkpoint has {fc_theirs.shape[0]} classes: build the model with num_classes={fc_theirs.shape[0]}'
     return ('check that the model name and its arguments (channels=, stem, in_chans) match the checkpoint\'s '
             '(see `scnet models`)')
+
+
+def check_fit(source: Union[str, Path], name: str, own: Mapping[str, torch.Tensor],
+              theirs: Mapping[str, torch.Tensor]) -> None:
+    """Raise the ``misfit`` error, with ``misfit_way_out``'s advice, unless ``theirs`` has exactly the keys and
+    shapes of ``own``: the one comparison behind ``load_into`` and the zoo's check of timm's pretrained loading."""
+    if set(own) != set(theirs) or any(tuple(theirs[k].shape) != tuple(own[k].shape) for k in own):
+        raise misfit(source, name, own, theirs, misfit_way_out(own, theirs))
 
 
 def unreadable_safetensors(path: Union[str, Path]) -> Optional[CheckpointError]:

@@ -23,7 +23,7 @@ from torch import nn
 
 from scnet.errors import CheckpointError
 from scnet.files import give_usual_permissions
-from scnet.weights.fit import adapt_first_conv, misfit, misfit_way_out
+from scnet.weights.fit import adapt_first_conv, check_fit
 
 __all__ = ['StateDict', 'checkpoint_file', 'read_state_dict', 'read_metadata', 'read_shape', 'save_state_dict',
            'load_into']
@@ -194,7 +194,5 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sourc
     if new_head or 'fc.weight' not in own:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith('fc.')}
         own = {k: v for k, v in own.items() if not k.startswith('fc.')}
-    differ = set(own) ^ set(state_dict) or any(state_dict[k].shape != own[k].shape for k in own)
-    if differ:
-        raise misfit(source, 'the model', own, state_dict, misfit_way_out(own, state_dict))
+    check_fit(source, 'the model', own, state_dict)
     model.load_state_dict(state_dict, strict=not new_head)
