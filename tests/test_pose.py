@@ -521,6 +521,9 @@ def test_files_that_are_not_coco_json(small, tmp_path, capsys):
     assert 'not COCO JSON: the top level is a list' in capsys.readouterr().err
     assert main(['pose', 'eval', '--checkpoint', str(tmp_path / 'x.safetensors'), *data_args(small, train=False)]) == 2
     assert 'no such checkpoint file' in capsys.readouterr().err
+    (tmp_path / 'no_run').mkdir()  # a folder that holds no run's files
+    assert main(['pose', 'eval', '--checkpoint', str(tmp_path / 'no_run'), *data_args(small, train=False)]) == 2
+    assert 'no_run is a folder with neither model.safetensors nor last.pt' in capsys.readouterr().err
 
 
 def test_bad_detection_files_and_checkpoints(trained, small, people, tmp_path, capsys):

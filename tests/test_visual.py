@@ -208,6 +208,29 @@ def test_model_specs_classes_and_layers(runs):
         resolve_layer(m.model, 'layer9')
 
 
+def test_a_run_folder_still_training_stands_for_its_last_state(runs, tmp_path):
+    """A run folder without model.safetensors (a run still going) gives its last.pt, with its run settings;
+    an empty folder names what it lacks."""
+    from safetensors.torch import load_file
+
+    from scnet.errors import CheckpointError
+
+    going = tmp_path / 'going'
+    going.mkdir()
+    weights = load_file(str(runs['scnet'] / 'model.safetensors'))
+    config = {'model': 'scnet26_cifar', 'classes': CLASSES, 'image_size': 32, 'eval_resize': 32,
+              'model_kwargs': SMALL}
+    torch.save({'model': weights, 'config': config}, going / 'last.pt')
+    m = load_model(str(going))
+    assert m.name == 'scnet26_cifar' and m.class_names == CLASSES and m.label == 'scnet26_cifar (going)'
+    for key, value in m.model.state_dict().items():
+        torch.testing.assert_close(value, weights[key], rtol=0, atol=0)
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match='empty is a folder with neither model.safetensors nor last.pt'):
+        load_model(str(empty))
+
+
 # ----------------------------------------------------------------------------------------------- the CLI
 
 def test_cam_cli_grid_of_models_and_images(runs, images, tmp_path, capsys):

@@ -84,11 +84,9 @@ def read_task_checkpoint(path: Union[str, Path], meta_type: Type[M], *, task: st
     ``is_task``: whether a safetensors file's metadata is of this task.
     """
     from scnet.train.state import load_state
-    from scnet.weights.io import read_metadata, read_state_dict
+    from scnet.weights.io import checkpoint_file, read_metadata, read_state_dict
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / 'model.safetensors' if (path / 'model.safetensors').is_file() else path / 'last.pt'
+    path = checkpoint_file(path)  # a run folder: its model.safetensors, else its last.pt
     if not path.is_file():
         raise CheckpointError(f'{path}: no such checkpoint file (model.safetensors or last.pt of `{command}`)')
     not_ours = CheckpointError(f'{path}: not a {task} checkpoint (nothing in it says how to build the {task} '

@@ -136,13 +136,11 @@ def parse_model_spec(spec: str) -> Tuple[Optional[str], Optional[str]]:
 
 
 def _checkpoint_file(path: str) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        f = p / 'model.safetensors'
-        if not f.is_file():
-            raise ScnetError(f'{p}: a directory without model.safetensors; give a checkpoint file or the run '
-                             'directory of a finished `scnet train`')
-        return f
+    """The checkpoint file of ``path``: the file itself or, for a training run's folder, its
+    ``model.safetensors`` (else the ``last.pt`` of a run still going), as everywhere a checkpoint is read."""
+    from scnet.weights.io import checkpoint_file
+
+    p = checkpoint_file(path)
     if not p.exists():
         raise ScnetError(f'{p}: no such checkpoint file or run directory')
     return p
@@ -191,7 +189,7 @@ def load_model(spec: str, *, image_size: Optional[int] = None, resize: Optional[
     if checkpoint is None:
         label = name if weights == 'random' else f'{name} ({weights})'
     else:
-        shown = checkpoint.parent.name if checkpoint.name == 'model.safetensors' else checkpoint.name
+        shown = checkpoint.parent.name if checkpoint.name in ('model.safetensors', 'last.pt') else checkpoint.name
         label = f'{name} ({shown})' if shown != name else f'{name} (checkpoint)'
     return LoadedModel(name=name, label=label, model=model,
                        preprocessing=Preprocessing.from_metadata(meta, image_size, resize),
