@@ -4,7 +4,8 @@ A spec is what ``scnet cam --models`` and its siblings take:
 
 ``scnet50``                    the zoo model with random weights (seeded; see below)
 ``scnet50:run/model.safetensors``  the model with a checkpoint (ours or the authors', either layout)
-``scnet50:run``                the same, for a run directory of ``scnet train`` (its ``model.safetensors``)
+``scnet50:run``                the same, for a run directory of ``scnet train`` (its ``model.safetensors``,
+                               else the ``last.pt`` of a run still going)
 ``run`` or ``run/model.safetensors``  a checkpoint of ``scnet train``: the model name comes from its metadata
 ``scnet50:pretrained``         the authors' ImageNet weights (downloaded once; timm's for the baselines)
 
