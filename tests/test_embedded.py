@@ -95,6 +95,26 @@ def test_a_folder_that_is_not_a_dataset_is_not_replaced(tmp_path):
     assert not list(tmp_path.glob('.*tmp*'))
 
 
+@pytest.mark.parametrize('layout', ['other_classes', 'other_files', 'other_description'])
+def test_a_users_image_folder_set_is_not_replaced(tmp_path, layout):
+    """An ImageFolder set of the user's has the same top-level names (train, val, maybe a dataset.json): its
+    class folders, file names or description tell it apart, and it is refused before anything is built."""
+    root = tmp_path / 'mine'
+    cls = 'circle' if layout != 'other_classes' else 'cat'
+    name = '00000.png' if layout != 'other_files' else 'IMG_0001.jpg'
+    for split in ('train', 'val'):
+        (root / split / cls).mkdir(parents=True)
+        (root / split / cls / name).write_bytes(b'my photo')
+    if layout == 'other_description':
+        (root / 'dataset.json').write_text('{"name": "my cats"}')
+    before = sorted(str(p.relative_to(root)) for p in root.rglob('*'))
+    with pytest.raises(FileExistsError, match='mine is not an embedded dataset folder'):
+        build_embedded_dataset(root, **SMALL)
+    assert sorted(str(p.relative_to(root)) for p in root.rglob('*')) == before
+    assert (root / 'train' / cls / name).read_bytes() == b'my photo'
+    assert not list(tmp_path.glob('.*tmp*'))
+
+
 def test_bad_arguments():
     for bad in (dict(train_per_class=0), dict(val_per_class=1.5), dict(image_size=4)):
         with pytest.raises(ValueError):

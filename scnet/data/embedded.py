@@ -39,6 +39,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import time
@@ -309,12 +310,46 @@ def _write_images(folder: Path, counts: Dict[str, int], seed: int, size: int,
         report(f'built the embedded dataset in {time.perf_counter() - start:.1f} s')
 
 
+_IMAGE_NAME = re.compile(r'\d{5}\.png')
+
+
+def _foreign_entries(path: Path) -> List[str]:
+    """What in ``path`` an embedded dataset (complete or not, of any parameters) would not hold: entries other
+    than ``train``, ``val`` and ``dataset.json``, class folders other than the shapes', files other than
+    ``NNNNN.png``. A user's own ImageFolder set has the same top-level names, so the class folders and file
+    names are what tell them apart."""
+    foreign = [p.name for p in path.iterdir() if p.name not in ('train', 'val', 'dataset.json')]
+    for split in ('train', 'val'):
+        folder = path / split
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            foreign.append(split)
+            continue
+        for cls in folder.iterdir():
+            if cls.name not in CLASSES or not cls.is_dir():
+                foreign.append(f'{split}/{cls.name}')
+                continue
+            foreign += [f'{split}/{cls.name}/{f.name}' for f in cls.iterdir() if not _IMAGE_NAME.fullmatch(f.name)]
+    description = read_description(path) if (path / 'dataset.json').exists() else None
+    if (path / 'dataset.json').exists() and not (isinstance(description, dict)
+                                                and description.get('name') == EMBEDDED_NAME):
+        foreign.append('dataset.json')
+    return sorted(foreign)
+
+
+def _refuse_foreign_folder(path: Path) -> None:
+    """A ``FileExistsError`` unless ``path`` holds nothing but (parts of) an embedded dataset."""
+    foreign = _foreign_entries(path)
+    if foreign:
+        shown = ', '.join(foreign[:3]) + (f' and {len(foreign) - 3} more' if len(foreign) > 3 else '')
+        raise FileExistsError(f'{path} is not an embedded dataset folder (it holds {shown}); refusing to replace '
+                              'it: pass another root or empty it')
+
+
 def _remove_dataset_folder(path: Path) -> None:
     """Delete a folder only if it holds nothing but (parts of) an embedded dataset."""
-    extra = [p.name for p in path.iterdir() if p.name not in ('train', 'val', 'dataset.json')]
-    if extra:
-        raise FileExistsError(f'{path} is not an embedded dataset folder (it holds {", ".join(sorted(extra)[:3])}); '
-                              'refusing to replace it: pass another root or empty it')
+    _refuse_foreign_folder(path)
     shutil.rmtree(path)
 
 
@@ -341,6 +376,8 @@ def build_embedded_dataset(root: Union[str, Path, None] = None, *, seed: int = D
     root.parent.mkdir(parents=True, exist_ok=True)
     if root.exists() and not root.is_dir():
         raise FileExistsError(f'{root} exists and is not a folder')
+    if root.is_dir():
+        _refuse_foreign_folder(root)  # before the build, not after it: a user's folder is never a candidate
     _remove_stale_temporaries(root)
     tmp = root.parent / f'.{root.name}.tmp-{os.getpid()}'
     if tmp.exists():
