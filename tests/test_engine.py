@@ -67,6 +67,25 @@ def test_non_finite_loss_names_the_step_the_losses_and_the_last_good_checkpoint(
             engine.check_finite(torch.tensor(float('inf')), epoch=1, step=1)
 
 
+def test_a_state_with_non_finite_tensors_is_refused_where_it_would_be_saved(tmp_path):
+    state = {'model': {'w': torch.ones(2), 'steps': torch.tensor(3)}, 'optimizer': {'state': {0: {
+        'momentum_buffer': torch.zeros(2)}}, 'param_groups': [{'lr': 0.1}]}, 'ema': None}
+    engine.check_state_finite(state, where='epoch 1, step 1')
+    state['optimizer']['state'][0]['momentum_buffer'][1] = float('nan')  # deep inside the optimiser's state
+    with pytest.raises(engine.NonFiniteLossError, match=r'^the weights became non-finite at epoch 4, step 2'):
+        engine.check_state_finite(state, where='epoch 4, step 2')
+    # at the end of the epoch's training, with the step of the epoch that last.pt holds
+    with pytest.raises(engine.NonFiniteLossError) as e:
+        with engine.keep_last_good(tmp_path, epoch=4, state=lambda: state, saved_step=lambda: 3):
+            pass
+    assert str(e.value).startswith('the weights became non-finite at the end of epoch 4')
+    assert f'the state of step 3 of this epoch was saved, last good checkpoint: {tmp_path / "last.pt"} ' \
+           '(epoch 4, step 3)' in str(e.value)
+    state['optimizer']['state'][0]['momentum_buffer'][1] = 0.0
+    with engine.keep_last_good(tmp_path, epoch=4, state=lambda: state):
+        pass
+
+
 def test_pieces_of_a_single_cpu_process():
     model = torch.nn.Linear(2, 2)
     assert engine.wrap_ddp(model, CPU) is model and engine.grad_scaler(CPU.device, amp=True) is None

@@ -320,6 +320,39 @@ def test_empty_class_folder_and_class_mismatch(data, recipe, tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('every', [1, 0])
+def test_weights_a_diverged_step_made_are_never_saved(data, recipe, tmp_path, capsys, monkeypatch, every):
+    """The losses are checked before each step; a step whose update makes the weights infinite is caught before
+    its state is saved (mid-epoch with --checkpoint-every, at the epoch's end without), and the message names
+    what last.pt really holds."""
+    from scnet.train import preemption
+
+    run = tmp_path / 'run'
+    real = preemption.StepCheckpoints.after_step
+    steps = {'n': 0}
+    diverged_at = 6 if every else 8  # 4 steps per epoch: epoch 2, step 2 (or its last step)
+
+    def after_step(self):
+        steps['n'] += 1
+        if steps['n'] == diverged_at:
+            self.state()['model']['conv1.weight'].fill_(float('inf'))
+        real(self)
+
+    monkeypatch.setattr(preemption.StepCheckpoints, 'after_step', after_step)
+    assert main(train_args(data, recipe, run, '--checkpoint-every', str(every))) == 2
+    err = capsys.readouterr().err
+    state = torch.load(run / 'last.pt', weights_only=True)
+    assert all(torch.isfinite(t).all() for t in state['model'].values() if t.is_floating_point())
+    if every:
+        assert 'the weights became non-finite at epoch 2, step 2' in err
+        assert f'last good checkpoint: {run / "last.pt"} (epoch 2, step 1)' in err
+        assert (state['epoch'], state['step']) == (1, 1)  # mid-epoch states count the epochs finished
+    else:
+        assert 'the weights became non-finite at the end of epoch 2' in err
+        assert f'nothing of this epoch was saved, last good checkpoint: {run / "last.pt"} (epoch 1)' in err
+        assert state['epoch'] == 1 and not state.get('step')
+
+
 def test_eval_refuses_a_checkpoint_with_other_classes(data, recipe, tmp_path, capsys):
     run = tmp_path / 'run'
     assert main(train_args(data, recipe, run, '--epochs', '1')) == 0

@@ -17,7 +17,7 @@ import contextlib
 import math
 import random
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,7 +29,8 @@ from scnet.train.distributed import Context, all_reduce_sum
 from scnet.train.state import restore_rng_states
 
 __all__ = ['NonFiniteLossError', 'seed_epoch', 'progress_bar', 'batches', 'unwrap_worker_error', 'check_finite',
-           'keep_last_good', 'autocast', 'grad_scaler', 'wrap_ddp', 'restore_training', 'epoch_line', 'finish_run']
+           'check_state_finite', 'keep_last_good', 'autocast', 'grad_scaler', 'wrap_ddp', 'restore_training',
+           'epoch_line', 'finish_run']
 
 
 class NonFiniteLossError(ScnetError):
@@ -104,16 +105,52 @@ def check_finite(values: torch.Tensor, *, epoch: int, step: int, names: Sequence
     raise NonFiniteLossError(f'the loss became non-finite at epoch {epoch}, step {step}{detail}')
 
 
+def _floating_tensors(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point():
+            yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _floating_tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _floating_tensors(value)
+
+
+def check_state_finite(state: Any, *, where: str) -> None:
+    """Raise ``NonFiniteLossError`` when a floating tensor of a training state (weights, EMA weights, optimiser
+    moments; nested dicts and lists) is NaN or infinite on any process. Called before a state is saved: the
+    losses are checked before each optimiser step, so the step after the last check can still diverge, and its
+    state must not replace the last good ``last.pt``. ``where`` says when (``epoch 3, step 40``)."""
+    by_device: Dict[torch.device, list] = {}
+    for t in _floating_tensors(state):
+        by_device.setdefault(t.device, []).append(torch.isfinite(t).all())
+    bad = sum(0.0 if bool(torch.stack(flags).all()) else 1.0 for flags in by_device.values())
+    if float(all_reduce_sum(torch.tensor([bad], dtype=torch.float64))[0]) > 0:
+        raise NonFiniteLossError(f'the weights became non-finite at {where} (the losses before were finite)')
+
+
 @contextlib.contextmanager
-def keep_last_good(output: Path, epoch: int) -> Iterator[None]:
-    """Around an epoch's training: a ``NonFiniteLossError`` also says that nothing of the epoch was saved,
-    which checkpoint is the last good one, and what to change."""
+def keep_last_good(output: Path, epoch: int, *, state: Optional[Callable[[], Any]] = None,
+                   saved_step: Optional[Callable[[], int]] = None) -> Iterator[None]:
+    """Around an epoch's training: a ``NonFiniteLossError`` also says which checkpoint is the last good one and
+    what to change. ``state`` (the training state the epoch will save) is checked to be finite when the epoch's
+    training ends (``check_state_finite``); ``saved_step``: the step of this epoch that ``last.pt`` holds (0:
+    it holds the end of the epoch before), for runs that save mid-epoch."""
     try:
         yield
+        if state is not None:
+            check_state_finite(state(), where=f'the end of epoch {epoch}')
     except NonFiniteLossError as e:
-        kept = f'{Path(output) / "last.pt"} (epoch {epoch - 1})' if epoch > 1 else 'none yet'
-        raise NonFiniteLossError(f'{e}; nothing of this epoch was saved, last good checkpoint: {kept}. '
-                                 'Lower the learning rate (--lr) or check the data') from None
+        step = saved_step() if saved_step is not None else 0
+        last = Path(output) / 'last.pt'
+        if step:
+            kept = f'the state of step {step} of this epoch was saved, last good checkpoint: {last} (epoch {epoch}, ' \
+                   f'step {step})'
+        else:
+            kept = 'nothing of this epoch was saved, last good checkpoint: ' + \
+                   (f'{last} (epoch {epoch - 1})' if epoch > 1 else 'none yet')
+        raise NonFiniteLossError(f'{e}; {kept}. Lower the learning rate (--lr) or check the data') from None
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -37,6 +37,7 @@ import torch.distributed as dist
 
 from scnet.errors import ScnetError
 from scnet.train.distributed import Context, all_reduce_sum
+from scnet.train.engine import check_state_finite
 from scnet.train.run_folder import RunFolder
 from scnet.train.state import restore_rng_states, rng_states
 
@@ -86,6 +87,7 @@ class StepCheckpoints:
         self.epoch = 0
         self.epoch_lr = 0.0
         self.step = 0                        # optimiser steps done in the current epoch
+        self.saved_step = 0                  # the step of the current epoch that last.pt holds (0: none)
         self.resumed_images = 0.0            # images of the current epoch trained before a resume
         self.sums = torch.zeros(5, dtype=torch.float64)
         self._saved = run.state if run.state is not None and run.state.get('step') else None
@@ -100,12 +102,13 @@ class StepCheckpoints:
     def begin_epoch(self, epoch: int, *, lr: float) -> int:
         """Start ``epoch`` (``lr``: the learning rate now); returns the optimiser steps of it already done (those
         of a state saved mid-epoch). ``epoch_lr`` is then the learning rate the epoch began with."""
-        self.epoch, self.step, self.resumed_images, self.epoch_lr = epoch, 0, 0.0, lr
+        self.epoch, self.step, self.saved_step, self.resumed_images, self.epoch_lr = epoch, 0, 0, 0.0, lr
         self.sums = torch.zeros(5, dtype=torch.float64)
         saved, self._saved = self._saved, None
         if saved is None or int(saved['epoch']) + 1 != epoch:
             return 0
         self.step, self.epoch_lr = int(saved['step']), float(saved['epoch_lr'])
+        self.saved_step = self.step
         if self.ctx.is_main:  # the sums of the whole run so far, counted once
             self.sums = saved['epoch_sums'].clone()
         self.resumed_images = float(saved['epoch_sums'][2])
@@ -150,6 +153,10 @@ class StepCheckpoints:
         return bool(all_reduce_sum(flag)[0] > 0) if self.ctx.distributed else self._signalled
 
     def _save(self) -> None:
+        """Write the state mid-epoch, unless the step just taken made it non-finite (a ``NonFiniteLossError``;
+        the good ``last.pt`` stays)."""
+        state = self.state()
+        check_state_finite(state, where=f'epoch {self.epoch}, step {self.step}')
         sums = all_reduce_sum(self.sums.clone())
         generators = rng_states()
         if self.ctx.distributed:
@@ -158,6 +165,7 @@ class StepCheckpoints:
             generators_of_ranks = gathered
         else:
             generators_of_ranks = [generators]
-        self.run.save_mid_epoch(self.state(), epoch=self.epoch, step=self.step, epoch_sums=sums,
+        self.run.save_mid_epoch(state, epoch=self.epoch, step=self.step, epoch_sums=sums,
                                 rng_ranks=generators_of_ranks, epoch_lr=self.epoch_lr)
+        self.saved_step = self.step
 

@@ -296,7 +296,8 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
             train_loader = _loader(train_set, ctx, recipe, **data.train_kwargs(), worker_init_fn=ignore_sigterm,
                                    generator=torch.Generator().manual_seed(recipe.seed * 100_003 + epoch))
             lr = checkpoints.epoch_lr  # (that of a resumed epoch as it began)
-            with engine.keep_last_good(output, epoch):
+            saved_step = lambda: checkpoints.saved_step  # noqa: E731 (read when an error comes)
+            with engine.keep_last_good(output, epoch, state=training_state, saved_step=saved_step):
                 row = train_one_epoch(train_model, train_loader, optimizer, scheduler, ctx, settings, epoch=epoch,
                                       scaler=scaler, progress=progress, sums=checkpoints.sums)
             row = checkpoints.finish_epoch(row)

@@ -151,7 +151,8 @@ def train_detector(recipe: DetectionRecipe, output: Path, *, resume: bool = Fals
             train_set.epoch = epoch
             loader = DataLoader(train_set, batch_sampler=batch_sampler, num_workers=recipe.workers,
                                 collate_fn=collate, pin_memory=ctx.device.type == 'cuda')
-            with keep_last_good(output, epoch):
+            with keep_last_good(output, epoch, state=lambda: {'model': model.state_dict(),
+                                                            'optimizer': optimizer.state_dict()}):
                 row = engine.train_one_epoch(train_model, loader, optimizer, scheduler, ctx, epoch=epoch,
                                              epochs=recipe.epochs, progress=progress, grad_clip=recipe.grad_clip)
             distributed.broadcast_buffers(model)

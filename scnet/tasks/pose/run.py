@@ -121,7 +121,8 @@ def train_pose(recipe: PoseRecipe, output: Path, *, resume: bool = False, progre
             loader = DataLoader(train_set, batch_size=per_process, sampler=sampler, num_workers=recipe.workers,
                                 drop_last=drop_last, pin_memory=ctx.device.type == 'cuda')
             lr = optimizer.param_groups[0]['lr']
-            with keep_last_good(output, epoch):
+            with keep_last_good(output, epoch, state=lambda: {'model': model.state_dict(),
+                                                            'optimizer': optimizer.state_dict()}):
                 row = engine.train_one_epoch(train_model, loader, optimizer, ctx, epoch=epoch, amp=recipe.amp,
                                              scaler=scaler, progress=progress)
             scheduler.step()
