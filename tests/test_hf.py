@@ -95,3 +95,34 @@ def test_a_dataset_spec_naming_nothing_says_so(recipe, tmp_path, capsys):
     spec = f'{tmp_path / "nope"}#image=img,label=cls'
     assert main(train_args(spec, recipe, tmp_path / 'run', '--epochs', '1')) == 2
     assert f'{tmp_path / "nope"}: no such folder or file (a Hugging Face dataset' in capsys.readouterr().err
+
+
+def test_a_validation_split_with_its_own_class_label_is_read_by_class_name(folder, tmp_path):
+    """Each split of a DatasetDict has its own ClassLabel: a validation split without one of the classes
+    numbers the others differently, and its labels are mapped to the training classes by name."""
+    from scnet.data.hf import HFDataError, open_hf
+
+    dd = _dataset_dict(folder)
+    classes = dd['train'].features['label'].names  # bar, dot, ring
+    val = dd['validation'].filter(lambda row: row['label'] != 1)  # no 'dot' image
+    val_names = [classes[i] for i in val['label']]
+    without_dot = datasets.ClassLabel(names=['bar', 'ring'])
+    val = val.map(lambda row: {'label': without_dot.str2int(classes[row['label']])}).cast_column('label', without_dot)
+    datasets.DatasetDict({'train': dd['train'], 'validation': val}).save_to_disk(str(tmp_path / 'subset'))
+    data = open_hf(str(tmp_path / 'subset'))
+    split = data.split('val', None)
+    assert [data.classes[split[i][1]] for i in range(len(split))] == val_names
+    assert 'ring' in val_names and 'bar' in val_names  # indices 1 and 0 in the split's own ClassLabel
+
+    other = datasets.ClassLabel(names=['bar', 'cat'])
+    val = dd['validation'].filter(lambda row: row['label'] != 1).map(
+        lambda row: {'label': min(row['label'], 1)}).cast_column('label', other)
+    datasets.DatasetDict({'train': dd['train'], 'validation': val}).save_to_disk(str(tmp_path / 'other'))
+    with pytest.raises(HFDataError, match=r"the validation split has classes the train split has not \('cat'\)"):
+        open_hf(str(tmp_path / 'other'))
+
+    unlabelled = dd['validation'].map(lambda row: {'label': -1})
+    datasets.DatasetDict({'train': dd['train'], 'validation': unlabelled}).save_to_disk(str(tmp_path / 'test'))
+    split = open_hf(str(tmp_path / 'test')).split('val', None)
+    with pytest.raises(HFDataError, match=r'row 0: no label \(-1\)'):
+        split[0]

@@ -5,7 +5,8 @@ or a folder of parquet files named by split as the Hub lays them out (``train-00
 ``validation-...``; the ``data/`` folder of a downloaded dataset repository), read with the ``datasets``
 library. The splits are ``train`` and the first of ``validation``, ``val``, ``test``. The image column is the
 one with an ``Image`` feature and the label column the one with a ``ClassLabel`` feature (whose names are the
-classes); ``PATH#image=img,label=fine_label`` names them where a dataset has several.
+classes); ``PATH#image=img,label=fine_label`` names them where a dataset has several. A validation split
+whose ``ClassLabel`` differs from train's (one without some of the classes) has its labels read by class name.
 
 The images are read as the bytes the dataset stores and decoded like a folder's files
 (``scnet.data.folders.decode_rgb_bytes``), so a dataset made from a folder gives the same pixels, and, being
@@ -14,7 +15,7 @@ dependency (``pip install scnet-torch[hf]``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -90,6 +91,8 @@ class HFData:
     label: str
     classes: List[str]
     spec: str
+    #: for each split other than train whose ClassLabel differs from train's: its index -> train's index
+    label_maps: Dict[str, Optional[List[int]]] = field(default_factory=dict)
 
     def split(self, which: str, transform: Optional[Callable], *, skip_bad_images: bool = False) -> 'HFSplit':
         """``train``, or ``val`` (the first of ``VAL_SPLITS`` present), as a map-style image dataset."""
@@ -124,8 +127,35 @@ def open_hf(spec: str) -> HFData:
     if not isinstance(features[label], datasets.ClassLabel):
         raise HFDataError(f'{spec}: the label column {label!r} has no class names (it is no ClassLabel feature); '
                           'cast it with Dataset.cast_column(name, ClassLabel(names=[...]))')
+    classes = list(features[label].names)
+    label_maps = {name: _label_map(splits[name].features, image, label, classes, name, str(spec))
+                  for name in splits if name != 'train'}
     splits = splits.cast_column(image, datasets.Image(decode=False))  # the stored bytes, decoded as files are
-    return HFData(splits, image, label, list(features[label].names), str(spec))
+    return HFData(splits, image, label, classes, str(spec), label_maps)
+
+
+def _label_map(features, image: str, label: str, classes: List[str], split: str,
+               spec: str) -> Optional[List[int]]:
+    """How the ``split``'s label indices become the training classes' (None: they are the same). Each split
+    of a ``DatasetDict`` has its own ``ClassLabel``: a validation split without one of the classes numbers the
+    rest differently, and its raw indices would name the wrong class."""
+    import datasets
+
+    missing = [column for column in (image, label) if column not in features]
+    if missing:
+        raise HFDataError(f'{spec}: the {split} split has no column {", ".join(map(repr, missing))} (columns: '
+                          f'{", ".join(features)}); every split needs the train split\'s image and label columns')
+    if not isinstance(features[label], datasets.ClassLabel):
+        raise HFDataError(f'{spec}: the {split} split\'s label column {label!r} has no class names (it is no '
+                          'ClassLabel feature); cast it to the train split\'s ClassLabel')
+    names = list(features[label].names)
+    if names == classes:
+        return None
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise HFDataError(f'{spec}: the {split} split has classes the train split has not '
+                          f'({", ".join(map(repr, unknown[:5]))}); give both splits the same ClassLabel')
+    return [classes.index(n) for n in names]
 
 
 class HFSplit(Dataset):
@@ -138,6 +168,7 @@ class HFSplit(Dataset):
                  skip_bad_images: bool = False, decoder: Optional[str] = None) -> None:
         self.rows = data.splits[split]
         self.image, self.label, self.transform = data.image, data.label, transform
+        self.label_map = data.label_maps.get(split)
         self.name = f'{data.spec.partition("#")[0]} [{split}]'
         self.skip_bad_images = skip_bad_images
         self.decoder = decoder or default_decoder()
@@ -155,6 +186,10 @@ class HFSplit(Dataset):
         if image is None:
             return None
         target = int(row[self.label])
+        if target < 0:  # ClassLabel's "no label", as in the Hub's unlabelled test splits
+            raise HFDataError(f'{name}: no label (-1); a split used for training or validation needs labels')
+        if self.label_map is not None:
+            target = self.label_map[target]
         if self.transform is None:
             return image, target
         return seeded_transform(self.transform, image, self.augment_seed, self.epoch, index), target
