@@ -608,3 +608,31 @@ def test_eval_names_the_model_a_checkpoint_belongs_to_or_says_in_one_line_that_i
     assert err.strip() == (f'scnet eval: error: --output {tmp_path / "result.json"}: cannot write the result (No '
                            'space left on device); it is printed above; give a writable --output (its folder must '
                            'exist)')
+
+
+def test_a_recipe_built_by_hand_is_checked_before_anything_runs(data, tmp_path):
+    """train() takes a Recipe built in Python without load_recipe: its types and ranges are checked first (one
+    line each), and an evaluation crop of another size keeps ImageNet's resize ratio."""
+    from scnet.errors import InvalidArgumentTypeError
+    from scnet.train.recipe import Recipe, RecipeError
+    from scnet.train.trainer import train
+
+    assert Recipe().eval_resize == 256 and Recipe(image_size=32).eval_resize == 37
+    assert Recipe(image_size=160, eval_image_size=224).eval_resize == 256
+    assert Recipe(image_size=32, eval_resize=32).eval_resize == 32
+    base = dict(model='scnet26_cifar', model_kwargs={'channels': [8, 16, 32, 64]}, data=str(data), epochs=1,
+                batch_size=8, workers=0, image_size=16, augment='flip')
+    out = tmp_path / 'run'
+    for change, message in ((dict(batch_size=0), 'batch_size must be >= 1'),
+                            (dict(label_smoothing=1.5), r'label_smoothing must be in \[0, 1\)'),
+                            (dict(lr=-1.0), 'lr must be > 0'),
+                            (dict(epochs='2'), "epochs must be an integer, got '2'"),
+                            (dict(image_size=-4), 'image_size must be >= 8'),
+                            (dict(schedule='linear'), "schedule must be one of .*got 'linear'"),
+                            (dict(device='gpu'), 'gpu'),
+                            (dict(epochs=0), 'epochs must be >= 1')):
+        with pytest.raises(RecipeError, match=message):
+            train(Recipe(**{**base, **change}), out, progress=False)
+        assert not out.exists()  # refused before the run folder is made
+    with pytest.raises(InvalidArgumentTypeError, match='takes a scnet.train.recipe.Recipe'):
+        train(base, out)

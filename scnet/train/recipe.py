@@ -95,7 +95,7 @@ class Recipe:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     image_size: int = 224
-    eval_resize: int = 256
+    eval_resize: Optional[int] = None     # None: ImageNet's ratio to the evaluation crop, 256 for 224
     augment: str = 'random-resized-crop'
     aux_weight: float = 0.0               # > 0: side classifier after res3 (Fig. 5)
     seed: int = 0
@@ -124,6 +124,13 @@ class Recipe:
     drop_path_rate: float = 0.0           # stochastic depth
     eval_image_size: Optional[int] = None  # None: image_size (RSB trains at 160 and tests at 224)
 
+    def __post_init__(self) -> None:
+        # a crop of another size keeps ImageNet's resize / crop ratio: a fixed 256 would score the centre
+        # eighth of a 32-px image enlarged, and refuse a 320-px crop (other types are left to validate())
+        size = self.eval_size
+        if self.eval_resize is None and isinstance(size, int) and not isinstance(size, bool):
+            self.eval_resize = max(size, round(size * 256 / 224))
+
     @property
     def eval_size(self) -> int:
         return self.eval_image_size or self.image_size
@@ -137,6 +144,8 @@ class Recipe:
         return self.lr if self.lr is not None else self.base_lr * self.batch_size / 256
 
     def validate(self) -> 'Recipe':
+        """The recipe itself, or one ``RecipeError`` naming every setting out of its range (``train`` calls
+        it, after checking the settings' types)."""
         checks = [
             (self.epochs >= 1, f'epochs must be >= 1, got {self.epochs}'),
             (self.batch_size >= 1, f'batch_size must be >= 1, got {self.batch_size}'),
@@ -183,6 +192,7 @@ class Recipe:
         return self
 
     def to_dict(self) -> Dict[str, Any]:
+        """The settings as plain values (what a run's ``config.json`` records)."""
         return dataclasses.asdict(self)
 
 

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 from scnet.data.folders import DataError, collate_skipping_bad
 from scnet.data.sources import absolute_spec, open_run_data, same_data
 from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from scnet.errors import ScnetError
+from scnet.errors import InvalidArgumentTypeError, ScnetError
 from scnet.train import distributed, engine
 from scnet.train.classifier_checkpoint import ClassifierMetadata
 from scnet.train.estimate import measure_and_estimate
@@ -48,7 +48,7 @@ from scnet.train.init_weights import apply_initial_weights, find_initial_weights
 from scnet.train.loop import StepSettings, evaluate, train_one_epoch
 from scnet.train.modern import build_criterion, build_ema, build_mixup, build_optimizer
 from scnet.train.preemption import StepCheckpoints, ignore_sigterm, resume_requested
-from scnet.train.recipe import Recipe, RecipeError
+from scnet.train.recipe import Recipe, RecipeError, typed_settings
 from scnet.train.side_output import WithSideOutput
 from scnet.train.run_folder import RunError, RunFolder
 from scnet.train.schedule import lr_schedule
@@ -189,6 +189,11 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
     """
     from scnet.weights import save_state_dict
 
+    if not isinstance(recipe, Recipe):
+        raise InvalidArgumentTypeError(f'train() takes a scnet.train.recipe.Recipe (load_recipe builds one), got '
+                                       f'{type(recipe).__name__}')
+    # a Recipe built by hand has not been through load_recipe's checks: types first, then ranges
+    recipe = Recipe(**typed_settings(Recipe, recipe.to_dict())).validate()
     output = Path(output)
     if recipe.data:  # recorded absolute: --resume from another working folder finds the same data
         recipe = dataclasses.replace(recipe, data=absolute_spec(recipe.data))
