@@ -409,3 +409,69 @@ def test_erf_with_one_sample_names_the_flags_that_fix_it(tmp_path, capsys):
     assert 'error: calibrating batch norm on a single input' in error and '--samples 2' in error
     assert '--no-bn-calibration' in error and 'drop_last' not in error
     assert main([*args, '--samples', '1', '--no-bn-calibration', '--output', str(tmp_path / 'b')]) == 0
+
+
+# ------------------------------------------------------------------------------- what the tools take in
+
+def test_the_tools_take_what_preprocessing_gives_and_name_what_they_cannot_take(runs):
+    """One (3, H, W) image as Preprocessing gives it, a model in another dtype, PIL images of any mode and
+    uint8 arrays work; integer pixels, channels last, grey images, class names and a batch of maps where one
+    image's are wanted are one-line errors naming the way out."""
+    from scnet.visual import InputError, feature_maps, load_side_head, side_output_maps
+    from scnet.visual.images import PreprocessingError
+
+    m = load_model(str(runs['scnet']))
+    pre = m.preprocessing
+    rgb = Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8))
+    picture, one = pre(rgb)
+    for image in (rgb.convert('L'), rgb.convert('RGBA'), rgb.convert('P'), np.asarray(rgb),
+                  np.asarray(rgb.convert('L'))):
+        other_picture, x = pre(image)
+        assert x.shape == (3, 32, 32) and other_picture.shape == (32, 32, 3)
+    torch.testing.assert_close(pre(np.asarray(rgb))[1], one)
+    with pytest.raises(PreprocessingError, match='a tensor is already a network input'):
+        pre(one)
+    with pytest.raises(PreprocessingError, match='must be uint8 pixels'):
+        pre(np.asarray(rgb).astype(np.float32))
+
+    batched = grad_cam(m.model, one[None], 'layer3')
+    single = grad_cam(m.model, one, 'layer3')  # the batch dimension added
+    torch.testing.assert_close(single.maps, batched.maps)
+    name, fmaps = feature_maps(m.model, one, 'layer4.-1.conv2')
+    assert fmaps.shape[0] == 1
+    with pytest.raises(InputError, match=r'one image\'s maps \(C, h, w\).*pass fmaps\[i\]'):
+        strongest_channels(fmaps, 3)
+    assert len(strongest_channels(fmaps[0], 3)[0]) == 3
+    double = create_model('scnet26_cifar', num_classes=3, **SMALL).double().eval()
+    assert grad_cam(double, one, 'layer3').maps.shape == (1, 32, 32)  # moved to the model's dtype
+
+    for bad, message in ((one.numpy(), 'must be a torch tensor'),
+                         ((one * 255).to(torch.uint8), 'uint8 pixels.*Preprocessing'),
+                         (one.permute(1, 2, 0)[None], r'3-channel images, got 32 channels.*permute\(0, 3, 1, 2\)'),
+                         (one[:1], '3-channel images, got 1 channels'),
+                         (one[0], r'\(N, C, H, W\) or one \(C, H, W\) image')):
+        for tool in (lambda x: grad_cam(m.model, x, 'layer3'), lambda x: feature_maps(m.model, x, 'layer3'),
+                     lambda x: effective_receptive_field(m.model, x, ('layer1',))):
+            with pytest.raises(InputError, match=message):
+                tool(bad)
+    with pytest.raises(ClassError, match=r"class indices .* got 'ring'; for a class name use LoadedModel.resolve_cl"):
+        grad_cam(m.model, one, 'layer3', classes='ring')
+    assert int(grad_cam(m.model, one, 'layer3', classes=m.resolve_class('ring')).classes[0]) == 2
+
+    head = load_side_head(m)
+    for classes, message in ((7, r'class \[7\] out of range: the model has 3 classes'),
+                             ([0, 1, 2], '3 classes given for 1 images'), ('cat', 'class indices')):
+        with pytest.raises(ClassError, match=message):
+            side_output_maps(m, head, one, classes)
+    assert side_output_maps(m, head, one, 1).maps.shape == (1, 32, 32)
+
+
+def test_erf_stages_in_any_order_or_one_by_name(runs):
+    m = load_model(str(runs['scnet']))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    forward = effective_receptive_field(m.model, x, ('layer1', 'layer3'))
+    backward = effective_receptive_field(m.model, x, ('layer3', 'layer1'))
+    assert list(backward) == ['layer3', 'layer1']
+    for stage in ('layer1', 'layer3'):
+        np.testing.assert_allclose(backward[stage].mass, forward[stage].mass, rtol=1e-6)
+    assert list(effective_receptive_field(m.model, x, 'layer2')) == ['layer2']

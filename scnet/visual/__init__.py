@@ -9,7 +9,7 @@ from scnet.visual.features import compare_features, feature_maps, strongest_chan
 from scnet.visual.images import BadImageError, Preprocessing, load_image, overlay
 from scnet.visual.loading import ClassError, LoadedModel, load_model, parse_model_spec
 from scnet.visual.side_output import load_side_head, side_output_maps
-from scnet.visual.targets import LayerError, layer_choices, resolve_layer
+from scnet.visual.targets import InputError, LayerError, image_batch, layer_choices, resolve_layer
 
 __all__ = ['MetricsError', 'plot_runs', 'read_metrics', 'run_model', 'summarize',
            'ClassMaps', 'grad_cam', 'compare_models',
@@ -19,4 +19,4 @@ __all__ = ['MetricsError', 'plot_runs', 'read_metrics', 'run_model', 'summarize'
            'write_erf',
            'BadImageError', 'Preprocessing', 'load_image', 'overlay',
            'ClassError', 'LoadedModel', 'load_model', 'parse_model_spec',
-           'LayerError', 'layer_choices', 'resolve_layer']
+           'InputError', 'LayerError', 'image_batch', 'layer_choices', 'resolve_layer']

@@ -35,7 +35,7 @@ from scnet.errors import ScnetError
 
 from scnet.visual.images import CELL_INCHES, draw_grid, load_image, overlay, save_png
 from scnet.visual.loading import LoadedModel, load_models
-from scnet.visual.targets import STAGE_ALIASES, capture, resolve_layer, spatial_output
+from scnet.visual.targets import STAGE_ALIASES, capture, image_batch, resolve_layer, spatial_output
 
 __all__ = ['ClassMaps', 'grad_cam', 'frozen', 'cam_figure', 'compare_models', 'DEFAULT_CAM_LAYER']
 
@@ -74,17 +74,25 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def _targets(classes, logits: torch.Tensor) -> torch.Tensor:
+    """The class of each image: ``classes`` (one for all, or one per image) checked against the logits, else the
+    top class."""
+    from scnet.visual.loading import ClassError
+
     n, k = logits.shape
     predicted = logits.argmax(1)
     if classes is None:
         return predicted
-    t = torch.as_tensor(classes, dtype=torch.long).reshape(-1)
+    values = classes.reshape(-1).tolist() if isinstance(classes, torch.Tensor) else (
+        list(classes) if isinstance(classes, (list, tuple, range)) else [classes])
+    if not values or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        raise ClassError(f'classes must be class indices (an int, or one per image), got {classes!r}; for a class '
+                         'name use LoadedModel.resolve_class(name)')
+    t = torch.as_tensor(values, dtype=torch.long, device=logits.device)
     if t.numel() == 1:
         t = t.expand(n)
     if t.numel() != n:
-        raise ValueError(f'{t.numel()} classes given for {n} images')
+        raise ClassError(f'{t.numel()} classes given for {n} images: give one class for all, or one per image')
     if (t < 0).any() or (t >= k).any():
-        from scnet.visual.loading import ClassError
         raise ClassError(f'class {t.tolist()} out of range: the model has {k} classes (0-{k - 1})')
     return t
 
@@ -101,13 +109,15 @@ def grad_cam(model: nn.Module, inputs: torch.Tensor, layer: str = DEFAULT_CAM_LA
     """Grad-CAM of ``model`` (any classifier whose forward gives ``(N, classes)`` logits) at ``layer``.
 
     Args:
-        inputs: ``(N, 3, H, W)`` normalised images. Images do not interact (the model runs in eval mode).
+        inputs: ``(N, 3, H, W)`` normalised images (or one ``(3, H, W)`` image), moved to the model's device
+            and dtype. Images do not interact (the model runs in eval mode).
         layer: module name (``layer4``, ``layer4.-1.conv2``, ``res5``: see :mod:`scnet.visual.targets`).
         classes: the class to explain, one for all images or one per image; None: each image's top class.
     """
     name, _ = resolve_layer(model, layer, model_label)
+    x = image_batch(model, inputs, model_label)
     with frozen(model), torch.enable_grad(), capture(model, [name], model_label=model_label) as store:
-        x = inputs.detach().float().requires_grad_(True)  # activations need a graph; parameters do not
+        x.requires_grad_(True)  # activations need a graph; parameters do not
         logits = model(x)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             raise ValueError(f'{model_label}: Grad-CAM needs (N, classes) logits, got '
@@ -119,7 +129,7 @@ def grad_cam(model: nn.Module, inputs: torch.Tensor, layer: str = DEFAULT_CAM_LA
     with torch.no_grad():
         weights = grads.mean(dim=(2, 3), keepdim=True)
         raw = F.relu((weights * act).sum(1))
-        up = F.interpolate(raw[:, None], size=inputs.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
+        up = F.interpolate(raw[:, None], size=x.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
         probs = logits.softmax(1)
         predicted = probs.argmax(1)
     return ClassMaps(maps=normalise_maps(up), raw=raw.detach(), classes=target.detach(),

@@ -50,10 +50,11 @@ from scnet.errors import InvalidArgumentError, ScnetError, is_single_value_batch
 from scnet.visual.cam import frozen
 from scnet.visual.images import DPI, load_image, save_png
 from scnet.visual.loading import LoadedModel, load_model
-from scnet.visual.targets import STAGES, STAGE_ALIASES, capture, resolve_layer, spatial_output
+from scnet.visual.targets import (STAGES, STAGE_ALIASES, capture, image_batch, last_in_forward_order, resolve_layer,
+                                  spatial_output)
 
 __all__ = ['ErfStage', 'effective_receptive_field', 'mass_radius', 'mass_profile', 'calibrate_batch_norm',
-           'erf_figure', 'erf_mass_figure', 'measure_models', 'FRACTIONS']
+           'erf_figure', 'erf_mass_figure', 'measure_models', 'write_erf', 'FRACTIONS']
 
 #: Inputs (the first of each seed's) over which random-weight BN statistics are calibrated.
 CALIBRATION_INPUTS = 4
@@ -159,14 +160,18 @@ def effective_receptive_field(model: nn.Module, inputs: torch.Tensor, stages: Se
     One forward pass per batch records every stage; one backward pass per stage (from that stage only, so
     early stages cost little). Parameters are not differentiated.
     """
+    if isinstance(stages, str):  # one stage
+        stages = (stages,)
     names = [resolve_layer(model, s, model_label)[0] for s in stages]
+    last = last_in_forward_order(model, names)  # the pass is cut after it, whatever order the stages came in
+    inputs = image_batch(model, inputs, model_label)
     size = tuple(inputs.shape[-2:])
     sums = {n: torch.zeros(size, dtype=torch.float64) for n in names}
     shapes: Dict[str, Tuple[int, int]] = {}
     with frozen(model):
         for i in range(0, len(inputs), batch_size):
-            x = inputs[i:i + batch_size].detach().float().requires_grad_(True)
-            with torch.enable_grad(), capture(model, names, stop_after=names[-1], model_label=model_label) as store:
+            x = inputs[i:i + batch_size].requires_grad_(True)
+            with torch.enable_grad(), capture(model, names, stop_after=last, model_label=model_label) as store:
                 model(x)
             outs = {n: spatial_output(store, n, model_label) for n in names}
             for k, n in enumerate(names):

@@ -25,7 +25,7 @@ from scnet.errors import ScnetError
 from scnet.visual.cam import frozen
 from scnet.visual.images import draw_grid, load_image, overlay, resize_map, save_png
 from scnet.visual.loading import LoadedModel, load_models
-from scnet.visual.targets import capture, resolve_layer, spatial_output
+from scnet.visual.targets import InputError, capture, image_batch, resolve_layer, spatial_output
 
 __all__ = ['DEFAULT_FEATURE_LAYER', 'feature_maps', 'strongest_channels', 'compare_features', 'FEATURE_CELL_INCHES']
 
@@ -35,16 +35,25 @@ FEATURE_CELL_INCHES = 1.8
 
 def feature_maps(model: nn.Module, inputs: torch.Tensor, layer: str, *, model_label: str = 'the model'
                  ) -> Tuple[str, torch.Tensor]:
-    """``(canonical layer name, (N, C, h, w) output of the layer)``; the network after it is not run."""
+    """``(canonical layer name, (N, C, h, w) output of the layer)`` for ``(N, 3, H, W)`` normalised images (or
+    one ``(3, H, W)`` image); the network after the layer is not run."""
     name, _ = resolve_layer(model, layer, model_label)
+    x = image_batch(model, inputs, model_label)
     with frozen(model), torch.no_grad(), capture(model, [name], stop_after=name, model_label=model_label) as store:
-        model(inputs.float())
+        model(x)
     return name, spatial_output(store, name, model_label).detach()
 
 
 def strongest_channels(fmap: torch.Tensor, top: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(channel indices, strengths)`` of the ``top`` channels of ``fmap`` (``(C, h, w)``) with the largest
     mean magnitude, strongest first (ties: lower index first)."""
+    if not isinstance(fmap, torch.Tensor) or fmap.dim() != 3:
+        shape = tuple(fmap.shape) if isinstance(fmap, torch.Tensor) else type(fmap).__name__
+        raise InputError(f'strongest_channels takes one image\'s maps (C, h, w), got {shape}'
+                         + ('; for image i of a batch pass fmaps[i]' if isinstance(fmap, torch.Tensor)
+                            and fmap.dim() == 4 else ''))
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+        raise InputError(f'top must be a whole number >= 1, got {top!r}')
     strength = fmap.abs().flatten(1).mean(1)
     top = min(int(top), fmap.shape[0])
     order = sorted(range(fmap.shape[0]), key=lambda c: (-float(strength[c]), c))[:top]

@@ -43,6 +43,22 @@ _WSPACE = 0.04             # gap between columns, as a fraction of a cell
 
 # ------------------------------------------------------------------------------------------------- input
 
+def as_rgb(image: Union[Image.Image, np.ndarray]) -> Image.Image:
+    """``image`` as an RGB PIL image: a PIL image of another mode converted (as ``load_image`` decodes files),
+    a uint8 array ``H x W`` (grey) or ``H x W x 3`` wrapped; anything else is a ``PreprocessingError`` (a
+    tensor is already a network input: it skips the pipeline)."""
+    if isinstance(image, Image.Image):
+        return image if image.mode == 'RGB' else image.convert('RGB')
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+            raise PreprocessingError(f'an image array must be uint8 pixels, H x W or H x W x 3, got {image.dtype} '
+                                     f'{image.shape}')
+        return Image.fromarray(image).convert('RGB')
+    raise PreprocessingError(f'Preprocessing takes a PIL image or a uint8 array, got {type(image).__name__}'
+                             + ('; a tensor is already a network input: give it to the tool directly'
+                                if isinstance(image, torch.Tensor) else ''))
+
+
 def load_image(path: PathLike) -> Image.Image:
     """The image at ``path`` as RGB; ``BadImageError`` naming the file when it is missing or undecodable."""
     path = Path(path)
@@ -93,10 +109,12 @@ class Preprocessing:
         return cls(size, max(int(resize), size), tuple(meta.get('mean', IMAGENET_MEAN)),
                    tuple(meta.get('std', IMAGENET_STD)))
 
-    def crop(self, image: Image.Image) -> Image.Image:
-        """The picture the network sees (before normalisation), ``image_size`` x ``image_size``."""
+    def crop(self, image: Union[Image.Image, np.ndarray]) -> Image.Image:
+        """The picture the network sees (before normalisation), ``image_size`` x ``image_size`` (``image``: as
+        ``as_rgb`` takes it)."""
         from torchvision.transforms import v2
 
+        image = as_rgb(image)
         if self.resize == self.image_size:
             return v2.Resize((self.image_size, self.image_size), antialias=True)(image)
         return v2.CenterCrop(self.image_size)(v2.Resize(self.resize, antialias=True)(image))
@@ -108,8 +126,9 @@ class Preprocessing:
         std = torch.tensor(self.std, dtype=torch.float32)[:, None, None]
         return (x - mean) / std
 
-    def __call__(self, image: Image.Image) -> Tuple[np.ndarray, torch.Tensor]:
-        """``(picture as uint8 HxWx3, network input (3, H, W))`` for one image."""
+    def __call__(self, image: Union[Image.Image, np.ndarray]) -> Tuple[np.ndarray, torch.Tensor]:
+        """``(picture as uint8 HxWx3, network input (3, H, W))`` for one image: a PIL image of any mode (grey,
+        palette and RGBA ones become RGB) or a uint8 array, ``H x W`` or ``H x W x 3``."""
         crop = self.crop(image)
         return np.asarray(crop, dtype=np.uint8), self.to_tensor(crop)
 

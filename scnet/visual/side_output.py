@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from scnet.errors import CheckpointError, ScnetError
 from scnet.train.side_output import SIDE_STAGE, SideOutputHead
-from scnet.visual.cam import ClassMaps, frozen
+from scnet.visual.cam import ClassMaps, _targets, frozen
 from scnet.visual.loading import LoadedModel
-from scnet.visual.targets import capture, spatial_output
+from scnet.visual.targets import capture, image_batch, spatial_output
 
 __all__ = ['SIDE_LAYER', 'SIDE_HEAD_FILE', 'load_side_head', 'side_output_maps']
 
@@ -60,25 +60,24 @@ def load_side_head(m: LoadedModel) -> SideOutputHead:
 def side_output_maps(m: LoadedModel, head: SideOutputHead, inputs: torch.Tensor,
                      classes: Union[None, int, Sequence[int]] = None) -> ClassMaps:
     """Score maps of ``head`` on ``m``'s res3 output: the map of each image's top side class (or of
-    ``classes``), each scaled to [0, 1] between its minimum and maximum. ``raw`` keeps the scores."""
+    ``classes``), each scaled to [0, 1] between its minimum and maximum. ``raw`` keeps the scores. ``inputs``:
+    ``(N, 3, H, W)`` normalised images, or one ``(3, H, W)`` image."""
+    x = image_batch(m.model, inputs, m.label)
     with frozen(m.model), torch.no_grad(), capture(m.model, [SIDE_LAYER], stop_after=SIDE_LAYER,
                                                    model_label=m.label) as store:
-        m.model(inputs.float())
+        m.model(x)
     features = spatial_output(store, SIDE_LAYER, m.label)
     expected = head.score.in_channels
     if features.shape[1] != expected:
         raise CheckpointError(f'{m.label}: res3 has {features.shape[1]} channels, the side head expects {expected}')
     with torch.no_grad():
-        scores = head.score_maps(features)                 # (N, classes, h, w)
+        scores = head.to(features.device, features.dtype).score_maps(features)  # (N, classes, h, w)
         logits = scores.mean(dim=(2, 3))
         probs = logits.softmax(1)
         predicted = probs.argmax(1)
-        if classes is None:
-            target = predicted
-        else:
-            target = torch.as_tensor(classes, dtype=torch.long).reshape(-1).expand(len(inputs))
-        raw = scores[torch.arange(len(inputs)), target]     # (N, h, w)
-        up = F.interpolate(raw[:, None], size=inputs.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
+        target = _targets(classes, logits)                 # checked as Grad-CAM's
+        raw = scores[torch.arange(len(x)), target]         # (N, h, w)
+        up = F.interpolate(raw[:, None], size=x.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
         lo = up.flatten(1).amin(1)[:, None, None]
         hi = up.flatten(1).amax(1)[:, None, None]
         maps = torch.where(hi > lo, (up - lo) / (hi - lo).clamp_min(1e-30), torch.zeros_like(up))

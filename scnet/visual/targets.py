@@ -22,8 +22,8 @@ from torch import nn
 
 from scnet.errors import ScnetError
 
-__all__ = ['LayerError', 'STAGES', 'STAGE_ALIASES', 'resolve_layer', 'layer_choices', 'layer_table', 'capture',
-           'spatial_output']
+__all__ = ['LayerError', 'InputError', 'STAGES', 'STAGE_ALIASES', 'resolve_layer', 'layer_choices', 'layer_table',
+           'capture', 'spatial_output', 'image_batch', 'last_in_forward_order']
 
 STAGES = ('layer1', 'layer2', 'layer3', 'layer4')
 #: The paper's names of the four stages (ResNet's conv2_x .. conv5_x).
@@ -85,6 +85,47 @@ def resolve_layer(model: nn.Module, name: str, model_label: str = 'the model') -
                          '`scnet cam --models MODEL --list-layers`)')
     canonical = next(n for n, m in model.named_modules() if m is module)
     return canonical, module
+
+
+class InputError(ScnetError, ValueError):
+    """Images a visual tool cannot give the model: not a tensor, not (N, C, H, W), not float, other channels."""
+
+
+def image_batch(model: nn.Module, inputs, model_label: str = 'the model') -> torch.Tensor:
+    """``inputs`` as the model takes them: a ``(N, C, H, W)`` float batch (one ``(C, H, W)`` image, as
+    ``Preprocessing`` gives it, gets its batch dimension) on the device and in the dtype of the model's
+    parameters, detached. An :class:`InputError` names what does not fit (integer pixels that were never
+    normalised, an image with the channels last, a grey image for an RGB model) and what to do instead."""
+    if not isinstance(inputs, torch.Tensor):
+        raise InputError(f'{model_label}: the images must be a torch tensor (N, 3, H, W), got '
+                         f'{type(inputs).__name__}; convert with torch.as_tensor, or use '
+                         'scnet.visual.Preprocessing, which gives the normalised tensor')
+    x = inputs.detach()
+    if x.dim() == 3:
+        x = x[None]
+    if x.dim() != 4:
+        raise InputError(f'{model_label}: the images must be (N, C, H, W) or one (C, H, W) image, got shape '
+                         f'{tuple(inputs.shape)}')
+    if not x.is_floating_point():
+        raise InputError(f'{model_label}: the images are {str(x.dtype).replace("torch.", "")} pixels; the model '
+                         'takes normalised float images: use scnet.visual.Preprocessing (resize, crop, normalise)')
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is not None and x.shape[1] != first_conv.in_channels:
+        hint = (' (channels last? permute(0, 3, 1, 2) puts them first)'
+                if x.shape[-1] == first_conv.in_channels else '')
+        raise InputError(f'{model_label}: the model takes {first_conv.in_channels}-channel images, got '
+                         f'{x.shape[1]} channels in shape {tuple(x.shape)}{hint}')
+    parameter = next(iter(model.parameters()), None)
+    if parameter is not None:
+        x = x.to(device=parameter.device, dtype=parameter.dtype)
+    return x
+
+
+def last_in_forward_order(model: nn.Module, names: Sequence[str]) -> str:
+    """Of the canonical module ``names``, the one registered last: in a ResNet the last to run, so that a pass
+    cut after it has run them all, in whatever order they were asked for."""
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    return max(names, key=lambda n: order.get(n, -1))
 
 
 class _Stop(Exception):
