@@ -215,3 +215,43 @@ def test_classifier_metadata_reads_back_what_train_writes_and_old_files(tmp_path
     save_atomic({'model': model.state_dict(), 'config': config}, tmp_path / 'last.pt')
     from_state = read_classifier_metadata(tmp_path / 'last.pt')
     assert (from_state.model, from_state.image_size, from_state.train_image_size) == ('resnet50', 224, 160)
+
+
+def test_the_classifier_loop_takes_plain_batches_and_names_what_does_not_fit():
+    """train_one_epoch and evaluate take a default collate's (images, targets) as well as
+    collate_skipping_bad's triples; a target the model has no output for, a batch of another form and a
+    loader whose micro-batches leave gradients unapplied are one line each."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from scnet.errors import InvalidArgumentError
+    from scnet.train.loop import StepSettings, evaluate, train_one_epoch
+
+    torch.manual_seed(0)
+    images, targets = torch.randn(12, 3, 8, 8), torch.arange(12) % 3
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    loader = DataLoader(TensorDataset(images, targets), batch_size=4)
+    before = model[1].weight.detach().clone()
+    row = train_one_epoch(model, loader, optimizer, scheduler, CPU, StepSettings(), epoch=1, progress=False)
+    assert row['train_images'] == 12 and not torch.equal(model[1].weight, before)
+    result = evaluate(model, loader, CPU, progress=False)
+    assert result['val_images'] == 12 and result['val_skipped_images'] == 0
+
+    with pytest.raises(InvalidArgumentError, match=r'class index 2 \(at least 3 classes\) but the model gives 2 '
+                                                   'outputs: build it with num_classes'):
+        evaluate(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2)), loader, CPU, progress=False)
+    with pytest.raises(InvalidArgumentError, match='a batch must be .* got a list of 1'):
+        evaluate(model, DataLoader(TensorDataset(images), batch_size=4), CPU, progress=False)
+    with pytest.raises(InvalidArgumentError, match='gives 3 micro-batches, not a multiple of accum_steps 2: the '
+                                                   'last 1 would be computed and never applied'):
+        train_one_epoch(model, loader, optimizer, scheduler, CPU, StepSettings(accum_steps=2), epoch=1,
+                        progress=False)
+
+    def stream():  # no length: the remainder is dropped with a warning, never left in .grad for the next epoch
+        yield from loader
+
+    with pytest.warns(UserWarning, match='the gradients of the last 1 were not applied'):
+        train_one_epoch(model, stream(), optimizer, scheduler, CPU, StepSettings(accum_steps=2), epoch=1,
+                        progress=False)
+    assert all(p.grad is None for p in model.parameters())

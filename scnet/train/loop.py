@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scnet.errors import InvalidArgumentError
 from scnet.train.distributed import Context, all_reduce_sum
 from scnet.train.engine import NonFiniteLossError, autocast, batches, check_finite, progress_bar
 
@@ -22,6 +24,9 @@ __all__ = ['NonFiniteLossError', 'StepSettings', 'train_one_epoch', 'evaluate', 
 
 @dataclass
 class StepSettings:
+    """How ``train_one_epoch`` takes its steps: micro-batches per optimiser step, the side-output loss weight,
+    the loss, mixed precision and memory layout, and what runs after each step."""
+
     accum_steps: int = 1
     aux_weight: float = 0.0
     label_smoothing: float = 0.0
@@ -33,6 +38,8 @@ class StepSettings:
     on_step: Optional[Callable[[], None]] = None  # after each optimiser step (the EMA's update)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of a batch, in float32 (under autocast too): ``criterion``, else cross-entropy
+        with ``label_smoothing``."""
         if self.criterion is None:
             return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
         return self.criterion(logits.float(), targets)
@@ -49,28 +56,66 @@ def _split_outputs(outputs):
     return outputs if isinstance(outputs, tuple) else (outputs, None)
 
 
+def _unpack(batch) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """``(images, targets, skipped)`` of a batch: ``collate_skipping_bad``'s three, or a default collate's
+    ``(images, targets)`` (nothing skipped)."""
+    if isinstance(batch, (list, tuple)) and len(batch) in (2, 3):
+        images, targets = batch[0], batch[1]
+        skipped = int(batch[2]) if len(batch) == 3 else 0
+        if isinstance(images, torch.Tensor) and isinstance(targets, torch.Tensor):
+            return images, targets, skipped
+    shown = f'{type(batch).__name__} of {len(batch)}' if isinstance(batch, (list, tuple)) else type(batch).__name__
+    raise InvalidArgumentError(f'a batch must be (images, targets) or (images, targets, skipped) tensors, as '
+                               f'the default collate or scnet.data.folders.collate_skipping_bad give, got a {shown}')
+
+
+def _check_classes(targets: torch.Tensor, logits: torch.Tensor) -> None:
+    """A one-line error when a target names a class the model has no output for (``targets`` on the CPU, as
+    the loader gives them: no device synchronisation)."""
+    if targets.numel() and targets.device.type == 'cpu' and not targets.is_floating_point():
+        top = int(targets.max())
+        if top >= logits.shape[1] or int(targets.min()) < 0:
+            raise InvalidArgumentError(f'the data has class index {top} (at least {top + 1} classes) but the model '
+                                       f'gives {logits.shape[1]} outputs: build it with num_classes equal to the '
+                                       'number of classes of the data')
+
+
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler, ctx: Context,
                     settings: StepSettings, *, epoch: int, scaler: Optional[torch.amp.GradScaler] = None,
                     progress: bool = True, sums: Optional[torch.Tensor] = None) -> Dict[str, float]:
     """Train for one epoch (one pass of ``loader``'s micro-batches); returns the epoch's averages.
 
-    ``sums``: the epoch's running sums to continue and update in place (``scnet.train.preemption`` saves
-    them mid-epoch and gives them back to a resumed run); None: from zero."""
+    A batch is ``(images, targets)`` or ``(images, targets, skipped)`` (``collate_skipping_bad``'s, which counts
+    the damaged images it left out). Every ``settings.accum_steps`` micro-batches make one optimiser step, so a
+    loader of known length must give a multiple of it. ``sums``: the epoch's running sums to continue and
+    update in place (``scnet.train.preemption`` saves them mid-epoch and gives them back to a resumed run);
+    None: from zero."""
+    try:
+        micro_batches = len(loader)
+    except TypeError:  # an iterable without a length
+        micro_batches = None
+    if micro_batches is not None and micro_batches % settings.accum_steps:
+        raise InvalidArgumentError(
+            f'the loader gives {micro_batches} micro-batches, not a multiple of accum_steps {settings.accum_steps}: '
+            f'the last {micro_batches % settings.accum_steps} would be computed and never applied; drop the '
+            'remainder (drop_last=True, or a sampler of whole steps) or change accum_steps')
     model.train()
     device = ctx.device
     # loss x n, correct@1, images, aux loss x n, skipped
     sums = torch.zeros(5, dtype=torch.float64) if sums is None else sums
     step_images = torch.zeros(1, dtype=torch.float64)
-    bar = progress_bar(ctx, progress, total=len(loader) // settings.accum_steps,
-                       desc=f'epoch {epoch} train')
+    steps = None if micro_batches is None else micro_batches // settings.accum_steps
+    bar = progress_bar(ctx, progress, total=steps, desc=f'epoch {epoch} train')
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     micro = 0
-    for images, targets, skipped in batches(loader):
+    for batch in batches(loader):
+        images, targets, skipped = _unpack(batch)
         micro += 1
         sums[4] += skipped
         last_micro = micro % settings.accum_steps == 0
         if len(targets):
+            cpu_targets = targets
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
             if settings.channels_last:
@@ -84,6 +129,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             with sync:
                 with autocast(device, settings.amp):
                     logits, side = _split_outputs(model(images))
+                    _check_classes(cpu_targets, logits)
                     loss = settings.loss(logits, targets)
                     total = loss
                     if side is not None:
@@ -114,6 +160,10 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             bar.set_postfix_str(f'loss {sums[0] / max(sums[2], 1):.3f}  '
                                 f'{sums[2] * ctx.world_size / max(elapsed, 1e-9):.0f} img/s')
     bar.close()
+    if micro % settings.accum_steps:  # (a loader without a length): gradients that no step applied
+        optimizer.zero_grad(set_to_none=True)
+        warnings.warn(f'the loader gave {micro} micro-batches, not a multiple of accum_steps {settings.accum_steps}: '
+                      f'the gradients of the last {micro % settings.accum_steps} were not applied', stacklevel=2)
     elapsed = time.perf_counter() - start
     total = all_reduce_sum(sums)
     n = max(float(total[2]), 1.0)
@@ -128,20 +178,24 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, ctx: Context, *, amp: bool = False, channels_last: bool = False,
              progress: bool = True, desc: str = 'val') -> Dict[str, float]:
-    """Loss, top-1 and top-5 (percent) over every image of ``loader``'s data set, counted once."""
+    """Loss, top-1 and top-5 (percent) over every image of ``loader``'s data set, counted once. A batch is
+    ``(images, targets)`` or ``(images, targets, skipped)``, as for ``train_one_epoch``."""
     model.eval()
     # loss x n, correct@1, correct@5, images, side correct@1, side correct@5, skipped
     sums = torch.zeros(7, dtype=torch.float64)
     has_side = False
-    for images, targets, skipped in batches(loader, ctx, progress=progress, desc=desc):
+    for batch in batches(loader, ctx, progress=progress, desc=desc):
+        images, targets, skipped = _unpack(batch)
         sums[6] += skipped
         if not len(targets):
             continue
+        cpu_targets = targets
         images, targets = images.to(ctx.device), targets.to(ctx.device)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(ctx.device, amp):
             logits, side = _split_outputs(model(images))
+        _check_classes(cpu_targets, logits)
         logits = logits.float()
         sums[0] += F.cross_entropy(logits, targets, reduction='sum').double().cpu()
         sums[1:3] += topk_correct(logits, targets).cpu()
