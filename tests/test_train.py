@@ -636,3 +636,24 @@ def test_a_recipe_built_by_hand_is_checked_before_anything_runs(data, tmp_path):
         assert not out.exists()  # refused before the run folder is made
     with pytest.raises(InvalidArgumentTypeError, match='takes a scnet.train.recipe.Recipe'):
         train(base, out)
+
+
+def test_evaluate_checkpoint_refuses_a_misspelt_device_and_impossible_sizes(data, tmp_path):
+    """A misspelt device used to run on the CPU silently; sizes that cannot work are named before the
+    checkpoint is read."""
+    from scnet.errors import InvalidArgumentError
+    from scnet.train import distributed
+    from scnet.train.checkpoint_eval import evaluate_checkpoint
+    from scnet.train.recipe import Recipe, RecipeError
+
+    for device in ('gpu', 'cuda:x', 'mps'):
+        with pytest.raises(InvalidArgumentError, match=f"device must be auto, cpu, cuda or cuda:N, got '{device}'"):
+            distributed.setup(device)
+    with pytest.raises(RecipeError, match="cuda:N, got 'cuda:x'"):
+        Recipe(device='cuda:x').validate()
+    ckpt = tmp_path / 'none.safetensors'  # never read: the arguments are refused first
+    for kwargs, message in ((dict(batch_size=0), 'batch_size must be a whole number >= 1, got 0'),
+                            (dict(image_size=-1), 'image_size must be a whole number >= 8, got -1'),
+                            (dict(workers=1.5), 'workers must be a whole number >= 0, got 1.5')):
+        with pytest.raises(InvalidArgumentError, match=message):
+            evaluate_checkpoint('scnet26_cifar', ckpt, data, **kwargs)

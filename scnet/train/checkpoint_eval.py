@@ -57,6 +57,10 @@ def evaluate_checkpoint(model_name: str, checkpoint: Path, data: Path, *, batch_
     """Top-1 / top-5 / loss of ``checkpoint`` (built as ``model_name``) on the images under ``data``."""
     from scnet.data.sources import open_eval_data
 
+    for name, value, least in (('batch_size', batch_size, 1), ('workers', workers, 0),
+                               ('image_size', image_size, 8), ('eval_resize', eval_resize, 8)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise InvalidArgumentError(f'{name} must be a whole number >= {least}, got {value!r}')
     meta = checkpoint_metadata(checkpoint)
     recorded = meta.get('model')
     if recorded and recorded != model_name:

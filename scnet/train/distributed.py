@@ -31,6 +31,11 @@ class Context:
 
 
 def _device(choice: str, local_rank: int) -> torch.device:
+    from scnet.errors import InvalidArgumentError
+
+    index = choice.split(':', 1)[1] if isinstance(choice, str) and choice.startswith('cuda:') else None
+    if not isinstance(choice, str) or (choice not in ('auto', 'cpu', 'cuda') and not (index and index.isdigit())):
+        raise InvalidArgumentError(f'device must be auto, cpu, cuda or cuda:N, got {choice!r}')
     if choice == 'auto':
         choice = 'cuda' if torch.cuda.is_available() else 'cpu'
     if choice.startswith('cuda'):

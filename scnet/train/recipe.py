@@ -60,8 +60,8 @@ def check_settings(checks: Iterable[Tuple[bool, str]]) -> None:
 
 def device_check(device: str) -> Tuple[bool, str]:
     """The ``(ok, message)`` check of a recipe's ``device``: auto, cpu, cuda or cuda:N."""
-    return (device in ('auto', 'cpu', 'cuda') or device.startswith('cuda:'),
-            f'device must be auto, cpu or cuda, got {device!r}')
+    return (device in ('auto', 'cpu', 'cuda') or (device.startswith('cuda:') and device[5:].isdigit()),
+            f'device must be auto, cpu, cuda or cuda:N, got {device!r}')
 
 
 def run_checks(epochs: int, batch_size: int, lr: float, workers: int, device: str) -> List[Tuple[bool, str]]:
