@@ -215,3 +215,33 @@ def test_workers_needed_rounds_up_with_headroom():
         workers_needed(0, 100)
     with pytest.raises(ValueError):
         workers_needed(1000, 100, headroom=0.5)
+
+
+def test_transforms_and_class_folders_name_what_cannot_work(tmp_path):
+    """Sizes torchvision would fail on at the first image (or pad with black) are refused when the pipeline
+    is built; with fixed classes a folder must hold exactly those classes, each with images."""
+    from scnet.data.folders import DataError, find_classes
+
+    for bad in (0, '32', 32.0, True):
+        with pytest.raises(ValueError, match=f'image_size must be a whole number of pixels >= 1, got {bad!r}'):
+            train_transform(bad)
+    with pytest.raises(ValueError, match=r'reprob .* must be in \[0, 1\], got 2.0'):
+        train_transform(32, reprob=2.0)
+    with pytest.raises(ValueError, match='eval_resize 16 is smaller than the crop 32'):
+        eval_transform(32, 16)
+    assert eval_transform(32, 37) is not None
+
+    for cls, n in (('cat', 2), ('dog', 2), ('emu', 0)):
+        (tmp_path / cls).mkdir()
+        for i in range(n):
+            Image.new('RGB', (8, 8)).save(tmp_path / cls / f'{i}.png')
+    with pytest.raises(DataError, match='class folder.*without images: emu'):
+        find_classes(str(tmp_path))  # a str is a path too
+    (tmp_path / 'emu').rmdir()
+    assert find_classes(str(tmp_path)) == ['cat', 'dog']
+    assert len(CheckedImageFolder(tmp_path, classes=['cat', 'dog'])) == 4
+    with pytest.raises(DataError, match='missing class folder.*owl'):
+        CheckedImageFolder(tmp_path, classes=['cat', 'dog', 'owl'])
+    with pytest.raises(DataError, match=r'class folder\(s\) dog beyond the 1 classes given; their images would '
+                                        'be left out'):
+        CheckedImageFolder(tmp_path, classes=['cat'])

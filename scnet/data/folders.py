@@ -56,6 +56,7 @@ def _is_image(name: str) -> bool:
 
 def find_classes(folder: Path) -> List[str]:
     """Sorted class folder names of ``folder``; an error names every class folder without an image."""
+    folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f'{folder}: no such folder')
     classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith('.'))
@@ -198,10 +199,22 @@ class CheckedImageFolder(ImageFolder):
         super().__init__(str(root), transform=transform)
 
     def find_classes(self, directory: str):
-        classes = self._fixed_classes or find_classes(Path(directory))
-        missing = [c for c in classes if not (Path(directory) / c).is_dir()]
-        if missing:
-            raise DataError(f'{directory}: missing class folder(s) {", ".join(missing)}')
+        """``(classes, class -> index)``: the fixed ``classes`` when given, else the folder's own. With fixed
+        classes, the folder must hold exactly those class folders, each with images: a missing one, an empty
+        one or one beyond them is a ``DataError`` (torchvision would fail on the first two and silently drop the
+        images of the third)."""
+        if self._fixed_classes is None:
+            classes = find_classes(Path(directory))
+        else:
+            classes = self._fixed_classes
+            found = find_classes(Path(directory))  # (every class folder has images)
+            missing = [c for c in classes if c not in found]
+            if missing:
+                raise DataError(f'{directory}: missing class folder(s) {", ".join(missing)}')
+            extra = [c for c in found if c not in classes]
+            if extra:
+                raise DataError(f'{directory}: class folder(s) {", ".join(extra[:5])} beyond the {len(classes)} '
+                                'classes given; their images would be left out: remove them or give all classes')
         return classes, {c: i for i, c in enumerate(classes)}
 
     def __getitem__(self, index: int):

@@ -90,6 +90,14 @@ def check_auto_augment(policy: Optional[str]) -> bool:
     return True
 
 
+def _size(name: str, value) -> int:
+    """``value`` as a pixel size, or a ``ValueError`` naming ``name`` (torchvision's own would come at the
+    first image, from inside a worker)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{name} must be a whole number of pixels >= 1, got {value!r}')
+    return value
+
+
 def _to_normalised_tensor(mean: Sequence[float], std: Sequence[float]):
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
 
@@ -98,6 +106,9 @@ def train_transform(image_size: int, augment: str = 'random-resized-crop', mean=
                     std=IMAGENET_STD, auto_augment: Optional[str] = None, reprob: float = 0.0) -> v2.Compose:
     """The training pipeline: ``augment``'s geometry, a flip, then ``auto_augment``'s policy (``None``: none),
     normalisation, and timm's random erasing with probability ``reprob`` (per-pixel normal noise, as in RSB)."""
+    image_size = _size('image_size', image_size)
+    if isinstance(reprob, bool) or not isinstance(reprob, (int, float)) or not 0 <= reprob <= 1:
+        raise ValueError(f'reprob (the probability of random erasing) must be in [0, 1], got {reprob!r}')
     if augment == 'random-resized-crop':
         geometry = [v2.RandomResizedCrop(image_size, antialias=True)]
     elif augment == 'pad-crop':
@@ -122,6 +133,10 @@ def train_transform(image_size: int, augment: str = 'random-resized-crop', mean=
 
 def eval_transform(image_size: int, eval_resize: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
     """Resize the short side to ``eval_resize``, centre-crop ``image_size`` (equal sizes: resize only)."""
+    image_size, eval_resize = _size('image_size', image_size), _size('eval_resize', eval_resize)
+    if eval_resize < image_size:  # torchvision would pad the crop with black
+        raise ValueError(f'eval_resize {eval_resize} is smaller than the crop {image_size}: the short side is '
+                         'resized first and the centre crop taken from it; give eval_resize >= image_size')
     if eval_resize == image_size:
         geometry = [v2.Resize((image_size, image_size), antialias=True)]
     else:
