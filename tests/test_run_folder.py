@@ -108,3 +108,14 @@ def test_a_damaged_training_state_gives_no_unsafe_advice(tmp_path):
         load_state(damaged)
     assert 'cannot read the training state (not a file of plain tensors that torch.load can read safely)' in \
         str(e.value) and 'weights_only' not in str(e.value)
+
+
+def test_a_file_given_as_the_run_folder_is_refused(tmp_path):
+    from scnet.train.run_folder import RunError, RunFolder
+
+    notes = tmp_path / 'notes.txt'
+    notes.write_text('keep me')
+    for resume in (False, True):
+        with pytest.raises(RunError, match='notes.txt is a file, not a run folder'):
+            RunFolder(notes, resume=resume)
+    assert notes.read_text() == 'keep me'

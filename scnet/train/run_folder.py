@@ -49,6 +49,8 @@ class RunFolder:
         self.path = Path(path)
         self.is_main = is_main
         self.writer = None
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f'{self.path} is a file, not a run folder: give --output a folder (new, empty or a run\'s)')
         last = self.path / 'last.pt'
         if resume and not last.is_file():
             raise RunError(f'{self.path}: nothing to resume (no last.pt); start the run without --resume')
