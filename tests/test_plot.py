@@ -252,3 +252,24 @@ def test_cli_help(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert 'usage: scnet plot' in out and 'metrics.jsonl' in out and '--labels' in out and 'accuracy.png' in out
+
+
+def test_a_run_with_an_ema_of_the_weights_has_its_curves_and_summary(tmp_path):
+    """`scnet train --ema-decay` records ema_val_*: drawn dotted in the run's colour, summarised beside the
+    model's."""
+    from scnet.visual.curves import summarize
+
+    rows = [dict(record(e, 10.0 * e, 30.0 + e, 50.0), ema_val_loss=6.0 - e, ema_val_top1=12.0 * e,
+                 ema_val_top5=33.0 + e) for e in range(1, 4)]
+    run = write_run(tmp_path / 'ema_run', rows, model='scnet50')
+    data = [(run, read_metrics(run))]
+    fig = _accuracy_figure(data, ['scnet50'], _colours(1))
+    lines = {line.get_gid(): line for line in fig.axes[0].get_lines()}
+    assert set(lines) == {'scnet50|val_top1', 'scnet50|ema_val_top1'}
+    assert lines['scnet50|ema_val_top1'].get_linestyle() == ':'
+    assert list(lines['scnet50|ema_val_top1'].get_ydata()) == [12.0, 24.0, 36.0]
+    assert 'dotted: EMA of the weights' in fig.get_suptitle() and 'dashed' not in fig.get_suptitle()
+    assert 'EMA of the weights' in {t.get_text() for t in fig.axes[1].get_legend().get_texts()}
+    loss = _loss_figure(data, ['scnet50'], _colours(1))
+    assert {line.get_gid() for line in loss.axes[1].get_lines()} == {'scnet50|val_loss', 'scnet50|ema_val_loss'}
+    assert summarize(rows)['ema_val_top1'] == dict(best=36.0, best_epoch=3, last=36.0, last_epoch=3)

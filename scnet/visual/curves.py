@@ -27,10 +27,11 @@ PathLike = Union[str, 'os.PathLike[str]']
 
 #: Numeric keys of a metrics.jsonl record (besides ``epoch``); any of them may be absent or null.
 METRIC_KEYS = ('lr', 'train_loss', 'train_top1', 'val_loss', 'val_top1', 'val_top5', 'images_per_sec',
-               'epoch_time_s', 'skipped_images', 'aux_train_loss', 'aux_val_top1', 'aux_val_top5')
+               'epoch_time_s', 'skipped_images', 'aux_train_loss', 'aux_val_top1', 'aux_val_top5',
+               'ema_val_loss', 'ema_val_top1', 'ema_val_top5')
 
 #: Accuracy keys summarised in summary.json (best, its epoch, last).
-SUMMARY_KEYS = ('val_top1', 'val_top5', 'aux_val_top1', 'aux_val_top5')
+SUMMARY_KEYS = ('val_top1', 'val_top5', 'aux_val_top1', 'aux_val_top5', 'ema_val_top1', 'ema_val_top5')
 
 DPI = 120
 #: File name -> figure size in inches; the PNG is ``figsize * DPI`` pixels (no tight cropping).
@@ -44,6 +45,10 @@ FIGURES: Dict[str, Tuple[float, float]] = {
 MAIN_STYLE = '-'   # main classifier
 AUX_STYLE = '--'   # auxiliary classifier after res3
 AUX_NAME = 'res3 auxiliary head'
+EMA_STYLE = ':'    # the EMA of the weights (--ema-decay), evaluated beside the model
+EMA_NAME = 'EMA of the weights'
+#: The curves drawn beside a panel's main one: key prefix -> (line style, legend name).
+_COMPANIONS = {'aux_': (AUX_STYLE, AUX_NAME), 'ema_': (EMA_STYLE, EMA_NAME)}
 LEGEND_WRAP = 30  # characters per line of a legend label
 
 
@@ -235,36 +240,40 @@ def _no_data(ax, what: str) -> None:
 
 
 def _two_panel(name: str, runs, labels, colours, suptitle: str, panels) -> 'object':
-    """``panels``: (title, ylabel, main key, aux key or None) for the left and the right axes."""
+    """``panels``: (title, ylabel, main key, companion keys) for the left and the right axes; each companion
+    (``aux_...``, ``ema_...``) is drawn in the run's colour, in its own line style, where a run recorded it."""
     fig, axes = _new_figure(name, ncols=2)
-    any_aux = False
-    for ax, (title, ylabel, key, aux_key) in zip(axes, panels):
+    drawn_styles: Dict[str, Tuple[str, str]] = {}
+    for ax, (title, ylabel, key, companions) in zip(axes, panels):
         drawn = False
         for (run_dir, metrics), label, colour in zip(runs, labels, colours):
             drawn |= _plot(ax, *_series(metrics, key), colour, MAIN_STYLE, f'{label}|{key}')
-            if aux_key:
-                aux = _plot(ax, *_series(metrics, aux_key), colour, AUX_STYLE, f'{label}|{aux_key}')
-                drawn |= aux
-                any_aux |= aux
+            for companion in companions:
+                style = _COMPANIONS[companion[:4]]
+                if _plot(ax, *_series(metrics, companion), colour, style[0], f'{label}|{companion}'):
+                    drawn = True
+                    drawn_styles[companion[:4]] = style
         _style_axes(ax, title, ylabel)
         if not drawn:
             _no_data(ax, key)
-    styles = [(MAIN_STYLE, 'main head'), (AUX_STYLE, AUX_NAME)] if any_aux else [(MAIN_STYLE, 'main head')]
-    _legends(axes[-1], labels, colours, styles)
-    fig.suptitle(suptitle + (f'  (solid: main head, dashed: {AUX_NAME})' if any_aux else ''), fontsize=13)
+    extra = [drawn_styles[prefix] for prefix in _COMPANIONS if prefix in drawn_styles]
+    _legends(axes[-1], labels, colours, [(MAIN_STYLE, 'main head'), *extra])
+    words = {AUX_STYLE: 'dashed', EMA_STYLE: 'dotted'}
+    note = ', '.join(f'{words[style]}: {what}' for style, what in extra)
+    fig.suptitle(suptitle + (f'  (solid: main head, {note})' if note else ''), fontsize=13)
     return fig
 
 
 def _loss_figure(runs, labels, colours):
     return _two_panel('loss.png', runs, labels, colours, 'Loss per epoch', [
-        ('Training loss', 'loss (mean over the epoch)', 'train_loss', 'aux_train_loss'),
-        ('Validation loss', 'loss', 'val_loss', None)])
+        ('Training loss', 'loss (mean over the epoch)', 'train_loss', ('aux_train_loss',)),
+        ('Validation loss', 'loss', 'val_loss', ('ema_val_loss',))])
 
 
 def _accuracy_figure(runs, labels, colours):
     return _two_panel('accuracy.png', runs, labels, colours, 'Validation accuracy', [
-        ('Top-1 accuracy', 'top-1 accuracy (%)', 'val_top1', 'aux_val_top1'),
-        ('Top-5 accuracy', 'top-5 accuracy (%)', 'val_top5', 'aux_val_top5')])
+        ('Top-1 accuracy', 'top-1 accuracy (%)', 'val_top1', ('aux_val_top1', 'ema_val_top1')),
+        ('Top-5 accuracy', 'top-5 accuracy (%)', 'val_top5', ('aux_val_top5', 'ema_val_top5'))])
 
 
 def _single_figure(name: str, key: str, runs, labels, colours, title: str, ylabel: str, schedule=False):
@@ -304,9 +313,10 @@ def plot_runs(run_dirs: Sequence[PathLike], output_dir: PathLike, *,
     """Draw the curves of one or more runs and summarise them; returns the paths written.
 
     Writes into ``output_dir`` (created if needed): ``loss.png`` (training loss, with the aux head's
-    dashed, and validation loss), ``accuracy.png`` (validation top-1 and top-5, aux head dashed, as in the
-    paper's Fig. 5), ``lr.png``, ``throughput.png`` (images/s) and ``summary.json`` (per run: best value
-    with its epoch and last value of each validation accuracy, mean images/s). Runs are labelled with
+    dashed, and validation loss, the EMA's dotted), ``accuracy.png`` (validation top-1 and top-5, aux head
+    dashed as in the paper's Fig. 5, EMA of the weights dotted), ``lr.png``, ``throughput.png`` (images/s)
+    and ``summary.json`` (per run: best value with its epoch and last value of each validation accuracy,
+    the aux head's and the EMA's included, mean images/s). Runs are labelled with
     ``labels``, else the model of their config.json, else their folder's name.
     """
     run_dirs = [Path(d) for d in run_dirs]
