@@ -250,6 +250,8 @@ class ShardStream(IterableDataset, _Decoding):
         return self.split.images // self.batch_size
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Stream ``epoch``'s order (shards and shuffle seeded by (seed, epoch)), skipping its first
+        ``start_step`` optimiser steps (those a state saved mid-epoch has done)."""
         if not 0 <= start_step <= self.steps:
             raise ValueError(f'start_step {start_step} is outside the epoch\'s {self.steps} steps')
         self.epoch, self.start_step = epoch, start_step
@@ -262,6 +264,8 @@ class ShardStream(IterableDataset, _Decoding):
         return (self._batches - self.start_step * self.accum_steps) * self.micro
 
     def shard_order(self) -> List[int]:
+        """The order in which this epoch reads the shards: a permutation seeded by (seed, epoch), the same on
+        every process."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return torch.randperm(len(self.split.urls), generator=generator).tolist()
 

@@ -80,6 +80,7 @@ def _init_process_group(backend: str, rank: int, world_size: int) -> None:
 
 
 def teardown() -> None:
+    """Leave the process group, if this process joined one (a no-op for a single process)."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -97,6 +98,7 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
 
 
 def barrier() -> None:
+    """Wait until every process of the group gets here (a no-op for a single process)."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 

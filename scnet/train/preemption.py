@@ -118,6 +118,8 @@ class StepCheckpoints:
         return self.step
 
     def after_step(self) -> None:
+        """Count an optimiser step; save the state when ``every`` steps are done or SIGTERM came (then raise
+        ``Preempted``, after the save)."""
         self.step += 1
         stop = self._stop_requested()
         global_step = (self.epoch - 1) * self.steps_per_epoch + self.step
@@ -144,6 +146,7 @@ class StepCheckpoints:
                             '--resume')
 
     def close(self) -> None:
+        """Give SIGTERM back to the handler it had before."""
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None

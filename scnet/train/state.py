@@ -30,6 +30,8 @@ def seed_everything(seed: int) -> None:
 
 
 def save_atomic(state: Dict[str, Any], path: Path) -> None:
+    """``torch.save`` ``state`` to ``path`` through a temporary file beside it and a rename: a kill mid-write
+    leaves the previous file whole, never half of a new one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.partial', dir=path.parent)
     try:
@@ -93,6 +95,7 @@ def rng_states() -> Dict[str, Any]:
 
 
 def restore_rng_states(states: Dict[str, Any]) -> None:
+    """Set every random generator back to what ``rng_states`` recorded (CUDA's where both have a GPU)."""
     version, internal, gauss = states['python']
     random.setstate((version, tuple(internal), gauss))
     np.random.set_state(('MT19937', states['numpy'].numpy().astype(np.uint32), states['numpy_pos'], 0, 0.0))
