@@ -389,6 +389,32 @@ def test_predict_reads_every_image_before_writing_anything(tiny, tmp_path, capsy
     assert len(list(out.glob('*.png'))) == 4 and (out / 'predictions.json').is_file()
 
 
+def test_predict_never_replaces_an_input_image_and_keeps_a_drawing_per_image(tiny, tmp_path, capsys):
+    """Drawings into the folder of the images would replace those of the same name (a .png): refused before
+    anything is written. Images whose names differ only in extension, or look like a made-unique name,
+    keep a drawing each."""
+    from scnet.tasks.detection.draw import predict
+
+    checkpoint = tiny_detector_checkpoint(tmp_path / 'model.safetensors')
+    photos = tmp_path / 'photos'
+    shutil.copytree(tiny.val_images, photos)
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    assert main(['detect', 'predict', '--checkpoint', str(checkpoint), '--images', str(photos), '--output',
+                 str(photos), '--quiet']) == 2
+    _one_error_line(capsys, 'would replace the input image', 'another --output folder')
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
+    same = tmp_path / 'same'
+    same.mkdir()
+    first = sorted(photos.glob('*.png'))[0].read_bytes()
+    Image.open(photos / sorted(before)[0]).convert('RGB').save(same / 'x.jpg')
+    for name in ('x.png', 'x_2.png'):
+        (same / name).write_bytes(first)
+    out = tmp_path / 'out'
+    summary = predict(checkpoint, same, out)  # one path as well as a list
+    outputs = [Path(r['output']).name for r in summary]
+    assert len(set(outputs)) == 3 and sorted(p.name for p in out.glob('*.png')) == sorted(outputs)
+
+
 def test_damaged_checkpoint_is_called_damaged(tiny, tmp_path, capsys):
     """Not "not a detection checkpoint", which would send the user looking for another file."""
     good = tiny_detector_checkpoint(tmp_path / 'model.safetensors')

@@ -619,6 +619,17 @@ def test_predict_reads_every_image_before_writing_anything(untrained, small, tmp
     assert not (tmp_path / 'out').exists()
 
 
+def test_predict_never_replaces_an_input_image(untrained, small, tmp_path, capsys):
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    first = sorted(Path(small['val_images']).iterdir())[0]
+    Image.open(first).save(folder / 'person.png')
+    before = (folder / 'person.png').read_bytes()
+    assert main(predict_args(untrained, [folder / 'person.png'], folder, None)) == 2
+    one_error_line(capsys, 'the drawing person.png would replace the input image', 'another --output folder')
+    assert (folder / 'person.png').read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ['person.png']
+
+
 def test_damaged_pose_checkpoint_is_called_damaged(untrained, small, tmp_path, capsys):
     damaged = tmp_path / 'model.safetensors'
     damaged.write_bytes(untrained.read_bytes()[:500])

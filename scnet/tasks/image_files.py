@@ -9,16 +9,18 @@ from typing import List, Sequence, Tuple, Union
 
 from scnet.errors import ScnetError
 
-__all__ = ['image_files', 'decoded_sizes']
+__all__ = ['image_files', 'decoded_sizes', 'drawing_paths']
 
 _SHOWN = 5  # unreadable files named in the message
 
 
-def image_files(inputs: Sequence[Union[str, Path]]) -> List[Path]:
-    """Every file of ``inputs`` and the images (torchvision's extensions) below every folder, sorted per
-    folder; a ``ScnetError`` for a path that does not exist or a folder without images."""
+def image_files(inputs: Union[str, Path, Sequence[Union[str, Path]]]) -> List[Path]:
+    """Every file of ``inputs`` (one path, or several) and the images (torchvision's extensions) below every
+    folder, sorted per folder; a ``ScnetError`` for a path that does not exist or a folder without images."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
     files: List[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -52,3 +54,24 @@ def decoded_sizes(files: Sequence[Path], threads: int = 4) -> List[Tuple[int, in
         raise BadImageError(f'{len(bad)} of the {len(files)} images cannot be decoded: {"; ".join(bad[:_SHOWN])}'
                             f'{more}; fix or remove them (nothing was written)')
     return sizes
+
+
+def drawing_paths(files: Sequence[Path], output: Union[str, Path]) -> List[Path]:
+    """Where the drawing of each of ``files`` goes: ``output/<stem>.png``, made unique in order (``x.png``,
+    ``x_2.png``, ...: a ``x.jpg`` and a ``x.png`` keep a drawing each). A ``ScnetError`` when one would replace
+    one of the images drawn, checked before anything is written: the user's own pictures are never lost."""
+    inputs = {Path(f).resolve() for f in files}
+    used: set = set()
+    paths: List[Path] = []
+    for f in files:
+        name, k = f'{Path(f).stem}.png', 1
+        while name in used:
+            k += 1
+            name = f'{Path(f).stem}_{k}.png'
+        used.add(name)
+        paths.append(Path(output) / name)
+    replaced = [p for p in paths if p.resolve() in inputs]
+    if replaced:
+        raise ScnetError(f'{output}: the drawing {replaced[0].name} would replace the input image {replaced[0]} '
+                         f'({len(replaced)} such); write the drawings into another --output folder')
+    return paths

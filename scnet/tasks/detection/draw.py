@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from scnet.tasks.detection.checkpoint import load_detector
-from scnet.tasks.image_files import decoded_sizes, image_files
+from scnet.tasks.image_files import decoded_sizes, drawing_paths, image_files
 from scnet.train import distributed
 
 __all__ = ['draw_detections', 'predict']
@@ -51,15 +51,16 @@ def predict(checkpoint: Path, inputs: Sequence[Path], output: Path, *, score_thr
     from scnet.data.folders import BadImageError, decode_rgb
 
     files = image_files(inputs)
+    drawings = drawing_paths(files, output)
     dev = distributed._device(device, 0)
     model, info = load_detector(checkpoint, device=str(dev), image_size=image_size)
     decoded_sizes(files)
     names = [c['name'] for c in info.categories]
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    used: Dict[str, int] = {}
     summary = []
-    for path in tqdm(files, desc='predict', unit='image', disable=None if progress else True, leave=False):
+    for path, drawing in tqdm(list(zip(files, drawings)), desc='predict', unit='image',
+                              disable=None if progress else True, leave=False):
         try:
             picture = decode_rgb(str(path))
         except Exception as e:
@@ -68,19 +69,16 @@ def predict(checkpoint: Path, inputs: Sequence[Path], output: Path, *, score_thr
         result = model([image.to(dev, torch.float32) / 255])[0]
         result = {k: v.cpu() for k, v in result.items()}
         drawn, count = draw_detections(image, result, names, score_threshold=score_threshold)
-        stem = path.stem
-        used[stem] = used.get(stem, 0) + 1
-        name = f'{stem}.png' if used[stem] == 1 else f'{stem}_{used[stem] - 1}.png'
-        tmp = output / f'.{name}.partial'
+        tmp = output / f'.{drawing.name}.partial'
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(tmp, format='PNG')
-        tmp.replace(output / name)
+        tmp.replace(drawing)
         keep = result['scores'] >= score_threshold
         detections = [{'category': names[int(label) - 1], 'score': round(float(score), 4),
                        'bbox': [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2),
                                 round(float(y1 - y0), 2)]}
                       for (x0, y0, x1, y1), label, score in zip(result['boxes'][keep], result['labels'][keep],
                                                                  result['scores'][keep])]
-        summary.append({'image': str(path), 'output': str(output / name), 'width': picture.width,
+        summary.append({'image': str(path), 'output': str(drawing), 'width': picture.width,
                         'height': picture.height, 'detections': detections})
     (output / 'predictions.json').write_text(json.dumps(summary, indent=2))
     return summary

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from scnet.tasks.coco_files import read_json
-from scnet.tasks.image_files import decoded_sizes, image_files
+from scnet.tasks.image_files import decoded_sizes, drawing_paths, image_files
 from scnet.tasks.pose.checkpoint import load_pose_checkpoint
 from scnet.tasks.pose.data import Instance, PoseCropSet, _clip_box, box_to_region
 from scnet.tasks.pose.evaluate import predict_keypoints
@@ -110,6 +110,7 @@ def predict_pose(checkpoint: Path, inputs: Sequence[str], output: Path, *, boxes
 
     ck = load_pose_checkpoint(checkpoint)
     files = image_files(inputs)
+    drawings = drawing_paths(files, output)
     person_boxes = _read_person_boxes(boxes) if boxes else None
     sizes = decoded_sizes(files)   # every image readable before anything is written
     if person_boxes is not None:
@@ -138,8 +139,8 @@ def predict_pose(checkpoint: Path, inputs: Sequence[str], output: Path, *, boxes
                                                      'centre': inst.centre, 'size': inst.size})
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    written, record, used = [], [], set()
-    for i, f in enumerate(files):
+    written, record = [], []
+    for i, (f, drawing) in enumerate(zip(files, drawings)):
         image = torch.from_numpy(np.array(decode_rgb(str(f)))).permute(2, 0, 1).contiguous()
         found = people.get(i, [])
         side = min(image.shape[1:])
@@ -153,16 +154,9 @@ def predict_pose(checkpoint: Path, inputs: Sequence[str], output: Path, *, boxes
             image = draw_keypoints(image, kps[..., :2], connectivity=ck.spec.skeleton or None, colors='red',
                                    radius=max(2, side // 80), width=max(1, side // 150),
                                    visibility=kps[..., 2] > kpt_thresh)
-        stem = f.stem
-        name = f'{stem}.png'
-        k = 1
-        while name in used:
-            k += 1
-            name = f'{stem}_{k}.png'
-        used.add(name)
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(output / name)
-        written.append(output / name)
-        record.append({'image': str(f), 'drawing': name, 'people': [
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(drawing)
+        written.append(drawing)
+        record.append({'image': str(f), 'drawing': drawing.name, 'people': [
             {'score': round(p['score'], 4), 'keypoints': {n: [round(float(v), 2) for v in p['keypoints'][j]]
                                                            for j, n in enumerate(ck.spec.names)}}
             for p in found]})
