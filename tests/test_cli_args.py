@@ -96,7 +96,8 @@ def test_impossible_numbers_are_refused_before_any_work(argv, message, tmp_path,
     (['features', '--model', 'resnet26_cifar', '--output', '{tmp}/a_file'], '{tmp}/a_file is a file'),
     (['shards', '{tmp}', '{tmp}/a_file'], 'argument OUT: {tmp}/a_file is a file'),
     (['benchmark', '--output', '{tmp}/missing/r.json'], 'argument --output: folder {tmp}/missing does not exist'),
-    (EVAL + ['--output', '{tmp}/a_file'], 'argument --output: {tmp}/a_file exists and is not a JSON report'),
+    (EVAL + ['--output', '{tmp}/a_file'], 'argument --output: {tmp}/a_file exists and is not an earlier report'),
+    (DETECT_EVAL + ['--output', '{tmp}/a_file'], '{tmp}/a_file exists and is not an earlier report of scnet'),
     (['plot', '{tmp}', '--output', '{tmp}/a_file'], 'argument --output/-o: {tmp}/a_file is a file, not a folder'),
 ])
 def test_outputs_that_cannot_be_written_are_refused_before_any_work(argv, message, tmp_path, capsys):
@@ -195,3 +196,26 @@ def test_an_evaluation_report_goes_where_asked(tmp_path, capsys):
     assert args.alpha == 0.0 and args.output == str(tmp_path / 'new' / 'deeper')
     args = build_parser().parse_args(['train', '--label-smoothing', '0.1', '--lr', '1e-3', '--checkpoint-every', '0'])
     assert (args.label_smoothing, args.lr, args.checkpoint_every) == (0.1, 1e-3, 0)
+
+
+def test_a_report_replaces_an_earlier_report_only(tmp_path, capsys):
+    """A report file may replace an earlier report (a JSON object, or a list of COCO results), never an
+    annotation file, a list of something else or someone's notes: the evaluation once replaced the
+    annotations it was scored on."""
+    import json
+
+    from scnet.cli.main import build_parser
+
+    files = {'instances_val.json': {'images': [], 'annotations': [], 'categories': []},
+             'numbers.json': [1, 2, 3], 'earlier.json': {'task': 'bbox', 'metrics': {'AP': 1.0}},
+             'results.json': [{'image_id': 1, 'category_id': 1, 'keypoints': [], 'score': 0.9}], 'empty.json': []}
+    for name, content in files.items():
+        (tmp_path / name).write_text(json.dumps(content))
+    for argv in (DETECT_EVAL + ['--output'], POSE_EVAL + ['--results'], EVAL + ['--output']):
+        for name in ('instances_val.json', 'numbers.json'):
+            with pytest.raises(SystemExit):
+                main(argv + [str(tmp_path / name)])
+            assert f'{tmp_path / name} exists and is not an earlier report of scnet' in capsys.readouterr().err
+        for name in ('earlier.json', 'results.json', 'empty.json'):
+            build_parser().parse_args(argv + [str(tmp_path / name)])
+    assert {p.name: json.loads(p.read_text()) for p in tmp_path.iterdir()} == files

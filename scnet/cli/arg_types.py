@@ -94,19 +94,28 @@ def report_file(text: str) -> str:
         what = 'is a file' if folder.exists() else 'does not exist'
         raise argparse.ArgumentTypeError(f'folder {folder} {what}; create the folder first or choose another path')
     _check_writable(text, folder)
-    if path.is_file() and not _is_json(path):
-        raise argparse.ArgumentTypeError(f'{text} exists and is not a JSON report (which the command would replace); '
-                                         'choose another file name')
+    if path.is_file() and not _is_earlier_report(path):
+        raise argparse.ArgumentTypeError(f'{text} exists and is not an earlier report of scnet (which the command would '
+                                         'replace): choose another file name')
     return text
 
 
-def _is_json(path: Path) -> bool:
-    """Whether ``path`` holds JSON (an earlier report, which a new one may replace), read whole."""
+_DATASET_KEYS = ('images', 'annotations', 'categories')
+
+
+def _is_earlier_report(path: Path) -> bool:
+    """Whether ``path`` holds what a command's report looks like, which a new one may replace: a JSON object
+    that is not a COCO dataset, or a list of COCO results (``pose eval --results``). Anything else (notes,
+    annotations, a list of something else) is someone's file. Read whole."""
     try:
-        json.loads(path.read_bytes())
-        return True
+        data = json.loads(path.read_bytes())
     except (ValueError, OSError):
         return False
+    if isinstance(data, dict):
+        return not any(key in data for key in _DATASET_KEYS)
+    if isinstance(data, list):
+        return all(isinstance(entry, dict) and 'image_id' in entry for entry in data)
+    return False
 
 
 def output_folder(text: str) -> str:
