@@ -142,6 +142,27 @@ def test_targets_of_unlabelled_or_far_away_keypoints_weigh_nothing():
     assert targets[1].max() == 0 and targets[2].max() == 0 and 0 < targets[3].max() < 0.5
 
 
+def test_left_and_right_are_found_in_the_usual_naming_styles():
+    """COCO's left_x/right_x, OpenPose's LShoulder/RShoulder, l_x/r_x, camel case; 'upright' names no side.
+    A side without its mirror is warned about: a flip would leave it in place."""
+    from scnet.tasks.pose.data import mirror_name
+
+    names = ['nose', 'l_eye', 'r_eye', 'LShoulder', 'RShoulder', 'leftHand', 'rightHand', 'LEFT_KNEE', 'RIGHT_KNEE',
+             'upright_tip', 'Left Ear', 'Right Ear']
+    perm = KeypointSpec(names).flip_permutation
+    assert [names[i] for i in perm] == ['nose', 'r_eye', 'l_eye', 'RShoulder', 'LShoulder', 'rightHand', 'leftHand',
+                                        'RIGHT_KNEE', 'LEFT_KNEE', 'upright_tip', 'Right Ear', 'Left Ear']
+    assert mirror_name('upright_tip') is None and mirror_name('nose') is None and mirror_name('L1') == 'R1'
+    assert KeypointSpec(names).unpaired_sides() == []
+
+    class Coco:
+        dataset = {'categories': [{'id': 1, 'name': 'person', 'keypoints': ['nose', 'l_eye', 'left_ear'],
+                                   'skeleton': []}]}
+
+    with pytest.warns(UserWarning, match="l_eye, left_ear name a side but their mirror is not among the keypoints"):
+        KeypointSpec.from_coco(Coco(), 'a.json')
+
+
 def test_flip_test_of_a_symmetric_input_is_symmetric(tmp_path):
     """A mirror-symmetric image: flip-averaged heatmaps equal their own mirror image with left and right
     swapped (no one-pixel shift on this grid), and each left keypoint mirrors its right one in the image."""

@@ -18,6 +18,8 @@ Decoding: the heatmap maximum moved a quarter pixel towards the higher neighbour
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -42,6 +44,24 @@ COCO_SIGMAS = {'nose': .026, 'left_eye': .025, 'right_eye': .025, 'left_ear': .0
                'right_knee': .087, 'left_ankle': .089, 'right_ankle': .089}
 _DEFAULT_SIGMA = round(float(np.mean(list(COCO_SIGMAS.values()))), 4)  # 0.0669, for names COCO does not have
 _LOWER_BODY = ('hip', 'knee', 'ankle', 'foot', 'heel', 'toe')
+# the words of a keypoint name: runs of capitals before another capital or the end (L in LShoulder), words
+# with at most one leading capital, digits; separators (_ - . space) fall between them
+_WORDS = re.compile(r'[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+')
+_SIDES = {'left': 'right', 'right': 'left', 'l': 'r', 'r': 'l'}
+
+
+def mirror_name(name: str) -> Optional[str]:
+    """``name`` with its side word swapped (``left``/``right``, or ``l``/``r`` as a word of its own, in the
+    name's own case: ``left_eye``, ``l_eye``, ``LShoulder``, ``RightHand``), or None when no word of it names a
+    side (``nose``, and ``upright_tip``, whose ``right`` is inside a word)."""
+    for word in _WORDS.finditer(name):
+        other = _SIDES.get(word.group().lower())
+        if other is None:
+            continue
+        text = word.group()
+        other = other.upper() if text.isupper() else other.capitalize() if text[0].isupper() else other
+        return name[:word.start()] + other + name[word.end():]
+    return None
 
 
 # --------------------------------------------------------------------------------------------- keypoints
@@ -60,14 +80,16 @@ class KeypointSpec:
 
     @property
     def flip_permutation(self) -> List[int]:
-        """Index of each keypoint's mirror image: ``left_x`` <-> ``right_x``; others map to themselves."""
+        """Index of each keypoint's mirror image, found by name (``mirror_name``): ``left_eye`` <->
+        ``right_eye``, ``l_eye`` <-> ``r_eye``, ``LShoulder`` <-> ``RShoulder``; others map to themselves."""
         index = {n.lower(): i for i, n in enumerate(self.names)}
-        perm = []
-        for i, name in enumerate(self.names):
-            low = name.lower()
-            other = low.replace('left', 'right') if 'left' in low else low.replace('right', 'left')
-            perm.append(index.get(other, i))
-        return perm
+        return [index.get((mirror_name(name) or name).lower(), i) for i, name in enumerate(self.names)]
+
+    def unpaired_sides(self) -> List[str]:
+        """Names that say a side (``mirror_name`` finds one) but whose mirror is not among the keypoints: a
+        flip (augmentation, flip test) would leave them on the wrong side."""
+        names = {n.lower() for n in self.names}
+        return [n for n in self.names if mirror_name(n) is not None and mirror_name(n).lower() not in names]
 
     @property
     def sigmas(self) -> np.ndarray:
@@ -100,7 +122,14 @@ class KeypointSpec:
             else:
                 raise CocoDataError(f'{source}: category {cat.get("name")!r}: skeleton entry {pair!r} is not a pair of '
                                     f'1-based keypoint indices (1..{len(names)})')
-        return cls(names, skeleton, cat['id'])
+        spec = cls(names, skeleton, cat['id'])
+        unpaired = spec.unpaired_sides()
+        if unpaired:
+            warnings.warn(f'{source}: keypoint(s) {", ".join(unpaired[:5])} name a side but their mirror is not '
+                          'among the keypoints: flips (augmentation, flip test) leave them in place; name each '
+                          'pair alike (left_x/right_x, l_x/r_x, Lx/Rx), or turn flips off (flip: false in the recipe, '
+                          '--no-flip-test)', stacklevel=2)
+        return spec
 
     def to_dict(self) -> Dict[str, Any]:
         return {'names': self.names, 'skeleton': [list(p) for p in self.skeleton], 'category_id': self.category_id}
