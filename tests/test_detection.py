@@ -276,6 +276,15 @@ def test_existing_run_is_never_overwritten_and_resume_needs_one(tiny, tmp_path, 
     assert 'nothing to resume' in capsys.readouterr().err
 
 
+def test_a_last_batch_of_one_image_is_left_out(tmp_path, capsys):
+    """9 images in batches of 4 leave one: batch norm cannot learn from a single image, so that batch is left
+    out instead of stopping every epoch with a message about the batch size the user gave."""
+    nine = make_shapes_coco(tmp_path / 'nine', num_train=9, num_val=2, image_size=64, seed=2)
+    assert detect_train(nine, tmp_path / 'run', '--config', 'shapes', '--image-size', '64', '--epochs', '1',
+                        '--batch-size', '4') == 0, capsys.readouterr().err
+    assert read_metrics(tmp_path / 'run')[0]['epoch'] == 1
+
+
 def test_resume_takes_the_runs_settings_and_refuses_a_config_that_changes_them(tmp_path, capsys):
     """On --resume the run's config.json is the base (as for scnet train): a --config given too may only repeat
     it, since taking the file as the base would undo what flags changed in the run (an extended --epochs)."""

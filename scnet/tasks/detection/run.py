@@ -95,7 +95,9 @@ def train_detector(recipe: DetectionRecipe, output: Path, *, resume: bool = Fals
                                    annotation_file=recipe.val_ann)
         sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                      seed=recipe.seed)
-        batch_sampler = BatchSampler(sampler, per_process, drop_last=False)
+        # a last batch of one image cannot train batch norm (nor SC-Conv's pooled maps): it is left out
+        one_left = len(sampler) > per_process and len(sampler) % per_process == 1
+        batch_sampler = BatchSampler(sampler, per_process, drop_last=one_left)
 
         if state is None:
             checkpoint, pretrained, backbone_kwargs = resolve_backbone(recipe)
