@@ -509,7 +509,8 @@ def test_image_listed_but_missing(tiny, tmp_path, capsys):
 
 
 @pytest.mark.parametrize('box, problem', [([10, 10, 0, 12], 'zero or negative area'),
-                                          ([50, 40, 30, 20], 'boxes outside their image')])
+                                          ([50, 40, 30, 20], 'boxes outside their image'),
+                                          ([float('nan'), 40, 10, 10], 'bbox of finite numbers')])
 def test_bad_boxes_are_named(tiny, tmp_path, capsys, box, problem):
     def change(data):
         data['annotations'][3]['bbox'] = box
@@ -528,6 +529,8 @@ def test_bad_boxes_are_named(tiny, tmp_path, capsys, box, problem):
     (lambda d: d['annotations'][0].update(image_id=99), 'annotations of images the file does not list: annotation 1 '
                                                         '-> image_id 99'),
     (lambda d: d['images'][0].update(id=[1]), 'images whose id is not an integer'),
+    (lambda d: [a.update(image_id=f"im{a['image_id']}") for a in d['annotations']] and
+     [i.update(id=f"im{i['id']}") for i in d['images']], 'images whose id is not an integer'),
 ])
 def test_ids_and_categories_that_do_not_add_up_are_named(tiny, tmp_path, capsys, change, expected):
     """pycocotools indexes images, annotations and categories by id: a duplicate would silently replace the
@@ -535,6 +538,19 @@ def test_ids_and_categories_that_do_not_add_up_are_named(tiny, tmp_path, capsys,
     _edit(tiny.train_ann, change)
     assert detect_train(tiny, tmp_path / 'run', *tiny_args()) == 2
     _one_error_line(capsys, str(tiny.train_ann), expected)
+
+
+@pytest.mark.parametrize('segmentation, problem', [
+    ([[1, 2, 3]], 'polygon [1, 2, 3] is not a list of at least 3 x, y points'),
+    ('abc', "str 'abc' is neither polygons nor an RLE"),
+    ({'size': [10, 10], 'counts': 'abc'}, 'RLE of size [10, 10], the image is 64x64'),
+])
+def test_segmentations_pycocotools_cannot_read_are_named(tiny, tmp_path, capsys, segmentation, problem):
+    """They used to pass the check and fail inside pycocotools in the middle of an epoch (or, an RLE of
+    another size, be evaluated silently)."""
+    _edit(tiny.train_ann, lambda d: d['annotations'][0].update(segmentation=segmentation))
+    assert detect_train(tiny, tmp_path / 'run', *tiny_args('segm')) == 2
+    _one_error_line(capsys, 'segmentations pycocotools cannot read', problem)
 
 
 def test_segm_needs_masks_and_val_categories_must_be_known(tiny, tmp_path, capsys):

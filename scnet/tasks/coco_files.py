@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Type
@@ -88,12 +89,32 @@ def _check_keypoint_categories(data: Dict, problems: _Problems) -> Dict[Any, Lis
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite number (Python's json reads NaN and Infinity, which every comparison of a check lets through)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_id(value: Any) -> bool:
-    """A usable id: COCO's are integers; strings index as well (bools, lists, floats do not)."""
-    return isinstance(value, (int, str)) and not isinstance(value, bool)
+    """A usable id: an integer, as COCO's are (pycocotools' evaluation and torchvision's targets need them)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _segmentation_problem(segmentation: Any, img: Dict) -> Optional[str]:
+    """What is wrong with an annotation's ``segmentation`` for pycocotools (None: nothing): polygons are lists
+    of at least 3 points (6 numbers, an even count), an RLE has ``counts`` and the image's ``size`` [h, w]."""
+    if isinstance(segmentation, list):
+        for polygon in segmentation:
+            if not (isinstance(polygon, list) and len(polygon) >= 6 and len(polygon) % 2 == 0
+                    and all(_is_number(v) for v in polygon)):
+                return f'polygon {str(polygon)[:40]} is not a list of at least 3 x, y points'
+        return None
+    if isinstance(segmentation, dict):
+        size = segmentation.get('size')
+        if not isinstance(segmentation.get('counts'), (str, list)):
+            return 'RLE without "counts"'
+        if size != [img['height'], img['width']]:
+            return f'RLE of size {size!r}, the image is {img["height"]}x{img["width"]} ([h, w])'
+        return None
+    return f'{type(segmentation).__name__} {str(segmentation)[:30]!r} is neither polygons nor an RLE'
 
 
 def _check_keypoints(ann: Dict, img: Dict, names: List[str], problems: _Problems) -> None:
@@ -187,8 +208,8 @@ def load_coco(annotation_file: Path, images_dir: Optional[Path] = None, *, task:
         if not known_category:
             problems.add(unknown_category, f'annotation {aid} -> category_id {ann.get("category_id")!r}')
         box = ann.get('bbox')
-        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-            problems.add('annotations without a [x, y, w, h] bbox', f'annotation {aid}')
+        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+            problems.add('annotations without a [x, y, w, h] bbox of finite numbers', f'annotation {aid}: {box!r}')
         else:
             x, y, w, h = box
             if w <= 0 or h <= 0:
@@ -197,8 +218,13 @@ def load_coco(annotation_file: Path, images_dir: Optional[Path] = None, *, task:
                     y + h > img['height'] + _EDGE_SLACK:
                 problems.add('boxes outside their image', f'annotation {aid} in {img["file_name"]} '
                              f'({img["width"]}x{img["height"]}): {box}')
-        if task == 'segm' and not ann.get('segmentation'):
-            problems.add('annotations without a segmentation', f'annotation {aid}')
+        if task == 'segm':
+            if not ann.get('segmentation'):
+                problems.add('annotations without a segmentation', f'annotation {aid}')
+            else:
+                wrong = _segmentation_problem(ann['segmentation'], img)
+                if wrong:
+                    problems.add('segmentations pycocotools cannot read', f'annotation {aid}: {wrong}')
         if task == 'keypoints' and known_category and ann['category_id'] in keypoint_names:
             _check_keypoints(ann, img, keypoint_names[ann['category_id']], problems)
     problems.raise_if_any(path)
