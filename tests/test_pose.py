@@ -702,3 +702,20 @@ def test_classifier_tools_name_the_pose_command_for_a_pose_checkpoint(untrained,
     with pytest.raises(scnet.CheckpointError, match='is a pose checkpoint'):
         scnet.create_model('resnet26_cifar', checkpoint=str(untrained))
     assert [p.name for p in tmp_path.iterdir()] == ['photo.png']  # nothing written
+
+
+def test_images_of_another_size_or_not_images_stop_before_anything_runs(untrained, small, tmp_path, capsys):
+    """As for detection: every image listed is opened first (the docs promise the same checks), so a file of
+    another size than its annotation says is not evaluated silently with its keypoints misplaced."""
+    images = tmp_path / 'val'
+    shutil.copytree(small['val_images'], images)
+    first = sorted(images.iterdir())[0]
+    with Image.open(first) as im:
+        im.resize((im.width // 2, im.height // 2)).save(first)
+    assert main(['pose', 'eval', '--checkpoint', str(untrained), *data_args(dict(small, val_images=images),
+                                                                            train=False)]) == 2
+    one_error_line(capsys, 'images of another size than the annotation file says', first.name)
+    (images / first.name).write_text('not a picture')
+    assert main(['pose', 'train', *data_args(dict(small, val_images=images)), '--output', str(tmp_path / 'run')]) == 2
+    one_error_line(capsys, 'files that are not readable images', first.name)
+    assert not (tmp_path / 'run').exists()

@@ -5,7 +5,8 @@ training, that the file is not COCO JSON, that images it lists are missing, that
 categories) share an id (pycocotools' index keeps the last, silently), that a box is outside its image or has
 no area, or that a keypoint array has the wrong length, values that are not numbers, a visibility other than
 0, 1, 2 or a labelled keypoint outside its image. ``load_coco`` checks all of that up front and reports every
-problem found (the first few of each kind, with counts) in one ``CocoDataError``.
+problem found (the first few of each kind, with counts) in one ``CocoDataError``. ``check_images`` then opens
+the header of every image listed, for detection and pose alike.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any, Dict, List, Optional, Type
 from scnet.data.folders import DataError
 from scnet.errors import ScnetError
 
-__all__ = ['CocoDataError', 'TASKS', 'load_coco', 'read_coco_json', 'read_json']
+__all__ = ['CocoDataError', 'TASKS', 'load_coco', 'check_images', 'read_coco_json', 'read_json']
 
 #: What an annotation file is used for: boxes, boxes and masks, or person keypoints.
 TASKS = ('bbox', 'segm', 'keypoints')
@@ -233,3 +234,34 @@ def load_coco(annotation_file: Path, images_dir: Optional[Path] = None, *, task:
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         coco.createIndex()
     return coco
+
+
+def check_images(coco, images_dir: Path, annotation_file: str, threads: int = 8) -> None:
+    """Open the header of every image ``coco`` lists (no decoding, so it is cheap) and raise one
+    ``CocoDataError`` naming those that are not images or not of the size the annotation file gives, so that
+    such a file stops the run before training, not in the middle of an epoch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    def problem(info: Dict) -> Optional[Tuple[str, str]]:
+        path = Path(images_dir) / info['file_name']
+        try:
+            with Image.open(path) as image:
+                size = image.size
+        except Exception as e:
+            return 'files that are not readable images', f'{path} ({type(e).__name__})'
+        if size != (info['width'], info['height']):
+            return ('images of another size than the annotation file says',
+                    f'{path} is {size[0]}x{size[1]} pixels, the file says {info["width"]}x{info["height"]}')
+        return None
+
+    with ThreadPoolExecutor(threads) as pool:
+        found = [p for p in pool.map(problem, coco.dataset['images']) if p]
+    if found:
+        kinds: Dict[str, List[str]] = {}
+        for kind, detail in found:
+            kinds.setdefault(kind, []).append(detail)
+        parts = [f'{len(d)} {k}: ' + '; '.join(d[:5]) + (f'; ... ({len(d) - 5} more)' if len(d) > 5 else '')
+                 for k, d in kinds.items()]
+        raise CocoDataError(f'{annotation_file}: ' + ' | '.join(parts))

@@ -1,7 +1,7 @@
 """COCO-format images and annotations as the inputs and targets of torchvision's Faster / Mask R-CNN.
 
 The annotation file has been checked by ``scnet.tasks.coco_files.load_coco`` and the image headers by
-``check_images`` (a file that is not an image, or not of the size the annotation file gives) before anything is
+``scnet.tasks.coco_files.check_images`` (a file that is not an image, or not of the size the annotation file gives) before anything is
 built; what is left to find at reading time is an image whose data is damaged past its header, which stops the
 run with the file named (the last epoch's ``last.pt`` is kept).
 
@@ -26,7 +26,7 @@ from torchvision.transforms.v2 import functional as TF
 from scnet.data.folders import BadImageError, decode_rgb
 from scnet.tasks.coco_files import CocoDataError
 
-__all__ = ['CocoDetectionSet', 'check_images', 'collate', 'category_labels', 'matched_categories']
+__all__ = ['CocoDetectionSet', 'collate', 'category_labels', 'matched_categories']
 
 
 def category_labels(coco) -> List[Dict]:
@@ -57,37 +57,6 @@ def matched_categories(model_categories: Sequence[Dict], coco, source: str) -> D
         elif cat['name'] in by_name:
             mapping[label] = by_name[cat['name']]
     return mapping
-
-
-def check_images(coco, images_dir: Path, annotation_file: str, threads: int = 8) -> None:
-    """Open the header of every image ``coco`` lists (no decoding, so it is cheap) and raise one
-    ``CocoDataError`` naming those that are not images or not of the size the annotation file gives, so that
-    such a file stops the run before training, not in the middle of an epoch."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from PIL import Image
-
-    def problem(info: Dict) -> Optional[Tuple[str, str]]:
-        path = Path(images_dir) / info['file_name']
-        try:
-            with Image.open(path) as image:
-                size = image.size
-        except Exception as e:
-            return 'files that are not readable images', f'{path} ({type(e).__name__})'
-        if size != (info['width'], info['height']):
-            return ('images of another size than the annotation file says',
-                    f'{path} is {size[0]}x{size[1]} pixels, the file says {info["width"]}x{info["height"]}')
-        return None
-
-    with ThreadPoolExecutor(threads) as pool:
-        found = [p for p in pool.map(problem, coco.dataset['images']) if p]
-    if found:
-        kinds: Dict[str, List[str]] = {}
-        for kind, detail in found:
-            kinds.setdefault(kind, []).append(detail)
-        parts = [f'{len(d)} {k}: ' + '; '.join(d[:5]) + (f'; ... ({len(d) - 5} more)' if len(d) > 5 else '')
-                 for k, d in kinds.items()]
-        raise CocoDataError(f'{annotation_file}: ' + ' | '.join(parts))
 
 
 def collate(batch):

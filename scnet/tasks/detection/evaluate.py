@@ -19,8 +19,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from scnet.tasks.coco_files import load_coco
-from scnet.tasks.detection.data import CocoDetectionSet, check_images, collate, matched_categories
+from scnet.tasks.coco_files import check_images, load_coco
+from scnet.tasks.detection.data import CocoDetectionSet, collate, matched_categories
 from scnet.tasks.eval_report import EvalReport
 from scnet.train import distributed
 from scnet.train.engine import batches

@@ -19,11 +19,10 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from scnet.errors import ScnetError
-from scnet.tasks.coco_files import CocoDataError, load_coco
+from scnet.tasks.coco_files import CocoDataError, check_images, load_coco
 from scnet.tasks.detection import engine
 from scnet.tasks.detection.checkpoint import DetectionMetadata
-from scnet.tasks.detection.data import (CocoDetectionSet, category_labels, check_images, collate,
-                                        matched_categories)
+from scnet.tasks.detection.data import CocoDetectionSet, category_labels, collate, matched_categories
 from scnet.tasks.detection.evaluate import complete_ground_truth, evaluate_detector
 from scnet.tasks.detection.model import build_detector, resolve_backbone
 from scnet.tasks.detection.recipe import PRETRAINED, DetectionRecipe

@@ -4,19 +4,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
-from scnet.tasks.coco_files import CocoDataError, load_coco
+from scnet.tasks.coco_files import CocoDataError, check_images, load_coco
 from scnet.tasks.pose.data import Instance, KeypointSpec, complete_annotations, gt_instances, load_detections
 
 __all__ = ['load_split', 'check_same_keypoints', 'val_instances']
 
 
 def load_split(ann: str, images: str) -> Tuple[Any, KeypointSpec]:
-    """The checked annotation file (a ``COCO``) and the keypoints it defines."""
+    """The checked annotation file (a ``COCO``) and the keypoints it defines; every image it lists is opened
+    (``check_images``: readable, of the size the file gives) before anything is built."""
     try:
         coco = load_coco(Path(ann), Path(images), task='keypoints')
     except KeyError as e:   # pycocotools indexes by fields load_coco does not check (an annotation's "id")
         raise CocoDataError(f'{ann}: an image, annotation or category lacks the {e} field that COCO files '
                             'have') from None
+    check_images(coco, Path(images), ann)
     complete_annotations(coco)
     return coco, KeypointSpec.from_coco(coco, ann)
 
