@@ -528,8 +528,9 @@ def test_unreadable_image_stops_the_run_naming_it(small, tmp_path, capsys):
     bad.write_bytes(bad.read_bytes()[:300])
     assert main(['pose', 'train', '--config', 'people', *data_args(dict(small, train_images=images)), '--output',
                  str(tmp_path / 'run'), '--quiet', '--epochs', '1']) == 2
-    err = capsys.readouterr().err
-    assert str(bad) in err and 'unreadable image' in err and err.count('\n') == 1
+    err = capsys.readouterr().err  # found by opening every image before anything is built
+    assert str(bad) in err and 'files that are not readable images' in err and err.count('\n') == 1
+    assert not (tmp_path / 'run').exists()
 
 
 def test_files_that_are_not_coco_json(small, tmp_path, capsys):
