@@ -245,3 +245,27 @@ def test_transforms_and_class_folders_name_what_cannot_work(tmp_path):
     with pytest.raises(DataError, match=r'class folder\(s\) dog beyond the 1 classes given; their images would '
                                         'be left out'):
         CheckedImageFolder(tmp_path, classes=['cat'])
+
+
+def test_pil_decoding_scales_sixteen_bit_grey_and_turns_photos_only_where_asked(tmp_path):
+    """decode_rgb gives a 16-bit grey PNG as the tensor decoders do (PIL alone clips it white), and the
+    EXIF orientation is applied only on request (predict and the visual tools draw on photos as a viewer
+    shows them; training reads pixels as stored, as torchvision does)."""
+    path = tmp_path / 'deep.png'
+    _grey16(path)
+    pil = torch.from_numpy(np.asarray(decode_rgb(str(path)))).permute(2, 0, 1)
+    assert (pil.int() - decode_rgb_tensor(str(path), 'torchvision').int()).abs().max() <= 1
+    assert float((pil == 255).float().mean()) < 0.1
+
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :10] = 255  # a white band on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    photo = tmp_path / 'phone.jpg'
+    Image.fromarray(stored).save(photo, exif=exif.tobytes(), quality=95)
+    assert decode_rgb(str(photo)).size == (40, 20)
+    shown = decode_rgb(str(photo), exif_orientation=True)
+    assert shown.size == (20, 40) and np.asarray(shown)[:10].mean() > 200  # the band now runs along the top
+    from scnet.visual import load_image
+
+    assert load_image(photo).size == (20, 40)

@@ -24,8 +24,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import default_collate
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -90,12 +91,27 @@ def split_folders(root: Path) -> Tuple[Path, Path, List[str]]:
     return train, val, train_classes
 
 
-def decode_rgb(path) -> Image.Image:
+_SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N')
+
+
+def decode_rgb(path, *, exif_orientation: bool = False) -> Image.Image:
     """Decode an image (a path or an open binary file) fully (a truncated file fails here, not later) and
-    convert it to RGB."""
+    convert it to RGB. 16-bit greyscale is scaled to 8 bits (value / 257, as the tensor decoders do), where
+    PIL's own conversion clips at 255 and turns most of such an image white.
+
+    ``exif_orientation``: turn the picture as its EXIF orientation says, as image viewers and phones show it
+    (``predict`` and the visual tools, which draw on the user's photos); training and evaluation read the
+    pixels as stored, as torchvision's datasets and the tensor decoders do."""
     with (open(path, 'rb') if isinstance(path, (str, os.PathLike)) else contextlib.nullcontext(path)) as f:
         image = Image.open(f)
         image.load()
+    # a 16-bit grey PNG opens as I;16 (older Pillow: I, 32-bit, which other formats use for other ranges)
+    sixteen_bit = image.mode in _SIXTEEN_BIT_MODES or (image.mode == 'I' and image.format == 'PNG')
+    if exif_orientation:
+        image = ImageOps.exif_transpose(image)
+    if sixteen_bit:
+        scaled = np.clip(np.rint(np.asarray(image, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
+        image = Image.fromarray(scaled)
     return image.convert('RGB')
 
 

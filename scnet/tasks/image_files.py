@@ -35,14 +35,16 @@ def image_files(inputs: Union[str, Path, Sequence[Union[str, Path]]]) -> List[Pa
     return files
 
 
-def decoded_sizes(files: Sequence[Path], threads: int = 4) -> List[Tuple[int, int]]:
+def decoded_sizes(files: Sequence[Path], threads: int = 4, *,
+                  exif_orientation: bool = False) -> List[Tuple[int, int]]:
     """The (width, height) of every file, each decoded in full (a header can be fine and the data truncated),
-    or one ``BadImageError`` naming every file that is not a readable image."""
+    or one ``BadImageError`` naming every file that is not a readable image; ``exif_orientation``: as
+    ``decode_rgb`` turns them."""
     from scnet.data.folders import BadImageError, decode_rgb
 
     def size(path: Path):
         try:
-            return decode_rgb(str(path)).size
+            return decode_rgb(str(path), exif_orientation=exif_orientation).size
         except Exception as e:  # PIL raises several kinds for truncated or foreign files
             return f'{path} ({str(e).splitlines()[0] if str(e) else type(e).__name__})'
 

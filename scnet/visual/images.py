@@ -26,8 +26,8 @@ from scnet.data.folders import BadImageError, decode_rgb
 from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from scnet.errors import ScnetError
 
-__all__ = ['BadImageError', 'PreprocessingError', 'load_image', 'Preprocessing', 'colorize', 'overlay', 'resize_map', 'draw_grid',
-           'grid_pixels', 'save_png', 'DPI', 'CELL_INCHES']
+__all__ = ['BadImageError', 'PreprocessingError', 'load_image', 'as_rgb', 'Preprocessing', 'colorize', 'overlay',
+           'resize_map', 'draw_grid', 'grid_pixels', 'save_png', 'DPI', 'CELL_INCHES']
 
 PathLike = Union[str, 'os.PathLike[str]']
 
@@ -67,7 +67,7 @@ def load_image(path: PathLike) -> Image.Image:
     if path.is_dir():
         raise BadImageError(f'{path}: is a directory, not an image file')
     try:
-        return decode_rgb(str(path))
+        return decode_rgb(str(path), exif_orientation=True)  # the photo as a viewer shows it
     except UnidentifiedImageError:
         raise BadImageError(f'{path}: unreadable image (not an image file, or a format PIL cannot read)') from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

@@ -62,7 +62,7 @@ def predict(checkpoint: Path, inputs: Sequence[Path], output: Path, *, score_thr
     for path, drawing in tqdm(list(zip(files, drawings)), desc='predict', unit='image',
                               disable=None if progress else True, leave=False):
         try:
-            picture = decode_rgb(str(path))
+            picture = decode_rgb(str(path), exif_orientation=True)  # photos as a viewer shows them
         except Exception as e:
             raise BadImageError(f'{path}: cannot decode the image ({e})') from None
         image = torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)

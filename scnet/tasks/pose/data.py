@@ -302,13 +302,13 @@ def _half_body(kps: np.ndarray, spec: KeypointSpec, aspect: float, rng: np.rando
 class _ImageCache:
     """The last image decoded (crops of one image come in a row in evaluation)."""
 
-    def __init__(self) -> None:
-        self.path, self.image = None, None
+    def __init__(self, exif_orientation: bool = False) -> None:
+        self.path, self.image, self.exif_orientation = None, None, exif_orientation
 
     def get(self, path: str) -> Image.Image:
         if path != self.path:
             try:
-                self.image = decode_rgb(path)
+                self.image = decode_rgb(path, exif_orientation=self.exif_orientation)
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
                 raise BadImageError(f'{path}: unreadable image ({e}); fix or remove it') from None
             self.path = path
@@ -363,12 +363,13 @@ class PoseTrainSet(Dataset):
 
 
 class PoseCropSet(Dataset):
-    """Unaugmented crops for evaluation and prediction: (image tensor, index into ``instances``)."""
+    """Unaugmented crops for evaluation and prediction: (image tensor, index into ``instances``).
+    ``exif_orientation``: images turned as their EXIF says (prediction on photos, see ``decode_rgb``)."""
 
     def __init__(self, instances: List[Instance], input_size: Tuple[int, int], *, mean=IMAGENET_MEAN,
-                 std=IMAGENET_STD) -> None:
+                 std=IMAGENET_STD, exif_orientation: bool = False) -> None:
         self.instances, self.input_size, self.mean, self.std = instances, tuple(input_size), mean, std
-        self.cache = _ImageCache()
+        self.cache = _ImageCache(exif_orientation)
 
     def __len__(self) -> int:
         return len(self.instances)

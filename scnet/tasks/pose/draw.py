@@ -112,7 +112,7 @@ def predict_pose(checkpoint: Path, inputs: Sequence[str], output: Path, *, boxes
     files = image_files(inputs)
     drawings = drawing_paths(files, output)
     person_boxes = _read_person_boxes(boxes) if boxes else None
-    sizes = decoded_sizes(files)   # every image readable before anything is written
+    sizes = decoded_sizes(files, exif_orientation=True)   # every image readable before anything is written
     if person_boxes is not None:
         person_boxes = _boxes_of_images(Path(boxes), person_boxes, files, sizes)
     h, w = ck.input_size
@@ -127,7 +127,7 @@ def predict_pose(checkpoint: Path, inputs: Sequence[str], output: Path, *, boxes
                 continue
             centre, size = box_to_region(box, w / h, ck.box_padding)
             instances.append(Instance(i, str(f), centre, size, score))
-    dataset = PoseCropSet(instances, ck.input_size)
+    dataset = PoseCropSet(instances, ck.input_size, exif_orientation=True)  # photos as a viewer shows them
     ctx = distributed.Context(0, 1, 0, distributed._device(device, 0))
     ck.model.to(ctx.device)
     crops = predict_keypoints(ck.model, dataset, ck.spec, ctx, flip_test=flip_test, batch_size=batch_size,
@@ -141,7 +141,7 @@ def predict_pose(checkpoint: Path, inputs: Sequence[str], output: Path, *, boxes
     output.mkdir(parents=True, exist_ok=True)
     written, record = [], []
     for i, (f, drawing) in enumerate(zip(files, drawings)):
-        image = torch.from_numpy(np.array(decode_rgb(str(f)))).permute(2, 0, 1).contiguous()
+        image = torch.from_numpy(np.array(decode_rgb(str(f), exif_orientation=True))).permute(2, 0, 1).contiguous()
         found = people.get(i, [])
         side = min(image.shape[1:])
         if found:
