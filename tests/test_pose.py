@@ -325,6 +325,18 @@ def test_predict_draws_pngs(trained, people, tmp_path, capsys):
     record = json.loads((out / 'keypoints.json').read_text())
     assert len(record[0]['people']) == sum(a['image_id'] == 1 for a in anns) and record[1]['people'] == []
     assert set(record[0]['people'][0]['keypoints']) == set(COCO_KEYPOINTS)
+    # the predictions.json of `scnet detect predict`: its person detections (another category is left out)
+    person = [{'category': 'person', 'score': 0.9, 'bbox': a['bbox']} for a in anns if a['image_id'] == 1]
+    detected = tmp_path / 'predictions.json'
+    detected.write_text(json.dumps([
+        {'image': str(images[0]), 'output': 'x.png', 'width': 1, 'height': 1,
+         'detections': person + [{'category': 'dog', 'score': 0.99, 'bbox': [1, 1, 5, 5]}]},
+        {'image': str(images[1]), 'output': 'y.png', 'width': 1, 'height': 1, 'detections': []}]))
+    assert main(['pose', 'predict', '--checkpoint', str(trained), '--images', *map(str, images), '--boxes',
+                 str(detected), '--output', str(tmp_path / 'from_detector')]) == 0
+    chained = json.loads((tmp_path / 'from_detector' / 'keypoints.json').read_text())
+    assert len(chained[0]['people']) == len(person) and chained[1]['people'] == []
+    assert [p['score'] for p in chained[0]['people']] == [0.9] * len(person)
     # no boxes: each whole image is one person; a folder of images works too
     assert main(['pose', 'predict', '--checkpoint', str(trained), '--images', str(people['val_images']),
                  '--output', str(tmp_path / 'all')]) == 0

@@ -73,8 +73,9 @@ def add_parser(sub) -> None:
     p.add_argument('--checkpoint', required=True, help='model.safetensors or last.pt of `scnet pose train`')
     p.add_argument('--images', required=True, nargs='+', help='image files and/or folders')
     p.add_argument('--output', required=True, type=output_folder, help='folder for the PNGs and keypoints.json')
-    p.add_argument('--boxes', help='person boxes: {"image.jpg": [[x, y, w, h(, score)], ...]} or '
-                                   '[{"file_name", "bbox", "score"}, ...]; default: the whole image')
+    p.add_argument('--boxes', help='person boxes: {"image.jpg": [[x, y, w, h(, score)], ...]}, '
+                                   '[{"file_name", "bbox", "score"}, ...] or the predictions.json of scnet detect '
+                                   'predict (its person detections); default: the whole image')
     p.add_argument('--box-score-thresh', type=unit_float, default=0.0, help='skip boxes scoring below this')
     p.add_argument('--kpt-thresh', type=unit_float, default=0.2, help='draw keypoints scoring above this (default 0.2)')
     p.add_argument('--no-flip-test', dest='flip_test', action='store_false', help='no flip test')

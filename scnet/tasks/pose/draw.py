@@ -23,8 +23,10 @@ _SHOWN = 5  # names or boxes shown in a message
 
 
 def _read_person_boxes(path: Path) -> Dict[str, List[Tuple[List[float], float]]]:
-    """{file name: [(box, score)]} from ``{"name.jpg": [[x, y, w, h(, score)], ...]}`` or
-    ``[{"file_name": "name.jpg", "bbox": [x, y, w, h], "score": s}, ...]``."""
+    """{file name: [(box, score)]} from ``{"name.jpg": [[x, y, w, h(, score)], ...]}``,
+    ``[{"file_name": "name.jpg", "bbox": [x, y, w, h], "score": s}, ...]``, or the ``predictions.json`` of
+    ``scnet detect predict`` (``[{"image": ..., "detections": [{"category", "score", "bbox"}]}]``: its ``person``
+    detections where it has that category, else all of them), so that a detector's output feeds pose directly."""
     path = Path(path)
     data = read_json(path, what='box file', error=PoseError)
     out: Dict[str, List[Tuple[List[float], float]]] = {}
@@ -44,6 +46,16 @@ def _read_person_boxes(path: Path) -> Dict[str, List[Tuple[List[float], float]]]
             out.setdefault(str(name), [])   # an image listed without boxes: known, no one to draw
             for box in boxes:
                 add(name, box, 1.0, name)
+    elif isinstance(data, list) and data and all(isinstance(item, dict) and isinstance(item.get('detections'), list)
+                                                 and 'image' in item for item in data):
+        categories = {det.get('category') for item in data for det in item['detections'] if isinstance(det, dict)}
+        for i, item in enumerate(data):
+            out.setdefault(str(item['image']), [])   # an image without detections: known, no one to draw
+            for det in item['detections']:
+                if not isinstance(det, dict) or 'bbox' not in det:
+                    raise PoseError(f'{path}: entry #{i} ({item["image"]}): a detection without a "bbox"')
+                if 'person' not in categories or det.get('category') == 'person':
+                    add(item['image'], det['bbox'], float(det.get('score', 1.0)), f'entry #{i}')
     elif isinstance(data, list):
         for i, item in enumerate(data):
             name = item.get('file_name', item.get('image')) if isinstance(item, dict) else None
