@@ -361,6 +361,33 @@ def test_wrong_backbone_checkpoints_are_named(tiny, tmp_path, capsys):
     assert main(['detect', 'eval', '--checkpoint', str(path), '--val-ann', str(tiny.val_ann), '--val-images',
                  str(tiny.val_images)]) == 2
     assert 'not a detection checkpoint' in capsys.readouterr().err
+    # a pose run's files: named as such, not as a detection checkpoint or one lacking fields
+    pose = save_state_dict(scnet.create_model('resnet26_cifar', num_classes=3).state_dict(),
+                           tmp_path / 'pose' / 'model.safetensors', metadata={'backbone': 'scnet26',
+                                                                              'keypoints': '{}', 'task': 'pose'})
+    assert detect_train(tiny, tmp_path / 'c', *tiny_args(), '--backbone-checkpoint', str(pose)) == 2
+    assert 'is a pose checkpoint, not a classification one' in capsys.readouterr().err
+    torch.save({'model': {}, 'config': {}, 'checkpoint': {'backbone': 'scnet26', 'keypoints': '{}'}},
+               tmp_path / 'pose' / 'last.pt')
+    assert main(['detect', 'eval', '--checkpoint', str(tmp_path / 'pose' / 'last.pt'), '--val-ann',
+                 str(tiny.val_ann), '--val-images', str(tiny.val_images)]) == 2
+    assert 'last.pt: not a detection checkpoint' in capsys.readouterr().err
+    no_annotations = tmp_path / 'empty.json'
+    no_annotations.write_text(json.dumps(dict(json.loads(tiny.val_ann.read_text()), annotations=[])))
+    assert main(['detect', 'eval', '--checkpoint', str(tiny_detector_checkpoint(tmp_path / 'e.safetensors')),
+                 '--val-ann', str(no_annotations), '--val-images', str(tiny.val_images)]) == 2
+    assert 'empty.json: no annotations: nothing to train on or to score against' in capsys.readouterr().err
+    for size in ('1', '31'):
+        assert main(['detect', 'eval', '--checkpoint', str(tiny_detector_checkpoint(tmp_path / 'd.safetensors')),
+                     '--val-ann', str(tiny.val_ann), '--val-images', str(tiny.val_images), '--image-size', size]) == 2
+        assert f'must be a whole number >= 32, got {size}' in capsys.readouterr().err
+    from scnet.tasks.detection import build_detector
+    for kwargs, message in ((dict(num_classes=0), 'num_classes must be a whole number >= 1, got 0'),
+                            (dict(num_classes='3'), "num_classes must be a whole number >= 1, got '3'"),
+                            (dict(min_size=0), 'min_size must be a whole number >= 32, got 0'),
+                            (dict(min_size=64, max_size=48), 'max_size must be a whole number >= 64, got 48')):
+        with pytest.raises(scnet.InvalidArgumentError, match=message):
+            build_detector('bbox', 'scnet26', **{'num_classes': 3, **kwargs})
 
 
 def tiny_detector_checkpoint(path: Path) -> Path:

@@ -229,6 +229,9 @@ def load_coco(annotation_file: Path, images_dir: Optional[Path] = None, *, task:
         if task == 'keypoints' and known_category and ann['category_id'] in keypoint_names:
             _check_keypoints(ann, img, keypoint_names[ann['category_id']], problems)
     problems.raise_if_any(path)
+    if not data['annotations']:  # COCO's metrics of no ground truth are -1, a table that looks like a result
+        raise CocoDataError(f'{path}: no annotations: nothing to train on or to score against; give the file '
+                            'with the objects (or people) of its images')
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines

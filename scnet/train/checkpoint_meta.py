@@ -99,6 +99,8 @@ def read_task_checkpoint(path: Union[str, Path], meta_type: Type[M], *, task: st
     state = load_state(path)
     if not isinstance(state, dict) or 'model' not in state or 'config' not in state:
         raise not_ours
+    if isinstance(state.get('checkpoint'), dict) and not is_task(state['checkpoint']):
+        raise not_ours  # another task's run (its description would lack this task's fields)
     info = meta_type.from_state(state, path)
     if info is None:
         raise not_ours

@@ -12,8 +12,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from scnet.errors import CheckpointError
-from scnet.tasks.detection.model import build_detector
+from scnet.errors import CheckpointError, InvalidArgumentError
+from scnet.tasks.detection.model import MIN_IMAGE_SIZE, build_detector
 from scnet.tasks.detection.recipe import ARCH_KEYS, TASKS
 from scnet.weights.fit import misfit, unreadable_safetensors
 from scnet.train.checkpoint_meta import CheckpointMetadata, read_task_checkpoint
@@ -62,6 +62,10 @@ def load_detector(checkpoint: Path, *, device: str = 'cpu',
     """The detector of a ``model.safetensors`` or ``last.pt`` written by ``scnet detect train`` (or its run
     folder), in eval mode, and its ``DetectionMetadata``. ``image_size`` replaces the short side it was
     trained with (the long side scales with it)."""
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
+                                   or image_size < MIN_IMAGE_SIZE):
+        raise InvalidArgumentError(f'image_size (--image-size, the short side) must be a whole number >= '
+                                   f'{MIN_IMAGE_SIZE}, got {image_size!r}')
     try:
         info, state_dict, path = read_task_checkpoint(
             checkpoint, DetectionMetadata, task='detection', command='scnet detect train',

@@ -14,11 +14,19 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 from torch import nn
 
-from scnet.errors import CheckpointError
+from scnet.errors import CheckpointError, InvalidArgumentError
 from scnet.tasks.detection.recipe import PRETRAINED, TASKS, DetectionRecipe
 from scnet.weights.io import read_metadata
 
 __all__ = ['build_detector', 'resolve_backbone']
+
+
+#: The smallest short side a detector takes: the FPN's coarsest level (stride 64 with P6) needs a map.
+MIN_IMAGE_SIZE = 32
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def build_detector(task: str, backbone: str, num_classes: int, min_size: int = 800, max_size: int = 1333, *,
@@ -46,6 +54,12 @@ def build_detector(task: str, backbone: str, num_classes: int, min_size: int = 8
 
     if task not in TASKS:
         raise ValueError(f'task must be one of {TASKS}, got {task!r}')
+    for name, value, least in (('num_classes', num_classes, 1), ('min_size', min_size, MIN_IMAGE_SIZE),
+                               ('max_size', max_size, max(MIN_IMAGE_SIZE, min_size if _whole(min_size) else 0))):
+        if not _whole(value) or value < least:
+            raise InvalidArgumentError(f'{name} must be a whole number >= {least}, got {value!r}'
+                                       + (' (the object categories, without the background)'
+                                          if name == 'num_classes' else ' (pixels; max_size >= min_size)'))
     if len(anchor_sizes) != 5:
         raise ValueError(f'anchor_sizes needs one size per level P2-P6 (5), got {list(anchor_sizes)}')
     has_weights = bool(backbone_checkpoint) or pretrained_backbone
@@ -83,6 +97,9 @@ def resolve_backbone(recipe: DetectionRecipe) -> Tuple[Optional[str], bool, Dict
         raise CheckpointError(f'{ckpt}: no such backbone checkpoint (a classification model.safetensors, an '
                               f'authors\' .pth, or "{PRETRAINED}" for the ImageNet weights)')
     meta = read_metadata(ckpt)
+    if 'keypoints' in meta:  # a pose checkpoint records its keypoints (and a task-like backbone entry)
+        raise CheckpointError(f'{ckpt} is a pose checkpoint, not a classification one: --backbone-checkpoint '
+                              'takes the model.safetensors of scnet train or the authors\' .pth')
     if 'task' in meta:
         raise CheckpointError(f'{ckpt} is a detection checkpoint ({meta["task"]}), not a classification one; '
                               'resume a detection run with --resume')
