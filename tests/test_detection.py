@@ -120,6 +120,19 @@ def test_every_zoo_backbone_builds_faster_and_mask_rcnn(name):
         {k: (256, s) for k, s in strides.items()}
 
 
+def test_fpn_backbone_takes_the_stages_asked_for():
+    """torchvision's returned_layers: (2, 3, 4) gives P3-P5 (and P6), named '0'-'2' in order."""
+    from scnet.tasks.backbone import build_fpn_backbone
+
+    with torch.device('meta'):
+        fpn = build_fpn_backbone('scnet50', returned_layers=(2, 3, 4), frozen_bn=False, trainable_layers=5)
+        features = fpn.eval()(torch.empty(1, 3, 256, 256))
+    assert {k: 256 // v.shape[-1] for k, v in features.items()} == {'0': 8, '1': 16, '2': 32, 'pool': 64}
+    for bad in ((0, 1), (3, 2), (), 'layer4', (2, 2)):
+        with pytest.raises(scnet.InvalidArgumentError, match='returned_layers must be increasing stage numbers'):
+            build_fpn_backbone('scnet26', returned_layers=bad)
+
+
 def test_full_size_backbone_detects_on_cpu():
     """A real forward pass of Mask R-CNN on SCNeXt-50 (eval mode: boxes, labels, scores, masks per image)."""
     torch.manual_seed(0)

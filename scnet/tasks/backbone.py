@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 from urllib.parse import urlparse
 
 from timm.layers import freeze_batch_norm_2d
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from scnet.errors import CheckpointError
+from scnet.errors import CheckpointError, InvalidArgumentError
 from scnet.models import create_model
 from scnet.weights.fit import WeightsMismatchError
 
@@ -112,11 +112,21 @@ def build_backbone(name: str, *, checkpoint: Optional[str] = None, pretrained: b
 
 def build_fpn_backbone(name: str, *, checkpoint: Optional[str] = None, pretrained: bool = False,
                        trainable_layers: int = 3, frozen_bn: bool = True, out_channels: int = 256,
-                       **model_kwargs) -> BackboneWithFPN:
-    """A ``BackboneWithFPN`` (P2-P5 plus a max-pooled P6, ``out_channels`` each) over zoo model ``name``."""
+                       returned_layers: Sequence[int] = (1, 2, 3, 4), **model_kwargs) -> BackboneWithFPN:
+    """A ``BackboneWithFPN`` (P2-P5 plus a max-pooled P6, ``out_channels`` each) over zoo model ``name``.
+
+    ``returned_layers``: the stages (1-4, ``layer1``-``layer4``) the FPN takes, as in torchvision's
+    ``resnet_fpn_backbone`` (e.g. ``(2, 3, 4)`` for RetinaNet-style P3-P5); its outputs are named ``'0'``,
+    ``'1'``, ... in that order, plus ``'pool'``."""
+    stages = list(returned_layers) if isinstance(returned_layers, (list, tuple, range)) else None
+    if not stages or any(isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= len(STAGES) for s in stages) \
+            or stages != sorted(set(stages)):
+        raise InvalidArgumentError(f'returned_layers must be increasing stage numbers from 1 to {len(STAGES)} '
+                                   f'(e.g. (2, 3, 4)), got {returned_layers!r}')
     model = build_backbone(name, checkpoint=checkpoint, pretrained=pretrained, trainable_layers=trainable_layers,
                            frozen_bn=frozen_bn, **model_kwargs)
     channels = {info['module']: info['num_chs'] for info in model.feature_info}
-    return BackboneWithFPN(model, return_layers={stage: str(i) for i, stage in enumerate(STAGES)},
-                           in_channels_list=[channels[s] for s in STAGES], out_channels=out_channels,
+    chosen = [STAGES[s - 1] for s in stages]
+    return BackboneWithFPN(model, return_layers={stage: str(i) for i, stage in enumerate(chosen)},
+                           in_channels_list=[channels[s] for s in chosen], out_channels=out_channels,
                            extra_blocks=LastLevelMaxPool())
