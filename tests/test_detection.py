@@ -189,9 +189,17 @@ def test_eval_json_has_the_six_metrics_and_matches_training(bbox_run, shapes, tm
     out = tmp_path / 'eval.json'
     assert main(['detect', 'eval', '--checkpoint', str(bbox_run / 'model.safetensors'), '--val-ann',
                  str(shapes.val_ann), '--val-images', str(shapes.val_images), '--format', 'json', '--workers', '0',
-                 '--quiet', '--output', str(out)]) == 0
+                 '--quiet', '--output', str(out), '--results', str(tmp_path / 'detections.json')]) == 0
     result = json.loads(capsys.readouterr().out)  # stdout is the JSON alone: pycocotools' prints kept out
     assert result == json.loads(out.read_text())
+    # the detections in COCO's results format: pycocotools scores them to the same AP
+    from scnet.tasks.coco_files import load_coco
+    from scnet.tasks.detection.evaluate import coco_metrics
+    detections = json.loads((tmp_path / 'detections.json').read_text())
+    assert len(detections) == result['counts']['detections']
+    assert set(detections[0]) == {'image_id', 'category_id', 'bbox', 'score'}
+    again = coco_metrics(load_coco(shapes.val_ann), detections, ('bbox',))
+    assert again['bbox_AP'] == pytest.approx(result['metrics']['bbox_AP'])
     assert set(result['metrics']) == {f'bbox_{m}' for m in METRICS}
     assert all(isinstance(v, float) for v in result['metrics'].values())
     last = read_metrics(bbox_run)[-1]

@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from scnet.cli.arg_types import output_folder, positive_int, seed, unit_float
+from scnet.cli.arg_types import output_folder, positive_int, report_file, seed, unit_float
 from scnet.cli.formatting import render_table
 from scnet.cli.recipe_flags import add_recipe_flags, recipe_overrides
 from scnet.cli.run_flags import (add_device_flag, add_eval_flags, add_quiet_flag, add_report_flags, add_run_flags,
@@ -68,6 +68,9 @@ def add_parser(sub) -> None:
     add_report_flags(e)
     add_eval_flags(e, batch_size=2, batch_help='images per forward pass', workers=2)
     e.add_argument('--image-size', type=positive_int, help="short side (default: the checkpoint's)")
+    e.add_argument('--results', type=report_file, help='also write the detections, in COCO results format '
+                                                       '(boxes, RLE masks), to this file (what scnet pose eval '
+                                                       '--boxes takes)')
     add_quiet_flag(e)
     e.set_defaults(run=run_eval)
 
@@ -121,7 +124,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     result = evaluate_checkpoint(Path(args.checkpoint), Path(args.val_ann), Path(args.val_images),
                                  batch_size=args.batch_size, workers=args.workers, device=args.device,
-                                 image_size=args.image_size, progress=not args.quiet)
+                                 image_size=args.image_size, progress=not args.quiet, results_file=args.results)
     return print_report(args, result, _table)
 
 

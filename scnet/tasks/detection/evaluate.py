@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from scnet.files import write_json_atomic
 from scnet.tasks.coco_files import check_images, load_coco
 from scnet.tasks.detection.data import CocoDetectionSet, collate, matched_categories
 from scnet.tasks.eval_report import EvalReport
@@ -99,10 +100,13 @@ def _to_results(output: Dict[str, torch.Tensor], image_id: int, label_to_categor
 @torch.no_grad()
 def evaluate_detector(model: nn.Module, dataset: CocoDetectionSet, label_to_category: Dict[int, int], *,
                       task: str, ctx: Optional[distributed.Context] = None, batch_size: int = 2, workers: int = 0,
-                      progress: bool = False, desc: str = 'val') -> Dict[str, Any]:
+                      progress: bool = False, desc: str = 'val',
+                      results_out: Optional[List[Dict]] = None) -> Dict[str, Any]:
     """COCO metrics of ``model`` on every image of ``dataset`` (a ``CocoDetectionSet`` over the checked
     ground truth), each image evaluated once whatever the number of processes; every process gets the
-    same dict: ``val_images``, ``val_detections`` and ``bbox_AP`` ... (``segm_AP`` ... for ``segm``)."""
+    same dict: ``val_images``, ``val_detections`` and ``bbox_AP`` ... (``segm_AP`` ... for ``segm``).
+    ``results_out``: a list that process 0 extends with the detections in COCO's results format (boxes
+    ``[x, y, w, h]``, RLE masks for ``segm``), the file ``pose eval --boxes`` reads."""
     ctx = ctx or distributed.Context(0, 1, 0, next(model.parameters()).device)
     model.eval()
     share = Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
@@ -118,6 +122,8 @@ def evaluate_detector(model: nn.Module, dataset: CocoDetectionSet, label_to_cate
         results = [r for part in gathered for r in part]
     metrics: List[Optional[Dict]] = [None]
     if ctx.is_main:
+        if results_out is not None:
+            results_out.extend(results)
         iou_types = ('bbox', 'segm') if task == 'segm' else ('bbox',)
         metrics[0] = {'val_images': len(dataset), 'val_detections': len(results),
                       **coco_metrics(dataset.coco, results, iou_types, image_ids=dataset.ids)}
@@ -128,9 +134,11 @@ def evaluate_detector(model: nn.Module, dataset: CocoDetectionSet, label_to_cate
 
 def evaluate_checkpoint(checkpoint: Path, val_ann: Path, val_images: Path, *, batch_size: int = 2,
                         workers: int = 0, device: str = 'auto', image_size: Optional[int] = None,
-                        progress: bool = False) -> Dict[str, Any]:
+                        progress: bool = False, results_file: Optional[Path] = None) -> Dict[str, Any]:
     """COCO metrics of a detection checkpoint on a COCO-format set (one process or, under torchrun, many), as
-    an ``EvalReport`` dict: ``metrics`` holds ``bbox_AP`` ... (and ``segm_AP`` ... for Mask R-CNN)."""
+    an ``EvalReport`` dict: ``metrics`` holds ``bbox_AP`` ... (and ``segm_AP`` ... for Mask R-CNN).
+    ``results_file``: also write the detections there, in COCO's results format (what ``scnet pose eval
+    --boxes`` takes, and the COCO evaluation server)."""
     from scnet.tasks.detection.checkpoint import load_detector
 
     ctx = distributed.setup(device)
@@ -143,8 +151,11 @@ def evaluate_checkpoint(checkpoint: Path, val_ann: Path, val_images: Path, *, ba
         dataset = CocoDetectionSet(coco, Path(val_images), info.categories, with_targets=False,
                                    annotation_file=str(val_ann))
         start = time.perf_counter()
+        results: List[Dict] = []
         metrics = evaluate_detector(model, dataset, label_to_category, task=info.task, ctx=ctx,
-                                    batch_size=batch_size, workers=workers, progress=progress)
+                                    batch_size=batch_size, workers=workers, progress=progress, results_out=results)
+        if ctx.is_main and results_file:
+            write_json_atomic(results, Path(results_file))
         return EvalReport(
             task=info.task, checkpoint=str(checkpoint), backbone=info.backbone, annotations=str(val_ann),
             images=metrics['val_images'],
