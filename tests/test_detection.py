@@ -284,7 +284,11 @@ def test_mask_rcnn_killed_run_resumes_to_the_same_weights(tiny, tmp_path, capsys
     assert main(['detect', 'predict', '--checkpoint', str(full), '--images', str(tiny.val_images / '000000.png'),
                  '--output', str(tmp_path / 'drawn'), '--score-threshold', '0', '--quiet']) == 0
     assert Image.open(tmp_path / 'drawn' / '000000.png').size == (64, 64)
-    assert json.loads((tmp_path / 'drawn' / 'predictions.json').read_text())[0]['detections']
+    detections = json.loads((tmp_path / 'drawn' / 'predictions.json').read_text())[0]['detections']
+    assert detections and all(d['segmentation']['size'] == [64, 64] for d in detections)  # each mask as RLE
+    from pycocotools import mask as mask_utils
+    assert all(mask_utils.decode(dict(d['segmentation'], counts=d['segmentation']['counts'].encode())).shape ==
+               (64, 64) for d in detections)
 
 
 def test_existing_run_is_never_overwritten_and_resume_needs_one(tiny, tmp_path, capsys):

@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from scnet.tasks.detection.checkpoint import load_detector
+from scnet.tasks.detection.evaluate import mask_rle
 from scnet.tasks.image_files import decoded_sizes, drawing_paths, image_files
 from scnet.train import distributed
 
@@ -42,7 +43,8 @@ def predict(checkpoint: Path, inputs: Sequence[Path], output: Path, *, score_thr
             device: str = 'auto', image_size: Optional[int] = None, progress: bool = False) -> List[Dict[str, Any]]:
     """Detect on each image of ``inputs`` (files or folders), write ``output/<name>.png`` (the image at its
     own size with the detections drawn) and ``output/predictions.json`` (every detection above the
-    threshold: category, score, box [x, y, w, h] in the image's pixels); returns that list.
+    threshold: category, score, box [x, y, w, h] in the image's pixels and, for Mask R-CNN, its mask as COCO's
+    RLE under ``segmentation``); returns that list.
 
     Every image is decoded once before anything is written: a damaged one stops the command with nothing
     written, rather than after some drawings and without ``predictions.json``."""
@@ -78,6 +80,9 @@ def predict(checkpoint: Path, inputs: Sequence[Path], output: Path, *, score_thr
                                 round(float(y1 - y0), 2)]}
                       for (x0, y0, x1, y1), label, score in zip(result['boxes'][keep], result['labels'][keep],
                                                                  result['scores'][keep])]
+        if 'masks' in result:
+            for detection, mask in zip(detections, (result['masks'][keep][:, 0] > 0.5).numpy()):
+                detection['segmentation'] = mask_rle(mask)
         summary.append({'image': str(path), 'output': str(drawing), 'width': picture.width,
                         'height': picture.height, 'detections': detections})
     (output / 'predictions.json').write_text(json.dumps(summary, indent=2))

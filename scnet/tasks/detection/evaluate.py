@@ -26,7 +26,7 @@ from scnet.tasks.eval_report import EvalReport
 from scnet.train import distributed
 from scnet.train.engine import batches
 
-__all__ = ['METRICS', 'coco_metrics', 'complete_ground_truth', 'evaluate_detector', 'evaluate_checkpoint']
+__all__ = ['METRICS', 'coco_metrics', 'complete_ground_truth', 'evaluate_detector', 'evaluate_checkpoint', 'mask_rle']
 
 #: The six numbers of the paper's Table 4, in pycocotools' ``stats`` order.
 METRICS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl')
@@ -75,10 +75,17 @@ def complete_ground_truth(coco, task: str) -> None:
                 ann['area'] = float(ann['bbox'][2] * ann['bbox'][3])
 
 
-def _to_results(output: Dict[str, torch.Tensor], image_id: int, label_to_category: Dict[int, int],
-                masks: bool) -> List[Dict]:
+def mask_rle(mask: np.ndarray) -> Dict[str, Any]:
+    """A binary ``(H, W)`` mask as COCO's RLE (``{"size": [H, W], "counts": str}``), JSON-ready."""
     from pycocotools import mask as mask_utils
 
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle['counts'] = rle['counts'].decode('ascii')
+    return rle
+
+
+def _to_results(output: Dict[str, torch.Tensor], image_id: int, label_to_category: Dict[int, int],
+                masks: bool) -> List[Dict]:
     boxes = output['boxes'].cpu().tolist()
     scores = output['scores'].cpu().tolist()
     labels = output['labels'].cpu().tolist()
@@ -90,9 +97,7 @@ def _to_results(output: Dict[str, torch.Tensor], image_id: int, label_to_categor
         r = {'image_id': int(image_id), 'category_id': label_to_category[label],
              'bbox': [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)], 'score': round(score, 5)}
         if binary is not None:
-            rle = mask_utils.encode(np.asfortranarray(binary[i]))
-            rle['counts'] = rle['counts'].decode('ascii')
-            r['segmentation'] = rle
+            r['segmentation'] = mask_rle(binary[i])
         results.append(r)
     return results
 
