@@ -275,3 +275,28 @@ def test_a_probe_failure_names_the_flags_that_make_the_input(tmp_path, capsys, m
                               str(tmp_path / 'net.ts'))
     assert code == 2 and 'example_input=' not in err
     assert 'the example input is made from --batch-size and --input-size' in err
+
+
+def test_cli_builds_the_network_the_checkpoint_records(tmp_path, capsys):
+    """The model options scnet train records beside the weights (channels, pooling_r, pool: the last two
+    change no tensor's shape) and its image size: built without them, the file would compute another network
+    while its parity check, against that same network, passed."""
+    import json as _json
+
+    options = {'channels': [8, 16, 32, 64], 'pooling_r': 2, 'pool': 'max'}
+    trained = randomise_bns(scnet.create_model('scnet26_cifar', num_classes=3, **options)).eval()
+    meta = {'model': 'scnet26_cifar', 'classes': _json.dumps(['a', 'b', 'c']), 'image_size': '16',
+            'eval_resize': '16', 'model_kwargs': _json.dumps(options)}
+    run = tmp_path / 'run'
+    save_state_dict(trained.state_dict(), run / 'model.safetensors', metadata=meta)
+    out_file = tmp_path / 'net.pt2'
+    code, out, err = export_cli(capsys, '--model', 'scnet26_cifar', '--checkpoint', str(run), '--format', 'exported',
+                                '--output', str(out_file))
+    assert code == 0, err
+    assert _json.loads((tmp_path / 'net.pt2.json').read_text())['input_shape'] == [1, 3, 16, 16]  # recorded size
+    x = torch.randn(2, 3, 16, 16)
+    assert check_parity(trained, load_exported(out_file, 'exported'), x) < 1e-4
+    code, _, err = export_cli(capsys, '--model', 'resnet26_cifar', '--checkpoint', str(run), '--format', 'exported',
+                              '--output', str(tmp_path / 'other.pt2'))
+    assert code == 2 and 'holds weights of scnet26_cifar (recorded in it), not of resnet26_cifar: pass --model ' \
+                          'scnet26_cifar' in err

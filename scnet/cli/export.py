@@ -53,8 +53,8 @@ def add_parser(sub) -> None:
     p.add_argument('--output', required=True, metavar='FILE',
                    help='file to write; its directory must exist; the report goes to FILE.json')
     p.add_argument('--input-size', metavar='N|HxW',
-                   help="input resolution the file is fixed to: N for NxN or HxW (default: the model's, "
-                        "224 for ImageNet networks, 32 for the _cifar ones)")
+                   help="input resolution the file is fixed to: N for NxN or HxW (default: the checkpoint's "
+                        "recorded size, else the model's: 224 for ImageNet networks, 32 for the _cifar ones)")
     p.add_argument('--batch-size', type=int, default=1, metavar='B',
                    help='batch of the parity check and the timings (default: 1; the file accepts any batch)')
     p.add_argument('--repeats', type=int, default=5, metavar='R',
@@ -82,8 +82,13 @@ def _size(n_bytes: int) -> str:
     return f'{n_bytes / 2 ** 20:.1f} MiB'
 
 
-def _build(name: str, checkpoint, num_classes):
-    """The network with its checkpoint's weights.
+def _build(name: str, checkpoint, num_classes, meta):
+    """The network with its checkpoint's weights, built with the model options the checkpoint records
+    (``meta``: what ``scnet train`` wrote beside the weights, as ``scnet eval`` reads it).
+
+    The options matter even where no tensor's shape shows them (``pooling_r``, ``pool``, ``identity``): built
+    without them, the network would load the weights and compute something else, and the parity check, run
+    against that same network, would pass. A checkpoint of another model than ``--model`` is refused.
 
     A checkpoint whose classifier has another number of classes than ``--num-classes`` (not 0) is refused:
     ``create_model`` would give the network a new, randomly initialised classifier (fine-tuning's start, with
@@ -92,6 +97,12 @@ def _build(name: str, checkpoint, num_classes):
     from scnet.export import ExportError
     from scnet.models import create_model
     from scnet.weights.fit import WeightsMismatchError
+
+    recorded = meta.get('model')
+    if recorded and recorded != name:
+        raise ExportError(f'{checkpoint} holds weights of {recorded} (recorded in it), not of {name}: pass --model '
+                          f'{recorded}')
+    model_kwargs = dict(meta.get('model_kwargs') or {})
 
     if checkpoint and num_classes:
         from scnet.weights import read_checkpoint
@@ -107,7 +118,10 @@ def _build(name: str, checkpoint, num_classes):
                               f'by a random one; pass --num-classes {saved} or leave it out (--num-classes 0 exports '
                               'the features, without classifier)')
     try:
-        return create_model(name, checkpoint=checkpoint, num_classes=num_classes)
+        return create_model(name, checkpoint=checkpoint, num_classes=num_classes, **model_kwargs)
+    except TypeError as e:  # options recorded with the weights that this network does not take
+        raise ExportError(f'{checkpoint}: its model options {model_kwargs} do not fit {name} ({e}); pass the '
+                          '--model it was trained as') from None
     except WeightsMismatchError as e:
         raise e.with_way_out(f'pass the --model it was trained as (`scnet models` lists them), or a checkpoint '
                              f'of {name}', name=name) from None
@@ -136,9 +150,15 @@ def run(args: argparse.Namespace) -> int:
     if args.num_classes is not None and args.num_classes < 0:
         raise ScnetError(f'--num-classes must be 0 (no classifier) or more, got {args.num_classes}')
 
-    model = _build(args.model, args.checkpoint, args.num_classes).eval()
+    from scnet.train.checkpoint_eval import checkpoint_metadata
+    from scnet.weights.io import checkpoint_file
+
+    meta = checkpoint_metadata(checkpoint_file(args.checkpoint)) if args.checkpoint else {}
+    model = _build(args.model, args.checkpoint, args.num_classes, meta).eval()
     cfg = getattr(model, 'pretrained_cfg', None) or {}
-    h, w = parse_input_size(args.input_size) if args.input_size else tuple(cfg.get('input_size', (3, 224, 224))[1:])
+    recorded_size = (meta['image_size'],) * 2 if meta.get('image_size') else None
+    h, w = parse_input_size(args.input_size) if args.input_size else (
+        recorded_size or tuple(cfg.get('input_size', (3, 224, 224))[1:]))
     x = torch.randn(args.batch_size, 3, h, w, generator=torch.Generator().manual_seed(0))
 
     deploy_report = None
