@@ -223,3 +223,26 @@ def test_whole_model_traces_with_torch_jit_trace_default_check():
         traced = torch.jit.trace(model, x)  # check_trace=True: traces twice and compares the graphs
     with torch.no_grad():
         torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_create_model_builds_the_network_a_training_run_recorded(tmp_path):
+    """A checkpoint of scnet train records its model options; pooling_r and pool change no tensor's shape,
+    so without them the weights would load into another network, silently."""
+    import json
+
+    from scnet.weights import save_state_dict
+
+    options = {'channels': [8, 16, 32, 64], 'pooling_r': 2, 'pool': 'max'}
+    trained = scnet.create_model('scnet26_cifar', num_classes=3, **options).eval()
+    run = tmp_path / 'run'
+    save_state_dict(trained.state_dict(), run / 'model.safetensors',
+                    metadata={'model': 'scnet26_cifar', 'model_kwargs': json.dumps(options)})
+    loaded = scnet.create_model('scnet26_cifar', checkpoint=run).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), trained(x))
+    assert loaded.layer1[0].conv2.pooling_r == 2 and loaded.layer1[0].conv2.pool == 'max'
+    given = scnet.create_model('scnet26_cifar', checkpoint=run, pooling_r=4)  # what is given wins
+    assert given.layer1[0].conv2.pooling_r == 4
+    with pytest.raises(scnet.InvalidArgumentError, match='holds weights of scnet26_cifar .recorded in it., not of '
+                                                         'scnet26'):
+        scnet.create_model('scnet26', checkpoint=run)

@@ -130,6 +130,19 @@ def _layer_name_error(name: str, error: Exception, kwargs: dict) -> Optional[Scn
     return None
 
 
+def _recorded_options(name: str, checkpoint) -> dict:
+    """The model options a checkpoint of ``scnet train`` records ({} for other files); an error when it
+    records another model than ``name``."""
+    from scnet.train.classifier_checkpoint import read_classifier_metadata
+    from scnet.weights.io import checkpoint_file
+
+    recorded = read_classifier_metadata(checkpoint_file(checkpoint))
+    if recorded.model and recorded.model != name:
+        raise InvalidArgumentError(f'{checkpoint} holds weights of {recorded.model} (recorded in it), not of {name}: '
+                                   f'create_model({recorded.model!r}, checkpoint=...)')
+    return dict(recorded.model_kwargs or {})
+
+
 def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] = None,
                  num_classes: Optional[int] = None, **kwargs) -> nn.Module:
     """Build a network of the zoo.
@@ -138,9 +151,11 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
         name: a name from ``list_models()``.
         pretrained: load the authors' ImageNet weights (scnet50, scnet50_v1d, scnet101), downloaded once and
             cached; the classifier is dropped when ``num_classes`` is not 1000. Baselines get timm's weights.
-        checkpoint: a local ``.safetensors`` or PyTorch file in either layout (the authors' or ours, detected).
-            Its first convolution is adapted to ``in_chans`` as timm adapts pretrained weights (one channel: the
-            sum of the colour filters).
+        checkpoint: a local ``.safetensors`` or PyTorch file in either layout (the authors' or ours, detected),
+            or a training run's folder. Its first convolution is adapted to ``in_chans`` as timm adapts
+            pretrained weights (one channel: the sum of the colour filters). The model options a checkpoint of
+            ``scnet train`` records (``channels``, ``pooling_r``, ...) are used where ``kwargs`` does not give
+            them: some change no tensor's shape, and the weights would load into another network.
         num_classes: classifier outputs (0 for none). Default: the checkpoint's class count, else 1000. A value
             that differs from the checkpoint's gives a new, freshly initialised classifier (fine-tuning).
         **kwargs: any argument of timm's ResNet (``features_only``, ``output_stride``, ``drop_path_rate``,
@@ -160,6 +175,8 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
     if pretrained and checkpoint:
         raise ValueError('pass either pretrained=True or checkpoint=PATH, not both')
     state_dict = read_checkpoint(checkpoint) if checkpoint else None  # fail before building on a bad file
+    if checkpoint:
+        kwargs = {**_recorded_options(name, checkpoint), **kwargs}
     saved_classes = state_dict['fc.weight'].shape[0] if state_dict and 'fc.weight' in state_dict else None
     new_head = num_classes is not None and saved_classes is not None and num_classes != saved_classes
     if num_classes is None:
