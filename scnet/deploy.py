@@ -12,10 +12,11 @@ bias. Inside the layer, K2 and K3 fold into their own norms ``k2_norm`` and ``k3
 How pairs are found, in three steps, each a guard on the one before:
 
 1. *Structure proposes.* Walking the module tree: in an ``nn.Sequential``, a conv immediately followed by a
-   ``BatchNorm2d`` (timm's downsample branches, deep stems); in any module, children ``convN`` and ``bnN``
+   BatchNorm (timm's downsample branches, deep stems); in any module, children ``convN`` and ``bnN``
    with the same suffix N (timm and torchvision ResNet blocks and stems; a deep stem's ``conv1`` is a
    Sequential whose last conv takes ``bn1``); inside ``SCConv2d`` K2/K3 and their norms; inside
-   ``GatherExcite`` the gather conv and its norm. A "conv" is an exact ``nn.Conv2d`` (subclasses such as
+   ``GatherExcite`` the gather conv and its norm. A BatchNorm is a ``BatchNorm2d``, a ``SyncBatchNorm`` or a
+   frozen one of torchvision or timm (detection backbones): in eval mode each is the same affine map. A "conv" is an exact ``nn.Conv2d`` (subclasses such as
    weight-standardised convs transform their weights in ``forward``) or an exact ``SCConv2d``.
 2. *A probe confirms.* Module names say nothing about ``forward``: a block may also add the conv's output
    elsewhere, and then folding its BN would change that other use. One probe forward pass of the unfolded
@@ -254,12 +255,12 @@ def _propose(model: nn.Module) -> Dict[str, _Candidate]:
         if isinstance(module, nn.Sequential):
             names = list(children)
             for before, after in zip(names, names[1:]):
-                if _is_conv(children[before]) and isinstance(children[after], nn.BatchNorm2d):
+                if _is_conv(children[before]) and _is_foldable_norm(children[after]):
                     add(_candidate(_join(prefix, after), children[before], _join(prefix, before), 'Sequential'))
         for name, child in children.items():
             match = re.fullmatch(r'conv(.*)', name)
             bn = children.get(f'bn{match.group(1)}') if match else None
-            if isinstance(bn, nn.BatchNorm2d):
+            if bn is not None and _is_foldable_norm(bn):
                 conv = _last_conv(child, _join(prefix, name))
                 if conv is not None:
                     suffix = match.group(1)
@@ -267,9 +268,30 @@ def _propose(model: nn.Module) -> Dict[str, _Candidate]:
     return found
 
 
+def _foldable_types() -> Tuple[type, ...]:
+    """The norms that, in eval mode, are nothing but the affine map of their running statistics:
+    ``BatchNorm2d``, ``SyncBatchNorm`` (a network converted for DDP training) and the ``FrozenBatchNorm2d`` of
+    torchvision and timm (detection backbones, ``timm.layers.freeze_batch_norm_2d``)."""
+    from timm.layers.norm_act import FrozenBatchNorm2d as TimmFrozen
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    return nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d, TimmFrozen
+
+
+def _is_foldable_norm(module: nn.Module) -> bool:
+    return type(module) in _foldable_types()
+
+
+def _is_batch_norm(module: nn.Module) -> bool:
+    """Any batch norm the report must account for, folded or not (subclasses such as timm's BatchNormAct2d,
+    frozen ones)."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) or type(module) in _foldable_types() or \
+        'BatchNorm' in type(module).__name__
+
+
 def _bn_problem(bn: nn.Module) -> Optional[str]:
     """Why a BatchNorm cannot be folded whatever feeds it, or None."""
-    if type(bn) is not nn.BatchNorm2d:
+    if not _is_foldable_norm(bn):
         return f'{type(bn).__name__} is not a plain BatchNorm2d (it may do more than normalise)'
     if bn.running_mean is None or bn.running_var is None:
         return 'no running statistics (track_running_stats=False): it normalises with batch statistics'
@@ -294,13 +316,16 @@ def _reads_values(func) -> bool:
 
 
 class _Readers(TorchFunctionMode):
-    """Records, for every watched tensor, the names of the torch functions that read its values."""
+    """Records, for every watched tensor, the torch functions that read its values, each with the candidate
+    BN whose ``forward`` was running then (None: none was): a BN reads its input with ``batch_norm``, a
+    frozen one with element-wise arithmetic, and either way the read belongs to the BN."""
 
     def __init__(self) -> None:
         super().__init__()
         self.watched: Dict[int, str] = {}
         self.keep: List[torch.Tensor] = []  # holds watched tensors alive, so their ids stay theirs
-        self.readers: Dict[str, List[str]] = defaultdict(list)
+        self.readers: Dict[str, List[Tuple[str, Optional[str]]]] = defaultdict(list)
+        self.inside: List[str] = []         # the candidate BNs whose forward is running, innermost last
 
     def watch(self, tensor: torch.Tensor, producer: str) -> None:
         self.watched[id(tensor)] = producer
@@ -312,7 +337,8 @@ class _Readers(TorchFunctionMode):
             for leaf in tree_leaves((args, kwargs)):
                 producer = self.watched.get(id(leaf)) if isinstance(leaf, torch.Tensor) else None
                 if producer is not None:
-                    self.readers[producer].append(getattr(func, '__name__', str(func)))
+                    self.readers[producer].append((getattr(func, '__name__', str(func)),
+                                                   self.inside[-1] if self.inside else None))
         return func(*args, **kwargs)
 
 
@@ -336,14 +362,19 @@ def _probe(model: nn.Module, candidates: Dict[str, _Candidate], x: torch.Tensor)
     def before(name):
         def hook(_module, inputs):
             calls[name] += 1
+            readers.inside.append(name)
             if inputs and isinstance(inputs[0], torch.Tensor):
                 bn_inputs[name] = id(inputs[0])
         return hook
+
+    def bn_done(_module, _inputs, _output):
+        readers.inside.pop()
 
     try:
         for c in candidates.values():
             handles.append(modules[c.producer].register_forward_hook(after(c.producer)))
             handles.append(modules[c.bn].register_forward_pre_hook(before(c.bn)))
+            handles.append(modules[c.bn].register_forward_hook(bn_done))
         with torch.no_grad(), readers:
             out = model(x)
     finally:
@@ -357,8 +388,8 @@ def _probe(model: nn.Module, candidates: Dict[str, _Candidate], x: torch.Tensor)
                               'one forward pass; folding needs exactly one of each')
         elif bn_inputs.get(c.bn) != outputs.get(c.producer):
             problems[c.bn] = f'its input is not the output of {c.producer}'
-        elif readers.readers[c.producer] != ['batch_norm'] or outputs[c.producer] in returned:
-            others = [r for r in readers.readers[c.producer] if r != 'batch_norm'] or ['the network output']
+        elif any(inside != c.bn for _, inside in readers.readers[c.producer]) or outputs[c.producer] in returned:
+            others = [f for f, inside in readers.readers[c.producer] if inside != c.bn] or ['the network output']
             problems[c.bn] = f'the output of {c.producer} is also used elsewhere ({", ".join(others)})'
     return out, problems
 
@@ -474,7 +505,7 @@ def deploy(model: nn.Module, *, channels_last: bool = True, compile: bool = Fals
             _fold(folded_model, c)
             report.folded.append(FoldedBN(bn, ', '.join(n for n, _ in c.targets), c.rule))
     for name, module in modules.items():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and name not in {f.bn for f in report.folded}:
+        if _is_batch_norm(module) and name not in {f.bn for f in report.folded}:
             reason = unfit.get(name) or problems.get(name) or _bn_problem(module) or \
                 'no convolution feeds it by the deploy rules (Sequential neighbours, convN/bnN, SCConv2d, GatherExcite)'
             report.unfolded.append(UnfoldedBN(name, reason))

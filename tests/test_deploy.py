@@ -136,15 +136,41 @@ def test_batchnorm_after_a_reused_conv_output_is_left_and_output_stays_right():
 
 
 def test_batchnorms_that_cannot_fold_are_reported_with_the_reason():
+    from timm.layers import BatchNormAct2d
+
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU(),
-                          nn.Conv2d(4, 4, 3), nn.SyncBatchNorm(4), nn.ReLU(), nn.BatchNorm2d(4))
+                          nn.Conv2d(4, 4, 3), BatchNormAct2d(4), nn.ReLU(), nn.BatchNorm2d(4))
     deployed = scnet.deploy(randomise_bns(model), channels_last=False)
     reasons = {u.name: u.reason for u in deployed.report.unfolded}
     assert 'no running statistics' in reasons['1']
-    assert 'SyncBatchNorm is not a plain BatchNorm2d' in reasons['4']
+    assert 'BatchNormAct2d is not a plain BatchNorm2d' in reasons['4']
     assert 'no convolution feeds it' in reasons['6']
     assert deployed.report.folded_count == 0
     assert 'left 3' in str(deployed.report) and '  - 1: no running statistics' in str(deployed.report)
+
+
+def test_frozen_and_sync_batchnorms_fold_too():
+    """In eval mode SyncBatchNorm (a network converted for DDP) and the frozen BNs of detection backbones
+    (torchvision's and timm's, ``freeze_batch_norm_2d``) are the same affine map as BatchNorm2d; a frozen BN
+    reads its input with arithmetic, not batch_norm, and the probe still attributes the read to it."""
+    from timm.layers import freeze_batch_norm_2d
+    from timm.layers.norm_act import FrozenBatchNorm2d as TimmFrozen
+
+    from scnet.tasks.backbone import build_backbone
+
+    x = torch.randn(2, 3, 32, 32)
+    net = randomise_bns(scnet.create_model('scnet26_cifar', num_classes=3, channels=[8, 16, 32, 64])).eval()
+    frozen = freeze_batch_norm_2d(copy.deepcopy(net))
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(net)).eval()
+    timm_frozen = copy.deepcopy(net)
+    timm_frozen.bn1 = TimmFrozen(net.bn1.num_features)
+    timm_frozen.bn1.load_state_dict(net.bn1.state_dict(), strict=False)
+    backbone = build_backbone('scnet26_cifar', channels=[8, 16, 32, 64]).eval()  # frozen_bn=True
+    for model in (frozen, synced, timm_frozen, backbone):
+        deployed = scnet.deploy(model, example_input=x, channels_last=False)
+        assert deployed.report.unfolded == [] and deployed.report.folded_count == 45
+        with torch.no_grad():
+            torch.testing.assert_close(deployed(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 def test_callers_model_is_neither_changed_nor_run():
