@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from scnet.errors import InvalidArgumentTypeError
+from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError
 from scnet.layers.scconv import SCConv2d
 from scnet.name_patterns import as_patterns, matches_any
 
@@ -83,7 +84,8 @@ def _why_not(conv: nn.Conv2d) -> Optional[str]:
         return 'has a bias (SC-Conv is bias-free, to be followed by a norm layer)'
     if conv.stride[0] != conv.stride[1] or conv.dilation[0] != conv.dilation[1]:
         return f'stride {conv.stride} / dilation {conv.dilation} differ between axes'
-    if conv.padding != conv.dilation:
+    same = conv.padding == 'same' and conv.stride == (1, 1)  # a 3x3 kernel's 'same' pads by the dilation
+    if conv.padding != conv.dilation and not same:
         return f'padding {conv.padding} != dilation {conv.dilation} (output size would change)'
     g = conv.groups
     for what, c in (('input', conv.in_channels), ('output', conv.out_channels)):
@@ -188,6 +190,12 @@ def convert(model: nn.Module, *, exclude: Union[str, Iterable[str]] = (), **sc_o
     for name, module in _reachable(model):
         names.setdefault(id(module), []).append(name)
         modules[id(module)] = module
+    every_name = [n for ns in names.values() for n in ns]
+    unmatched = [p for p in patterns if not any(matches_any(n, (p,)) for n in every_name)]
+    if unmatched:  # a typo would leave the layers it meant converted
+        shown = ', '.join(n for n in every_name if n and '.' not in n)
+        raise InvalidArgumentError(f'convert: exclude pattern(s) {", ".join(map(repr, unmatched))} match no module '
+                                   f'of the model (its top-level modules: {shown or "none"}); nothing was changed')
 
     replacements = []
     for key, conv in modules.items():
@@ -224,4 +232,6 @@ def convert(model: nn.Module, *, exclude: Union[str, Iterable[str]] = (), **sc_o
         for name in all_names:
             parent_name, _, child = name.rpartition('.')
             setattr(model.get_submodule(parent_name) if parent_name else model, child, sc)
+    if not report.converted and not report.skipped:
+        warnings.warn(f'convert found no 3x3 convolution in {type(model).__name__}: nothing to convert', stacklevel=2)
     return report

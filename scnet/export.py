@@ -227,7 +227,12 @@ def load_exported(path: PathLike, fmt: str, *, num_threads: int = 0) -> LoadedMo
 
 def check_parity(model: nn.Module, loaded: Callable[[torch.Tensor], torch.Tensor], example_input: torch.Tensor
                  ) -> float:
-    """Largest absolute difference between ``model(example_input)`` and ``loaded(example_input)``."""
+    """Largest absolute difference between ``model(example_input)`` and ``loaded(example_input)``. ``model``
+    must be in eval mode, as exported: in training mode its outputs would use batch statistics (and its
+    forward would update the running ones), which is not what the file computes."""
+    if model.training:
+        raise ExportError('check_parity compares the exported file with the model in eval mode: call model.eval() '
+                          'first (in training mode batch norm would use, and change, batch statistics)')
     with torch.no_grad():
         expected = model(example_input)
     actual = loaded(example_input)

@@ -181,3 +181,21 @@ def test_a_layer_option_rejected_leaves_the_model_unchanged():
     assert not any(isinstance(m, SCConv2d) for m in model.modules())
     with pytest.raises(scnet.InvalidArgumentError, match='identity must be True or False'):
         scnet.convert(model, identity='no')
+
+
+def test_same_padding_converts_and_exclude_patterns_must_match():
+    """padding='same' at stride 1 is the dilation's padding for a 3x3 kernel; an exclude pattern that matches
+    nothing (a typo) is an error before anything changes, and a model without 3x3 convolutions says so."""
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, padding='same', bias=False),
+                          nn.Conv2d(16, 16, 3, padding='same', dilation=2, bias=False))
+    report = scnet.convert(model)
+    assert [c.name for c in report.converted] == ['0', '1'] and type(model[1]) is SCConv2d
+    assert model(torch.randn(1, 16, 9, 9)).shape == (1, 16, 9, 9)
+    net = torchvision.models.resnet18()
+    before = [type(m) for m in net.modules()]
+    with pytest.raises(scnet.InvalidArgumentError, match=r"exclude pattern\(s\) 'layers4.\*' match no module of the "
+                                                         r'model \(its top-level modules: conv1, bn1, .*layer4'):
+        scnet.convert(net, exclude=['layer1.*', 'layers4.*'])
+    assert [type(m) for m in net.modules()] == before
+    with pytest.warns(UserWarning, match='no 3x3 convolution in Sequential: nothing to convert'):
+        scnet.convert(nn.Sequential(nn.Linear(4, 4)))

@@ -1,5 +1,6 @@
 """``scnet.export`` and ``scnet export``: ONNX / TorchScript / torch.export files that load back in their runtime
 and compute what the network computes, written atomically, with one-line errors."""
+import copy
 import json
 
 import onnx
@@ -300,3 +301,16 @@ def test_cli_builds_the_network_the_checkpoint_records(tmp_path, capsys):
                               '--output', str(tmp_path / 'other.pt2'))
     assert code == 2 and 'holds weights of scnet26_cifar (recorded in it), not of resnet26_cifar: pass --model ' \
                           'scnet26_cifar' in err
+
+
+def test_check_parity_refuses_a_model_in_training_mode(tiny, tmp_path):
+    """In training mode batch norm would use and change batch statistics: a false difference, and the
+    model's running statistics changed by a check."""
+    model = copy.deepcopy(tiny[0])
+    x = torch.randn(2, 3, 16, 16)
+    path = export_model(model, 'exported', tmp_path / 'net.pt2', x)
+    model.train()
+    before = model.bn1.running_mean.clone()
+    with pytest.raises(ExportError, match=r'call model.eval\(\) first'):
+        check_parity(model, load_exported(path, 'exported'), x)
+    assert torch.equal(model.bn1.running_mean, before)
