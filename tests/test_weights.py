@@ -302,6 +302,16 @@ def test_mirror_replaces_the_host(source, cache, monkeypatch, scnet50_expected):
     assert (cache / source.name).is_file()
 
 
+def test_mirror_may_be_a_plain_folder_and_a_path_is_no_address(source, cache, monkeypatch):
+    """The docs say: point $SCNET_WEIGHTS_MIRROR at a folder; a folder path becomes a file:// address."""
+    monkeypatch.setitem(official.OFFICIAL_WEIGHTS, 'scnet50', f'https://unreachable.invalid/scnet/{source.name}')
+    monkeypatch.setenv('SCNET_WEIGHTS_MIRROR', str(source.parent))
+    assert official.official_url('scnet50') == source.as_uri()
+    assert official.fetch(official.official_url('scnet50'), progress=False).is_file()
+    with pytest.raises(CheckpointError, match='not a download address .* give an http.s.:// or file:// address'):
+        official.fetch(str(source.with_name('scnet50-dc6a7e87.pth')), directory=cache / 'other', progress=False)
+
+
 def test_hash_mismatch_is_refused_and_not_cached(source, cache, monkeypatch):
     wrong = source.with_name('scnet50-00000000.pth')
     assert not sha256(source).startswith('00000000')
@@ -539,3 +549,20 @@ def test_weights_and_training_states_get_the_usual_permissions(tmp_path):
     assert stat.S_IMODE(weights.stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / 'last.pt').stat().st_mode) == 0o644
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
+
+
+def test_a_checkpoint_without_batch_norm_counters_loads(tmp_path):
+    """Older and third-party files lack BatchNorm's num_batches_tracked; load_state_dict accepts that, and so
+    does the fit check (it used to send the user checking the model name and channels)."""
+    from scnet.weights import save_state_dict
+
+    model = scnet.create_model('scnet26_cifar', num_classes=3, channels=[8, 16, 32, 64]).eval()
+    weights = {k: v for k, v in model.state_dict().items() if not k.endswith('num_batches_tracked')}
+    path = save_state_dict(weights, tmp_path / 'no_counters.safetensors')
+    loaded = scnet.create_model('scnet26_cifar', checkpoint=path, channels=[8, 16, 32, 64]).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), model(x))
+    del weights['bn1.running_mean']  # any other missing tensor is still a misfit
+    with pytest.raises(CheckpointError, match='bn1.running_mean'):
+        scnet.create_model('scnet26_cifar', checkpoint=save_state_dict(weights, tmp_path / 'bad.safetensors'),
+                           channels=[8, 16, 32, 64])

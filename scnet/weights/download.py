@@ -65,6 +65,9 @@ def fetch(url: str, *, directory: Optional[Path] = None, progress: bool = True) 
                 f'{url}: the downloaded file does not match the sha256 prefix {expected} in its name ({e}); '
                 'nothing was cached. The mirror may hold a different file, or the transfer was corrupted') from None
         raise
+    except ValueError as e:  # urllib's "unknown url type": a path where an address belongs
+        raise CheckpointError(f'{url}: not a download address ({e}); give an http(s):// or file:// address, or '
+                              'the file itself as a checkpoint') from None
     except (URLError, OSError) as e:
         raise CheckpointError(
             f'{url}: download failed ({e}). Without network access, download the file elsewhere and give it as a '

@@ -88,7 +88,10 @@ def misfit_way_out(own: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.T
 def check_fit(source: Union[str, Path], name: str, own: Mapping[str, torch.Tensor],
               theirs: Mapping[str, torch.Tensor]) -> None:
     """Raise the ``misfit`` error, with ``misfit_way_out``'s advice, unless ``theirs`` has exactly the keys and
-    shapes of ``own``: the one comparison behind ``load_into`` and the zoo's check of timm's pretrained loading."""
+    shapes of ``own``: the one comparison behind ``load_into`` and the zoo's check of timm's pretrained loading.
+    BatchNorms' ``num_batches_tracked`` counters may be missing (older and third-party files lack them, and
+    ``load_state_dict`` accepts that: the counter only matters for ``momentum=None``)."""
+    own = {k: v for k, v in own.items() if k in theirs or not k.endswith('num_batches_tracked')}
     if set(own) != set(theirs) or any(tuple(theirs[k].shape) != tuple(own[k].shape) for k in own):
         raise misfit(source, name, own, theirs, misfit_way_out(own, theirs))
 

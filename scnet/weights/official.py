@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Dict, Mapping, Tuple
 
 import torch
@@ -100,7 +101,8 @@ def convert_authors_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateD
 
 
 def official_url(name: str) -> str:
-    """The download address of ``name``'s weights, rewritten to the mirror in ``$SCNET_WEIGHTS_MIRROR`` if set."""
+    """The download address of ``name``'s weights, rewritten to the mirror in ``$SCNET_WEIGHTS_MIRROR`` if set
+    (an address, or a plain folder, which becomes a ``file://`` address)."""
     if name not in OFFICIAL_WEIGHTS:
         raise CheckpointError(
             f'no pretrained weights for {name!r}: the authors released {", ".join(sorted(OFFICIAL_WEIGHTS))}. '
@@ -109,6 +111,8 @@ def official_url(name: str) -> str:
     url = OFFICIAL_WEIGHTS[name]
     mirror = os.environ.get(MIRROR_ENV)
     if mirror:
+        if '://' not in mirror:  # a folder: urllib takes files only as file:// addresses
+            mirror = Path(mirror).expanduser().resolve().as_uri()
         url = mirror.rstrip('/') + '/' + url.rsplit('/', 1)[-1]
     return url
 
