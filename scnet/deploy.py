@@ -443,13 +443,13 @@ def _max_abs_diff(expected: Any, actual: Any) -> Tuple[float, float]:
     b = [t for t in tree_leaves(actual) if isinstance(t, torch.Tensor)]
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         raise DeployError('the deployed copy returns outputs of other shapes than the original; please report this')
-    diff = max((float((x.float() - y.float()).abs().max()) for x, y in zip(a, b) if x.numel()), default=0.0)
-    scale = max((float(x.float().abs().max()) for x in a if x.numel()), default=0.0)
+    diff = max((float((x.double() - y.double()).abs().max()) for x, y in zip(a, b) if x.numel()), default=0.0)
+    scale = max((float(x.double().abs().max()) for x in a if x.numel()), default=0.0)
     return diff, scale
 
 
 def deploy(model: nn.Module, *, channels_last: bool = True, compile: bool = False,
-           example_input: Optional[torch.Tensor] = None, tolerance: float = 1e-4) -> DeployedModel:
+           example_input: Optional[torch.Tensor] = None, tolerance: Optional[float] = None) -> DeployedModel:
     """An inference copy of ``model`` with every BatchNorm that can be folded folded into its convolution.
 
     Args:
@@ -464,7 +464,8 @@ def deploy(model: nn.Module, *, channels_last: bool = True, compile: bool = Fals
             at the model's ``pretrained_cfg``/``default_cfg`` input size, else 3x64x64. The probe keeps every
             proposed conv's output alive until its end (as a training forward pass would), so keep it small.
         tolerance: the largest accepted difference to the original on the probe, relative to the output's
-            scale (``max(1, max |output|)``).
+            scale (``max(1, max |output|)``). Default: 1e-4, or 2e-2 for a network in float16 or bfloat16,
+            whose own rounding is about that large.
 
     Returns:
         a ``DeployedModel``: call it like the original (ordinary NCHW input, no ``torch.no_grad()`` needed).
@@ -481,11 +482,20 @@ def deploy(model: nn.Module, *, channels_last: bool = True, compile: bool = Fals
     for flag, value in (('channels_last', channels_last), ('compile', compile)):
         if not isinstance(value, bool):  # 'no' would read as True
             raise DeployError(f'{flag} must be True or False, got {value!r}')
+    if tolerance is None:
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        tolerance = 2e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-4
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < float('inf'):
         raise DeployError(f'tolerance must be a finite number >= 0 (a difference relative to the output scale), '
                           f'got {tolerance!r}; the default is 1e-4')
     x = _probe_input(model, example_input)
-    folded_model = copy.deepcopy(model).eval()
+    try:
+        folded_model = copy.deepcopy(model).eval()
+    except (RuntimeError, TypeError, copy.Error) as e:  # e.g. torch.nn.utils.weight_norm's non-leaf weights
+        raise DeployError(f'the model cannot be copied ({type(e).__name__}: {str(e).splitlines()[0]}), and deploy '
+                          'works on a copy: with torch.nn.utils.weight_norm, remove it first '
+                          '(torch.nn.utils.remove_weight_norm) or use torch.nn.utils.parametrizations.weight_norm') \
+            from None
     folded_model.requires_grad_(False)
 
     candidates = _propose(folded_model)

@@ -276,6 +276,19 @@ def test_bad_inputs_raise_one_clear_error():
                                           r'got an input of shape \(3, 32, 32\).*x.unsqueeze\(0\)'):
         deployed(torch.randn(3, 32, 32))
     assert deployed(torch.randn(1, 3, 32, 32)).shape == (1, 4)
+    weight_normed = nn.Sequential(nn.utils.weight_norm(nn.Conv2d(3, 4, 3)), nn.BatchNorm2d(4))
+    with pytest.raises(DeployError, match=r'cannot be copied .*remove_weight_norm'):
+        scnet.deploy(weight_normed)
+
+
+def test_a_half_precision_network_deploys_at_its_own_precision():
+    """bfloat16's rounding (about 1e-2) is far above the float32 default of 1e-4: the default follows the
+    network's dtype, and the report's difference is measured in float64."""
+    model = randomise_bns(scnet.create_model('scnet26_cifar', num_classes=4, channels=[8, 16, 32, 64])).eval()
+    deployed = scnet.deploy(model.to(torch.bfloat16), channels_last=False,
+                            example_input=torch.randn(2, 3, 32, 32, dtype=torch.bfloat16))
+    assert deployed.report.tolerance == 2e-2 and deployed.report.folded_count == 45
+    assert scnet.deploy(model.float(), channels_last=False).report.tolerance == 1e-4
 
 
 def test_compile_headroom_raises_the_recompile_limit_only_inside():

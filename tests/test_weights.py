@@ -566,3 +566,26 @@ def test_a_checkpoint_without_batch_norm_counters_loads(tmp_path):
     with pytest.raises(CheckpointError, match='bn1.running_mean'):
         scnet.create_model('scnet26_cifar', checkpoint=save_state_dict(weights, tmp_path / 'bad.safetensors'),
                            channels=[8, 16, 32, 64])
+
+
+def test_save_state_dict_names_what_it_cannot_write_and_copies_shared_tensors(tmp_path):
+    from safetensors.torch import load_file
+    from torch import nn
+
+    from scnet.errors import InvalidArgumentTypeError
+    from scnet.weights import save_state_dict
+
+    conv = nn.Conv2d(4, 4, 3, bias=False)
+    shared = nn.ModuleDict({'a': conv, 'b': conv})  # one conv under two names: safetensors refuses shared memory
+    path = save_state_dict(shared.state_dict(), tmp_path / 'shared.safetensors')
+    restored = nn.ModuleDict({'a': nn.Conv2d(4, 4, 3, bias=False), 'b': nn.Conv2d(4, 4, 3, bias=False)})
+    restored.load_state_dict(load_file(path))
+    assert torch.equal(restored['a'].weight, conv.weight) and torch.equal(restored['b'].weight, conv.weight)
+    for args, message in (((shared,), r'not the ModuleDict: pass model.state_dict\(\)'),
+                          (({'w': torch.ones(1), 'epoch': 3},), "'epoch' is a int"),
+                          (([torch.ones(1)],), 'a mapping of names to tensors, got list')):
+        with pytest.raises(InvalidArgumentTypeError, match=message):
+            save_state_dict(*args, tmp_path / 'x.safetensors')
+    with pytest.raises(InvalidArgumentTypeError, match="'epoch' is not one: json.dumps the value"):
+        save_state_dict({'w': torch.ones(1)}, tmp_path / 'x.safetensors', metadata={'epoch': 3})
+    assert not (tmp_path / 'x.safetensors').exists()

@@ -21,7 +21,7 @@ from safetensors.torch import load_file as _load_safetensors
 from safetensors.torch import save_file as _save_safetensors
 from torch import nn
 
-from scnet.errors import CheckpointError
+from scnet.errors import CheckpointError, InvalidArgumentTypeError
 from scnet.files import give_usual_permissions
 from scnet.weights.fit import adapt_first_conv, check_fit
 
@@ -164,10 +164,34 @@ def read_shape(path: PathLike, key: str) -> Optional[List[int]]:
 
 def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: PathLike,
                     metadata: Optional[Mapping[str, str]] = None) -> Path:
-    """Write tensors to ``path`` as safetensors, atomically (a temporary file renamed into place)."""
+    """Write tensors to ``path`` as safetensors, atomically (a temporary file renamed into place).
+
+    ``state_dict``: names to tensors (``model.state_dict()``); tensors that share memory (a module used under
+    two names) are written as copies, since safetensors stores each tensor once. ``metadata``: strings to
+    strings (``json.dumps`` other values)."""
+    if isinstance(state_dict, nn.Module):
+        raise InvalidArgumentTypeError(f'save_state_dict takes the tensors, not the {type(state_dict).__name__}: '
+                                       'pass model.state_dict()')
+    if not isinstance(state_dict, Mapping):
+        raise InvalidArgumentTypeError(f'save_state_dict takes a mapping of names to tensors, got '
+                                       f'{type(state_dict).__name__}')
+    not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise InvalidArgumentTypeError(f'save_state_dict writes tensors only; {not_tensors[0]!r} is a '
+                                       f'{type(state_dict[not_tensors[0]]).__name__}: put other values in metadata '
+                                       '(as strings) or leave them out')
+    bad_meta = [k for k, v in (metadata or {}).items() if not (isinstance(k, str) and isinstance(v, str))]
+    if bad_meta:
+        raise InvalidArgumentTypeError(f'metadata maps strings to strings; {bad_meta[0]!r} is not one: '
+                                       'json.dumps the value')
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    tensors, seen = {}, set()
+    for k, v in state_dict.items():
+        t = v.detach().cpu().contiguous()
+        shared = t.untyped_storage().data_ptr() in seen if t.numel() else False
+        seen.add(t.untyped_storage().data_ptr())
+        tensors[k] = t.clone() if shared else t
     fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.partial', dir=path.parent)
     os.close(fd)
     try:
