@@ -170,7 +170,18 @@ class LoadedModel:
         self.path, self.fmt, self.runtime, self._run = path, fmt, FORMATS[fmt], run
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(x)
+        """The file's output for ``x``; an input it cannot take is one ``ExportError`` (the runtimes' own errors
+        are a guard's assertion, an interpreter trace or an ONNX Runtime status)."""
+        if not isinstance(x, torch.Tensor):
+            raise ExportError(f'{self.path}: the exported model takes a tensor, got {type(x).__name__}')
+        try:
+            return self._run(x)
+        except Exception as e:
+            detail = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise ExportError(f'{self.path} ({self.fmt}) cannot run an input of shape {tuple(x.shape)} and dtype '
+                              f'{str(x.dtype).replace("torch.", "")} ({type(e).__name__}: {detail}); it takes the '
+                              'channels, image size and dtype it was exported with (only the batch may change: see '
+                              'the input_shape of its .json report)') from None
 
     def __repr__(self) -> str:
         return f'LoadedModel({str(self.path)!r}, fmt={self.fmt!r}, runtime={self.runtime!r})'

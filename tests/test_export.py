@@ -314,3 +314,16 @@ def test_check_parity_refuses_a_model_in_training_mode(tiny, tmp_path):
     with pytest.raises(ExportError, match=r'call model.eval\(\) first'):
         check_parity(model, load_exported(path, 'exported'), x)
     assert torch.equal(model.bn1.running_mean, before)
+
+
+@pytest.mark.parametrize('fmt', ['exported', 'torchscript', 'onnx'])
+def test_a_loaded_file_names_an_input_it_cannot_take(fmt, tiny, tmp_path):
+    model = tiny[0]
+    path = export_model(model, fmt, tmp_path / f'net.{fmt}', torch.randn(1, 3, 16, 16))
+    loaded = load_exported(path, fmt)
+    assert loaded(torch.randn(3, 3, 16, 16)).shape == (3, 10)  # another batch is fine
+    for bad in (torch.randn(1, 1, 16, 16), torch.randn(1, 3, 16, 16, dtype=torch.float64)):
+        with pytest.raises(ExportError, match=rf'\({fmt}\) cannot run an input of shape .*only the batch may change'):
+            loaded(bad)
+    with pytest.raises(ExportError, match='takes a tensor, got list'):
+        loaded([1, 2])
