@@ -71,6 +71,14 @@ def test_init_from_a_run_and_one_line_errors(data, recipe, tmp_path, capsys):  #
     assert 'has 3 classes, the data 2' in capsys.readouterr().out
     record = json.loads((second / 'config.json').read_text())['initial_weights']
     assert record['source'] == 'checkpoint' and record['sha256'] == sha256(first / 'last.pt')
+    # a recipe without the run's model options (the paper's, or any other): the checkpoint's are used
+    plain = tmp_path / 'plain.yaml'
+    plain.write_text('\n'.join(line for line in recipe.read_text().splitlines() if 'model_kwargs' not in line))
+    third = tmp_path / 'third'
+    assert main(train_args(two, plain, third, '--init', str(first), '--epochs', '1')) == 0
+    assert '--init: the model options recorded with the checkpoint are used: channels=[8, 16, 32, 64]' in \
+        capsys.readouterr().out
+    assert json.loads((third / 'config.json').read_text())['model_kwargs'] == {'channels': [8, 16, 32, 64]}
     for args, message in ((['--init', str(tmp_path / 'missing.pt')], 'no such checkpoint file'),
                           (['--pretrained'], 'no pretrained weights for scnet26_cifar'),
                           (['--mixup', '0.2', '--batch-size', '6', '--accum-steps', '2'], 'make it even'),

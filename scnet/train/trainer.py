@@ -138,6 +138,24 @@ def _check_resumable(state: Dict[str, Any], recipe: Recipe, output: Path, *, sid
                        f'end it before them: give --epochs {start_epoch} or more')
 
 
+def _with_recorded_options(recipe: Recipe, checkpoint: Path, announce: bool) -> Recipe:
+    """``recipe`` with the model options that ``--init``'s checkpoint (a run of ``scnet train``) records, where
+    the recipe does not set them: fine-tuning a narrow run starts from a network of its shape, as
+    ``create_model(checkpoint=...)`` builds it. Recorded in config.json like the recipe's own."""
+    from scnet.train.classifier_checkpoint import read_classifier_metadata
+
+    recorded = read_classifier_metadata(checkpoint)
+    if recorded.model and recorded.model != recipe.model:
+        return recipe  # the weights' misfit names the model they are of (apply_initial_weights)
+    added = {k: v for k, v in (recorded.model_kwargs or {}).items() if k not in recipe.model_kwargs}
+    if not added:
+        return recipe
+    if announce:
+        print(f'--init: the model options recorded with the checkpoint are used: '
+              f'{", ".join(f"{k}={v}" for k, v in added.items())}', flush=True)
+    return dataclasses.replace(recipe, model_kwargs={**recipe.model_kwargs, **added})
+
+
 def _build_checked(recipe: Recipe, num_classes: int, model_kwargs: Dict[str, Any]) -> nn.Module:
     """The recipe's network, built and run once on one image of the training size (in eval mode, drawing no
     random numbers), so that model options that do not fit it (``model_kwargs`` with an unknown name, or
@@ -230,6 +248,8 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
         # a resumed run's weights are in last.pt: the initial ones are only looked up (and checked) for a new run
         initial = None if state is not None else find_initial_weights(
             recipe.model, pretrained=recipe.pretrained, init=recipe.init, progress=progress and ctx.is_main)
+        if initial is not None and initial.source == 'checkpoint':
+            recipe = _with_recorded_options(recipe, Path(initial.location), announce=ctx.is_main)
         seed_everything(recipe.seed)  # same initial weights in every process
         model_kwargs = _model_kwargs(recipe, announce=ctx.is_main)
         if recipe.drop_path_rate > 0:
