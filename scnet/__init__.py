@@ -5,7 +5,7 @@ paper's networks (registered in timm, so ``timm.create_model('scnet50')`` works 
 ``scnet.weights`` loads the authors' checkpoints; ``deploy`` folds the BatchNorms for inference.
 """
 from scnet.convert import ConversionReport, convert
-from scnet.deploy import DeployReport, deploy
+from scnet.deploy import DeployError, DeployReport, deploy
 from scnet.errors import (CheckpointError, InvalidArgumentError, InvalidArgumentTypeError, ScnetError,
                           UnknownModelError)
 from scnet.layers import GatherExcite, SCConv2d
@@ -14,5 +14,5 @@ from scnet.models import PAPER_MODELS, create_model, list_models
 __version__ = '0.1.0'
 
 __all__ = ['SCConv2d', 'GatherExcite', 'convert', 'ConversionReport', 'create_model', 'list_models',
-           'PAPER_MODELS', 'deploy', 'DeployReport', 'ScnetError', 'UnknownModelError', 'CheckpointError',
+           'PAPER_MODELS', 'deploy', 'DeployReport', 'DeployError', 'ScnetError', 'UnknownModelError', 'CheckpointError',
            'InvalidArgumentError', 'InvalidArgumentTypeError', '__version__']

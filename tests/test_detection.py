@@ -355,6 +355,9 @@ def test_classification_checkpoint_of_scnet_train_loads_into_the_backbone(tmp_pa
 
     checkpoint, pretrained, resolved = resolve_backbone(recipe)
     assert (checkpoint, pretrained, resolved) == (str(path), False, kwargs)
+    # the run's folder stands for its model.safetensors, as wherever a checkpoint is read
+    assert resolve_backbone(load_detection_recipe('shapes', backbone_checkpoint=str(tmp_path))) == \
+        (str(path), False, kwargs)
     model = build_detector('bbox', 'scnet26', 3, backbone_checkpoint=checkpoint, backbone_kwargs=resolved)
     keys = [k for k in state if not k.startswith('fc.') and 'num_batches_tracked' not in k]
     assert _body_matches(model, state, keys)

@@ -110,6 +110,14 @@ def test_train_writes_every_artifact_and_eval_reads_it(data, recipe, tmp_path, c
     assert main(['eval', '--model', 'scnet26_cifar', '--checkpoint', str(run), '--data', str(data), '--workers',
                  '0', '--quiet', '--image-size', '32', '--resize', '8']) == 2
     assert 'a resize of 8 px (--resize) is smaller than the crop of 32 px (--image-size)' in capsys.readouterr().err
+    # without --model: the one the checkpoint records (a file that records none says so)
+    assert main(['eval', '--checkpoint', str(run), '--data', str(data), '--workers', '0', '--quiet', '--format',
+                 'json']) == 0
+    assert json.loads(capsys.readouterr().out)['model'] == 'scnet26_cifar'
+    bare = tmp_path / 'bare.pt'
+    torch.save(load_file(run / 'model.safetensors'), bare)
+    assert main(['eval', '--checkpoint', str(bare), '--data', str(data), '--workers', '0', '--quiet']) == 2
+    assert 'records no model name (not a checkpoint of scnet train): pass --model' in capsys.readouterr().err
 
 
 def test_existing_run_is_never_overwritten_and_resume_needs_a_run(data, recipe, tmp_path, capsys):

@@ -15,7 +15,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser('eval', help='top-1 / top-5 of a checkpoint on an image folder',
                        description='Evaluate a checkpoint (ours or the authors\') on DIR/val/<class>/* or '
                                    'DIR/<class>/*: resize, centre crop, single-crop top-1 and top-5.')
-    p.add_argument('--model', required=True, help='zoo model name the checkpoint belongs to')
+    p.add_argument('--model', help='zoo model name the checkpoint belongs to (default: the one a checkpoint of '
+                                   'scnet train records; required for other files)')
     p.add_argument('--checkpoint', required=True, help='model.safetensors, last.pt, or an authors\' .pth')
     p.add_argument('--data', required=True,
                    help='image folder (DIR/val/<class>/* or DIR/<class>/*), or the validation split of shards '

@@ -31,7 +31,7 @@ The batch size of the file is dynamic; its input size is fixed at --input-size."
 _EPILOG = """\
 examples:
   scnet export --model scnet50 --format onnx --output scnet50.onnx
-  scnet export --model scnet26_cifar --checkpoint run/best.safetensors --format exported --output net.pt2
+  scnet export --model scnet26_cifar --checkpoint runs/<run>/model.safetensors --format exported --output net.pt2
   python -c "import onnxruntime as ort; print(ort.InferenceSession('scnet50.onnx').get_inputs()[0])\""""
 
 #: Largest accepted difference to the eager network, relative to the output's scale (as scnet.deploy).

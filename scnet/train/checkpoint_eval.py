@@ -51,10 +51,12 @@ def _class_folder(data: Path) -> Path:
     return data / 'val' if (data / 'val').is_dir() else data
 
 
-def evaluate_checkpoint(model_name: str, checkpoint: Path, data: Path, *, batch_size: int = 64, workers: int = 4,
-                        device: str = 'auto', image_size: Optional[int] = None, eval_resize: Optional[int] = None,
-                        skip_bad_images: bool = False, progress: bool = True) -> Dict[str, Any]:
-    """Top-1 / top-5 / loss of ``checkpoint`` (built as ``model_name``) on the images under ``data``."""
+def evaluate_checkpoint(model_name: Optional[str], checkpoint: Path, data: Path, *, batch_size: int = 64,
+                        workers: int = 4, device: str = 'auto', image_size: Optional[int] = None,
+                        eval_resize: Optional[int] = None, skip_bad_images: bool = False,
+                        progress: bool = True) -> Dict[str, Any]:
+    """Top-1 / top-5 / loss of ``checkpoint`` (built as ``model_name``; None: the model it records) on the
+    images under ``data``."""
     from scnet.data.sources import open_eval_data
 
     for name, value, least in (('batch_size', batch_size, 1), ('workers', workers, 0),
@@ -63,6 +65,11 @@ def evaluate_checkpoint(model_name: str, checkpoint: Path, data: Path, *, batch_
             raise InvalidArgumentError(f'{name} must be a whole number >= {least}, got {value!r}')
     meta = checkpoint_metadata(checkpoint)
     recorded = meta.get('model')
+    if model_name is None:  # the model the checkpoint records
+        if not recorded:
+            raise CheckpointError(f'{checkpoint} records no model name (not a checkpoint of scnet train): pass --model '
+                                  '(`scnet models` lists them)')
+        model_name = recorded
     if recorded and recorded != model_name:
         raise CheckpointError(f'{checkpoint} holds weights of {recorded} (recorded in it), not of {model_name}: '
                               f'pass --model {recorded}')

@@ -16,7 +16,7 @@ from torch import nn
 
 from scnet.errors import CheckpointError, InvalidArgumentError
 from scnet.tasks.detection.recipe import PRETRAINED, TASKS, DetectionRecipe
-from scnet.weights.io import read_metadata
+from scnet.weights.io import checkpoint_file, read_metadata
 
 __all__ = ['build_detector', 'resolve_backbone']
 
@@ -93,6 +93,8 @@ def resolve_backbone(recipe: DetectionRecipe) -> Tuple[Optional[str], bool, Dict
         return None, False, dict(recipe.backbone_kwargs)
     if ckpt == PRETRAINED and not Path(ckpt).exists():
         return None, True, dict(recipe.backbone_kwargs)
+    if Path(ckpt).is_dir():  # a run of scnet train: its model.safetensors (else last.pt)
+        ckpt = str(checkpoint_file(ckpt))
     if not Path(ckpt).is_file():
         raise CheckpointError(f'{ckpt}: no such backbone checkpoint (a classification model.safetensors, an '
                               f'authors\' .pth, or "{PRETRAINED}" for the ImageNet weights)')
