@@ -457,6 +457,8 @@ def test_the_tools_take_what_preprocessing_gives_and_name_what_they_cannot_take(
     with pytest.raises(ClassError, match=r"class indices .* got 'ring'; for a class name use LoadedModel.resolve_cl"):
         grad_cam(m.model, one, 'layer3', classes='ring')
     assert int(grad_cam(m.model, one, 'layer3', classes=m.resolve_class('ring')).classes[0]) == 2
+    for classes in (np.array([1]), torch.tensor(1), np.int64(1), [1]):  # the forms an index comes in
+        assert int(grad_cam(m.model, one, 'layer3', classes=classes).classes[0]) == 1
 
     head = load_side_head(m)
     for classes, message in ((7, r'class \[7\] out of range: the model has 3 classes'),

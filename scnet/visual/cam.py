@@ -82,7 +82,7 @@ def _targets(classes, logits: torch.Tensor) -> torch.Tensor:
     predicted = logits.argmax(1)
     if classes is None:
         return predicted
-    values = classes.reshape(-1).tolist() if isinstance(classes, torch.Tensor) else (
+    values = classes.reshape(-1).tolist() if isinstance(classes, (torch.Tensor, np.ndarray)) else (
         list(classes) if isinstance(classes, (list, tuple, range)) else [classes])
     if not values or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
         raise ClassError(f'classes must be class indices (an int, or one per image), got {classes!r}; for a class '
