@@ -219,3 +219,17 @@ def test_a_report_replaces_an_earlier_report_only(tmp_path, capsys):
         for name in ('earlier.json', 'results.json', 'empty.json'):
             build_parser().parse_args(argv + [str(tmp_path / name)])
     assert {p.name: json.loads(p.read_text()) for p in tmp_path.iterdir()} == files
+
+
+def test_evaluation_workers_default_to_at_most_the_cpu_count(monkeypatch):
+    """More loader processes than cores only make PyTorch warn; an evaluation does not depend on them."""
+    import os
+
+    from scnet.cli.main import build_parser
+
+    monkeypatch.setattr(os, 'cpu_count', lambda: 2)
+    assert build_parser().parse_args(EVAL).workers == 2
+    assert build_parser().parse_args(EVAL + ['--workers', '6']).workers == 6
+    monkeypatch.setattr(os, 'cpu_count', lambda: 16)
+    assert build_parser().parse_args(EVAL).workers == 4
+    assert build_parser().parse_args(DETECT_EVAL).workers == 2

@@ -60,9 +60,12 @@ def write_report(path: Path, result: Dict[str, Any]) -> None:
 
 
 def add_eval_flags(p: argparse.ArgumentParser, *, batch_size: int, batch_help: str, workers: int) -> None:
-    """``--batch-size``, ``--workers``, ``--device`` of an evaluation command, with their defaults."""
+    """``--batch-size``, ``--workers``, ``--device`` of an evaluation command, with their defaults. The
+    workers default to ``workers`` or the machine's CPU count if smaller: an evaluation's result does not depend
+    on them, and more loader processes than cores only make PyTorch warn and the machine thrash."""
     p.add_argument('--batch-size', type=positive_int, default=batch_size, help=f'{batch_help} (default {batch_size})')
-    p.add_argument('--workers', type=non_negative_int, default=workers, help=f'data loading processes (default {workers})')
+    p.add_argument('--workers', type=non_negative_int, default=min(workers, os.cpu_count() or 1),
+                   help=f'data loading processes (default {workers}, or the CPU count if smaller)')
     add_device_flag(p)
 
 
