@@ -241,6 +241,9 @@ def test_the_classifier_loop_takes_plain_batches_and_names_what_does_not_fit():
     with pytest.raises(InvalidArgumentError, match=r'class index 2 \(at least 3 classes\) but the model gives 2 '
                                                    'outputs: build it with num_classes'):
         evaluate(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2)), loader, CPU, progress=False)
+    negative = DataLoader(TensorDataset(images, targets - 1), batch_size=4)
+    with pytest.raises(InvalidArgumentError, match=r'a negative class index \(-1\)'):
+        evaluate(model, negative, CPU, progress=False)
     with pytest.raises(InvalidArgumentError, match='a batch must be .* got a list of 1'):
         evaluate(model, DataLoader(TensorDataset(images), batch_size=4), CPU, progress=False)
     with pytest.raises(InvalidArgumentError, match='gives 3 micro-batches, not a multiple of accum_steps 2: the '

@@ -73,8 +73,11 @@ def _check_classes(targets: torch.Tensor, logits: torch.Tensor) -> None:
     """A one-line error when a target names a class the model has no output for (``targets`` on the CPU, as
     the loader gives them: no device synchronisation)."""
     if targets.numel() and targets.device.type == 'cpu' and not targets.is_floating_point():
-        top = int(targets.max())
-        if top >= logits.shape[1] or int(targets.min()) < 0:
+        top, bottom = int(targets.max()), int(targets.min())
+        if bottom < 0:
+            raise InvalidArgumentError(f'the data has a negative class index ({bottom}): targets are class indices '
+                                       f'0 to {logits.shape[1] - 1} (an unlabelled split cannot be trained or scored)')
+        if top >= logits.shape[1]:
             raise InvalidArgumentError(f'the data has class index {top} (at least {top + 1} classes) but the model '
                                        f'gives {logits.shape[1]} outputs: build it with num_classes equal to the '
                                        'number of classes of the data')
