@@ -237,6 +237,8 @@ def test_transforms_and_class_folders_name_what_cannot_work(tmp_path):
             Image.new('RGB', (8, 8)).save(tmp_path / cls / f'{i}.png')
     with pytest.raises(DataError, match='class folder.*without images: emu'):
         find_classes(str(tmp_path))  # a str is a path too
+    with pytest.raises(DataError, match=r'without images \(Found no valid file for the classes emu'):
+        CheckedImageFolder(tmp_path, classes=['cat', 'dog', 'emu'])  # (found by torchvision's one walk)
     (tmp_path / 'emu').rmdir()
     assert find_classes(str(tmp_path)) == ['cat', 'dog']
     assert len(CheckedImageFolder(tmp_path, classes=['cat', 'dog'])) == 4

@@ -55,12 +55,17 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
+def _class_folders(folder: Path) -> List[str]:
+    """The names of ``folder``'s sub-folders (hidden ones left out), sorted: one listing, no walk."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith('.'))
+
+
 def find_classes(folder: Path) -> List[str]:
     """Sorted class folder names of ``folder``; an error names every class folder without an image."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f'{folder}: no such folder')
-    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith('.'))
+    classes = _class_folders(folder)
     if not classes:
         raise DataError(f'{folder}: no class folders; expected {folder}/<class>/<image files>')
     empty = [c for c in classes if not any(_is_image(f) for _, _, files in os.walk(folder / c) for f in files)]
@@ -212,7 +217,10 @@ class CheckedImageFolder(ImageFolder):
         self.skip_bad_images = skip_bad_images
         self.augment_seed: Optional[int] = None
         self.epoch = 0
-        super().__init__(str(root), transform=transform)
+        try:
+            super().__init__(str(root), transform=transform)
+        except FileNotFoundError as e:  # torchvision's make_dataset: a fixed class whose folder holds no image
+            raise DataError(f'{root}: class folder(s) without images ({e}); add images or remove them') from None
 
     def find_classes(self, directory: str):
         """``(classes, class -> index)``: the fixed ``classes`` when given, else the folder's own. With fixed
@@ -221,9 +229,9 @@ class CheckedImageFolder(ImageFolder):
         images of the third)."""
         if self._fixed_classes is None:
             classes = find_classes(Path(directory))
-        else:
+        else:  # the caller found them (with find_classes' walk); make_dataset's walk finds empty ones
             classes = self._fixed_classes
-            found = find_classes(Path(directory))  # (every class folder has images)
+            found = _class_folders(Path(directory))
             missing = [c for c in classes if c not in found]
             if missing:
                 raise DataError(f'{directory}: missing class folder(s) {", ".join(missing)}')
