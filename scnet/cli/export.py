@@ -96,12 +96,12 @@ def _build(name: str, checkpoint, num_classes, meta):
     that do not fit the network say so with this command's way out (``--model``)."""
     from scnet.export import ExportError
     from scnet.models import create_model
+    from scnet.train.classifier_checkpoint import other_model_message
     from scnet.weights.fit import WeightsMismatchError
 
-    recorded = meta.get('model')
-    if recorded and recorded != name:
-        raise ExportError(f'{checkpoint} holds weights of {recorded} (recorded in it), not of {name}: pass --model '
-                          f'{recorded}')
+    other = other_model_message(checkpoint, meta.get('model'), name, f'pass --model {meta.get("model")}')
+    if other:
+        raise ExportError(other)
     model_kwargs = dict(meta.get('model_kwargs') or {})
 
     if checkpoint and num_classes:

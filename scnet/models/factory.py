@@ -133,13 +133,13 @@ def _layer_name_error(name: str, error: Exception, kwargs: dict) -> Optional[Scn
 def _recorded_options(name: str, checkpoint) -> dict:
     """The model options a checkpoint of ``scnet train`` records ({} for other files); an error when it
     records another model than ``name``."""
-    from scnet.train.classifier_checkpoint import read_classifier_metadata
+    from scnet.train.classifier_checkpoint import other_model_message, read_classifier_metadata
     from scnet.weights.io import checkpoint_file
 
     recorded = read_classifier_metadata(checkpoint_file(checkpoint))
-    if recorded.model and recorded.model != name:
-        raise InvalidArgumentError(f'{checkpoint} holds weights of {recorded.model} (recorded in it), not of {name}: '
-                                   f'create_model({recorded.model!r}, checkpoint=...)')
+    other = other_model_message(checkpoint, recorded.model, name, f'create_model({recorded.model!r}, checkpoint=...)')
+    if other:
+        raise InvalidArgumentError(other)
     return dict(recorded.model_kwargs or {})
 
 

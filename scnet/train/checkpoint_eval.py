@@ -17,7 +17,7 @@ from scnet.data.folders import CheckedImageFolder, DataError, collate_skipping_b
 from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from scnet.errors import CheckpointError, InvalidArgumentError
 from scnet.train import distributed
-from scnet.train.classifier_checkpoint import read_classifier_metadata
+from scnet.train.classifier_checkpoint import other_model_message, read_classifier_metadata
 from scnet.train.loop import evaluate
 from scnet.train.sampling import StridedSampler
 
@@ -70,9 +70,9 @@ def evaluate_checkpoint(model_name: Optional[str], checkpoint: Path, data: Path,
             raise CheckpointError(f'{checkpoint} records no model name (not a checkpoint of scnet train): pass --model '
                                   '(`scnet models` lists them)')
         model_name = recorded
-    if recorded and recorded != model_name:
-        raise CheckpointError(f'{checkpoint} holds weights of {recorded} (recorded in it), not of {model_name}: '
-                              f'pass --model {recorded}')
+    other = other_model_message(checkpoint, recorded, model_name, f'pass --model {recorded}')
+    if other:
+        raise CheckpointError(other)
     trained_size = meta.get('image_size', 224)
     trained_resize = meta.get('eval_resize', 256 if trained_size == 224 else trained_size)
     size = image_size or trained_size

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from scnet.train.checkpoint_meta import CheckpointMetadata
 
-__all__ = ['ClassifierMetadata', 'read_classifier_metadata']
+__all__ = ['ClassifierMetadata', 'read_classifier_metadata', 'other_model_message']
 
 
 @dataclass
@@ -71,3 +71,13 @@ def read_classifier_metadata(path: Union[str, Path]) -> ClassifierMetadata:
     if other_task:
         raise other_task
     return ClassifierMetadata.from_run_config(state.get('config') or {})
+
+
+def other_model_message(checkpoint: Union[str, Path], recorded: Optional[str], name: str,
+                        way_out: str) -> Optional[str]:
+    """The message for a checkpoint that records another model (``recorded``) than the one asked for
+    (``name``), ending in the caller's ``way_out``; None when they agree or nothing is recorded. One wording
+    for ``create_model``, ``scnet eval`` and ``scnet export``, each raising its own error."""
+    if not recorded or recorded == name:
+        return None
+    return f'{checkpoint} holds weights of {recorded} (recorded in it), not of {name}: {way_out}'
