@@ -37,7 +37,7 @@ from scnet.visual.images import CELL_INCHES, draw_grid, load_image, overlay, sav
 from scnet.visual.loading import LoadedModel, load_models
 from scnet.visual.targets import STAGE_ALIASES, capture, image_batch, resolve_layer, spatial_output
 
-__all__ = ['ClassMaps', 'grad_cam', 'frozen', 'cam_figure', 'compare_models', 'DEFAULT_CAM_LAYER']
+__all__ = ['ClassMaps', 'grad_cam', 'frozen', 'target_classes', 'cam_figure', 'compare_models', 'DEFAULT_CAM_LAYER']
 
 #: The last stage, the usual Grad-CAM layer (the last convolutional features before pooling).
 DEFAULT_CAM_LAYER = 'layer4'
@@ -73,7 +73,7 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def _targets(classes, logits: torch.Tensor) -> torch.Tensor:
+def target_classes(classes, logits: torch.Tensor) -> torch.Tensor:
     """The class of each image: ``classes`` (one for all, or one per image) checked against the logits, else the
     top class."""
     from scnet.visual.loading import ClassError
@@ -123,7 +123,7 @@ def grad_cam(model: nn.Module, inputs: torch.Tensor, layer: str = DEFAULT_CAM_LA
             raise ValueError(f'{model_label}: Grad-CAM needs (N, classes) logits, got '
                              f'{getattr(logits, "shape", type(logits).__name__)}')
         act = spatial_output(store, name, model_label)
-        target = _targets(classes, logits)
+        target = target_classes(classes, logits)
         score = logits.gather(1, target[:, None]).sum()
         grads, = torch.autograd.grad(score, act)
     with torch.no_grad():

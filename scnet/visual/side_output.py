@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from scnet.errors import CheckpointError, ScnetError
 from scnet.train.side_output import SIDE_STAGE, SideOutputHead
-from scnet.visual.cam import ClassMaps, _targets, frozen
+from scnet.visual.cam import ClassMaps, frozen, target_classes
 from scnet.visual.loading import LoadedModel
 from scnet.visual.targets import capture, image_batch, spatial_output
 
@@ -75,7 +75,7 @@ def side_output_maps(m: LoadedModel, head: SideOutputHead, inputs: torch.Tensor,
         logits = scores.mean(dim=(2, 3))
         probs = logits.softmax(1)
         predicted = probs.argmax(1)
-        target = _targets(classes, logits)                 # checked as Grad-CAM's
+        target = target_classes(classes, logits)           # checked as Grad-CAM's
         raw = scores[torch.arange(len(x)), target]         # (N, h, w)
         up = F.interpolate(raw[:, None], size=x.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
         lo = up.flatten(1).amin(1)[:, None, None]
