@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import re
 from collections import defaultdict
@@ -268,6 +269,7 @@ def _propose(model: nn.Module) -> Dict[str, _Candidate]:
     return found
 
 
+@functools.lru_cache(maxsize=None)
 def _foldable_types() -> Tuple[type, ...]:
     """The norms that, in eval mode, are nothing but the affine map of their running statistics:
     ``BatchNorm2d``, ``SyncBatchNorm`` (a network converted for DDP training) and the ``FrozenBatchNorm2d`` of
