@@ -732,3 +732,24 @@ def test_images_of_another_size_or_not_images_stop_before_anything_runs(untraine
     assert main(['pose', 'train', *data_args(dict(small, val_images=images)), '--output', str(tmp_path / 'run')]) == 2
     one_error_line(capsys, 'files that are not readable images', first.name)
     assert not (tmp_path / 'run').exists()
+
+
+def test_synth_takes_its_folder_as_detect_shapes_does_and_never_writes_over_a_set(tmp_path, capsys):
+    """`scnet pose synth DIR`, as `scnet detect shapes DIR` (--output DIR still works); a folder holding images
+    of another set is refused before anything is written, not only one holding its annotation files."""
+    assert main(['pose', 'synth', str(tmp_path / 'a'), '--num-train', '1', '--num-val', '1', '--image-size', '32']) == 0
+    assert (tmp_path / 'a' / 'person_keypoints_val.json').is_file()
+    assert main(['pose', 'synth', '--output', str(tmp_path / 'b'), '--num-train', '1', '--num-val', '1',
+                 '--image-size', '32']) == 0
+    assert (tmp_path / 'b' / 'detections_val.json').is_file()
+    capsys.readouterr()
+    mine = tmp_path / 'mine'
+    (mine / 'train').mkdir(parents=True)
+    (mine / 'train' / '000000.png').write_bytes(b'my photo')
+    assert main(['pose', 'synth', str(mine)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f'{mine} already holds a data set (train); '
+                                                    'choose another output folder')
+    assert (mine / 'train' / '000000.png').read_bytes() == b'my photo' and not (mine / 'val').exists()
+    with pytest.raises(SystemExit):
+        main(['pose', 'synth', str(tmp_path / 'c'), '--output', str(tmp_path / 'd')])
+    assert 'not allowed with argument' in capsys.readouterr().err

@@ -153,12 +153,10 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_shapes(args: argparse.Namespace) -> int:
     from scnet.errors import ScnetError
-    from scnet.tasks.synthetic import make_shapes_coco
+    from scnet.tasks.synthetic import dataset_files_held, make_shapes_coco
 
-    # a set written over another would replace its files and leave images of the old one beside the new JSON
     root = Path(args.output)
-    held = [p.name for p in (root / 'instances_train.json', root / 'instances_val.json', root / 'train', root / 'val')
-            if p.is_file() or (p.is_dir() and any(p.iterdir()))]
+    held = dataset_files_held(root, ['instances_train.json', 'instances_val.json'])
     if held:
         raise ScnetError(f'{root} already holds a data set ({", ".join(held)}); choose another output folder')
     try:

@@ -87,7 +87,10 @@ def add_parser(sub) -> None:
                                        'DIR/train/, DIR/val/, DIR/person_keypoints_{train,val}.json and '
                                        'DIR/detections_val.json (jittered boxes with scores, for --boxes). The same '
                                        'seed writes the same files.')
-    s.add_argument('--output', required=True, type=output_folder, help='folder to write (must not hold annotation files yet)')
+    where = s.add_mutually_exclusive_group(required=True)  # positional as in `scnet detect shapes DIR`; --output too
+    where.add_argument('output', nargs='?', type=output_folder, help='folder to write (must not hold a data set yet)')
+    where.add_argument('--output', dest='output_flag', type=output_folder, metavar='OUTPUT',
+                       help='the same folder, given as a flag')
     s.add_argument('--num-train', type=positive_int, default=200, help='training images (default 200)')
     s.add_argument('--num-val', type=positive_int, default=50, help='validation images (default 50)')
     s.add_argument('--image-size', type=positive_int, default=256, help='image side in pixels (default 256)')
@@ -147,11 +150,13 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_synth(args: argparse.Namespace) -> int:
     from scnet.tasks.pose import PoseError
+    from scnet.tasks.synthetic import dataset_files_held
     from scnet.tasks.synthetic_pose import make_detections, make_people_coco
 
-    root = Path(args.output)
-    if any((root / f'person_keypoints_{split}.json').exists() for split in ('train', 'val')):
-        raise PoseError(f'{root} already holds a data set; choose another --output')
+    root = Path(args.output or args.output_flag)
+    held = dataset_files_held(root, [f'person_keypoints_{split}.json' for split in ('train', 'val')])
+    if held:
+        raise PoseError(f'{root} already holds a data set ({", ".join(held)}); choose another output folder')
     if args.num_train < 1 or args.num_val < 1:
         raise PoseError('--num-train and --num-val must be at least 1')
     if args.image_size < 32:   # (make_people_coco's ValueError, as one line)

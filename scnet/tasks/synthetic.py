@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ['SHAPES', 'ShapesPaths', 'make_shapes_coco']
+__all__ = ['SHAPES', 'ShapesPaths', 'make_shapes_coco', 'dataset_files_held']
 
 #: Category names, in category-id order (ids start at 1, as COCO's do).
 SHAPES = ('square', 'disc', 'triangle')
@@ -132,3 +132,12 @@ def make_shapes_coco(root, *, num_train: int = 64, num_val: int = 16, image_size
         data = _split(root, split, count, rng, image_size, lo, hi, max_objects)
         ann.write_text(json.dumps(data))
     return paths
+
+
+def dataset_files_held(root: Path, annotation_files: List[str]) -> List[str]:
+    """The names of what a COCO-style set in ``root`` would be written over: its annotation files, and its
+    ``train/`` and ``val/`` image folders when they hold anything. The commands that write a generated set
+    refuse such a folder, since the new files would replace some of the old ones and sit beside the rest."""
+    root = Path(root)
+    held = [name for name in annotation_files if (root / name).exists()]
+    return held + [name for name in ('train', 'val') if (root / name).is_dir() and any((root / name).iterdir())]
