@@ -76,6 +76,25 @@ def test_registered_in_timm_with_features_only():
         assert [f.shape[-1] for f in cifar(torch.randn(1, 3, 32, 32))] == [32, 32, 16, 8, 4]
 
 
+@pytest.mark.parametrize('build', [scnet.create_model, timm.create_model])
+@pytest.mark.parametrize('name, out_indices, error, message', [
+    ('scnet26_cifar', (1, 5), scnet.InvalidArgumentError,
+     r'out_indices=\(1, 5\) names feature map 5, which the network does not have; the network has 5 feature maps'
+     r'.*e.g. out_indices=\(1, 2, 3, 4\)'),
+    ('scnet26_cifar', (-6,), scnet.InvalidArgumentError, 'names feature map -6'),
+    ('scnet26_cifar', 6, scnet.InvalidArgumentError, r'out_indices=6 is not a number of feature maps to take \(1 to 5\)'),
+    ('scnet26_cifar', ('1',), scnet.InvalidArgumentTypeError, 'out_indices must be a tuple of feature map indices'),
+    ('resnet26', (5,), scnet.InvalidArgumentError, 'resnet26: out_indices=\\(5,\\) names feature map 5'),
+])
+def test_out_indices_outside_the_feature_maps_is_a_clear_error(build, name, out_indices, error, message):
+    """timm failed with a bare IndexError from its feature wrapper; the zoo's names say which maps exist, whether
+    built by scnet or by timm (the baselines are timm's own, so only scnet.create_model can check them)."""
+    if build is timm.create_model and name == 'resnet26':
+        pytest.skip("timm's own model")
+    with pytest.raises(error, match=message):
+        build(name, features_only=True, out_indices=out_indices, channels=[8, 16, 32, 64])
+
+
 def test_sc_models_use_sc_conv_in_every_bottleneck_and_baselines_do_not():
     scnet50 = scnet.create_model('scnet50')
     assert len(sc_layers(scnet50)) == 16
