@@ -95,6 +95,23 @@ def test_out_indices_outside_the_feature_maps_is_a_clear_error(build, name, out_
         build(name, features_only=True, out_indices=out_indices, channels=[8, 16, 32, 64])
 
 
+def test_a_classifier_on_unpooled_features_is_a_clear_error():
+    """global_pool='' with a classifier built, and the first forward pass failed on a matrix product; unpooled
+    features are num_classes=0 (or features_only), and reset_classifier refuses the same head."""
+    for build, name in ((scnet.create_model, 'scnet26_cifar'), (timm.create_model, 'scnet26_cifar'),
+                        (scnet.create_model, 'resnet26')):
+        with pytest.raises(scnet.InvalidArgumentError, match=r"global_pool='' keeps the \(N, C, H, W\) feature map, "
+                                                             r'which a classifier cannot take.*num_classes=0'):
+            build(name, global_pool='', channels=[8, 16, 32, 64])
+    model = scnet.create_model('scnet26_cifar', global_pool='', num_classes=0, channels=[8, 16, 32, 64]).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert model(x).shape == (2, 64 * 4, 4, 4)
+    with pytest.raises(scnet.InvalidArgumentError, match=r'reset_classifier: .*\(num_classes=5\)'):
+        model.reset_classifier(5)  # keeps the model's pooling, ''
+    model.reset_classifier(5, 'avg')
+    assert model(x).shape == (2, 5)
+
+
 def test_sc_models_use_sc_conv_in_every_bottleneck_and_baselines_do_not():
     scnet50 = scnet.create_model('scnet50')
     assert len(sc_layers(scnet50)) == 16

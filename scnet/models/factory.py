@@ -17,6 +17,7 @@ import timm
 from torch import nn
 
 from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError, ScnetError, UnknownModelError
+from scnet.models.resnet import check_unpooled_head
 from scnet.models.zoo import SC_OPTIONS, ZOO_ARCHITECTURES, check_out_indices, feature_levels
 from scnet.name_patterns import as_patterns, matches_any
 from scnet.weights import load_into, read_checkpoint
@@ -172,6 +173,7 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
     """
     validate_model_name(name)
     _check_arguments(pretrained, checkpoint, num_classes, kwargs)
+    check_unpooled_head(name, kwargs.get('global_pool'), num_classes, bool(kwargs.get('features_only')))
     if name in BASELINES and kwargs.get('features_only') and 'out_indices' in kwargs:  # timm's own models
         check_out_indices(name, kwargs['out_indices'], feature_levels(kwargs))
     if pretrained and checkpoint:

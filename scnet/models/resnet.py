@@ -10,12 +10,27 @@ is timm's own argument; SC-Conv enters only through the block (``scnet.models.bl
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from timm.models.resnet import ResNet
 from torch import nn
 
+from scnet.errors import InvalidArgumentError
 from scnet.layers.gather_excite import GatherExcite
 
-__all__ = ['SCResNet']
+__all__ = ['SCResNet', 'check_unpooled_head']
+
+
+def check_unpooled_head(name: str, global_pool: Optional[str], num_classes: Optional[int],
+                        features_only: bool = False) -> None:
+    """``global_pool=''`` with a classifier is an error: timm builds it, and its first forward pass fails on a
+    Linear layer given the unpooled ``(N, C, H, W)`` map. ``num_classes`` ``None`` means the default classifier."""
+    if global_pool == '' and num_classes != 0 and not features_only:
+        classes = 'the default classifier' if num_classes is None else f'num_classes={num_classes}'
+        raise InvalidArgumentError(
+            f"{name}: global_pool='' keeps the (N, C, H, W) feature map, which a classifier cannot take "
+            f"({classes}); for unpooled features pass num_classes=0 too (the model then returns the map), or keep a "
+            "pooling: 'avg', 'max', 'avgmax', 'catavgmax'")
 
 
 class SCResNet(ResNet):
@@ -42,3 +57,10 @@ class SCResNet(ResNet):
                 extent = max(1, design_size // info['reduction'])
                 for block in getattr(self, info['module']):
                     block.se = GatherExcite(block.conv3.out_channels, extent, **dd)
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """timm's, refusing a classifier on unpooled features (``global_pool=''``, given or kept), which timm builds
+        and the next forward pass fails on."""
+        pool = self.global_pool.pool_type if global_pool is None else global_pool
+        check_unpooled_head(f'{type(self).__name__}.reset_classifier', pool, num_classes)
+        super().reset_classifier(num_classes, global_pool)

@@ -20,7 +20,7 @@ from timm.models.resnet import Bottleneck
 
 from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError
 from scnet.models.blocks import SCBottleneck
-from scnet.models.resnet import SCResNet
+from scnet.models.resnet import SCResNet, check_unpooled_head
 from scnet.weights.fit import adapt_first_conv, check_fit
 from scnet.weights.official import OFFICIAL_WEIGHTS, official_url, pretrained_state_dict, read_checkpoint
 
@@ -177,6 +177,8 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SCResNet:
         source = official_url(variant)
         overlay['state_dict'] = pretrained_state_dict(variant)  # download, check, convert
     model_args.update(kwargs)  # the caller's choices (channels, stem_width, ...) override the variant's
+    check_unpooled_head(variant, model_args.get('global_pool'), model_args.get('num_classes', 1000),
+                        bool(model_args.get('features_only')))
     if model_args.get('features_only') and 'out_indices' in model_args:
         check_out_indices(variant, model_args['out_indices'], feature_levels(model_args))
     if model_args['block'] is SCBottleneck:
