@@ -164,6 +164,18 @@ def test_sc_option_on_a_baseline_is_a_clear_error():
         scnet.create_model('scnet26', pooling_r=0)
 
 
+@pytest.mark.parametrize('name, kwargs, message', [
+    ('scnet26_cifar', dict(pooling=2), r"scnet26_cifar takes no argument 'pooling'. Did you mean pooling_r"),
+    ('scnet26_cifar', dict(num_class=10), 'Did you mean num_classes?'),
+    ('resnet50', dict(feature_only=True), "resnet50 takes no argument 'feature_only'. Did you mean features_only"),
+    ('scnet26_cifar', dict(out_indices=(1, 2)), 'out_indices selects the feature maps .* pass features_only=True'),
+])
+def test_a_misspelt_argument_names_the_close_ones(name, kwargs, message):
+    """timm's "ResNet.__init__() got an unexpected keyword argument" named neither the model nor the right name."""
+    with pytest.raises(scnet.InvalidArgumentTypeError, match=message):
+        scnet.create_model(name, **kwargs)
+
+
 def test_pretrained_and_checkpoint_together_is_an_error():
     with pytest.raises(ValueError, match='not both'):
         scnet.create_model('scnet50', pretrained=True, checkpoint='x.pth')

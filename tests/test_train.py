@@ -544,7 +544,7 @@ def test_bad_settings_and_model_options_stop_before_the_run_folder_holds_anythin
          'weight_decay must be >= 0, got -1; warmup_epochs must be >= 0, got -1; label_smoothing must be in [0, 1)'),
         ('model_kwargs: {channels: [8, 16]}', (), "scnet26_cifar cannot be built or run with model_kwargs "
                                                   "{'channels': [8, 16]}"),
-        ('model_kwargs: {bogus: 1}', (), "unexpected keyword argument 'bogus'"),
+        ('model_kwargs: {bogus: 1}', (), "scnet26_cifar takes no argument 'bogus'"),
         ('accum_steps: 3', (), 'batch_size 8 must be divisible by accum_steps 3'),
         ('seed: 1', ('--data', str(one_class)), 'one class (bar); a classifier needs at least 2 classes'),
     ]

@@ -17,6 +17,7 @@ import timm
 from torch import nn
 
 from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError, ScnetError, UnknownModelError
+from scnet.models.blocks import SCBottleneck
 from scnet.models.resnet import check_unpooled_head
 from scnet.models.zoo import SC_OPTIONS, ZOO_ARCHITECTURES, check_out_indices, feature_levels
 from scnet.name_patterns import as_patterns, matches_any
@@ -131,6 +132,35 @@ def _layer_name_error(name: str, error: Exception, kwargs: dict) -> Optional[Scn
     return None
 
 
+#: Arguments timm's builder takes besides the model class's own (``build_model_with_cfg``).
+_BUILDER_ARGUMENTS = ('features_only', 'out_indices', 'feature_cls', 'feature_cfg', 'pretrained_cfg',
+                      'pretrained_cfg_overlay', 'block_args')
+
+
+def _unknown_argument(name: str, argument: str, kwargs: dict) -> InvalidArgumentTypeError:
+    """A keyword ``name``'s network does not take (timm's bare "ResNet.__init__() got an unexpected keyword
+    argument"), with the closest ones it does take: a misspelt ``pooling=2`` or ``num_class=10``."""
+    import inspect
+
+    from timm.models.resnet import ResNet
+
+    from scnet.models.resnet import SCResNet
+
+    if argument == 'out_indices' and not kwargs.get('features_only'):
+        return InvalidArgumentTypeError(f'{name}: out_indices selects the feature maps of a backbone: pass '
+                                        'features_only=True with it')
+    known = {*inspect.signature(ResNet.__init__).parameters, *inspect.signature(SCResNet.__init__).parameters,
+             *_BUILDER_ARGUMENTS, 'pretrained', 'checkpoint'} - {'self', 'args', 'kwargs'}
+    if name not in BASELINES and ZOO_ARCHITECTURES[name]['block'] is SCBottleneck:
+        known |= set(SC_OPTIONS)
+    close = difflib.get_close_matches(argument, sorted(known), n=3, cutoff=0.6)
+    hint = f' Did you mean {", ".join(close)}?' if close else ''
+    sc = ', and the SC-Conv options ' + ', '.join(SC_OPTIONS) if set(SC_OPTIONS) <= known else ''
+    return InvalidArgumentTypeError(
+        f'{name} takes no argument {argument!r}.{hint} It takes timm\'s ResNet arguments (num_classes, in_chans, '
+        f'channels, output_stride, drop_path_rate, features_only, ...){sc}; see help(scnet.create_model)')
+
+
 def _recorded_options(name: str, checkpoint) -> dict:
     """The model options a checkpoint of ``scnet train`` records ({} for other files); an error when it
     records another model than ``name``."""
@@ -194,6 +224,9 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
         if bad and name in BASELINES and set(bad) & set(SC_OPTIONS):
             raise InvalidArgumentTypeError(f'{name} has no SC-Conv layers, so it takes none of {", ".join(bad)}; '
                                            f'SC models: {", ".join(list_models("*sc*"))}') from None
+        unexpected = [k for k in bad if 'unexpected keyword argument' in str(e)]
+        if unexpected:
+            raise _unknown_argument(name, unexpected[0], kwargs) from None
         raise InvalidArgumentTypeError(f'{name}: {e}') from None
     except (KeyError, AssertionError) as e:
         error = _layer_name_error(name, e, kwargs)
