@@ -230,6 +230,8 @@ def test_caller_arguments_override_the_variant():
     (dict(act_layer='foo'), scnet.InvalidArgumentError, r"act_layer='foo' is not a layer name timm knows"),
     (dict(checkpoint=5), scnet.InvalidArgumentTypeError, r'checkpoint must be a path .* got 5 \(int\)'),
     (dict(pretrained='no'), scnet.InvalidArgumentTypeError, "pretrained must be True or False, got 'no'"),
+    (dict(cifar_stem=True, stem_type='deep'), scnet.InvalidArgumentError,
+     r"cifar_stem .* cannot be combined with stem_type='deep': leave stem_type out"),
     (dict(norm_layer='groupnorm', channels=(32, 64, 128, 256), cardinality=1, base_width=64),
      scnet.InvalidArgumentError, r'norm_layer cannot normalise the 16-channel half .*partial\(nn.GroupNorm, 8\)'),
 ])

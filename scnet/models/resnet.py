@@ -38,13 +38,16 @@ class SCResNet(ResNet):
 
     def __init__(self, *args, cifar_stem: bool = False, gather_excite: bool = False, design_size: int = 224,
                  **kwargs) -> None:
+        if cifar_stem and 'deep' in (kwargs.get('stem_type') or ''):  # checked before building the whole network
+            raise InvalidArgumentError(
+                f"cifar_stem (a single 3x3 convolution, the *_cifar models' stem) cannot be combined with "
+                f"stem_type={kwargs.get('stem_type')!r}: leave stem_type out, or give it to a model with the "
+                "ImageNet stem, e.g. create_model('scnet26', stem_type='deep')")
         super().__init__(*args, **kwargs)
         # the stem's first conv weight: a norm layer may have none (norm_layer=nn.Identity, as timm's ResNet allows)
         first = next(self.parameters())
         dd = dict(device=first.device, dtype=first.dtype)
         if cifar_stem:
-            if isinstance(self.conv1, nn.Sequential):
-                raise ValueError("cifar_stem replaces the 7x7 stem; it cannot be combined with stem_type='deep'")
             self.conv1 = nn.Conv2d(self.in_chans, self.conv1.out_channels, 3, stride=1, padding=1, bias=False,
                                    **dd)
             nn.init.kaiming_normal_(self.conv1.weight, mode='fan_out', nonlinearity='relu')
