@@ -150,6 +150,21 @@ def test_gather_excite_kernel_covers_each_stage_at_224():
     assert [getattr(model, f'layer{i}')[0].se.extent for i in range(1, 5)] == [56, 28, 14, 7]
 
 
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(channels=8, extent=0), 'GatherExcite: extent must be a positive integer, got 0'),
+    (dict(channels=8, extent=2.5), 'extent must be a positive integer, got 2.5'),
+    (dict(channels=0, extent=7), 'GatherExcite: channels must be a positive integer, got 0'),
+    (dict(channels=8, extent=7, norm_layer='groupnorm'), r'norm_layer cannot normalise 8 channels .*GroupNorm, 8'),
+    (dict(channels=8, extent=7, norm_layer='foonorm'), "GatherExcite: unknown norm_layer 'foonorm'"),
+])
+def test_gather_excite_arguments_are_clear_errors(kwargs, message):
+    """scnet.GatherExcite is public: bad arguments were a bare ValueError or TypeError from torch."""
+    with pytest.raises(scnet.InvalidArgumentError, match=message):
+        scnet.GatherExcite(**kwargs)
+    gate = scnet.GatherExcite(8, 7, norm_layer=None)  # no norm, as SCConv2d takes it
+    assert type(gate.norm) is torch.nn.Identity and gate(torch.randn(1, 8, 5, 5)).shape == (1, 8, 5, 5)
+
+
 def test_unknown_model_name_suggests_close_names():
     with pytest.raises(scnet.UnknownModelError, match="unknown model 'scnet5'.*Did you mean.*scnet50"):
         scnet.create_model('scnet5')

@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scnet.errors import InvalidArgumentError
+from scnet.layers.scconv import _norm_factory, _positive_int
+
 __all__ = ['GatherExcite', 'fit_to_extent']
 
 
@@ -44,16 +47,23 @@ class GatherExcite(nn.Module):
     Args:
         channels: number of channels gated.
         extent: spatial size the depthwise gather kernel covers (the map size at the design resolution).
+        norm_layer: the norm after the gather, built from a channel count, a timm norm name, or ``None`` for none.
     """
 
     def __init__(self, channels: int, extent: int, norm_layer=nn.BatchNorm2d, device=None, dtype=None):
         super().__init__()
-        if extent < 1:
-            raise ValueError(f'GatherExcite: extent must be >= 1, got {extent}')
+        channels = _positive_int('channels', channels, 'GatherExcite')
+        extent = _positive_int('extent', extent, 'GatherExcite')
+        norm_layer = _norm_factory(norm_layer, 'GatherExcite')
         self.extent = extent
         self.gather = nn.Conv2d(channels, channels, extent, groups=channels, bias=False, device=device,
                                 dtype=dtype)
-        self.norm = norm_layer(channels, device=device, dtype=dtype)
+        try:
+            self.norm = nn.Identity() if norm_layer is None else norm_layer(channels, device=device, dtype=dtype)
+        except ValueError as e:  # e.g. GroupNorm's 32 groups on 8 channels
+            raise InvalidArgumentError(f'GatherExcite: norm_layer cannot normalise {channels} channels '
+                                       f'({str(e).strip() or type(e).__name__}); pass a norm that fits them, e.g. '
+                                       'functools.partial(nn.GroupNorm, 8)') from None
         nn.init.constant_(self.gather.weight, 1.0 / (extent * extent))  # starts as a global average
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -69,10 +69,10 @@ _POOLS = ('avg', 'max')
 _UPSAMPLES = ('nearest', 'bilinear')
 
 
-def _positive_int(name: str, value) -> int:
+def _positive_int(name: str, value, layer: str = 'SCConv2d') -> int:
     """A positive integer of any integer type (numpy's too, as ``nn.Conv2d`` takes them), as a Python int."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise InvalidArgumentError(f'SCConv2d: {name} must be a positive integer, got {value!r}')
+        raise InvalidArgumentError(f'{layer}: {name} must be a positive integer, got {value!r}')
     return int(value)
 
 
@@ -110,7 +110,7 @@ def _choice(name: str, value, choices) -> str:
     return value
 
 
-def _norm_factory(norm_layer) -> Optional[NormLayer]:
+def _norm_factory(norm_layer, layer: str = 'SCConv2d') -> Optional[NormLayer]:
     """``norm_layer`` as a callable (or None): a timm layer name (``'batchnorm'``, ``'groupnorm'``, ...) is
     resolved as timm's ResNet resolves its own ``norm_layer``, so one string configures a whole zoo model."""
     if norm_layer is None or callable(norm_layer):
@@ -122,11 +122,11 @@ def _norm_factory(norm_layer) -> Optional[NormLayer]:
         except KeyError:
             names = ', '.join(sorted(getattr(create_norm, '_NORM_MAP', {})))
             raise InvalidArgumentError(
-                f'SCConv2d: unknown norm_layer {norm_layer!r}; pass a callable that builds the norm from a channel '
+                f'{layer}: unknown norm_layer {norm_layer!r}; pass a callable that builds the norm from a channel '
                 f'count (nn.BatchNorm2d, functools.partial(nn.GroupNorm, 8), ...), None, or one of timm\'s names: '
                 f'{names}') from None
     raise InvalidArgumentTypeError(
-        f'SCConv2d: norm_layer must be a callable that builds a norm layer from a channel count (e.g. '
+        f'{layer}: norm_layer must be a callable that builds a norm layer from a channel count (e.g. '
         f'nn.BatchNorm2d), a timm norm name such as \'batchnorm\', or None; got {type(norm_layer).__name__}')
 
 
