@@ -165,6 +165,17 @@ def test_gather_excite_arguments_are_clear_errors(kwargs, message):
     assert type(gate.norm) is torch.nn.Identity and gate(torch.randn(1, 8, 5, 5)).shape == (1, 8, 5, 5)
 
 
+@pytest.mark.parametrize('norm, kind', [('groupnorm', torch.nn.GroupNorm), (torch.nn.Identity, torch.nn.Identity)])
+def test_gather_excite_gates_take_the_network_norm(norm, kind):
+    """ge_scnet50(norm_layer=...) kept a BatchNorm in each of its 16 gates: batch statistics in a GroupNorm
+    network, normalisation in one built without."""
+    with torch.device('meta'):
+        model = scnet.create_model('ge_scnet50', norm_layer=norm)
+    gates = [m for m in model.modules() if isinstance(m, scnet.GatherExcite)]
+    assert len(gates) == 16 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert all(isinstance(g.norm, kind) for g in gates)
+
+
 def test_unknown_model_name_suggests_close_names():
     with pytest.raises(scnet.UnknownModelError, match="unknown model 'scnet5'.*Did you mean.*scnet50"):
         scnet.create_model('scnet5')

@@ -59,7 +59,9 @@ class SCResNet(ResNet):
             for info in self.feature_info[1:]:
                 extent = max(1, design_size // info['reduction'])
                 for block in getattr(self, info['module']):
-                    block.se = GatherExcite(block.conv3.out_channels, extent, **dd)
+                    # the network's norm (a GroupNorm network gets GroupNorm gates, not BatchNorm ones)
+                    block.se = GatherExcite(block.conv3.out_channels, extent,
+                                            norm_layer=kwargs.get('norm_layer', nn.BatchNorm2d), **dd)
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """timm's, refusing a classifier on unpooled features (``global_pool=''``, given or kept), which timm builds
