@@ -176,6 +176,14 @@ def test_gather_excite_gates_take_the_network_norm(norm, kind):
     assert all(isinstance(g.norm, kind) for g in gates)
 
 
+@pytest.mark.parametrize('name', ['scnet26_cifar', 'resnet26'])
+def test_a_norm_that_does_not_fit_a_narrow_network_is_a_clear_error(name):
+    """timm's GroupNorm of 32 groups on an 8-channel layer was a bare ValueError from inside timm's ResNet."""
+    with pytest.raises(scnet.InvalidArgumentError, match=r"norm_layer='groupnorm' cannot normalise every layer .*"
+                                                         r'num_groups \(32\).*partial\(nn.GroupNorm, 8\)'):
+        scnet.create_model(name, norm_layer='groupnorm', channels=[8, 16, 32, 64])
+
+
 def test_unknown_model_name_suggests_close_names():
     with pytest.raises(scnet.UnknownModelError, match="unknown model 'scnet5'.*Did you mean.*scnet50"):
         scnet.create_model('scnet5')

@@ -228,6 +228,13 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
         if unexpected:
             raise _unknown_argument(name, unexpected[0], kwargs) from None
         raise InvalidArgumentTypeError(f'{name}: {e}') from None
+    except ValueError as e:
+        if 'norm_layer' not in kwargs or not any(w in str(e) for w in ('num_groups', 'num_channels')):
+            raise
+        raise InvalidArgumentError(  # e.g. timm's GroupNorm of 32 groups on the 8-channel stem of a narrow network
+            f'{name}: norm_layer={kwargs["norm_layer"]!r} cannot normalise every layer of this network '
+            f'({str(e).strip()}); pass a norm that fits them, e.g. functools.partial(nn.GroupNorm, 8), or widen the '
+            'network (larger channels=)') from None
     except (KeyError, AssertionError) as e:
         error = _layer_name_error(name, e, kwargs)
         if error is None:
