@@ -191,6 +191,20 @@ def test_prune_intermediate_layers(name):
         assert_close(expected[i], f, f'feature {i}')
 
 
+@pytest.mark.parametrize('call, message', [
+    (lambda m, x: m.forward_intermediates(x, indices=[7]), r'forward_intermediates: indices=\(7,\) names feature map 7'),
+    (lambda m, x: m.forward_intermediates(x, indices=9), r'indices=9 is not a number of feature maps to take \(1 to 5\)'),
+    (lambda m, x: m.forward_intermediates(x, output_fmt='NHWC'), r"output_fmt='NHWC' is not possible.*permute"),
+    (lambda m, x: m.prune_intermediate_layers(indices=[-6]), 'prune_intermediate_layers: indices=.*feature map -6'),
+])
+def test_intermediates_with_indices_the_network_lacks_are_clear_errors(call, message):
+    """timm's bare AssertionErrors ('feature index 7 is out of range', 'Output shape must be NCHW.')."""
+    model = scnet.create_model('scnet26_cifar', channels=[8, 16, 32, 64]).eval()
+    with pytest.raises(scnet.InvalidArgumentError, match=message):
+        call(model, torch.randn(1, 3, 8, 8))
+    assert sum(1 for _ in model.layer4.parameters())  # nothing pruned
+
+
 # --- pretrained configuration ------------------------------------------------------------------------
 
 

@@ -10,15 +10,17 @@ is timm's own argument; SC-Conv enters only through the block (``scnet.models.bl
 """
 from __future__ import annotations
 
-from typing import Optional
+import numbers
+from typing import Any, List, Optional, Union
 
+import torch
 from timm.models.resnet import ResNet
 from torch import nn
 
-from scnet.errors import InvalidArgumentError
+from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError
 from scnet.layers.gather_excite import GatherExcite
 
-__all__ = ['SCResNet', 'check_unpooled_head']
+__all__ = ['SCResNet', 'check_unpooled_head', 'check_out_indices']
 
 
 def check_unpooled_head(name: str, global_pool: Optional[str], num_classes: Optional[int],
@@ -31,6 +33,28 @@ def check_unpooled_head(name: str, global_pool: Optional[str], num_classes: Opti
             f"{name}: global_pool='' keeps the (N, C, H, W) feature map, which a classifier cannot take "
             f"({classes}); for unpooled features pass num_classes=0 too (the model then returns the map), or keep a "
             "pooling: 'avg', 'max', 'avgmax', 'catavgmax'")
+
+
+def check_out_indices(name: str, out_indices: Any, levels: int, argument: str = 'out_indices') -> None:
+    """A clear error for feature map indices (``features_only``'s ``out_indices``, ``forward_intermediates``'
+    ``indices``) that name a map the network does not have: timm fails with a bare ``IndexError`` from deep in its
+    feature wrapper or an ``AssertionError``, or returns nothing for ``0``."""
+    example = tuple(range(1, levels))
+    takes = (f'the network has {levels} feature maps: index 0 is the stem, 1 to {levels - 1} the stages (-{levels} '
+             f'to -1 count from the end), and an int n takes the last n; e.g. {argument}={example}')
+    integer = (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool))
+    if integer(out_indices):
+        if not 1 <= out_indices <= levels:
+            raise InvalidArgumentError(f'{name}: {argument}={out_indices!r} is not a number of feature maps '
+                                       f'to take (1 to {levels}); {takes}')
+        return
+    if not isinstance(out_indices, (tuple, list)) or not all(integer(i) for i in out_indices):
+        raise InvalidArgumentTypeError(f'{name}: {argument} must be a tuple of feature map indices or an int, '
+                                       f'got {out_indices!r}; {takes}')
+    outside = [i for i in out_indices if not -levels <= i < levels]
+    if outside:
+        raise InvalidArgumentError(f'{name}: {argument}={tuple(out_indices)!r} names feature map '
+                                   f'{", ".join(map(str, outside))}, which the network does not have; {takes}')
 
 
 class SCResNet(ResNet):
@@ -69,3 +93,24 @@ class SCResNet(ResNet):
         pool = self.global_pool.pool_type if global_pool is None else global_pool
         check_unpooled_head(f'{type(self).__name__}.reset_classifier', pool, num_classes)
         super().reset_classifier(num_classes, global_pool)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
+                              intermediates_only: bool = False):
+        """timm's, with its bare assertions on ``indices`` and ``output_fmt`` as errors naming the way out."""
+        self._check_intermediate_indices('forward_intermediates', indices)
+        if output_fmt != 'NCHW':
+            raise InvalidArgumentError(f"{type(self).__name__}.forward_intermediates: output_fmt={output_fmt!r} is "
+                                       "not possible, a ResNet's maps are 'NCHW'; permute them, e.g. "
+                                       "map.permute(0, 2, 3, 1) for NHWC")
+        return super().forward_intermediates(x, indices, norm, stop_early, output_fmt, intermediates_only)
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """timm's, with its bare assertion on ``indices`` as an error naming the maps that exist."""
+        self._check_intermediate_indices('prune_intermediate_layers', indices)
+        return super().prune_intermediate_layers(indices, prune_norm, prune_head)
+
+    def _check_intermediate_indices(self, method: str, indices) -> None:
+        if indices is not None:  # None: every map
+            check_out_indices(f'{type(self).__name__}.{method}', indices, len(self.feature_info), 'indices')

@@ -10,7 +10,6 @@ of every SC model, so each row of Table 2 is one call, e.g. ``create_model('scne
 """
 from __future__ import annotations
 
-import numbers
 from functools import partial
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -20,11 +19,11 @@ from timm.models.resnet import Bottleneck
 
 from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError
 from scnet.models.blocks import SCBottleneck
-from scnet.models.resnet import SCResNet, check_unpooled_head
+from scnet.models.resnet import SCResNet, check_out_indices, check_unpooled_head
 from scnet.weights.fit import adapt_first_conv, check_fit
 from scnet.weights.official import OFFICIAL_WEIGHTS, official_url, pretrained_state_dict, read_checkpoint
 
-__all__ = ['SC_OPTIONS', 'ZOO_ARCHITECTURES', 'feature_levels', 'check_out_indices']
+__all__ = ['SC_OPTIONS', 'ZOO_ARCHITECTURES', 'feature_levels']
 
 #: Keyword arguments of SC models that configure every ``SCConv2d`` of the network.
 SC_OPTIONS = ('pooling_r', 'pool', 'identity', 'upsample', 'memory_efficient')
@@ -131,27 +130,6 @@ def feature_levels(model_args: Dict[str, Any]) -> int:
     if not isinstance(layers, (tuple, list)) or not isinstance(channels, (tuple, list)):
         return 1 + 4  # timm reports arguments of the wrong kind itself
     return 1 + min(len(layers), len(channels))
-
-
-def check_out_indices(variant: str, out_indices: Any, levels: int) -> None:
-    """A clear error for ``features_only``'s ``out_indices`` naming a feature map the network does not have:
-    timm fails with a bare ``IndexError`` from deep in its feature wrapper, or returns nothing for ``0``."""
-    example = tuple(range(1, levels))
-    takes = (f'the network has {levels} feature maps: index 0 is the stem, 1 to {levels - 1} the stages (-{levels} '
-             f'to -1 count from the end), and an int n takes the last n; e.g. out_indices={example}')
-    integer = (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool))
-    if integer(out_indices):
-        if not 1 <= out_indices <= levels:
-            raise InvalidArgumentError(f'{variant}: out_indices={out_indices!r} is not a number of feature maps '
-                                       f'to take (1 to {levels}); {takes}')
-        return
-    if not isinstance(out_indices, (tuple, list)) or not all(integer(i) for i in out_indices):
-        raise InvalidArgumentTypeError(f'{variant}: out_indices must be a tuple of feature map indices or an int, '
-                                       f'got {out_indices!r}; {takes}')
-    outside = [i for i in out_indices if not -levels <= i < levels]
-    if outside:
-        raise InvalidArgumentError(f'{variant}: out_indices={tuple(out_indices)!r} names feature map '
-                                   f'{", ".join(map(str, outside))}, which the network does not have; {takes}')
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SCResNet:
