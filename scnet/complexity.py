@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from scnet.errors import ScnetError
+from scnet.errors import InvalidArgumentTypeError, ScnetError
 
 __all__ = ['PaperRow', 'PAPER_ROWS', 'PAPER_INPUT_SIZE', 'PARAMS_TOLERANCE_M', 'MADDS_TOLERANCE_PCT',
            'InputSizeError', 'ProfileError', 'parse_input_size', 'paper_rows', 'paper_models', 'count_complexity',
@@ -244,7 +244,8 @@ def profile_model(name_or_model: Union[str, nn.Module], input_size: InputSize = 
         uncompared = f'built with {options}: not compared with the paper' if options else ''
         return _measure(name_or_model, _build(name_or_model, **model_kwargs), size, uncompared)
     if model_kwargs:
-        raise TypeError(f'model arguments {sorted(model_kwargs)} need a model name, not a module')
+        raise InvalidArgumentTypeError(f'model arguments {sorted(model_kwargs)} need a model name, not a module: '
+                                       'profile_model(name, ..., pooling_r=2), or build the module with them')
     uncompared = '' if name else 'module given without name=: not compared with the paper'
     return _measure(name or _model_name(name_or_model), name_or_model, size, uncompared)
 
@@ -257,9 +258,11 @@ def _measure(name: str, model: nn.Module, size: Tuple[int, int], uncompared: str
 def profile_models(names: Iterable[str], input_size: InputSize = 224, *,
                    progress: Optional[Callable[[List[Tuple[str, nn.Module]]], Iterable[Tuple[str, nn.Module]]]]
                    = None) -> List[Dict[str, object]]:
-    """``profile_model`` for each name, in order. All names are built (on meta, instantly) before any is
+    """``profile_model`` for each name (or one name), in order. All names are built (on meta, instantly) before any is
     profiled, so a misspelt name fails at once. ``progress`` wraps the (name, model) list, e.g. with tqdm."""
     size = parse_input_size(input_size)
+    if isinstance(names, str):  # one name, not its letters
+        names = [names]
     models = [(name, _build(name)) for name in names]
     iterate = progress(models) if progress else models
     return [_measure(name, model, size) for name, model in iterate]

@@ -76,6 +76,14 @@ def test_a_variant_is_profiled_but_not_compared_with_the_default_network_row():
     assert row['within_tolerance'] is None and 'pooling_r=2' in row['note']
 
 
+def test_one_name_and_module_arguments():
+    """A single name was profiled letter by letter ("unknown model 's'"); options beside a module were a bare
+    TypeError."""
+    assert [row['model'] for row in profile_models('scnet26_cifar', 32)] == ['scnet26_cifar']
+    with pytest.raises(scnet.InvalidArgumentTypeError, match=r"model arguments \['pooling_r'\] need a model name"):
+        profile_model(scnet.create_model('scnet26_cifar', channels=[8, 16, 32, 64]), 32, pooling_r=2)
+
+
 @pytest.mark.parametrize('value, expected', [(224, (224, 224)), ('224', (224, 224)), ('320x240', (320, 240)),
                                              ((96, 128), (96, 128))])
 def test_parse_input_size(value, expected):
