@@ -184,6 +184,17 @@ def test_a_norm_that_does_not_fit_a_narrow_network_is_a_clear_error(name):
         scnet.create_model(name, norm_layer='groupnorm', channels=[8, 16, 32, 64])
 
 
+def test_norm_layer_groupnorm_class_says_how_to_give_its_groups():
+    """nn.GroupNorm takes its number of groups first: torch's "missing 1 required positional argument" was a bare
+    TypeError from SCConv2d and GatherExcite."""
+    for build in (lambda: scnet.SCConv2d(8, 8, norm_layer=torch.nn.GroupNorm),
+                  lambda: scnet.GatherExcite(8, 7, norm_layer=torch.nn.GroupNorm),
+                  lambda: scnet.create_model('scnet26_cifar', norm_layer=torch.nn.GroupNorm)):
+        with pytest.raises(scnet.InvalidArgumentTypeError, match=r'norm_layer.* missing 1 required positional .*'
+                                                                 r'partial\(nn.GroupNorm, 8\)'):
+            build()
+
+
 def test_unknown_model_name_suggests_close_names():
     with pytest.raises(scnet.UnknownModelError, match="unknown model 'scnet5'.*Did you mean.*scnet50"):
         scnet.create_model('scnet5')

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scnet.errors import InvalidArgumentError
-from scnet.layers.scconv import _norm_factory, _positive_int
+from scnet.layers.scconv import _call_norm_layer, _norm_factory, _positive_int
 
 __all__ = ['GatherExcite', 'fit_to_extent']
 
@@ -59,7 +59,8 @@ class GatherExcite(nn.Module):
         self.gather = nn.Conv2d(channels, channels, extent, groups=channels, bias=False, device=device,
                                 dtype=dtype)
         try:
-            self.norm = nn.Identity() if norm_layer is None else norm_layer(channels, device=device, dtype=dtype)
+            self.norm = nn.Identity() if norm_layer is None else _call_norm_layer(
+                norm_layer, channels, dict(device=device, dtype=dtype), 'GatherExcite')
         except ValueError as e:  # e.g. GroupNorm's 32 groups on 8 channels
             raise InvalidArgumentError(f'GatherExcite: norm_layer cannot normalise {channels} channels '
                                        f'({str(e).strip() or type(e).__name__}); pass a norm that fits them, e.g. '

@@ -130,6 +130,25 @@ def _norm_factory(norm_layer, layer: str = 'SCConv2d') -> Optional[NormLayer]:
         f'nn.BatchNorm2d), a timm norm name such as \'batchnorm\', or None; got {type(norm_layer).__name__}')
 
 
+def _call_norm_layer(norm_layer: NormLayer, channels: int, dd: dict, layer: str):
+    """``norm_layer(channels)``, with ``device``/``dtype`` where it takes them. A factory that cannot be called
+    with a channel count alone (``nn.GroupNorm``, whose first argument is the number of groups) is an error that
+    says so, instead of torch's "missing 1 required positional argument"."""
+    try:
+        return norm_layer(channels, **dd)
+    except TypeError:  # a norm factory that takes no device/dtype
+        pass
+    try:
+        built = norm_layer(channels)
+    except TypeError as e:
+        raise InvalidArgumentTypeError(
+            f'{layer}: norm_layer({channels}) failed ({e}); norm_layer builds a norm from a channel count alone: '
+            f'for GroupNorm pass functools.partial(nn.GroupNorm, 8) (8 groups) or timm\'s name \'groupnorm\'') from None
+    if isinstance(built, nn.Module):
+        built = built.to(**{k: v for k, v in dd.items() if v is not None})
+    return built
+
+
 class SCConv2d(nn.Module):
     """Self-calibrated 3x3 convolution, a drop-in for a bias-free 3x3 ``nn.Conv2d``.
 
@@ -235,12 +254,7 @@ class SCConv2d(nn.Module):
             if norm_layer is None:
                 return nn.Identity()
             try:
-                try:
-                    layer = norm_layer(channels, **dd)
-                except TypeError:  # a norm factory that takes no device/dtype
-                    layer = norm_layer(channels)
-                    if isinstance(layer, nn.Module):
-                        layer = layer.to(**{k: v for k, v in dd.items() if v is not None})
+                layer = _call_norm_layer(norm_layer, channels, dd, 'SCConv2d')
             except ValueError as e:  # e.g. GroupNorm's 32 groups on a half of 16 channels
                 raise InvalidArgumentError(
                     f'SCConv2d: norm_layer cannot normalise the {channels}-channel half of this {in_channels}-channel '

@@ -224,6 +224,10 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
         if bad and name in BASELINES and set(bad) & set(SC_OPTIONS):
             raise InvalidArgumentTypeError(f'{name} has no SC-Conv layers, so it takes none of {", ".join(bad)}; '
                                            f'SC models: {", ".join(list_models("*sc*"))}') from None
+        if 'norm_layer' in kwargs and 'required positional argument' in str(e):  # e.g. nn.GroupNorm itself
+            raise InvalidArgumentTypeError(
+                f'{name}: norm_layer={kwargs["norm_layer"]!r} cannot be built from a channel count alone ({e}); for '
+                'GroupNorm pass functools.partial(nn.GroupNorm, 8) (8 groups) or timm\'s name \'groupnorm\'') from None
         unexpected = [k for k in bad if 'unexpected keyword argument' in str(e)]
         if unexpected:
             raise _unknown_argument(name, unexpected[0], kwargs) from None
