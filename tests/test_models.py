@@ -195,6 +195,23 @@ def test_norm_layer_groupnorm_class_says_how_to_give_its_groups():
             build()
 
 
+@pytest.mark.parametrize('build', [scnet.create_model, timm.create_model])
+@pytest.mark.parametrize('kwargs, error, message', [
+    (dict(channels=(8, 16, 32, 64, 128)), scnet.InvalidArgumentError, r'channels is 4 positive ints.*got \(8, 16, 32, 64, 128\)'),
+    (dict(layers=(1, 1)), scnet.InvalidArgumentError, r'layers is 4 positive ints, the block counts .*got \(1, 1\)'),
+    (dict(layers=(1, 0, 1, 1)), scnet.InvalidArgumentError, r'layers is 4 positive ints'),
+    (dict(channels='abc'), scnet.InvalidArgumentTypeError, "channels is 4 positive ints.*got 'abc'"),
+    (dict(channels=(8, 16, 32, -64)), scnet.InvalidArgumentError, r'got \(8, 16, 32, -64\)'),
+    (dict(cardinality=0), scnet.InvalidArgumentError, 'cardinality must be a positive int, got 0'),
+])
+def test_stage_arguments_that_timm_builds_but_cannot_run_are_clear_errors(build, kwargs, error, message):
+    """Five widths built a classifier for a fifth stage never run (its first forward pass failed), two block
+    counts failed with "'SCResNet' object has no attribute 'layer3'", a 0-block stage was misdescribed by
+    feature_info, negative widths and cardinality=0 failed deep in torch."""
+    with pytest.raises(error, match=message):
+        build('scnet26_cifar', **kwargs)
+
+
 def test_unknown_model_name_suggests_close_names():
     with pytest.raises(scnet.UnknownModelError, match="unknown model 'scnet5'.*Did you mean.*scnet50"):
         scnet.create_model('scnet5')

@@ -19,7 +19,7 @@ from torch import nn
 from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError, ScnetError, UnknownModelError
 from scnet.models.blocks import SCBottleneck
 from scnet.models.resnet import check_unpooled_head
-from scnet.models.zoo import SC_OPTIONS, ZOO_ARCHITECTURES, check_out_indices, feature_levels
+from scnet.models.zoo import SC_OPTIONS, ZOO_ARCHITECTURES, check_out_indices, check_stages, feature_levels
 from scnet.name_patterns import as_patterns, matches_any
 from scnet.weights import load_into, read_checkpoint
 
@@ -204,8 +204,10 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
     validate_model_name(name)
     _check_arguments(pretrained, checkpoint, num_classes, kwargs)
     check_unpooled_head(name, kwargs.get('global_pool'), num_classes, bool(kwargs.get('features_only')))
-    if name in BASELINES and kwargs.get('features_only') and 'out_indices' in kwargs:  # timm's own models
-        check_out_indices(name, kwargs['out_indices'], feature_levels(kwargs))
+    if name in BASELINES:  # timm's own models: the zoo's checks run in scnet.models.zoo for timm.create_model too
+        check_stages(name, kwargs)
+        if kwargs.get('features_only') and 'out_indices' in kwargs:
+            check_out_indices(name, kwargs['out_indices'], feature_levels(kwargs))
     if pretrained and checkpoint:
         raise ValueError('pass either pretrained=True or checkpoint=PATH, not both')
     state_dict = read_checkpoint(checkpoint) if checkpoint else None  # fail before building on a bad file

@@ -10,6 +10,7 @@ of every SC model, so each row of Table 2 is one call, e.g. ``create_model('scne
 """
 from __future__ import annotations
 
+import numbers
 from functools import partial
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -23,7 +24,7 @@ from scnet.models.resnet import SCResNet, check_out_indices, check_unpooled_head
 from scnet.weights.fit import adapt_first_conv, check_fit
 from scnet.weights.official import OFFICIAL_WEIGHTS, official_url, pretrained_state_dict, read_checkpoint
 
-__all__ = ['SC_OPTIONS', 'ZOO_ARCHITECTURES', 'feature_levels']
+__all__ = ['SC_OPTIONS', 'ZOO_ARCHITECTURES', 'check_stages', 'feature_levels']
 
 #: Keyword arguments of SC models that configure every ``SCConv2d`` of the network.
 SC_OPTIONS = ('pooling_r', 'pool', 'identity', 'upsample', 'memory_efficient')
@@ -123,6 +124,29 @@ def _check_sc_widths(variant: str, model_args: Dict[str, Any]) -> None:
         f'positive even number in every stage; widen the network with larger channels= or base_width={hint}')
 
 
+def check_stages(variant: str, model_args: Dict[str, Any]) -> None:
+    """``layers`` and ``channels`` as one positive int per stage, four stages (timm's ResNet ``forward`` runs
+    ``layer1`` to ``layer4``), and positive ``cardinality`` / ``base_width``: timm builds other values and fails
+    later with a message about its internals (``'SCResNet' object has no attribute 'layer3'``, a classifier sized
+    for a fifth stage that is never run, a negative tensor size), or builds a stage of 0 blocks that its
+    ``feature_info`` misdescribes."""
+    integer = (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool))
+    for argument, what, example in (('layers', 'block counts', (2, 2, 2, 2)), ('channels', 'widths', _RESNET_CHANNELS)):
+        if argument not in model_args:
+            continue
+        value = model_args[argument]
+        wanted = (f'{argument} is 4 positive ints, the {what} of the 4 stages of timm\'s ResNet, e.g. '
+                  f'{argument}={example}')
+        if not isinstance(value, (tuple, list)) or not all(integer(v) for v in value):
+            raise InvalidArgumentTypeError(f'{variant}: {wanted}; got {value!r}')
+        if len(value) != 4 or min(value) < 1:
+            raise InvalidArgumentError(f'{variant}: {wanted}; got {tuple(value)}')
+    for argument in ('cardinality', 'base_width'):
+        value = model_args.get(argument, 1)
+        if not integer(value) or value < 1:
+            raise InvalidArgumentError(f'{variant}: {argument} must be a positive int, got {value!r}')
+
+
 def feature_levels(model_args: Dict[str, Any]) -> int:
     """How many feature maps ``features_only`` gives a ResNet built with ``model_args``: the stem's, then one per
     stage (timm builds as many stages as ``layers`` and ``channels`` both have)."""
@@ -141,6 +165,15 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SCResNet:
         raise InvalidArgumentTypeError(f'{variant} has no SC-Conv layers, so it takes none of {", ".join(sc_options)}')
     block_args.update(sc_options)
     overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
+    # the caller's choices (channels, stem_width, ...) override the variant's; checked before any file is read
+    model_args.update(kwargs)
+    check_stages(variant, model_args)
+    check_unpooled_head(variant, model_args.get('global_pool'), model_args.get('num_classes', 1000),
+                        bool(model_args.get('features_only')))
+    if model_args.get('features_only') and 'out_indices' in model_args:
+        check_out_indices(variant, model_args['out_indices'], feature_levels(model_args))
+    if model_args['block'] is SCBottleneck:
+        _check_sc_widths(variant, model_args)
     source = str(overlay.get('file') or overlay.get('url') or f'the {variant} weights')
     if pretrained and overlay.get('file') and 'state_dict' not in overlay:
         # timm's way to point pretrained=True at a local file; read here so that the authors' layout is
@@ -154,13 +187,6 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SCResNet:
     if pretrained and 'state_dict' not in overlay:
         source = official_url(variant)
         overlay['state_dict'] = pretrained_state_dict(variant)  # download, check, convert
-    model_args.update(kwargs)  # the caller's choices (channels, stem_width, ...) override the variant's
-    check_unpooled_head(variant, model_args.get('global_pool'), model_args.get('num_classes', 1000),
-                        bool(model_args.get('features_only')))
-    if model_args.get('features_only') and 'out_indices' in model_args:
-        check_out_indices(variant, model_args['out_indices'], feature_levels(model_args))
-    if model_args['block'] is SCBottleneck:
-        _check_sc_widths(variant, model_args)
     stem = _first_conv(model_args.get('stem_type', ''))
     if stem != _first_conv(ZOO_ARCHITECTURES[variant].get('stem_type', '')):
         overlay.setdefault('first_conv', stem)  # the caller chose another stem: the config names its conv
