@@ -35,6 +35,7 @@ def test_list_models_takes_several_patterns_and_pretrained():
     assert scnet.list_models('scnet*', pretrained=True) == ['scnet50', 'scnet101', 'scnet50_v1d']
     with pytest.raises(scnet.InvalidArgumentTypeError, match='pattern must be a shell pattern'):
         scnet.list_models(['scnet*', 50])
+    assert scnet.list_models('') == scnet.list_models([]) == scnet.list_models()  # no filter, as in timm
 
 
 @pytest.mark.parametrize('name', scnet.list_models())

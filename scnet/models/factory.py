@@ -38,13 +38,14 @@ PAPER_MODELS = ('scnet50', 'scnet101', 'scnext50_32x4d', 'scnext101_32x4d', 'se_
 def list_models(pattern: Union[str, Iterable[str], None] = None, pretrained: bool = False) -> List[str]:
     """Names ``create_model`` accepts: the SC networks, the baselines, and the small networks.
 
-    ``pattern`` filters with shell wildcards, e.g. ``list_models('*scnet*')``, or with several (a name matching
+    ``pattern`` (``None``, ``''`` or ``[]`` for every name) filters with shell wildcards, e.g. ``list_models('*scnet*')``, or with several (a name matching
     any of them), e.g. ``list_models(['scnet*', 'resnet*'])``, as ``timm.list_models`` takes them.
     ``pretrained=True`` keeps the names ``create_model(name, pretrained=True)`` can load weights for: the SC
     networks the authors released ImageNet weights of, and the baselines timm has weights for.
     """
     names = list(dict.fromkeys([*ZOO_ARCHITECTURES, *BASELINES]))
-    if pattern is not None:
+    if pattern is not None and pattern != '' and not (isinstance(pattern, (list, tuple)) and not pattern):
+        # '' and [] filter nothing, as in timm.list_models (`scnet models ''` printed an empty zoo)
         patterns = as_patterns(pattern, lambda bad: InvalidArgumentTypeError(
             f'list_models: pattern must be a shell pattern such as \'scnet*\' or a list of them, got {pattern!r}'))
         names = [n for n in names if matches_any(n, patterns)]
