@@ -218,6 +218,13 @@ def test_unknown_model_name_suggests_close_names():
         scnet.create_model('scnet5')
 
 
+def test_a_timm_weights_tag_says_to_name_the_architecture():
+    """timm.list_models(pretrained=True) lists 'scnet50.authors_in1k'; create_model suggested scnet50_v1d."""
+    with pytest.raises(scnet.UnknownModelError, match=r"'scnet50.authors_in1k' names a weights file .*"
+                                                      r"create_model\('scnet50', pretrained=True\)"):
+        scnet.create_model('scnet50.authors_in1k')
+
+
 def test_sc_option_on_a_baseline_is_a_clear_error():
     with pytest.raises(TypeError, match='resnet50 has no SC-Conv layers'):
         scnet.create_model('resnet50', pooling_r=2)

@@ -62,6 +62,11 @@ def close_model_names(text: str) -> List[str]:
 
 
 def _unknown(name: str) -> UnknownModelError:
+    base, dot, tag = name.partition('.')
+    if dot and base in list_models():  # timm's "architecture.tag" names a set of weights
+        return UnknownModelError(f'{name!r} names a weights file as timm lists them ("{base}" with the {tag!r} '
+                                 f'weights); here the name is the architecture: create_model({base!r}, '
+                                 'pretrained=True) loads its weights (timm.create_model takes the tagged name too)')
     close = close_model_names(name)
     hint = f' Did you mean {", ".join(close)}?' if close else ''
     return UnknownModelError(f'unknown model {name!r}.{hint} Available: {", ".join(list_models())} '
