@@ -665,3 +665,27 @@ def test_evaluate_checkpoint_refuses_a_misspelt_device_and_impossible_sizes(data
                             (dict(workers=1.5), 'workers must be a whole number >= 0, got 1.5')):
         with pytest.raises(InvalidArgumentError, match=message):
             evaluate_checkpoint('scnet26_cifar', ckpt, data, **kwargs)
+
+
+def test_torchrun_variables_that_do_not_fit_are_refused_before_any_work(data, recipe, tmp_path, monkeypatch, capsys):
+    """RANK without WORLD_SIZE (left over in a shell) made a lone process rank 1 of 1: not process 0, it trained,
+    wrote nothing and exited with 0."""
+    from scnet.train import distributed
+
+    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.delenv(name, raising=False)
+    run = tmp_path / 'run'
+    for env, message in (({'RANK': '1'}, 'has RANK=1 but no WORLD_SIZE'),
+                         ({'WORLD_SIZE': '2'}, 'has WORLD_SIZE=2 but no RANK'),
+                         ({'WORLD_SIZE': 'two', 'RANK': '0'}, "WORLD_SIZE='two', not a whole number"),
+                         ({'RANK': '2', 'WORLD_SIZE': '2'}, 'a rank must be below the number of processes'),
+                         ({'RANK': '0', 'WORLD_SIZE': '2'}, 'no MASTER_ADDR or MASTER_PORT')):
+        with monkeypatch.context() as m:
+            for name, value in env.items():
+                m.setenv(name, value)
+            assert main(train_args(data, recipe, run, '--epochs', '1')) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and message in err and 'torchrun' in err, err
+            assert not run.exists()
+            with pytest.raises(distributed.LaunchError, match=message):
+                distributed.setup('cpu')

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ['Context', 'setup', 'teardown', 'all_reduce_sum', 'barrier', 'broadcast_buffers']
+from scnet.errors import ScnetError
+
+__all__ = ['Context', 'LaunchError', 'setup', 'teardown', 'all_reduce_sum', 'barrier', 'broadcast_buffers']
 
 
 @dataclass(frozen=True)
@@ -40,17 +42,54 @@ def _device(choice: str, local_rank: int) -> torch.device:
         choice = 'cuda' if torch.cuda.is_available() else 'cpu'
     if choice.startswith('cuda'):
         if not torch.cuda.is_available():
-            from scnet.errors import ScnetError
             raise ScnetError('--device cuda asked for, but PyTorch sees no CUDA GPU here; use --device cpu')
-        return torch.device('cuda', local_rank if choice == 'cuda' else int(choice.split(':')[1]))
+        index = local_rank if choice == 'cuda' else int(choice.split(':')[1])
+        count = torch.cuda.device_count()
+        if index >= count:  # (else a CUDA "invalid device ordinal" from deep inside, at the first use)
+            what = f'LOCAL_RANK={local_rank}' if choice == 'cuda' else f'--device {choice}'
+            raise ScnetError(f'{what} names GPU {index}, but PyTorch sees {count} GPU{"s" if count != 1 else ""} here '
+                             f'(0 to {count - 1}); start at most {count} processes a node (torchrun '
+                             '--nproc_per_node), or check CUDA_VISIBLE_DEVICES')
+        return torch.device('cuda', index)
     return torch.device('cpu')
+
+
+class LaunchError(ScnetError):
+    """The torchrun variables of the environment do not describe a process of a group."""
+
+
+def _launch_variables() -> tuple:
+    """``(rank, world_size, local_rank)`` from the environment; a ``LaunchError`` for values that are not
+    whole numbers or do not fit together. ``RANK`` without ``WORLD_SIZE`` (a variable left over in a shell or
+    set by another tool) used to make a lone process rank 1 of 1: not process 0, so it trained and wrote
+    nothing, and exited with success."""
+    values = {}
+    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'):
+        text = os.environ.get(name, '').strip()
+        if text and not text.isdigit():
+            raise LaunchError(f'the environment has {name}={os.environ[name]!r}, not a whole number >= 0; start '
+                              'the processes with torchrun (which sets it), or unset it for a single process')
+        values[name] = int(text) if text else None
+    rank, world_size, local_rank = values['RANK'], values['WORLD_SIZE'], values['LOCAL_RANK']
+    if (rank is None) != (world_size is None):
+        given, missing = ('RANK', 'WORLD_SIZE') if world_size is None else ('WORLD_SIZE', 'RANK')
+        raise LaunchError(f'the environment has {given}={os.environ[given]} but no {missing}: start the processes '
+                          f'with torchrun (which sets both), or unset {given} for a single process')
+    rank, world_size = rank or 0, 1 if world_size is None else world_size
+    if world_size < 1 or rank >= world_size:
+        raise LaunchError(f'the environment has RANK={rank} and WORLD_SIZE={world_size}: a rank must be below '
+                          'the number of processes; start the processes with torchrun (which sets both)')
+    if world_size > 1:
+        missing = [name for name in ('MASTER_ADDR', 'MASTER_PORT') if not os.environ.get(name)]
+        if missing:
+            raise LaunchError(f'the environment has WORLD_SIZE={world_size} but no {" or ".join(missing)}: the '
+                              'processes cannot meet; start them with torchrun (which sets them)')
+    return rank, world_size, local_rank or 0
 
 
 def setup(device: str = 'auto') -> Context:
     """Join the process group if launched by torchrun (else a single process) and pick the device."""
-    world_size = int(os.environ.get('WORLD_SIZE', '1'))
-    rank = int(os.environ.get('RANK', '0'))
-    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    rank, world_size, local_rank = _launch_variables()
     dev = _device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         if dev.type == 'cuda':
