@@ -510,6 +510,7 @@ def test_resume_continues_the_run_as_recorded_and_refuses_what_it_cannot_honour(
                                                   f'{other}: resume with --data {data}'),
         (['--optimizer', 'adamw', '--epochs', '3'], "the run has optimizer 'sgd', this resume 'adamw'"),
         (['--batch-size', '4', '--epochs', '3'], 'the run has batch_size 8, this resume 4'),
+        (['--seed', '9', '--epochs', '3'], 'the run has seed 0, this resume 9 (--seed)'),
         (['--ema-decay', '0.9', '--epochs', '3'], 'trained without an EMA of the weights'),
         (['--epochs', '1'], 'has trained 2 epochs already; --epochs 1 would end it before them'),
         # weights to start from are a new run's: a resume would record them as this run's origin

@@ -107,6 +107,8 @@ FIXED_ON_RESUME = {
     'optimizer': ('--optimizer', 'its saved optimiser state (momentum, moments) is of this optimiser'),
     'decay_norm_and_bias': ('--no-decay-norm-and-bias', 'its saved optimiser state has these parameter groups'),
     'batch_size': ('--batch-size', 'its schedule and a state saved mid-epoch count optimiser steps of this batch'),
+    'seed': ('--seed', 'the data order and augmentation of its epochs are drawn from it (a state saved mid-epoch '
+                       'continues its epoch\'s order: another seed would train some images twice and skip others)'),
     'init': ('--init', 'it started from those weights, and records them as its origin'),
     'pretrained': ('--pretrained', 'it started from those weights, and records them as its origin'),
 }
