@@ -89,7 +89,16 @@ def test_shard_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(shards,
     monkeypatch.undo()
     saved = torch.load(cut / 'last.pt', weights_only=True)
     assert (saved['epoch'], saved['step']) == (1, 3)
+    # with other loader workers the rest of the epoch is streamed in another order: said, not silent
+    other = tmp_path / 'other'
+    other.mkdir()
+    (other / 'last.pt').write_bytes((cut / 'last.pt').read_bytes())
+    capsys.readouterr()
+    assert main(['train', '--output', str(other), '--resume', '--quiet', '--workers', '0']) == 0
+    err = capsys.readouterr().err
+    assert 'note: the run was saved in the middle of epoch 2 with other settings (--workers 2 -> 0)' in err, err
     assert main(['train', '--output', str(cut), '--resume', '--quiet']) == 0
+    assert 'note:' not in capsys.readouterr().err
     a, b = load_file(full / 'model.safetensors'), load_file(cut / 'model.safetensors')
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     for key in ('train_loss', 'lr', 'val_loss'):

@@ -112,6 +112,9 @@ FIXED_ON_RESUME = {
     'init': ('--init', 'it started from those weights, and records them as its origin'),
     'pretrained': ('--pretrained', 'it started from those weights, and records them as its origin'),
 }
+#: Model options that only act in training (timm's dropout and stochastic depth rates): not the network's shape,
+#: so neither recorded with its weights nor taken over from the weights a run starts from.
+TRAINING_ONLY_OPTIONS = ('drop_rate', 'drop_path_rate', 'drop_block_rate')
 #: What a classification run's last.pt holds beyond every run's ``STATE_KEYS``.
 CLASSIFIER_STATE_KEYS = ('model', 'optimizer', 'scheduler', 'rng', 'classes', 'config')
 
@@ -149,7 +152,10 @@ def _with_recorded_options(recipe: Recipe, checkpoint: Path, announce: bool) -> 
     recorded = read_classifier_metadata(checkpoint)
     if recorded.model and recorded.model != recipe.model:
         return recipe  # the weights' misfit names the model they are of (apply_initial_weights)
-    added = {k: v for k, v in (recorded.model_kwargs or {}).items() if k not in recipe.model_kwargs}
+    # the network's shape only: a regularisation rate is the new run's to choose (--drop-path), and runs before
+    # this one recorded their drop_path_rate among the model options
+    added = {k: v for k, v in (recorded.model_kwargs or {}).items()
+             if k not in recipe.model_kwargs and k not in TRAINING_ONLY_OPTIONS}
     if not added:
         return recipe
     if announce:
@@ -343,9 +349,12 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
             checkpoints.end_epoch()
             distributed.barrier()
 
+        # the network's options, not the rates that only act in training: create_model(checkpoint=) and a run
+        # started from these weights (--init) build it without the stochastic depth this run trained with
+        shape_kwargs = {k: v for k, v in model_kwargs.items() if k not in TRAINING_ONLY_OPTIONS}
         meta = ClassifierMetadata(
             model=recipe.model, classes=classes, image_size=recipe.eval_size, eval_resize=recipe.eval_resize,
-            mean=list(mean), std=list(std), model_kwargs=model_kwargs, initial_weights=initial_record,
+            mean=list(mean), std=list(std), model_kwargs=shape_kwargs, initial_weights=initial_record,
             train_image_size=recipe.image_size if recipe.eval_size != recipe.image_size else None,
         ).to_metadata()
         if ctx.is_main:  # beside model.safetensors, which engine.finish_run writes
