@@ -327,6 +327,12 @@ def test_resume_takes_the_runs_settings_and_refuses_a_config_that_changes_them(t
                  '--quiet']) == 2
     err = capsys.readouterr().err
     assert "on --resume the run's own settings" not in err and 'nothing to resume' in err
+    # the folder given to another training command: named as a detection run, with the command that continues it
+    for command in (['train'], ['pose', 'train']):
+        assert main([*command, '--output', str(run), '--resume', '--quiet']) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and 'the settings of a run of `scnet detect train`' in err and \
+            f'`scnet detect train --output {run} --resume`' in err, err
     assert sorted(p.name for p in run.iterdir()) == ['config.json']
 
 

@@ -259,6 +259,12 @@ def typed_settings(recipe_type: type, settings: Mapping[str, Any]) -> Dict[str, 
     return typed
 
 
+#: A setting that only one training command's runs record, and that command: a run's config.json given to
+#: another command (``scnet train --output DET_RUN --resume``) is named as that command's.
+_RUN_KINDS = {'anchor_sizes': 'scnet detect train', 'deconv_layers': 'scnet pose train',
+              'label_smoothing': 'scnet train'}
+
+
 class RecipeReader(Generic[R]):
     """How one kind of recipe is read: its dataclass, the folder of its shipped YAML files, and what a run's
     ``config.json`` records beside the recipe (dropped when the run's settings are read back as a recipe).
@@ -322,6 +328,11 @@ class RecipeReader(Generic[R]):
         base = data.pop('base', None)
         data.pop('description', None)
         unknown = sorted(set(data) - self.fields)
+        started_by = next((command for key, command in _RUN_KINDS.items() if key in data), None)
+        if unknown and path.suffix == '.json' and started_by:
+            raise RecipeError(f'{path}: the settings of a run of `{started_by}`, which this command cannot '
+                              f'continue or start from; continue that run with `{started_by} --output {path.parent} '
+                              '--resume`')
         if unknown:
             raise RecipeError(f'{path}: unknown setting(s) {", ".join(unknown)}; known: '
                               f'{", ".join(sorted(self.fields))}')
