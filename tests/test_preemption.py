@@ -135,3 +135,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(('localhost', 0))
         return s.getsockname()[1]
+
+
+def test_a_run_stopped_by_a_damaged_image_can_stop_its_loader_workers(data, recipe, tmp_path, capsys):
+    """The workers ignored SIGTERM from every sender: after a worker's error PyTorch could not stop them, nor
+    could multiprocessing at exit, so `scnet train --workers 2` printed the damaged image's line and then
+    never exited. Now a SIGTERM from the main process ends them (one from elsewhere still does not)."""
+    import multiprocessing
+
+    (data / 'train' / 'bar' / '000.png').write_bytes(b'\x89PNG damaged')
+    assert main(train_args(data, recipe, tmp_path / 'run', '--epochs', '1', '--workers', '2')) == 2
+    assert '000.png: unreadable image' in capsys.readouterr().err
+    alive = []
+    for worker in multiprocessing.active_children():  # what multiprocessing does at exit
+        worker.terminate()
+        worker.join(timeout=10)
+        alive.append(worker.is_alive())
+        worker.kill()  # (before the fix: so that this test process can exit)
+    assert not any(alive)

@@ -67,8 +67,24 @@ def resume_requested(output: Path, resume: bool) -> bool:
 
 def ignore_sigterm(worker_id: int) -> None:
     """``worker_init_fn`` of a training DataLoader: a SIGTERM sent to the whole process group leaves the
-    loader's workers running until the main process has saved its state (it stops them itself)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    loader's workers running until the main process has saved its state (it stops them itself).
+
+    Only a SIGTERM from another process is ignored: one from the main process still ends the worker. PyTorch
+    stops workers with it where they do not exit when asked (after a worker's error), and so does
+    ``multiprocessing`` at exit; a worker ignoring it outright kept the run from ever exiting after a damaged
+    image had stopped it. The sender is known only to ``sigwaitinfo``, so SIGTERM is blocked and a thread waits
+    for it. (Without ``sigwaitinfo``, on macOS, SIGTERM keeps its default: the workers end with it.)"""
+    if not hasattr(signal, 'sigwaitinfo'):
+        return
+    main_process = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait_for_the_main_process() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != main_process:
+            pass
+        os._exit(0)  # (an orderly stop, asked for: a status of 0, which PyTorch does not report as a failure)
+
+    threading.Thread(target=wait_for_the_main_process, name='sigterm-from-main', daemon=True).start()
 
 
 class StepCheckpoints:
