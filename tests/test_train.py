@@ -74,7 +74,9 @@ def read_metrics(run):
 
 def test_train_writes_every_artifact_and_eval_reads_it(data, recipe, tmp_path, capsys):
     run = tmp_path / 'run'
-    assert main(train_args(data, recipe, run, '--aux-weight', '0.3', '--seed', '3')) == 0
+    # the largest seed --seed takes: each image's augmentation seed (scnet.data.folders.seeded_transform) wraps
+    # to 64 bits instead of overflowing
+    assert main(train_args(data, recipe, run, '--aux-weight', '0.3', '--seed', '4294967295')) == 0
     rows = read_metrics(run)
     assert [r['epoch'] for r in rows] == [1, 2, 3]
     for key in ('epoch', 'lr', 'train_loss', 'val_top1', 'val_top5', 'images_per_sec', 'aux_val_top1',
@@ -83,7 +85,7 @@ def test_train_writes_every_artifact_and_eval_reads_it(data, recipe, tmp_path, c
     assert rows[-1]['val_images'] == 12 and rows[-1]['train_images'] == 32  # 36 images, batches of 8
     assert rows[-1]['train_loss'] < rows[0]['train_loss']
     config = json.loads((run / 'config.json').read_text())
-    assert config['classes'] == ['bar', 'dot', 'ring'] and config['seed'] == 3 and config['aux_weight'] == 0.3
+    assert config['classes'] == ['bar', 'dot', 'ring'] and config['seed'] == 4294967295 and config['aux_weight'] == 0.3
     assert any((run / 'tensorboard').iterdir())
     with safe_open(str(run / 'model.safetensors'), 'pt') as f:
         meta = f.metadata()
@@ -296,6 +298,9 @@ def test_every_kind_of_recipe_reads_the_same_way(tmp_path):
             load(str(child))
         with pytest.raises(RecipeError, match='unknown setting.s. nonsense'):
             load(shipped, nonsense=1)
+        child.write_text(f'base: {shipped}\nseed: 99999999999999\n')  # what --seed refuses, a file may not give
+        with pytest.raises(RecipeError, match='seed must be between 0 and 4294967295, got 99999999999999'):
+            load(str(child))
 
 
 # --- bad input -------------------------------------------------------------------------------------------

@@ -271,8 +271,10 @@ def seeded_transform(transform: Callable, image, seed: Optional[int], epoch: int
         return transform(image)
     with torch.random.fork_rng(devices=[]):
         # the CPU generator only, which the transforms draw from: torch.manual_seed also queues a CUDA
-        # seeding with a formatted stack trace, a cost per image comparable to the transforms' own
-        torch.default_generator.manual_seed((seed * 1_000_003 + epoch) * 10_000_019 + index)
+        # seeding with a formatted stack trace, a cost per image comparable to the transforms' own; taken
+        # modulo 2**64, the generator's seed range (what it does with a negative one too), so that every seed
+        # a run takes (up to 2**32 - 1) gives a seed here, not an overflow
+        torch.default_generator.manual_seed(((seed * 1_000_003 + epoch) * 10_000_019 + index) % 2 ** 64)
         return transform(image)
 
 

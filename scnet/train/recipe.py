@@ -34,7 +34,7 @@ from scnet.data.transforms import AUGMENTATIONS, check_auto_augment
 from scnet.errors import ScnetError
 
 __all__ = ['Recipe', 'RecipeError', 'RecipeReader', 'RECIPES_DIR', 'list_recipes', 'load_recipe', 'load_resumed_recipe',
-           'SCHEDULES', 'check_settings', 'device_check', 'run_checks', 'typed_settings']
+           'SCHEDULES', 'check_settings', 'device_check', 'run_checks', 'seed_check', 'typed_settings']
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / 'recipes'
 SCHEDULES = ('step', 'cosine')
@@ -64,14 +64,20 @@ def device_check(device: str) -> Tuple[bool, str]:
             f'device must be auto, cpu, cuda or cuda:N, got {device!r}')
 
 
-def run_checks(epochs: int, batch_size: int, lr: float, workers: int, device: str) -> List[Tuple[bool, str]]:
+def seed_check(seed: int) -> Tuple[bool, str]:
+    """The ``(ok, message)`` check of a recipe's ``seed``: what ``--seed`` takes, and NumPy can be seeded with."""
+    return 0 <= seed < 2 ** 32, f'seed must be between 0 and {2 ** 32 - 1}, got {seed}'
+
+
+def run_checks(epochs: int, batch_size: int, lr: float, workers: int, device: str,
+               seed: int = 0) -> List[Tuple[bool, str]]:
     """The ``(ok, message)`` checks of the settings every kind of run has: its length, batch, (peak) learning
-    rate, data-loading processes and device."""
+    rate, data-loading processes, device and random seed."""
     return [(epochs >= 1, f'epochs must be >= 1, got {epochs}'),
             (batch_size >= 1, f'batch_size must be >= 1, got {batch_size}'),
             (lr > 0, f'lr must be > 0, got {lr}'),
             (workers >= 0, f'workers must be >= 0, got {workers}'),
-            device_check(device)]
+            device_check(device), seed_check(seed)]
 
 
 @dataclass
@@ -168,6 +174,7 @@ class Recipe:
                                          f'{self.checkpoint_every}'),
             (self.image_size >= 8, f'image_size must be >= 8, got {self.image_size}'),
             device_check(self.device),
+            seed_check(self.seed),
             (not (self.pretrained and self.init), 'pretrained and init both given: start from one of them'),
             (self.optimizer in OPTIMIZERS, f'optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}'),
             (self.loss in LOSSES, f'loss must be one of {LOSSES}, got {self.loss!r}'),

@@ -92,7 +92,7 @@ class DetectionRecipe:
         checks = [
             (self.task in TASKS, f'task must be one of {", ".join(TASKS)}, got {self.task!r}'),
             (self.backbone in list_models(), f'unknown backbone {self.backbone!r}; zoo: {", ".join(list_models())}'),
-            *run_checks(self.epochs, self.batch_size, self.peak_lr, self.workers, self.device),
+            *run_checks(self.epochs, self.batch_size, self.peak_lr, self.workers, self.device, self.seed),
             (all(0 < s <= self.epochs for s in self.lr_steps),
              f'lr_steps must lie within 1..epochs ({self.epochs}), got {self.lr_steps}'),
             (0 <= self.trainable_layers <= 5, f'trainable_layers must be within 0..5, got {self.trainable_layers}'),

@@ -138,7 +138,7 @@ class PoseRecipe:
 
     def validate(self) -> 'PoseRecipe':
         checks = [
-            *run_checks(self.epochs, self.batch_size, self.lr, self.workers, self.device),
+            *run_checks(self.epochs, self.batch_size, self.lr, self.workers, self.device, self.seed),
             (self.optimizer in ('adam', 'sgd'), f"optimizer must be adam or sgd, got {self.optimizer!r}"),
             (self.sigma > 0, f'sigma must be > 0, got {self.sigma}'),
             (min(self.image_size) >= self.nominal_stride,
