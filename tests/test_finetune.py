@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from scnet.cli.main import main
 from scnet.data.transforms import train_transform
@@ -64,7 +64,11 @@ def test_pretrained_fine_tunes_records_its_origin_and_resumes_without_reinitiali
 
 def test_init_from_a_run_and_one_line_errors(data, recipe, tmp_path, capsys):  # noqa: F811
     first = tmp_path / 'first'
-    assert main(train_args(data, recipe, first, '--epochs', '1')) == 0
+    assert main(train_args(data, recipe, first, '--epochs', '1', '--drop-path', '0.1')) == 0
+    # stochastic depth is the run's training setting, not the network's shape: not among the recorded options
+    with safe_open(str(first / 'model.safetensors'), 'pt') as f:
+        meta = f.metadata()
+    assert json.loads(meta['model_kwargs']) == TINY
     two = write_folder(tmp_path / 'two', classes=('a', 'b'), per_class=(4, 2))
     second = tmp_path / 'second'
     assert main(train_args(two, recipe, second, '--init', str(first / 'last.pt'), '--epochs', '1')) == 0
@@ -74,11 +78,17 @@ def test_init_from_a_run_and_one_line_errors(data, recipe, tmp_path, capsys):  #
     # a recipe without the run's model options (the paper's, or any other): the checkpoint's are used
     plain = tmp_path / 'plain.yaml'
     plain.write_text('\n'.join(line for line in recipe.read_text().splitlines() if 'model_kwargs' not in line))
+    # a checkpoint that records its stochastic depth among them (as runs did before): not taken over, the new
+    # run trains with its own --drop-path (none here), as its config.json says
+    save_file(load_file(first / 'model.safetensors'), first / 'model.safetensors',
+              metadata={**meta, 'model_kwargs': json.dumps({**TINY, 'drop_path_rate': 0.1})})
     third = tmp_path / 'third'
     assert main(train_args(two, plain, third, '--init', str(first), '--epochs', '1')) == 0
     assert '--init: the model options recorded with the checkpoint are used: channels=[8, 16, 32, 64]' in \
         capsys.readouterr().out
     assert json.loads((third / 'config.json').read_text())['model_kwargs'] == {'channels': [8, 16, 32, 64]}
+    with safe_open(str(third / 'model.safetensors'), 'pt') as f:
+        assert json.loads(f.metadata()['model_kwargs']) == TINY
     for args, message in ((['--init', str(tmp_path / 'missing.pt')], 'no such checkpoint file'),
                           (['--pretrained'], 'no pretrained weights for scnet26_cifar'),
                           (['--mixup', '0.2', '--batch-size', '6', '--accum-steps', '2'], 'make it even'),
