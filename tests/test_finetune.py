@@ -82,6 +82,8 @@ def test_init_from_a_run_and_one_line_errors(data, recipe, tmp_path, capsys):  #
     # run trains with its own --drop-path (none here), as its config.json says
     save_file(load_file(first / 'model.safetensors'), first / 'model.safetensors',
               metadata={**meta, 'model_kwargs': json.dumps({**TINY, 'drop_path_rate': 0.1})})
+    built = create_model('scnet26_cifar', checkpoint=str(first))
+    assert not any(type(m).__name__ == 'DropPath' for m in built.modules())
     third = tmp_path / 'third'
     assert main(train_args(two, plain, third, '--init', str(first), '--epochs', '1')) == 0
     assert '--init: the model options recorded with the checkpoint are used: channels=[8, 16, 32, 64]' in \

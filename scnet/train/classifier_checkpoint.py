@@ -16,7 +16,13 @@ from typing import Any, Dict, List, Optional, Union
 
 from scnet.train.checkpoint_meta import CheckpointMetadata
 
-__all__ = ['ClassifierMetadata', 'read_classifier_metadata', 'other_model_message']
+__all__ = ['ClassifierMetadata', 'read_classifier_metadata', 'other_model_message', 'TRAINING_ONLY_OPTIONS']
+
+#: Model options that only act in training (timm's dropout and stochastic depth rates): not what the weights
+#: need, so ``scnet train`` does not record them and they are not read back from files that have them (runs of
+#: earlier versions), where a network built from the checkpoint (``--init``, ``create_model(checkpoint=)``)
+#: would otherwise train with the old run's stochastic depth whatever the new one asks.
+TRAINING_ONLY_OPTIONS = ('drop_rate', 'drop_path_rate', 'drop_block_rate')
 
 
 @dataclass
@@ -50,10 +56,16 @@ def read_classifier_metadata(path: Union[str, Path]) -> ClassifierMetadata:
     """The description recorded with the checkpoint at ``path``: a ``.safetensors`` file's metadata, a
     ``last.pt``'s run settings; every field None for a file that records none (the authors' ``.pth``).
     A ``CheckpointError`` naming the command to use for a detection or pose checkpoint."""
+    meta = _recorded(Path(path))
+    if meta.model_kwargs:
+        meta.model_kwargs = {k: v for k, v in meta.model_kwargs.items() if k not in TRAINING_ONLY_OPTIONS}
+    return meta
+
+
+def _recorded(path: Path) -> ClassifierMetadata:
     from scnet.weights.fit import not_a_classifier
     from scnet.weights.io import read_metadata
 
-    path = Path(path)
     raw = read_metadata(path)
     other_task = not_a_classifier(path, raw)
     if other_task:

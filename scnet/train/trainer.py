@@ -42,7 +42,7 @@ from scnet.data.sources import absolute_spec, open_run_data, same_data
 from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from scnet.errors import InvalidArgumentTypeError, ScnetError
 from scnet.train import distributed, engine
-from scnet.train.classifier_checkpoint import ClassifierMetadata
+from scnet.train.classifier_checkpoint import TRAINING_ONLY_OPTIONS, ClassifierMetadata
 from scnet.train.estimate import measure_and_estimate
 from scnet.train.init_weights import apply_initial_weights, find_initial_weights
 from scnet.train.loop import StepSettings, evaluate, train_one_epoch
@@ -112,9 +112,6 @@ FIXED_ON_RESUME = {
     'init': ('--init', 'it started from those weights, and records them as its origin'),
     'pretrained': ('--pretrained', 'it started from those weights, and records them as its origin'),
 }
-#: Model options that only act in training (timm's dropout and stochastic depth rates): not the network's shape,
-#: so neither recorded with its weights nor taken over from the weights a run starts from.
-TRAINING_ONLY_OPTIONS = ('drop_rate', 'drop_path_rate', 'drop_block_rate')
 #: What a classification run's last.pt holds beyond every run's ``STATE_KEYS``.
 CLASSIFIER_STATE_KEYS = ('model', 'optimizer', 'scheduler', 'rng', 'classes', 'config')
 
@@ -152,10 +149,7 @@ def _with_recorded_options(recipe: Recipe, checkpoint: Path, announce: bool) -> 
     recorded = read_classifier_metadata(checkpoint)
     if recorded.model and recorded.model != recipe.model:
         return recipe  # the weights' misfit names the model they are of (apply_initial_weights)
-    # the network's shape only: a regularisation rate is the new run's to choose (--drop-path), and runs before
-    # this one recorded their drop_path_rate among the model options
-    added = {k: v for k, v in (recorded.model_kwargs or {}).items()
-             if k not in recipe.model_kwargs and k not in TRAINING_ONLY_OPTIONS}
+    added = {k: v for k, v in (recorded.model_kwargs or {}).items() if k not in recipe.model_kwargs}
     if not added:
         return recipe
     if announce:
