@@ -303,6 +303,33 @@ def test_every_kind_of_recipe_reads_the_same_way(tmp_path):
             load(str(child))
 
 
+@pytest.mark.parametrize('kind, settings, message', [
+    ('recipe', dict(momentum=-0.5), 'momentum must be >= 0'),
+    ('detection', dict(weight_decay=-1.0), 'weight_decay must be >= 0'),   # torch's ValueError traceback before
+    ('detection', dict(momentum=-1.0), 'momentum must be >= 0'),
+    ('detection', dict(lr_gamma=-1.0), 'lr_gamma must be > 0'),           # a negative lr after the first decay
+    ('detection', dict(warmup_factor=-1.0), r'warmup_factor .* must be in \(0, 1\]'),
+    ('detection', dict(box_score_thresh=2.0), r'box_score_thresh must be in \[0, 1\)'),  # silently no boxes
+    ('detection', dict(fpn_channels=0), 'fpn_channels, box_head_dim'),
+    ('pose', dict(weight_decay=-1.0), 'weight_decay must be >= 0'),
+    ('pose', dict(lr_gamma=-1.0), 'lr_gamma must be > 0'),
+    ('pose', dict(deconv_kernel=5), 'deconv_kernel must be 2, 3 or 4'),   # the model's ValueError before
+    ('pose', dict(trainable_layers=9), r'trainable_layers must be within 0\.\.5'),
+    ('pose', dict(rotation_prob=3.0), r'rotation_prob and half_body_prob must be in \[0, 1\]'),
+    ('pose', dict(eval_batch_size=0), 'eval_batch_size must be >= 1'),
+])
+def test_out_of_range_settings_are_one_line_before_the_run(kind, settings, message):
+    """What torch's optimisers or the models would stop with a traceback, or would train silently wrong."""
+    from scnet.tasks.detection import load_detection_recipe
+    from scnet.tasks.pose import load_pose_recipe
+
+    load, shipped = {'recipe': (load_recipe, 'embedded'), 'detection': (load_detection_recipe, 'shapes'),
+                     'pose': (load_pose_recipe, 'people')}[kind]
+    with pytest.raises(RecipeError, match=message) as e:
+        load(shipped, **settings)
+    assert '\n' not in str(e.value)
+
+
 # --- bad input -------------------------------------------------------------------------------------------
 
 

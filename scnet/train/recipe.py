@@ -34,7 +34,7 @@ from scnet.data.transforms import AUGMENTATIONS, check_auto_augment
 from scnet.errors import ScnetError
 
 __all__ = ['Recipe', 'RecipeError', 'RecipeReader', 'RECIPES_DIR', 'list_recipes', 'load_recipe', 'load_resumed_recipe',
-           'SCHEDULES', 'check_settings', 'device_check', 'run_checks', 'seed_check', 'typed_settings']
+           'SCHEDULES', 'check_settings', 'device_check', 'run_checks', 'seed_check', 'optimizer_checks', 'typed_settings']
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / 'recipes'
 SCHEDULES = ('step', 'cosine')
@@ -78,6 +78,15 @@ def run_checks(epochs: int, batch_size: int, lr: float, workers: int, device: st
             (lr > 0, f'lr must be > 0, got {lr}'),
             (workers >= 0, f'workers must be >= 0, got {workers}'),
             device_check(device), seed_check(seed)]
+
+
+def optimizer_checks(momentum: float, weight_decay: float, lr_gamma: float) -> List[Tuple[bool, str]]:
+    """The ``(ok, message)`` checks of the optimiser and decay settings every kind of run has: out of range,
+    torch's optimisers stop with a ``ValueError`` traceback (momentum, weight decay) or the run silently climbs
+    the loss (a negative lr after a decay)."""
+    return [(momentum >= 0, f'momentum must be >= 0, got {momentum}'),
+            (weight_decay >= 0, f'weight_decay must be >= 0, got {weight_decay}'),
+            (lr_gamma > 0, f'lr_gamma must be > 0, got {lr_gamma}')]
 
 
 @dataclass
@@ -162,9 +171,7 @@ class Recipe:
             (self.peak_lr > 0, f'lr must be > 0, got {self.peak_lr}'),
             (self.schedule in SCHEDULES, f'schedule must be one of {SCHEDULES}, got {self.schedule!r}'),
             (self.lr_step >= 1, f'lr_step must be >= 1 (epochs between lr decays), got {self.lr_step}'),
-            (self.lr_gamma > 0, f'lr_gamma must be > 0, got {self.lr_gamma}'),
-            (self.momentum >= 0, f'momentum must be >= 0, got {self.momentum}'),
-            (self.weight_decay >= 0, f'weight_decay must be >= 0, got {self.weight_decay}'),
+            *optimizer_checks(self.momentum, self.weight_decay, self.lr_gamma),
             (self.warmup_epochs >= 0, f'warmup_epochs must be >= 0, got {self.warmup_epochs}'),
             (0 <= self.label_smoothing < 1, f'label_smoothing must be in [0, 1), got {self.label_smoothing}'),
             (self.augment in AUGMENTATIONS, f'augment must be one of {AUGMENTATIONS}, got {self.augment!r}'),

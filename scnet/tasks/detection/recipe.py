@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from scnet.cli.recipe_flags import cli_flag
-from scnet.train.recipe import RECIPES_DIR, RecipeError, RecipeReader, check_settings, run_checks
+from scnet.train.recipe import (RECIPES_DIR, RecipeError, RecipeReader, check_settings, optimizer_checks,
+                                run_checks)
 
 __all__ = ['TASKS', 'DetectionRecipe', 'load_detection_recipe', 'list_detection_recipes', 'DETECTION_RECIPES_DIR',
            'ARCH_KEYS', 'PRETRAINED']
@@ -101,6 +102,16 @@ class DetectionRecipe:
             (len(self.anchor_sizes) == 5, f'anchor_sizes needs 5 sizes (P2-P6), got {self.anchor_sizes}'),
             (self.eval_every >= 1 and self.eval_batch_size >= 1, 'eval_every and eval_batch_size must be >= 1'),
             (self.grad_clip is None or self.grad_clip > 0, f'grad_clip must be > 0 or null, got {self.grad_clip}'),
+            *optimizer_checks(self.momentum, self.weight_decay, self.lr_gamma),
+            (self.warmup_iters >= 0, f'warmup_iters must be >= 0, got {self.warmup_iters}'),
+            (0 < self.warmup_factor <= 1, f'warmup_factor (the first step\'s share of the lr) must be in (0, 1], '
+                                          f'got {self.warmup_factor}'),
+            (0 <= self.box_score_thresh < 1, f'box_score_thresh must be in [0, 1), got {self.box_score_thresh}'),
+            (min(self.fpn_channels, self.box_head_dim, self.mask_head_dim, self.rpn_pre_nms_train,
+                 self.rpn_post_nms_train, self.rpn_pre_nms_test, self.rpn_post_nms_test, self.rpn_batch_size_per_image,
+                 self.box_batch_size_per_image, self.box_detections_per_img) >= 1,
+             'fpn_channels, box_head_dim, mask_head_dim and the proposal, sampling and detection counts must be >= 1'),
+            (all(a > 0 for a in self.anchor_sizes), f'anchor_sizes must be > 0, got {self.anchor_sizes}'),
         ]
         check_settings(checks)
         return self

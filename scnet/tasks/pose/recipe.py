@@ -18,7 +18,8 @@ from scnet.cli.recipe_flags import cli_flag
 from scnet.errors import ScnetError
 from scnet.tasks.pose.data import Augment
 from scnet.train import schedule
-from scnet.train.recipe import RECIPES_DIR, RecipeError, RecipeReader, check_settings, run_checks
+from scnet.train.recipe import (RECIPES_DIR, RecipeError, RecipeReader, check_settings, optimizer_checks,
+                                run_checks)
 
 __all__ = ['PoseError', 'PoseRecipe', 'POSE_RECIPES_DIR', 'list_pose_recipes', 'load_pose_recipe',
            'parse_image_size', 'size_problem']
@@ -148,6 +149,19 @@ class PoseRecipe:
             (self.deconv_layers is None or self.deconv_layers >= 0,
              f'deconv_layers must be >= 0, got {self.deconv_layers}'),
             (self.box_padding >= 1, f'box_padding must be >= 1, got {self.box_padding}'),
+            *optimizer_checks(self.momentum, self.weight_decay, self.lr_gamma),
+            (0 <= self.trainable_layers <= 5, f'trainable_layers must be within 0..5, got {self.trainable_layers}'),
+            (self.deconv_kernel in (2, 3, 4), f'deconv_kernel must be 2, 3 or 4, got {self.deconv_kernel}'),
+            (self.deconv_channels >= 1, f'deconv_channels must be >= 1, got {self.deconv_channels}'),
+            (0 <= self.rotation_prob <= 1 and 0 <= self.half_body_prob <= 1,
+             f'rotation_prob and half_body_prob must be in [0, 1], got {self.rotation_prob}, {self.half_body_prob}'),
+            (self.rotation_factor >= 0, f'rotation_factor must be >= 0 (degrees), got {self.rotation_factor}'),
+            (self.eval_batch_size is None or self.eval_batch_size >= 1,
+             f'eval_batch_size must be >= 1 (or left out), got {self.eval_batch_size}'),
+            (0 <= self.kpt_score_thresh < 1 and 0 < self.nms_thresh <= 1,
+             f'kpt_score_thresh must be in [0, 1) and nms_thresh in (0, 1], got {self.kpt_score_thresh}, '
+             f'{self.nms_thresh}'),
+            (0 <= self.box_score_thresh < 1, f'box_score_thresh must be in [0, 1), got {self.box_score_thresh}'),
         ]
         check_settings(checks)
         return self
