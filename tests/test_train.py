@@ -276,6 +276,18 @@ def test_a_changed_crop_size_keeps_the_recipes_resize_ratio():
     assert load_recipe('embedded', image_size=40).eval_resize == 40
 
 
+def test_a_file_that_changes_its_bases_crop_keeps_the_resize_ratio_as_a_flag_does(tmp_path):
+    """A file over its base as a flag over its file: before, the child kept the base's 256 (the centre quarter
+    of the image scored at 128 px) or was refused (32 px over the embedded recipe's 24-px resize)."""
+    child = tmp_path / 'child.yaml'
+    for base, size in (('imagenet_100ep', 128), ('embedded', 32)):
+        child.write_text(f'base: {base}\nimage_size: {size}\n')
+        assert load_recipe(str(child)).eval_resize == load_recipe(base, image_size=size).eval_resize
+    child.write_text('base: imagenet_100ep\nimage_size: 128\neval_resize: 160\n')  # given: kept
+    assert load_recipe(str(child)).eval_resize == 160
+    assert load_recipe(str(child), image_size=64).eval_resize == 80  # and the flag keeps the file's ratio
+
+
 def test_every_kind_of_recipe_reads_the_same_way(tmp_path):
     """Classification, detection and pose recipes share one reader (scnet.train.recipe.RecipeReader)."""
     from scnet.tasks.detection import load_detection_recipe

@@ -315,9 +315,17 @@ class RecipeReader(Generic[R]):
 
     def read(self, config: Optional[str]) -> Dict[str, Any]:
         """The settings that ``config`` (a YAML file, a shipped name or a run's config.json) and its bases give."""
-        return self._read(self.resolve(config)) if config else {}
+        settings: Dict[str, Any] = {}
+        for layer in self.layers(config):
+            settings.update(layer)
+        return settings
 
-    def _read(self, path: Path, seen: tuple = ()) -> Dict[str, Any]:
+    def layers(self, config: Optional[str]) -> List[Dict[str, Any]]:
+        """The settings that ``config`` and each of its bases write, one mapping per file, the furthest base
+        first (what ``read`` merges): for a rule that a file applies to its base as a flag applies to its file."""
+        return self._read(self.resolve(config)) if config else []
+
+    def _read(self, path: Path, seen: tuple = ()) -> List[Dict[str, Any]]:
         if path in seen:
             raise RecipeError(f'{path}: base recipes form a cycle: {" -> ".join(map(str, seen + (path,)))}')
         try:
@@ -355,8 +363,8 @@ class RecipeReader(Generic[R]):
                 base_path = self.resolve(str(base), beside=path.parent)
             except RecipeError as e:
                 raise RecipeError(f'{path}: base {e}') from None
-            return {**self._read(base_path, seen + (path,)), **data}
-        return data
+            return [*self._read(base_path, seen + (path,)), data]
+        return [data]
 
     def overrides(self, overrides: Mapping[str, Any]) -> Dict[str, Any]:
         """The ``overrides`` that are not None, checked to be settings."""
@@ -433,17 +441,30 @@ def load_recipe(config: Optional[str] = None, **overrides: Any) -> Recipe:
 
     An evaluation crop changed by ``image_size`` or ``eval_image_size`` without an ``eval_resize`` keeps the
     recipe's ratio of resize to crop (ImageNet's 256 / 224): left at the recipe's 256, a 32-px crop would score
-    a small centre patch of a much enlarged image, and a 320-px crop would be refused.
+    a small centre patch of a much enlarged image, and a 320-px crop would be refused. The same holds for a
+    file that changes its ``base:``'s crop.
     """
-    given = {k: v for k, v in overrides.items() if v is not None}
-    if given.keys() & {'image_size', 'eval_image_size'} and 'eval_resize' not in given:
-        written = _READER.load(config, {})
-        image_size = given.get('image_size', written.image_size)
-        eval_size = given.get('eval_image_size') or written.eval_image_size or image_size
-        if isinstance(eval_size, int) and not isinstance(eval_size, bool) and eval_size != written.eval_size:
-            overrides = {**overrides, 'eval_resize': max(eval_size, round(
-                eval_size * written.eval_resize / written.eval_size))}
-    return _READER.load(config, overrides)
+    settings: Dict[str, Any] = {}
+    # the flags over the file as the file over its base: a file that changes its base's crop keeps its ratio too
+    for layer in [*_READER.layers(config), _READER.overrides(overrides)]:
+        settings = {**settings, **_keeping_resize_ratio(settings, layer)}
+    return _READER.build(settings)
+
+
+def _keeping_resize_ratio(before: Dict[str, Any], layer: Dict[str, Any]) -> Dict[str, Any]:
+    """``layer`` (a file's settings, or the flags) over the settings ``before`` it, with an ``eval_resize`` in
+    the ratio to the evaluation crop that ``before`` has, where ``layer`` changes that crop and sets none."""
+    if not layer.keys() & {'image_size', 'eval_image_size'} or 'eval_resize' in layer:
+        return layer
+    try:
+        written = Recipe(**typed_settings(Recipe, before))
+    except (RecipeError, TypeError):
+        return layer  # the checks of the whole recipe name what is wrong
+    image_size = layer.get('image_size', written.image_size)
+    eval_size = (layer['eval_image_size'] if 'eval_image_size' in layer else written.eval_image_size) or image_size
+    if not isinstance(eval_size, int) or isinstance(eval_size, bool) or eval_size == written.eval_size:
+        return layer
+    return {**layer, 'eval_resize': max(eval_size, round(eval_size * written.eval_resize / written.eval_size))}
 
 
 def load_resumed_recipe(saved: Path, config: Optional[str] = None, **overrides: Any) -> Recipe:
