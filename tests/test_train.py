@@ -315,6 +315,24 @@ def test_every_kind_of_recipe_reads_the_same_way(tmp_path):
             load(str(child))
 
 
+def test_a_file_that_changes_its_bases_epochs_moves_the_lr_steps_as_the_flag_does(tmp_path):
+    """Detection and pose: a child file that sets only epochs rescales its base's lr decay points, as --epochs
+    does. Before, the pose child kept steps 90 and 120 in a 20-epoch run (the lr never decayed, silently) and the
+    detection child was refused."""
+    from scnet.tasks.detection import load_detection_recipe
+    from scnet.tasks.pose import load_pose_recipe
+
+    child = tmp_path / 'child.yaml'
+    child.write_text('base: simple_baselines_256x192\nepochs: 20\n')
+    assert load_pose_recipe(str(child)).milestones == load_pose_recipe('simple_baselines_256x192', epochs=20) \
+        .milestones == [13, 17]
+    child.write_text('base: faster_rcnn_2x\nepochs: 12\n')
+    assert load_detection_recipe(str(child)).lr_steps == load_detection_recipe('faster_rcnn_2x', epochs=12) \
+        .lr_steps == [8, 11]
+    child.write_text('base: faster_rcnn_2x\nepochs: 12\nlr_steps: [10]\n')  # steps written with it: kept
+    assert load_detection_recipe(str(child)).lr_steps == [10]
+
+
 @pytest.mark.parametrize('kind, settings, message', [
     ('recipe', dict(momentum=-0.5), 'momentum must be >= 0'),
     ('detection', dict(weight_decay=-1.0), 'weight_decay must be >= 0'),   # torch's ValueError traceback before

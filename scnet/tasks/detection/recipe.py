@@ -149,14 +149,24 @@ def check_resumed_detection_config(saved: Path, config: str, **overrides: Any) -
 def load_detection_recipe(config: Optional[str] = None, **overrides: Any) -> DetectionRecipe:
     """The recipe of ``config`` (a YAML path, a shipped name, or a run's config.json) with ``overrides``
     (those not None) on top. ``epochs`` given without ``lr_steps`` moves the decay points in proportion;
-    ``backbone`` other than the file's, given without ``backbone_kwargs``, drops the file's backbone options."""
-    settings = _READER.read(config)
-    overrides = _READER.overrides(overrides)
-    if 'backbone' in overrides and 'backbone_kwargs' not in overrides and \
-            overrides['backbone'] != settings.get('backbone', DetectionRecipe.backbone):
-        overrides['backbone_kwargs'] = {}  # the file's options (e.g. narrower stages) belong to its backbone
-    base_epochs = settings.get('epochs', DetectionRecipe.epochs)
-    if 'epochs' in overrides and 'lr_steps' not in overrides and overrides['epochs'] != base_epochs:
-        steps = settings.get('lr_steps', [16, 22])
-        overrides['lr_steps'] = [round(s * overrides['epochs'] / base_epochs, 4) for s in steps]
-    return _READER.build({**settings, **overrides})
+    ``backbone`` other than the file's, given without ``backbone_kwargs``, drops the file's backbone options.
+    A file over its ``base:`` is read by the same rules as the flags over the file."""
+    settings: Dict[str, Any] = {}
+    for layer in [*_READER.layers(config), _READER.overrides(overrides)]:
+        settings = {**settings, **_over(settings, dict(layer))}
+    return _READER.build(settings)
+
+
+def _over(before: Dict[str, Any], layer: Dict[str, Any]) -> Dict[str, Any]:
+    """``layer`` (a file's settings, or the flags) as it applies over the settings ``before`` it."""
+    if 'backbone' in layer and 'backbone_kwargs' not in layer and \
+            layer['backbone'] != before.get('backbone', DetectionRecipe.backbone):
+        layer['backbone_kwargs'] = {}  # the earlier options (e.g. narrower stages) belong to their backbone
+    base_epochs = before.get('epochs', DetectionRecipe.epochs)
+    if 'epochs' in layer and 'lr_steps' not in layer and layer['epochs'] != base_epochs:
+        steps = before.get('lr_steps', [16, 22])
+        try:
+            layer['lr_steps'] = [round(s * layer['epochs'] / base_epochs, 4) for s in steps]
+        except TypeError:
+            pass  # a setting of the wrong type: the recipe's type checks name it
+    return layer

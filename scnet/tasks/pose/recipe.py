@@ -195,7 +195,13 @@ def check_resumed_pose_config(saved: Path, config: str, **overrides: Any) -> Non
 def load_pose_recipe(config: Optional[str] = None, **overrides: Any) -> PoseRecipe:
     """The recipe of ``config`` (a YAML file, a run's config.json or a shipped name) with ``overrides`` (not
     None) on top. ``lr_steps`` of a file are kept relative to its ``epochs``: ``--epochs`` rescales them."""
-    settings = _READER.read(config)
-    if settings.get('schedule_epochs') is None:   # the steps are written for the file's own epochs
-        settings['schedule_epochs'] = settings.get('epochs', PoseRecipe.epochs)
+    settings: Dict[str, Any] = {}
+    written_for = PoseRecipe.epochs   # the run length the lr_steps in effect were written for (the defaults': 140)
+    for layer in _READER.layers(config):
+        settings.update(layer)
+        if 'lr_steps' in layer:   # a file's steps are written for its own epochs (with its bases')
+            written_for = settings.get('epochs', PoseRecipe.epochs)
+    if settings.get('schedule_epochs') is None:
+        # a file that changes only its base's epochs rescales the base's steps, as --epochs does
+        settings['schedule_epochs'] = written_for
     return _READER.build({**settings, **_READER.overrides(overrides)})
