@@ -173,6 +173,9 @@ class Recipe:
             (self.lr_step >= 1, f'lr_step must be >= 1 (epochs between lr decays), got {self.lr_step}'),
             *optimizer_checks(self.momentum, self.weight_decay, self.lr_gamma),
             (self.warmup_epochs >= 0, f'warmup_epochs must be >= 0, got {self.warmup_epochs}'),
+            (self.warmup_epochs <= self.epochs,
+             f'warmup_epochs {self.warmup_epochs} is longer than the run ({self.epochs} epochs): the lr would never '
+             f'reach its peak nor decay; give --warmup-epochs {self.epochs} or less (e.g. a tenth of the run)'),
             (0 <= self.label_smoothing < 1, f'label_smoothing must be in [0, 1), got {self.label_smoothing}'),
             (self.augment in AUGMENTATIONS, f'augment must be one of {AUGMENTATIONS}, got {self.augment!r}'),
             (self.aux_weight >= 0, f'aux_weight must be >= 0, got {self.aux_weight}'),
