@@ -72,11 +72,16 @@ def read_metrics(run):
     return [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
 
 
-def test_train_writes_every_artifact_and_eval_reads_it(data, recipe, tmp_path, capsys):
+def test_train_writes_every_artifact_and_eval_reads_it(data, recipe, tmp_path, capsys, monkeypatch):
     run = tmp_path / 'run'
+    compiled = []  # --compile: what torch.compile was given (compiling for real takes a minute on a CPU)
+    monkeypatch.setattr(torch, 'compile', lambda model, **kw: compiled.append(model) or model)
     # the largest seed --seed takes: each image's augmentation seed (scnet.data.folders.seeded_transform) wraps
     # to 64 bits instead of overflowing
-    assert main(train_args(data, recipe, run, '--aux-weight', '0.3', '--seed', '4294967295')) == 0
+    assert main(train_args(data, recipe, run, '--aux-weight', '0.3', '--seed', '4294967295', '--device', 'cpu',
+                           '--channels-last', '--compile')) == 0
+    conv = next(m for m in compiled[0].modules() if isinstance(m, torch.nn.Conv2d))
+    assert len(compiled) == 1 and conv.weight.is_contiguous(memory_format=torch.channels_last)
     rows = read_metrics(run)
     assert [r['epoch'] for r in rows] == [1, 2, 3]
     for key in ('epoch', 'lr', 'train_loss', 'val_top1', 'val_top5', 'images_per_sec', 'aux_val_top1',
@@ -86,6 +91,7 @@ def test_train_writes_every_artifact_and_eval_reads_it(data, recipe, tmp_path, c
     assert rows[-1]['train_loss'] < rows[0]['train_loss']
     config = json.loads((run / 'config.json').read_text())
     assert config['classes'] == ['bar', 'dot', 'ring'] and config['seed'] == 4294967295 and config['aux_weight'] == 0.3
+    assert (config['device'], config['channels_last'], config['compile']) == ('cpu', True, True)
     assert any((run / 'tensorboard').iterdir())
     with safe_open(str(run / 'model.safetensors'), 'pt') as f:
         meta = f.metadata()
@@ -372,6 +378,20 @@ def test_truncated_image_stops_with_its_path_or_is_skipped_and_counted(data, rec
     assert main(train_args(data, recipe, tmp_path / 'b', '--epochs', '1', '--skip-bad-images')) == 0
     rows = read_metrics(tmp_path / 'b')
     assert rows[0]['skipped_images'] == 1 and rows[0]['train_images'] == 31
+    # scnet eval: the same choice (and its --batch-size and --device, which change nothing of the result)
+    bad_val = data / 'val' / 'ring' / '001.png'
+    bad_val.write_bytes(bad_val.read_bytes()[:40])
+    evaluate = ['eval', '--checkpoint', str(tmp_path / 'b'), '--data', str(data), '--workers', '0', '--quiet',
+                '--format', 'json', '--batch-size', '5', '--device', 'cpu']
+    assert main(evaluate) == 2
+    assert str(bad_val) in capsys.readouterr().err
+    assert main([*evaluate, '--skip-bad-images']) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result['images'], result['skipped_images']) == (11, 1)
+    assert main([*evaluate[:-4], '--skip-bad-images']) == 0  # default batch and device: the same scores
+    again = json.loads(capsys.readouterr().out)
+    assert (again['top1'], again['top5'], again['images']) == (result['top1'], result['top5'], 11)
+    assert again['loss'] == pytest.approx(result['loss'], rel=1e-5)
 
 
 def test_empty_class_folder_and_class_mismatch(data, recipe, tmp_path, capsys):
