@@ -34,7 +34,8 @@ from scnet.data.transforms import AUGMENTATIONS, check_auto_augment
 from scnet.errors import ScnetError
 
 __all__ = ['Recipe', 'RecipeError', 'RecipeReader', 'RECIPES_DIR', 'list_recipes', 'load_recipe', 'load_resumed_recipe',
-           'SCHEDULES', 'check_settings', 'device_check', 'run_checks', 'seed_check', 'optimizer_checks', 'typed_settings']
+           'SCHEDULES', 'check_settings', 'device_check', 'run_checks', 'seed_check', 'optimizer_checks',
+           'typed_settings']
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / 'recipes'
 SCHEDULES = ('step', 'cosine')
