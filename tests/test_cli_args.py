@@ -56,6 +56,7 @@ POSE_PREDICT = ['pose', 'predict', '--checkpoint', 'c', '--images', 'i']
     (['train', '--cutmix', '-1'], 'argument --cutmix: must be 0 or more'),
     (['train', '--ema-decay', '1.5'], 'argument --ema-decay: must be between 0 and 1'),
     (['train', '--drop-path', '-0.1'], 'argument --drop-path: must be between 0 and 1'),
+    (['train', '--grad-clip', '0'], 'argument --grad-clip: must be above 0'),
     (['train', '--bce-target-thresh', '3'], 'argument --bce-target-thresh: must be between 0 and 1'),
     (['train', '--image-size', '0'], 'argument --image-size: must be at least 1'),
     (['train', '--eval-image-size', '0'], 'argument --eval-image-size: must be at least 1'),

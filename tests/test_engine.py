@@ -251,6 +251,15 @@ def test_the_classifier_loop_takes_plain_batches_and_names_what_does_not_fit():
         train_one_epoch(model, loader, optimizer, scheduler, CPU, StepSettings(accum_steps=2), epoch=1,
                         progress=False)
 
+    # grad_clip: each step's gradients are clipped to that global norm (plain SGD at lr 1: the step is the gradient)
+    clipped = torch.optim.SGD(model.parameters(), lr=1.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    train_one_epoch(model, DataLoader(TensorDataset(images, targets), batch_size=12), clipped,
+                    torch.optim.lr_scheduler.LambdaLR(clipped, lambda step: 1.0), CPU, StepSettings(grad_clip=1e-3),
+                    epoch=1, progress=False)
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]).norm()
+    assert 0 < moved <= 1e-3 * (1 + 1e-4)
+
     def stream():  # no length: the remainder is dropped with a warning, never left in .grad for the next epoch
         yield from loader
 

@@ -111,13 +111,13 @@ def test_every_modern_option_in_one_run(data, recipe, tmp_path, capsys):  # noqa
                            '--bce-target-thresh', '0.2', '--auto-augment', 'rand-m9-mstd0.5-inc1', '--reprob', '0.25',
                            '--drop-path', '0.1', '--eval-image-size', '24', '--eval-resize', '24',
                            '--warmup-epochs', '1', '--label-smoothing', '0.1', '--schedule', 'cosine',
-                           '--weight-decay', '0.02')) == 0
+                           '--weight-decay', '0.02', '--grad-clip', '5')) == 0
     assert 'EMA top-1' in capsys.readouterr().out
     rows = read_metrics(run)
     assert all(0 <= r['ema_val_top1'] <= 100 and r['val_images'] == 12 for r in rows)
     config = json.loads((run / 'config.json').read_text())
     assert (config['optimizer'], config['loss'], config['mixup'], config['eval_image_size'],
-            config['model_kwargs']) == ('lamb', 'bce', 0.2, 24, TINY)
+            config['model_kwargs'], config['grad_clip']) == ('lamb', 'bce', 0.2, 24, TINY, 5.0)
     with safe_open(str(run / 'model_ema.safetensors'), 'pt') as f:
         meta = f.metadata()
     assert (meta['image_size'], meta['train_image_size']) == ('24', '16')

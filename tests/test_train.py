@@ -341,6 +341,7 @@ def test_a_file_that_changes_its_bases_epochs_moves_the_lr_steps_as_the_flag_doe
 
 @pytest.mark.parametrize('kind, settings, message', [
     ('recipe', dict(momentum=-0.5), 'momentum must be >= 0'),
+    ('recipe', dict(grad_clip=0.0), r'grad_clip must be > 0 \(or left out\), got 0.0'),
     ('recipe', dict(warmup_epochs=3), r'warmup_epochs 3 is longer than the run \(2 epochs\).* --warmup-epochs 2'),
     ('detection', dict(weight_decay=-1.0), 'weight_decay must be >= 0'),   # torch's ValueError traceback before
     ('detection', dict(momentum=-1.0), 'momentum must be >= 0'),

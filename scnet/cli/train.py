@@ -100,6 +100,8 @@ def add_parser(sub) -> None:
     g.add_argument('--ema-decay', type=unit_float,
                    help='keep an EMA of the weights with this decay (e.g. 0.9998), evaluated each epoch')
     g.add_argument('--drop-path', dest='drop_path_rate', type=unit_float, help='stochastic depth rate')
+    g.add_argument('--grad-clip', type=positive_float, metavar='NORM',
+                   help="clip the gradients' global L2 norm to NORM before each optimiser step (default: no clipping)")
     g.add_argument('--eval-image-size', type=positive_int,
                    help='evaluation crop size (default: --image-size; RSB trains at 160 and tests at 224)')
     g.add_argument('--eval-resize', type=positive_int,

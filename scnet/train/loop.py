@@ -36,6 +36,7 @@ class StepSettings:
     criterion: Optional[Callable] = None   # (logits, targets) -> loss; None: cross-entropy, label_smoothing
     mixup: Optional[Callable] = None       # timm.data.Mixup: (images, targets) -> (mixed images, soft targets)
     on_step: Optional[Callable[[], None]] = None  # after each optimiser step (the EMA's update)
+    grad_clip: Optional[float] = None      # clip the gradients' global L2 norm to this before each step
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The training loss of a batch, in float32 (under autocast too): ``criterion``, else cross-entropy
@@ -147,6 +148,11 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if not last_micro:
             continue
         check_finite(sums[[0, 3]], epoch=epoch, step=micro // settings.accum_steps)
+        if settings.grad_clip:
+            if scaler:
+                scaler.unscale_(optimizer)  # the norm of the true gradients, not of the loss-scaled ones
+            nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group['params']],
+                                     settings.grad_clip)
         if scaler:
             scaler.step(optimizer)
             scaler.update()

@@ -11,8 +11,9 @@ builds. A file may name a ``base:`` file whose settings it extends. ``lr`` left 
 Beyond the paper, a recipe can start from pretrained weights (``pretrained``, ``init``: fine-tuning) and use
 the modern options built from timm's parts: ``optimizer`` (SGD, AdamW, LAMB via ``timm.optim``), ``loss``
 (cross-entropy or binary cross-entropy, ``timm.loss``), ``auto_augment`` / ``reprob`` (``timm.data``),
-``mixup`` / ``cutmix`` (``timm.data.Mixup``), ``ema_decay`` (``timm.utils.ModelEmaV3``), ``drop_path_rate``
-and an evaluation size (``eval_image_size``) above the training one. Their defaults leave a run as the paper's.
+``mixup`` / ``cutmix`` (``timm.data.Mixup``), ``ema_decay`` (``timm.utils.ModelEmaV3``), ``drop_path_rate``,
+``grad_clip`` (``torch.nn.utils.clip_grad_norm_``) and an evaluation size (``eval_image_size``) above the
+training one. Their defaults leave a run as the paper's.
 
 ``RecipeReader`` reads every kind of recipe (these, ``scnet.tasks.detection``'s and ``scnet.tasks.pose``'s)
 the same way: ``base:`` chains, unknown settings refused, flags on top, a run's ``config.json`` read back.
@@ -139,6 +140,7 @@ class Recipe:
     ema_decay: float = 0.0                # > 0: an EMA of the weights, evaluated each epoch, saved beside
     drop_path_rate: float = 0.0           # stochastic depth
     eval_image_size: Optional[int] = None  # None: image_size (RSB trains at 160 and tests at 224)
+    grad_clip: Optional[float] = None     # clip the gradients' global L2 norm to this (None: no clipping)
 
     def __post_init__(self) -> None:
         # a crop of another size keeps ImageNet's resize / crop ratio: a fixed 256 would score the centre
@@ -203,6 +205,8 @@ class Recipe:
             (self.eval_resize >= self.eval_size,
              f'eval_resize (the short side before the centre crop) must be >= the evaluation crop '
              f'{self.eval_size} (eval_image_size, else image_size), got {self.eval_resize}'),
+            (self.grad_clip is None or self.grad_clip > 0,
+             f'grad_clip must be > 0 (or left out), got {self.grad_clip}'),
             (self.bce_target_thresh is None or 0 <= self.bce_target_thresh <= 1,
              f'bce_target_thresh must be in [0, 1], got {self.bce_target_thresh}'),
         ]

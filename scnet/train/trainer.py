@@ -295,7 +295,7 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
 
         settings = StepSettings(recipe.accum_steps, recipe.aux_weight, recipe.label_smoothing, recipe.amp,
                                 recipe.channels_last, criterion=build_criterion(recipe),
-                                mixup=build_mixup(recipe, len(classes)))
+                                mixup=build_mixup(recipe, len(classes)), grad_clip=recipe.grad_clip)
 
         def training_state() -> Dict[str, Any]:
             return {'model': net.state_dict(), 'side_head': side.state_dict() if side else None,
