@@ -58,7 +58,8 @@ def add_parser(sub) -> None:
     p.add_argument('--config', help='recipe: a YAML file or a shipped recipe name')
     p.add_argument('--epochs', type=positive_int, help='number of epochs')
     p.add_argument('--batch-size', type=positive_int, help='global batch size')
-    p.add_argument('--lr', type=positive_float, help='peak learning rate (default: 0.1 x batch / 256)')
+    p.add_argument('--lr', type=positive_float,
+                   help="peak learning rate (default: the recipe's base_lr x batch / 256; the paper's: 0.1 x batch / 256)")
     add_run_flags(p, output_default='runs/<model>-<date>-<time>',
                   seed_help='initial weights, data order, augmentation')
     p.add_argument('--amp', action='store_true', default=None,
@@ -67,7 +68,8 @@ def add_parser(sub) -> None:
     p.add_argument('--compile', action='store_true', default=None, help='torch.compile the model')
     p.add_argument('--aux-weight', type=non_negative_float, help='weight of the side classifier loss after res3 (Fig. 5); 0: off')
     p.add_argument('--accum-steps', type=positive_int, help='gradient accumulation steps per optimiser step')
-    p.add_argument('--image-size', type=positive_int, help='training and evaluation crop size')
+    p.add_argument('--image-size', type=positive_int,
+                   help='training crop size, and the evaluation one unless --eval-image-size or the recipe sets it')
     p.add_argument('--skip-bad-images', action='store_true', default=None,
                    help='skip unreadable images (counted in the log) instead of stopping')
     p.add_argument('--data-moved', action='store_true',
