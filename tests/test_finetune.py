@@ -92,6 +92,8 @@ def test_init_from_a_run_and_one_line_errors(data, recipe, tmp_path, capsys):  #
     with safe_open(str(third / 'model.safetensors'), 'pt') as f:
         assert json.loads(f.metadata()['model_kwargs']) == TINY
     for args, message in ((['--init', str(tmp_path / 'missing.pt')], 'no such checkpoint file'),
+                          (['--init', str(first / 'last.pt'), '--model', 'resnet26_cifar'],
+                           'does not fit resnet26_cifar: .* or train --model scnet26_cifar, the model it holds'),
                           (['--pretrained'], 'no pretrained weights for scnet26_cifar'),
                           (['--mixup', '0.2', '--batch-size', '6', '--accum-steps', '2'], 'make it even'),
                           (['--auto-augment', 'bogus'], 'auto_augment .bogus. is no timm policy')):

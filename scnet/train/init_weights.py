@@ -33,6 +33,7 @@ class InitialWeights:
     location: str        # the address or path it was read from
     sha256: str          # of the file, or for timm's weights of the tensors (``hashed``)
     hashed: str = 'file'
+    recorded: Any = None  # a checkpoint's ClassifierMetadata (the model and options a run of scnet train records)
 
     def record(self) -> Dict[str, Any]:
         """What config.json and the weights' metadata say about these weights."""
@@ -59,7 +60,11 @@ def find_initial_weights(model: str, *, pretrained: bool = False, init: Optional
         if not path.is_file():
             raise CheckpointError(f'{init}: no such checkpoint file (--init takes a model.safetensors, a last.pt '
                                   'or the authors\' .pth)')
-        return InitialWeights(read_checkpoint(path), 'checkpoint', str(path.resolve()), sha256_of_file(path))
+        from scnet.train.classifier_checkpoint import read_classifier_metadata
+
+        state_dict = read_checkpoint(path)
+        return InitialWeights(state_dict, 'checkpoint', str(path.resolve()), sha256_of_file(path),
+                              recorded=read_classifier_metadata(path))
     if not pretrained:
         return None
     if model in OFFICIAL_WEIGHTS:
@@ -95,10 +100,13 @@ def apply_initial_weights(net: nn.Module, weights: InitialWeights, num_classes: 
 
     saved = weights.state_dict.get('fc.weight')
     new_head = saved is not None and saved.shape[0] != num_classes
+    holds = getattr(weights.recorded, 'model', '') or ''
     try:
         load_into(net, weights.state_dict, source=weights.location, new_head=new_head)
     except WeightsMismatchError as e:
-        raise e.with_way_out(f'start from a checkpoint of {model_name} (--init), or train the --model it holds',
+        other = f'--model {holds}, the model it holds (recorded in it)' if holds and holds != model_name else \
+            'the --model it holds'
+        raise e.with_way_out(f'start from a checkpoint of {model_name} (--init), or train {other}',
                              name=model_name) from None
     if new_head:
         report(f'{weights.location} has {saved.shape[0]} classes, the data {num_classes}: its classifier is left '

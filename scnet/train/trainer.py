@@ -140,13 +140,10 @@ def _check_resumable(state: Dict[str, Any], recipe: Recipe, output: Path, *, sid
                        f'end it before them: give --epochs {start_epoch} or more')
 
 
-def _with_recorded_options(recipe: Recipe, checkpoint: Path, announce: bool) -> Recipe:
+def _with_recorded_options(recipe: Recipe, recorded: ClassifierMetadata, announce: bool) -> Recipe:
     """``recipe`` with the model options that ``--init``'s checkpoint (a run of ``scnet train``) records, where
     the recipe does not set them: fine-tuning a narrow run starts from a network of its shape, as
     ``create_model(checkpoint=...)`` builds it. Recorded in config.json like the recipe's own."""
-    from scnet.train.classifier_checkpoint import read_classifier_metadata
-
-    recorded = read_classifier_metadata(checkpoint)
     if recorded.model and recorded.model != recipe.model:
         return recipe  # the weights' misfit names the model they are of (apply_initial_weights)
     added = {k: v for k, v in (recorded.model_kwargs or {}).items() if k not in recipe.model_kwargs}
@@ -251,7 +248,7 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
         initial = None if state is not None else find_initial_weights(
             recipe.model, pretrained=recipe.pretrained, init=recipe.init, progress=progress and ctx.is_main)
         if initial is not None and initial.source == 'checkpoint':
-            recipe = _with_recorded_options(recipe, Path(initial.location), announce=ctx.is_main)
+            recipe = _with_recorded_options(recipe, initial.recorded, announce=ctx.is_main)
         seed_everything(recipe.seed)  # same initial weights in every process
         model_kwargs = _model_kwargs(recipe, announce=ctx.is_main)
         if recipe.drop_path_rate > 0:
