@@ -355,6 +355,10 @@ def test_a_file_that_changes_its_bases_epochs_moves_the_lr_steps_as_the_flag_doe
     ('pose', dict(trainable_layers=9), r'trainable_layers must be within 0\.\.5'),
     ('pose', dict(rotation_prob=3.0), r'rotation_prob and half_body_prob must be in \[0, 1\]'),
     ('pose', dict(eval_batch_size=0), 'eval_batch_size must be >= 1'),
+    # a list's items of the wrong type: a TypeError traceback from the first comparison before
+    ('detection', dict(lr_steps=['sixteen']), r"lr_steps must be a list of numbers, got \['sixteen'\]"),
+    ('detection', dict(anchor_sizes=[32, 64, 128, 256, None]), 'anchor_sizes must be a list of integers'),
+    ('pose', dict(lr_steps=['90']), 'lr_steps must be a list of integers'),
 ])
 def test_out_of_range_settings_are_one_line_before_the_run(kind, settings, message):
     """What torch's optimisers or the models would stop with a traceback, or would train silently wrong."""

@@ -259,8 +259,18 @@ def _typed(value: Any, hint: Any) -> Tuple[bool, Any, str]:
     if kind is dict:
         return isinstance(value, dict), value, expected
     if kind is list:
-        return isinstance(value, (list, tuple)), value, expected
+        if not isinstance(value, (list, tuple)):
+            return False, value, expected
+        item = args[0] if len(args) == 1 and args[0] in (int, float) else None
+        if item is None:  # a list of anything (or of a type the recipe's own checks read)
+            return True, value, expected
+        items = [_typed(v, item) for v in value]
+        # (lr_steps: [16, 22], not [sixteen]: a comparison of a string with a number would be a TypeError)
+        return all(ok for ok, _, _ in items), [v for _, v, _ in items], f'a list of {_LIST_OF[item]}'
     return True, value, ''
+
+
+_LIST_OF = {int: 'integers', float: 'numbers'}
 
 
 def typed_settings(recipe_type: type, settings: Mapping[str, Any]) -> Dict[str, Any]:
