@@ -11,10 +11,12 @@ Draw the training curves of one or more runs of `scnet train` from their RUN_DIR
 (one JSON line per finished epoch) and write, into the output directory:
 
   loss.png        training loss (res3 auxiliary head dashed, when the run has one) and validation loss
-  accuracy.png    validation top-1 and top-5 (%); the res3 auxiliary head dashed, as in the paper's Fig. 5
+                  (the EMA of the weights dotted, with --ema-decay)
+  accuracy.png    validation top-1 and top-5 (%); the res3 auxiliary head dashed, as in the paper's Fig. 5,
+                  and the EMA of the weights dotted
   lr.png          learning rate per epoch (log axis when it spans a factor of 10 or more)
   throughput.png  images/s per epoch
-  summary.json    per run: best val top-1/top-5 (and aux) with its epoch, last values, mean images/s
+  summary.json    per run: best val top-1/top-5 (and aux, EMA) with its epoch, last values, mean images/s
 
 Several runs share the axes, one colour each, labelled with the model of their config.json (else
 the folder name) or with --labels. A run still being written can be plotted: an incomplete last
