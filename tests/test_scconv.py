@@ -407,6 +407,28 @@ def test_one_map_training_path_equals_autograd(cfg, norm):
             torch.testing.assert_close(bb, ba, rtol=0, atol=0, msg=name)
 
 
+def test_frozen_batch_norms_in_a_training_layer_keep_their_statistics():
+    """BatchNorms put in eval mode alone (frozen statistics for fine-tuning) in a training network: the one-map
+    path normalised K3's output with batch statistics and updated its running ones, giving other outputs than
+    memory_efficient=False and than the layer in eval mode."""
+    torch.manual_seed(0)
+    lean = randomise_norms(SCConv2d(8, 8)).train()
+    plain = SCConv2d(8, 8, memory_efficient=False).train()
+    plain.load_state_dict(lean.state_dict())
+    for layer in (lean, plain):
+        for m in layer.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+    before = {k: v.clone() for k, v in lean.state_dict().items()}
+    x = torch.randn(3, 8, 12, 12, requires_grad=True)
+    out = lean(x)
+    torch.testing.assert_close(out, plain(x), rtol=0, atol=0)
+    torch.testing.assert_close(out, lean.eval()(x), rtol=0, atol=0)
+    out.sum().backward()
+    for name, value in lean.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
 def test_one_map_training_path_under_bfloat16_autocast():
     torch.manual_seed(0)
     lean = SCConv2d(16, 16).train()

@@ -298,12 +298,14 @@ class SCConv2d(nn.Module):
     def _one_map_path(self, features: torch.Tensor, x_calib: torch.Tensor,
                       context: torch.Tensor) -> Optional[torch.Tensor]:
         """BN3, gate, product and K4 as one ``CalibratedHalf`` node when it applies, else ``None``: training-mode
-        ``nn.BatchNorm2d`` after K3 and autograd on, outside torch.fx, tracing and compilers (they plan
+        ``nn.BatchNorm2d`` after K3 (in training mode itself) and autograd on, outside torch.fx, tracing and compilers (they plan
         memory themselves or cannot run a custom autograd node). An empty batch takes the plain path, as ATen's
         batch norm kernels reject empty inputs that ``nn.BatchNorm2d`` handles itself."""
         bn, k4 = self.k3_norm, self.k4
+        # bn.training too: a BatchNorm put in eval mode alone (frozen statistics for fine-tuning, in a network
+        # otherwise training) normalises with its running statistics, which the node (batch statistics) does not
         if not (self.memory_efficient and self.training and torch.is_grad_enabled()
-                and type(bn) is nn.BatchNorm2d and bn.track_running_stats
+                and type(bn) is nn.BatchNorm2d and bn.training and bn.track_running_stats
                 and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not _fx_tracing()
                 and features.numel() > 0):
             return None
