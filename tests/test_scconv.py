@@ -429,6 +429,31 @@ def test_frozen_batch_norms_in_a_training_layer_keep_their_statistics():
         assert torch.equal(value, before[name]), name
 
 
+def test_hooks_on_k4_and_its_norm_run_in_training():
+    """The one-map path called K4's and BN3's kernels directly: their hooks never ran in training, so pruning
+    (torch.nn.utils.prune) failed at its second step and the classic spectral_norm used a stale weight."""
+    torch.manual_seed(0)
+    lean = SCConv2d(8, 8).train()
+    plain = SCConv2d(8, 8, memory_efficient=False).train()
+    seen = []
+    for layer in (lean, plain):
+        nn.utils.spectral_norm(layer.k4)
+        layer.k3_norm.register_forward_hook(lambda *_: seen.append('bn3'))
+    plain.load_state_dict(lean.state_dict())  # the power iteration's vectors too
+    x = torch.randn(2, 8, 8, 8)
+    for _ in range(2):
+        out = lean(x)
+        torch.testing.assert_close(out, plain(x), rtol=0, atol=0)
+        out.sum().backward()
+    assert seen == ['bn3'] * 4
+    from torch.nn.utils import prune
+
+    pruned = SCConv2d(8, 8).train()
+    prune.l1_unstructured(pruned.k4, 'weight', amount=0.5)
+    for _ in range(2):
+        pruned(x).sum().backward()
+
+
 def test_one_map_training_path_under_bfloat16_autocast():
     torch.manual_seed(0)
     lean = SCConv2d(16, 16).train()

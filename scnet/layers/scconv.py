@@ -52,6 +52,7 @@ from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module_hooks  # the global hooks of nn.modules.module.register_module_*_hook
 
 from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError, SingleValueBatchError
 from scnet.layers.calibration import CalibratedHalf, batch_norm_momentum, calibrated_product, pool_context
@@ -306,6 +307,7 @@ class SCConv2d(nn.Module):
         # otherwise training) normalises with its running statistics, which the node (batch statistics) does not
         if not (self.memory_efficient and self.training and torch.is_grad_enabled()
                 and type(bn) is nn.BatchNorm2d and bn.training and bn.track_running_stats
+                and not _has_hooks(bn) and not _has_hooks(k4)
                 and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not _fx_tracing()
                 and features.numel() > 0):
             return None
@@ -368,6 +370,17 @@ class SCConv2d(nn.Module):
         s += f', pooling_r={self.pooling_r}, pool={self.pool!r}, identity={self.identity}'
         s += f', upsample={self.upsample!r}'
         return s if self.memory_efficient else s + ', memory_efficient=False'
+
+
+_HOOK_DICTS = ('_forward_pre_hooks', '_forward_hooks', '_backward_pre_hooks', '_backward_hooks')
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """True when calling ``module`` would run hooks, its own or every module's (``torch.nn.utils.prune``'s masks,
+    the classic ``spectral_norm``, feature captures): the one-map node calls the kernels of K3's norm and K4
+    directly, without those hooks, so such layers take the plain path."""
+    return any(getattr(module, name, None) for name in _HOOK_DICTS) or any(
+        getattr(_module_hooks, f'_global{name}', None) for name in _HOOK_DICTS)
 
 
 def _fx_tracing() -> bool:
