@@ -454,6 +454,21 @@ def test_hooks_on_k4_and_its_norm_run_in_training():
         pruned(x).sum().backward()
 
 
+def test_a_k4_of_another_conv_class_runs_its_own_forward_in_training():
+    """K4 swapped for a conv whose forward changes its weights (timm's weight-standardised StdConv2d; QAT and LoRA
+    convs do the same): the one-map path convolved with the raw weight, silently."""
+    from timm.layers import StdConv2d
+
+    torch.manual_seed(0)
+    lean = SCConv2d(8, 8).train()
+    plain = SCConv2d(8, 8, memory_efficient=False).train()
+    for layer in (lean, plain):
+        layer.k4 = StdConv2d(4, 4, 3, padding=1, bias=False)
+    plain.load_state_dict(lean.state_dict())
+    x = torch.randn(2, 8, 8, 8)
+    torch.testing.assert_close(lean(x), plain(x), rtol=0, atol=0)
+
+
 def test_one_map_training_path_under_bfloat16_autocast():
     torch.manual_seed(0)
     lean = SCConv2d(16, 16).train()

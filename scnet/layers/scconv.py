@@ -307,6 +307,7 @@ class SCConv2d(nn.Module):
         # otherwise training) normalises with its running statistics, which the node (batch statistics) does not
         if not (self.memory_efficient and self.training and torch.is_grad_enabled()
                 and type(bn) is nn.BatchNorm2d and bn.training and bn.track_running_stats
+                and type(k4) is nn.Conv2d and k4.padding_mode == 'zeros'  # a subclass's forward is its own
                 and not _has_hooks(bn) and not _has_hooks(k4)
                 and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not _fx_tracing()
                 and features.numel() > 0):
