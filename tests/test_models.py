@@ -246,6 +246,15 @@ def test_a_misspelt_argument_names_the_close_ones(name, kwargs, message):
         scnet.create_model(name, **kwargs)
 
 
+def test_timm_weights_out_of_reach_are_a_checkpoint_error(monkeypatch, tmp_path):
+    """A baseline's pretrained=True without network or cache raised Hugging Face Hub's own OSError."""
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path))
+    with pytest.raises(scnet.CheckpointError, match=r"resnet26: cannot get timm's pretrained weights .*checkpoint=PATH"):
+        scnet.create_model('resnet26', pretrained=True)
+
+
 def test_pretrained_and_checkpoint_together_is_an_error():
     with pytest.raises(ValueError, match='not both'):
         scnet.create_model('scnet50', pretrained=True, checkpoint='x.pth')

@@ -16,7 +16,8 @@ from typing import Iterable, List, Optional, Union
 import timm
 from torch import nn
 
-from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError, ScnetError, UnknownModelError
+from scnet.errors import (CheckpointError, InvalidArgumentError, InvalidArgumentTypeError, ScnetError,
+                          UnknownModelError)
 from scnet.models.blocks import SCBottleneck
 from scnet.models.resnet import check_unpooled_head
 from scnet.models.zoo import SC_OPTIONS, ZOO_ARCHITECTURES, check_out_indices, check_stages, feature_levels
@@ -240,6 +241,13 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
         if unexpected:
             raise _unknown_argument(name, unexpected[0], kwargs) from None
         raise InvalidArgumentTypeError(f'{name}: {e}') from None
+    except OSError as e:  # timm's weights of a baseline: no network and no cached copy (Hugging Face Hub's error)
+        if not pretrained:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f'{name}: cannot get timm\'s pretrained weights ({first}); download them where there '
+                              'is network (Hugging Face Hub caches them), or load a local copy with checkpoint=PATH '
+                              'instead of pretrained=True') from None
     except ValueError as e:
         if 'norm_layer' not in kwargs or not any(w in str(e) for w in ('num_groups', 'num_channels')):
             raise
