@@ -192,8 +192,8 @@ def test_prune_intermediate_layers(name):
 
 
 @pytest.mark.parametrize('call, message', [
-    (lambda m, x: m.forward_intermediates(x, indices=[7]), r'forward_intermediates: indices=\(7,\) names feature map 7'),
-    (lambda m, x: m.forward_intermediates(x, indices=9), r'indices=9 is not a number of feature maps to take \(1 to 5\)'),
+    (lambda m, x: m.forward_intermediates(x, indices=[7]), r'forward_intermediates: indices=\(7,\) names feature'),
+    (lambda m, x: m.forward_intermediates(x, indices=9), r'indices=9 is not a number of feature maps to take \(1'),
     (lambda m, x: m.forward_intermediates(x, output_fmt='NHWC'), r"output_fmt='NHWC' is not possible.*permute"),
     (lambda m, x: m.prune_intermediate_layers(indices=[-6]), 'prune_intermediate_layers: indices=.*feature map -6'),
 ])

@@ -191,7 +191,7 @@ def test_memory_efficient_is_a_model_option():
     (dict(in_channels=8, out_channels=8, padding_mode='reflect'), "padding_mode='reflect' is not possible"),
     (dict(in_channels=32, out_channels=32, norm_layer='groupnorm'),
      r'norm_layer cannot normalise the 16-channel half of this 32-channel layer \(num_channels \(16\) must be '
-     r'divisible by num_groups \(32\)\).*functools.partial\(nn.GroupNorm, 8\)'),
+     r'divisible by num_groups \(32\)\).*functools.partial\(timm.layers.GroupNorm, num_groups=8\)'),
 ])
 def test_invalid_arguments_name_the_problem(kwargs, message):
     with pytest.raises(ScnetError, match=message) as e:

@@ -64,7 +64,7 @@ class GatherExcite(nn.Module):
         except ValueError as e:  # e.g. GroupNorm's 32 groups on 8 channels
             raise InvalidArgumentError(f'GatherExcite: norm_layer cannot normalise {channels} channels '
                                        f'({str(e).strip() or type(e).__name__}); pass a norm that fits them, e.g. '
-                                       'functools.partial(nn.GroupNorm, 8)') from None
+                                       'functools.partial(timm.layers.GroupNorm, num_groups=8)') from None
         nn.init.constant_(self.gather.weight, 1.0 / (extent * extent))  # starts as a global average
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -124,8 +124,8 @@ def _norm_factory(norm_layer, layer: str = 'SCConv2d') -> Optional[NormLayer]:
             names = ', '.join(sorted(getattr(create_norm, '_NORM_MAP', {})))
             raise InvalidArgumentError(
                 f'{layer}: unknown norm_layer {norm_layer!r}; pass a callable that builds the norm from a channel '
-                f'count (nn.BatchNorm2d, functools.partial(nn.GroupNorm, 8), ...), None, or one of timm\'s names: '
-                f'{names}') from None
+                f'count (nn.BatchNorm2d, functools.partial(timm.layers.GroupNorm, num_groups=8), ...), None, or one '
+                f'of timm\'s names: {names}') from None
     raise InvalidArgumentTypeError(
         f'{layer}: norm_layer must be a callable that builds a norm layer from a channel count (e.g. '
         f'nn.BatchNorm2d), a timm norm name such as \'batchnorm\', or None; got {type(norm_layer).__name__}')
@@ -144,7 +144,8 @@ def _call_norm_layer(norm_layer: NormLayer, channels: int, dd: dict, layer: str)
     except TypeError as e:
         raise InvalidArgumentTypeError(
             f'{layer}: norm_layer({channels}) failed ({e}); norm_layer builds a norm from a channel count alone: '
-            f'for GroupNorm pass functools.partial(nn.GroupNorm, 8) (8 groups) or timm\'s name \'groupnorm\'') from None
+            'for GroupNorm pass functools.partial(timm.layers.GroupNorm, num_groups=8) or timm\'s name '
+            '\'groupnorm\'') from None
     if isinstance(built, nn.Module):
         built = built.to(**{k: v for k, v in dd.items() if v is not None})
     return built
@@ -260,8 +261,8 @@ class SCConv2d(nn.Module):
                 raise InvalidArgumentError(
                     f'SCConv2d: norm_layer cannot normalise the {channels}-channel half of this {in_channels}-channel '
                     f'layer ({str(e).strip() or type(e).__name__}); SC-Conv normalises its half-width maps after K2 '
-                    'and K3: pass a norm that fits them, e.g. functools.partial(nn.GroupNorm, 8), or widen the '
-                    'layer (for a zoo model, larger channels=)') from None
+                    'and K3: pass a norm that fits them, e.g. functools.partial(timm.layers.GroupNorm, num_groups=8), '
+                    'or widen the layer (for a zoo model, larger channels=)') from None
             if not isinstance(layer, nn.Module):
                 raise InvalidArgumentTypeError(f'SCConv2d: norm_layer({channels}) must build an nn.Module, got '
                                                f'{type(layer).__name__}')
@@ -299,8 +300,9 @@ class SCConv2d(nn.Module):
     def _one_map_path(self, features: torch.Tensor, x_calib: torch.Tensor,
                       context: torch.Tensor) -> Optional[torch.Tensor]:
         """BN3, gate, product and K4 as one ``CalibratedHalf`` node when it applies, else ``None``: training-mode
-        ``nn.BatchNorm2d`` after K3 (in training mode itself) and autograd on, outside torch.fx, tracing and compilers (they plan
-        memory themselves or cannot run a custom autograd node). An empty batch takes the plain path, as ATen's
+        ``nn.BatchNorm2d`` after K3 (in training mode itself), a plain ``nn.Conv2d`` K4, neither with hooks, and
+        autograd on, outside torch.fx, tracing and compilers (they plan memory themselves or cannot run a custom
+        autograd node). An empty batch takes the plain path, as ATen's
         batch norm kernels reject empty inputs that ``nn.BatchNorm2d`` handles itself."""
         bn, k4 = self.k3_norm, self.k4
         # bn.training too: a BatchNorm put in eval mode alone (frozen statistics for fine-tuning, in a network

@@ -39,8 +39,9 @@ PAPER_MODELS = ('scnet50', 'scnet101', 'scnext50_32x4d', 'scnext101_32x4d', 'se_
 def list_models(pattern: Union[str, Iterable[str], None] = None, pretrained: bool = False) -> List[str]:
     """Names ``create_model`` accepts: the SC networks, the baselines, and the small networks.
 
-    ``pattern`` (``None``, ``''`` or ``[]`` for every name) filters with shell wildcards, e.g. ``list_models('*scnet*')``, or with several (a name matching
-    any of them), e.g. ``list_models(['scnet*', 'resnet*'])``, as ``timm.list_models`` takes them.
+    ``pattern`` (``None``, ``''`` or ``[]`` for every name) filters with shell wildcards, e.g.
+    ``list_models('*scnet*')``, or with several (a name matching any of them), e.g.
+    ``list_models(['scnet*', 'resnet*'])``, as ``timm.list_models`` takes them.
     ``pretrained=True`` keeps the names ``create_model(name, pretrained=True)`` can load weights for: the SC
     networks the authors released ImageNet weights of, and the baselines timm has weights for.
     """
@@ -235,8 +236,9 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
                                            f'SC models: {", ".join(list_models("*sc*"))}') from None
         if 'norm_layer' in kwargs and 'required positional argument' in str(e):  # e.g. nn.GroupNorm itself
             raise InvalidArgumentTypeError(
-                f'{name}: norm_layer={kwargs["norm_layer"]!r} cannot be built from a channel count alone ({e}); for '
-                'GroupNorm pass functools.partial(nn.GroupNorm, 8) (8 groups) or timm\'s name \'groupnorm\'') from None
+                f'{name}: norm_layer={kwargs["norm_layer"]!r} cannot be built from a channel count alone ({e}; timm\'s '
+                'ResNet keeps only the keyword arguments of a functools.partial); for GroupNorm pass '
+                'functools.partial(timm.layers.GroupNorm, num_groups=8) or timm\'s name \'groupnorm\'') from None
         unexpected = [k for k in bad if 'unexpected keyword argument' in str(e)]
         if unexpected:
             raise _unknown_argument(name, unexpected[0], kwargs) from None
@@ -253,8 +255,8 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
             raise
         raise InvalidArgumentError(  # e.g. timm's GroupNorm of 32 groups on the 8-channel stem of a narrow network
             f'{name}: norm_layer={kwargs["norm_layer"]!r} cannot normalise every layer of this network '
-            f'({str(e).strip()}); pass a norm that fits them, e.g. functools.partial(nn.GroupNorm, 8), or widen the '
-            'network (larger channels=)') from None
+            f'({str(e).strip()}); pass a norm that fits them, e.g. functools.partial(timm.layers.GroupNorm, '
+            'num_groups=8), or widen the network (larger channels=)') from None
     except (KeyError, AssertionError) as e:
         error = _layer_name_error(name, e, kwargs)
         if error is None:
