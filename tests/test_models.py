@@ -266,7 +266,7 @@ def test_timm_weights_out_of_reach_are_a_checkpoint_error(monkeypatch, tmp_path)
 
 
 def test_pretrained_and_checkpoint_together_is_an_error():
-    with pytest.raises(ValueError, match='not both'):
+    with pytest.raises(scnet.InvalidArgumentError, match='not both'):  # was a plain ValueError
         scnet.create_model('scnet50', pretrained=True, checkpoint='x.pth')
 
 

@@ -217,7 +217,8 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
         if kwargs.get('features_only') and 'out_indices' in kwargs:
             check_out_indices(name, kwargs['out_indices'], feature_levels(kwargs))
     if pretrained and checkpoint:
-        raise ValueError('pass either pretrained=True or checkpoint=PATH, not both')
+        raise InvalidArgumentError('pass either pretrained=True (the ImageNet weights) or checkpoint=PATH (a file), '
+                                   'not both')
     state_dict = read_checkpoint(checkpoint) if checkpoint else None  # fail before building on a bad file
     if checkpoint:
         kwargs = {**_recorded_options(name, checkpoint), **kwargs}
