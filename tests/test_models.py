@@ -314,6 +314,7 @@ def test_caller_arguments_override_the_variant():
     (dict(output_stride=7), scnet.InvalidArgumentError, 'output_stride must be one of 8, 16, 32.* got 7'),
     (dict(global_pool='foo'), scnet.InvalidArgumentError,
      r"scnext50_32x4d: Invalid pool type: foo \(arguments given: global_pool='foo'\).*'avg', 'max'"),
+    (dict(global_pool=5), scnet.InvalidArgumentTypeError, r"global_pool must be a string, one of 'avg'.*got 5"),
     (dict(norm_layer='foonorm'), scnet.InvalidArgumentError,
      r"norm_layer='foonorm' is not a layer name timm knows; pass a class .*'batchnorm'"),
     (dict(act_layer='foo'), scnet.InvalidArgumentError, r"act_layer='foo' is not a layer name timm knows"),

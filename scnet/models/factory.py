@@ -115,6 +115,10 @@ def _check_arguments(pretrained, checkpoint, num_classes, kwargs: dict) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
                                   or not 0 <= value < 1):
             raise InvalidArgumentError(f'{rate} must be a probability in [0, 1), got {value!r}; e.g. {rate}=0.1')
+    pool = kwargs.get('global_pool')
+    if pool is not None and not isinstance(pool, str):  # timm fails on it with "'int' object has no attribute 'lower'"
+        raise InvalidArgumentTypeError(f"global_pool must be a string, one of 'avg', 'max', 'avgmax', 'catavgmax' or "
+                                       f"'' (none), got {pool!r}")
     if 'output_stride' in kwargs and kwargs['output_stride'] not in OUTPUT_STRIDES:
         raise InvalidArgumentError(f'output_stride must be one of {", ".join(map(str, OUTPUT_STRIDES))} (the '
                                    f'network\'s total stride; 8 and 16 dilate the last stages), got '
