@@ -137,6 +137,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+
+def test_sigterm_to_the_job_while_an_epoch_is_evaluated_saves_its_training(data, recipe, tmp_path, monkeypatch,
+                                                                            capsys):
+    """A scheduler's SIGTERM reaches every process of the job, the loader workers too. The validation loader's
+    workers died of it and the run stopped with a DataLoader error, its epoch unsaved; now they outlive it, the
+    evaluation is cut short, and the epoch's training is saved (the resumed run evaluates it again)."""
+    import scnet.data.folders as folders
+    import scnet.train.trainer as trainer
+    from torch.utils.data import get_worker_info
+
+    armed = []  # set once epoch 1 is trained: the validation workers forked after it signal the job
+    get, train_one_epoch = folders.CheckedImageFolder.__getitem__, trainer.train_one_epoch
+
+    def get_then_signal(self, index):
+        if armed and get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGTERM)   # this worker
+            os.kill(os.getppid(), signal.SIGTERM)  # the training process (this test's)
+        return get(self, index)
+
+    monkeypatch.setattr(folders.CheckedImageFolder, '__getitem__', get_then_signal)
+    monkeypatch.setattr(trainer, 'train_one_epoch', lambda *a, **k: (train_one_epoch(*a, **k), armed.append(1))[0])
+    run = tmp_path / 'run'
+    assert main(train_args(data, recipe, run, '--epochs', '1', '--workers', '2')) == PREEMPTED_EXIT_STATUS
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('scnet train: stopped by SIGTERM while evaluating epoch 1') and len(err.splitlines()) == 1
+    saved = torch.load(run / 'last.pt', weights_only=True)
+    assert (saved['epoch'], saved['step']) == (0, 4)  # 36 images in batches of 8: all 4 steps trained
+    monkeypatch.undo()
+    assert main(['train', '--output', str(run), '--resume', '--quiet']) == 0
+    assert [(r['epoch'], r['train_images'], r['val_images']) for r in read_metrics(run)] == [(1, 32, 12)]
+
+
 def test_a_run_stopped_by_a_damaged_image_can_stop_its_loader_workers(data, recipe, tmp_path, capsys):
     """The workers ignored SIGTERM from every sender: after a worker's error PyTorch could not stop them, nor
     could multiprocessing at exit, so `scnet train --workers 2` printed the damaged image's line and then

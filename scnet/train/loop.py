@@ -186,14 +186,19 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, ctx: Context, *, amp: bool = False, channels_last: bool = False,
-             progress: bool = True, desc: str = 'val') -> Dict[str, float]:
+             progress: bool = True, desc: str = 'val', stop: Optional[Callable[[], bool]] = None) -> Dict[str, float]:
     """Loss, top-1 and top-5 (percent) over every image of ``loader``'s data set, counted once. A batch is
-    ``(images, targets)`` or ``(images, targets, skipped)``, as for ``train_one_epoch``."""
+    ``(images, targets)`` or ``(images, targets, skipped)``, as for ``train_one_epoch``.
+
+    ``stop``: checked before each batch (in this process only: no collective); when it is true the evaluation
+    ends there, and its result counts the batches seen so far (a run stopped by SIGTERM discards it)."""
     model.eval()
     # loss x n, correct@1, correct@5, images, side correct@1, side correct@5, skipped
     sums = torch.zeros(7, dtype=torch.float64)
     has_side = False
     for batch in batches(loader, ctx, progress=progress, desc=desc):
+        if stop is not None and stop():
+            break
         images, targets, skipped = _unpack(batch)
         sums[6] += skipped
         if not len(targets):

@@ -66,8 +66,9 @@ def resume_requested(output: Path, resume: bool) -> bool:
 
 
 def ignore_sigterm(worker_id: int) -> None:
-    """``worker_init_fn`` of a training DataLoader: a SIGTERM sent to the whole process group leaves the
-    loader's workers running until the main process has saved its state (it stops them itself).
+    """``worker_init_fn`` of a run's DataLoaders (training and validation): a SIGTERM sent to the whole process
+    group leaves the loader's workers running until the main process has saved its state (it stops them
+    itself); a validation worker killed by it would stop the run with a DataLoader error, its epoch unsaved.
 
     Only a SIGTERM from another process is ignored: one from the main process still ends the worker. PyTorch
     stops workers with it where they do not exit when asked (after a worker's error), and so does
@@ -93,7 +94,8 @@ class StepCheckpoints:
     ``state`` returns the training state to save (model, optimiser, schedule, ...); ``run`` writes it.
     The epoch loop calls ``begin_epoch`` before building its loader (the steps to skip), passes ``sums`` to
     ``train_one_epoch`` (which adds to them in place), calls ``after_step`` after each optimiser step,
-    ``finish_epoch`` on the epoch's metrics and ``end_epoch`` after saving them. ``close`` restores the
+    ``finish_epoch`` on the epoch's metrics, ``after_evaluation`` after evaluating the epoch (``signalled`` cuts
+    the evaluation short) and ``end_epoch`` after saving them. ``close`` restores the
     previous SIGTERM handler.
     """
 
@@ -154,8 +156,24 @@ class StepCheckpoints:
                        max(row['epoch_time_s'], 1e-9))
         return row
 
+    @property
+    def signalled(self) -> bool:
+        """Whether SIGTERM came to this process (no collective: what a loop may check at every batch)."""
+        return self._signalled
+
+    def after_evaluation(self) -> None:
+        """After the epoch's evaluation, before its state is saved: when SIGTERM came during the evaluation
+        (which ``signalled`` cut short), save the epoch's training as a state at its last step and raise
+        ``Preempted``; the resumed run evaluates the epoch again. A scheduler's grace time (torchrun's agent
+        kills its workers soon after passing SIGTERM on) is shorter than a large evaluation."""
+        if self._stop_requested():
+            self._save()
+            raise Preempted(f'stopped by SIGTERM while evaluating epoch {self.epoch}, its training saved in '
+                            f'{self.run.path / "last.pt"} (the evaluation is done again on resume): continue '
+                            f'with scnet train --output {self.run.path} --resume')
+
     def end_epoch(self) -> None:
-        """After the epoch's state was saved: stop if SIGTERM came meanwhile (during the evaluation)."""
+        """After the epoch's state was saved: stop if SIGTERM came meanwhile (while saving it)."""
         if self._stop_requested():
             raise Preempted(f'stopped by SIGTERM after epoch {self.epoch}, state saved in '
                             f'{self.run.path / "last.pt"}: continue with scnet train --output {self.run.path} '

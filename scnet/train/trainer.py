@@ -30,6 +30,7 @@ run recorded (absolute, so that a resume from another working folder finds it), 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any, Dict
 
@@ -140,6 +141,26 @@ def _check_resumable(state: Dict[str, Any], recipe: Recipe, output: Path, *, sid
                        f'end it before them: give --epochs {start_epoch} or more')
 
 
+def _note_stream_order_changed(saved: Dict[str, Any], epoch: int, recipe: Recipe, world_size: int,
+                               train_set) -> None:
+    """Say so when a state saved mid-epoch on shards is resumed with other processes, loader workers or
+    accumulation steps. A stream's order within an epoch is a function of them (``scnet.data.streams``), so the
+    rest of the epoch is read in the new order: some of its images are trained twice and others not at all (the
+    epochs after it are whole). Not refused: a job requeued on fewer GPUs could not continue otherwise."""
+    from scnet.data.streams import ShardStream
+
+    if not isinstance(train_set, ShardStream):  # (folders and datasets: the same order for any of them)
+        return
+    now = {'world_size': world_size, 'workers': recipe.workers, 'accum_steps': recipe.accum_steps}
+    flags = {'world_size': 'processes', 'workers': '--workers', 'accum_steps': '--accum-steps'}
+    changed = [f'{flags[k]} {saved[k]} -> {v}' for k, v in now.items() if k in saved and saved[k] != v]
+    if changed:
+        print(f'note: the run was saved in the middle of epoch {epoch} with other settings ({", ".join(changed)}): '
+              f'the rest of the epoch is streamed in their new order, so some of its images are trained twice and '
+              f'others not at all; resume with the run\'s settings to continue it exactly', file=sys.stderr,
+              flush=True)
+
+
 def _with_recorded_options(recipe: Recipe, recorded: ClassifierMetadata, announce: bool) -> Recipe:
     """``recipe`` with the model options that ``--init``'s checkpoint (a run of ``scnet train``) records, where
     the recipe does not set them: fine-tuning a narrow run starts from a network of its shape, as
@@ -239,7 +260,9 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
         if state is not None and state['classes'] != classes:
             raise RunError(f'{output}: the run was trained on classes {state["classes"][:5]}..., the data at {root} '
                            f'has {classes[:5]}...: resume with the same data')
-        val_loader = _loader(val_set, ctx, recipe, **data.val_kwargs)
+        if state is not None and state.get('step') and ctx.is_main:
+            _note_stream_order_changed(state['config'], int(state['epoch']) + 1, recipe, ctx.world_size, train_set)
+        val_loader = _loader(val_set, ctx, recipe, **data.val_kwargs, worker_init_fn=ignore_sigterm)
 
         if recipe.mixes and data.micro % 2:
             raise RunError(f'mixup/cutmix pair the images of a batch: the batch per process and accumulation step '
@@ -326,14 +349,16 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
                                       scaler=scaler, progress=progress, sums=checkpoints.sums)
             row = checkpoints.finish_epoch(row)
             distributed.broadcast_buffers(model)
+            stop = lambda: checkpoints.signalled  # noqa: E731 (SIGTERM cuts the evaluation short)
             row = {'epoch': epoch, 'lr': lr, **row,
                    **evaluate(model, val_loader, ctx, amp=recipe.amp, channels_last=recipe.channels_last,
-                              progress=progress)}
+                              progress=progress, stop=stop)}
             if ema is not None:
                 distributed.broadcast_buffers(ema.module)
                 ema_row = evaluate(ema.module, val_loader, ctx, amp=recipe.amp, channels_last=recipe.channels_last,
-                                   progress=progress, desc='val (EMA)')
+                                   progress=progress, desc='val (EMA)', stop=stop)
                 row.update({f'ema_{k}': v for k, v in ema_row.items() if k in ('val_loss', 'val_top1', 'val_top5')})
+            checkpoints.after_evaluation()
             run.end_epoch(row, training_state())
             if ctx.is_main:
                 print(_epoch_line(row, recipe.epochs), flush=True)
