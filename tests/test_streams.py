@@ -170,3 +170,19 @@ def test_eval_reads_the_validation_shards_named_or_those_of_the_index(shards, re
     assert results[0]['images'] == results[1]['images'] == 12 and results[0]['top1'] == results[1]['top1']
     source = open_shards(str(shards / val[0]))
     assert source.train.urls == () and source.val.urls == (str(shards / val[0]),)
+
+
+def test_a_class_index_past_the_index_classes_names_the_shard(shards, recipe, tmp_path, capsys):
+    """Shards whose index.json lists fewer classes than their samples use (shards and index of different
+    writings) stopped the run with advice to build the network with num_classes."""
+    other = tmp_path / 'other'
+    other.mkdir()
+    for path in shards.iterdir():
+        (other / path.name).write_bytes(path.read_bytes())
+    index = json.loads((shards / 'index.json').read_text())
+    (other / 'index.json').write_text(json.dumps(dict(index, classes=['bar', 'dot'])))
+    args = ('--epochs', '1', '--workers', '0', '--batch-size', '36')  # one step: every image in it
+    assert main(train_args(other, recipe, tmp_path / 'run', *args)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "class index '2', where its index.json lists 2 classes (0 to 1)" in err, err
+    assert 'write them again with scnet shards' in err and '.tar: ' in err

@@ -90,10 +90,11 @@ def _streamed(source, recipe, mean, std, rank, world_size) -> RunData:
 
     train_tf, eval_tf = _transforms(recipe, mean, std)
     train_set = ShardStream(source.train, train_tf, batch_size=recipe.batch_size, rank=rank, world_size=world_size,
-                            accum_steps=recipe.accum_steps, seed=recipe.seed, skip_bad_images=recipe.skip_bad_images)
+                            accum_steps=recipe.accum_steps, seed=recipe.seed, skip_bad_images=recipe.skip_bad_images,
+                            num_classes=len(source.classes))
     train_set.augment_seed = recipe.seed
     val_set = ShardEvalStream(source.val, eval_tf, rank=rank, world_size=world_size,
-                              skip_bad_images=recipe.skip_bad_images)
+                              skip_bad_images=recipe.skip_bad_images, num_classes=len(source.classes))
 
     def set_epoch(epoch: int, start_step: int = 0) -> None:
         train_set.set_epoch(epoch, start_step)
@@ -146,5 +147,6 @@ def open_eval_data(spec: str, transform, *, skip_bad_images: bool = False, rank:
     if is_shard_spec(spec):
         source = open_shards(spec)
         return (ShardEvalStream(source.val, transform, rank=rank, world_size=world_size,
-                                skip_bad_images=skip_bad_images), source.classes, spec, {})
+                                skip_bad_images=skip_bad_images, num_classes=len(source.classes)),
+                source.classes, spec, {})
     return None

@@ -204,8 +204,9 @@ def _worker() -> Tuple[int, int]:
 class _Decoding:
     """Decode and transform a raw shard sample into ``(image, label)``, or None when damaged and skipped."""
 
-    def __init__(self, transform: Optional[Callable], skip_bad_images: bool, decoder: Optional[str]) -> None:
-        self.transform, self.skip_bad_images = transform, skip_bad_images
+    def __init__(self, transform: Optional[Callable], skip_bad_images: bool, decoder: Optional[str],
+                 num_classes: Optional[int] = None) -> None:
+        self.transform, self.skip_bad_images, self.num_classes = transform, skip_bad_images, num_classes
         self.decoder = decoder or default_decoder()
         self.augment_seed: Optional[int] = None
         self.epoch = 0
@@ -218,7 +219,16 @@ class _Decoding:
         image = decode_checked(lambda: decode_rgb_bytes(data, self.decoder), name, self.skip_bad_images)
         if image is None:
             return None
-        label = int(_text(sample['cls']))
+        label = _text(sample['cls']).strip()
+        # (else a ValueError from a loader worker, or a class index past the network's outputs)
+        if not label.isdigit():
+            raise ShardsError(f'{name}: class index {label!r}, not a whole number >= 0; write the shards with '
+                              'scnet shards')
+        if self.num_classes is not None and int(label) >= self.num_classes:
+            raise ShardsError(f'{name}: class index {label!r}, where its index.json lists {self.num_classes} '
+                              f'classes (0 to {self.num_classes - 1}); the shards and their index do not belong '
+                              'together: write them again with scnet shards')
+        label = int(label)
         if self.transform is None:
             return image, label
         return seeded_transform(self.transform, image, self.augment_seed, self.epoch, index), label
@@ -231,12 +241,14 @@ def _text(value) -> str:
 class ShardStream(IterableDataset, _Decoding):
     """This process's training images of an epoch (see the module docstring); ``len`` is their number.
 
-    Give the DataLoader ``batch_size=micro``: each worker yields whole micro-batches."""
+    Give the DataLoader ``batch_size=micro``: each worker yields whole micro-batches. ``num_classes`` (the
+    index's classes): a sample's class index at or past it is named as a mismatch of shards and index."""
 
     def __init__(self, split: ShardSplit, transform: Optional[Callable], *, batch_size: int, rank: int = 0,
                  world_size: int = 1, accum_steps: int = 1, seed: int = 0, shuffle_buffer: int = 1000,
-                 skip_bad_images: bool = False, decoder: Optional[str] = None) -> None:
-        _Decoding.__init__(self, transform, skip_bad_images, decoder)
+                 skip_bad_images: bool = False, decoder: Optional[str] = None,
+                 num_classes: Optional[int] = None) -> None:
+        _Decoding.__init__(self, transform, skip_bad_images, decoder, num_classes)
         from scnet.train.sampling import check_batch
 
         self.micro = check_batch(batch_size, world_size, accum_steps, split.images)
@@ -301,8 +313,9 @@ class ShardEvalStream(IterableDataset, _Decoding):
     """This process's validation images: the ``rank``-th of ``world_size`` contiguous ranges, in index order."""
 
     def __init__(self, split: ShardSplit, transform: Optional[Callable], *, rank: int = 0, world_size: int = 1,
-                 skip_bad_images: bool = False, decoder: Optional[str] = None) -> None:
-        _Decoding.__init__(self, transform, skip_bad_images, decoder)
+                 skip_bad_images: bool = False, decoder: Optional[str] = None,
+                 num_classes: Optional[int] = None) -> None:
+        _Decoding.__init__(self, transform, skip_bad_images, decoder, num_classes)
         self.split = split
         self.start, self.stop = _split(split.images, world_size)[rank]
 
