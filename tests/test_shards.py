@@ -54,8 +54,16 @@ def test_an_interrupted_run_finishes_the_missing_shards_only(data, tmp_path, mon
     assert main(['shards', str(data), str(cut), '--shard-size', '5KB', '--quiet']) == 130
     assert sorted(p.name for p in cut.glob('*.tar')) == ['train-000000.tar', 'train-000001.tar']
     assert not (cut / 'index.json').exists()
-    monkeypatch.setattr(shards_module, '_write_shard', real)
     capsys.readouterr()
+    # read before they are finished, as a folder, a pattern or for evaluation: named as such, with the way out
+    for command in (['train', '--data', str(cut)], ['train', '--data', f'{cut}/train-{{000000..000001}}.tar'],
+                    ['eval', '--model', 'scnet26_cifar', '--data', str(cut)]):
+        assert main([*command, '--output', str(tmp_path / 'run'), '--quiet'] if command[0] == 'train' else
+                    [*command, '--checkpoint', str(tmp_path / 'none.pth'), '--quiet']) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f'{cut}: shards that scnet shards has not finished writing (no index.json yet, which it '
+                            'writes last): run the same scnet shards command again to finish them'), err
+    monkeypatch.setattr(shards_module, '_write_shard', real)
     assert main(['shards', str(data), str(cut), '--shard-size', '5KB', '--quiet']) == 0
     assert 'images already in shards from an earlier run' in capsys.readouterr().out
     for path in whole.iterdir():  # the same bytes as an uninterrupted run's

@@ -40,13 +40,15 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from scnet.data.folders import DataError, _is_image, split_folders
 
-__all__ = ['ShardsError', 'SPLITS', 'INDEX_NAME', 'CLASSES_NAME', 'parse_size', 'plan_shards', 'write_shards',
-           'read_index']
+__all__ = ['ShardsError', 'SPLITS', 'INDEX_NAME', 'CLASSES_NAME', 'PLAN_NAME', 'parse_size', 'plan_shards',
+           'write_shards', 'read_index']
 
 SPLITS = ('train', 'val')
 INDEX_NAME = 'index.json'
 CLASSES_NAME = 'classes.txt'
-_PLAN_NAME = '.plan.json'
+#: Written first into a folder that scnet shards fills (index.json last): a folder holding it and no index is
+#: one whose writing has not finished.
+PLAN_NAME = '.plan.json'
 _UNITS = {'': 1, 'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**12,
           'KIB': 2**10, 'MIB': 2**20, 'GIB': 2**30, 'TIB': 2**40}
 
@@ -236,7 +238,7 @@ def write_shards(src: Path, out: Path, *, shard_size: int = 10**9, shuffle: bool
     if bad:
         report(_skipped_line(bad))
     fingerprint = _fingerprint(classes, plan)
-    plan_file = out / _PLAN_NAME
+    plan_file = out / PLAN_NAME
     if out.is_dir() and any(out.iterdir()):
         previous = json.loads(plan_file.read_text()).get('fingerprint') if plan_file.is_file() else None
         if previous != fingerprint:

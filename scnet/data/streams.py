@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from scnet.data.folders import decode_checked, decode_rgb_bytes, default_decoder, seeded_transform
-from scnet.data.shards import CLASSES_NAME, INDEX_NAME, ShardsError
+from scnet.data.shards import CLASSES_NAME, INDEX_NAME, PLAN_NAME, ShardsError
 
 __all__ = ['ShardSplit', 'ShardSource', 'is_shard_spec', 'open_shards', 'ShardStream', 'ShardEvalStream',
            'ShardProbe', 'worker_batches']
@@ -78,7 +78,8 @@ def is_shard_spec(spec: str) -> bool:
     """Whether ``spec`` names shards: a folder holding ``index.json``, a ``.tar`` pattern or a ``pipe:``."""
     from pathlib import Path
 
-    return spec.startswith('pipe:') or bool(_SHARD_NAME.search(spec)) or (Path(spec) / INDEX_NAME).is_file()
+    return spec.startswith('pipe:') or bool(_SHARD_NAME.search(spec)) or (Path(spec) / INDEX_NAME).is_file() or \
+        (Path(spec) / PLAN_NAME).is_file()
 
 
 def _read_url(url: str) -> bytes:
@@ -98,6 +99,8 @@ def open_shards(spec: str) -> ShardSource:
 
     import braceexpand
 
+    if (Path(spec) / PLAN_NAME).is_file() and not (Path(spec) / INDEX_NAME).is_file():
+        raise _unfinished(Path(spec))
     if (Path(spec) / INDEX_NAME).is_file():
         folder = Path(spec)
         index = _parse_index(_read_url(str(folder / INDEX_NAME)), folder / INDEX_NAME)
@@ -113,6 +116,9 @@ def open_shards(spec: str) -> ShardSource:
         cut = first.rfind(name)
         template = first[:cut] + '{}' + first[cut + len(name):]
         index_url = template.format(INDEX_NAME)
+        folder = Path(index_url).parent
+        if not index_url.startswith('pipe:') and (folder / PLAN_NAME).is_file() and not Path(index_url).is_file():
+            raise _unfinished(folder)
         index = _parse_index(_read_url(index_url), index_url)
     counts = {e['file']: e['images'] for e in index['splits']['train']['shards']}
     val_entries = index['splits']['val']['shards']
@@ -132,6 +138,11 @@ def open_shards(spec: str) -> ShardSource:
     val = ShardSplit(tuple(template.format(e['file']) for e in val_entries), tuple(e['images'] for e in val_entries))
     return ShardSource(list(index['classes']), ShardSplit(tuple(train_urls), tuple(counts[n] for n in names)), val,
                        spec)
+
+
+def _unfinished(folder) -> ShardsError:
+    return ShardsError(f'{folder}: shards that scnet shards has not finished writing (no {INDEX_NAME} yet, which it '
+                       'writes last): run the same scnet shards command again to finish them')
 
 
 def _parse_index(data: bytes, where) -> Dict:
