@@ -148,7 +148,10 @@ def test_shards_that_do_not_fit_are_refused_in_one_line(shards, recipe, tmp_path
                            (f'{shards}/val-000000.tar', 'names validation shards only; training reads the '
                                                         'training shards'),
                            (f'{shards}/{{{train[0]},val-000000.tar}}', 'val-000000.tar: a validation shard, named '
-                                                                       'among training ones')):
+                                                                       'among training ones'),
+                           (f'{shards}/train-*.tar', f'a wildcard pattern, which is not expanded here (each shard '
+                                                     f'is read on its own, by its name); name the '
+                                                     f'shards with a brace pattern such as {shards}/train-{{000000..')):
         assert main(train_args(data, recipe, tmp_path / 'run', '--epochs', '1')) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err, err

@@ -130,6 +130,10 @@ def open_shards(spec: str) -> ShardSource:
         val = ShardSplit(tuple(train_urls), tuple(val_counts[name] for name in names))
         return ShardSource(list(index['classes']), ShardSplit((), ()), val, spec)
     for url, name in zip(train_urls, names):
+        if name not in counts and any(c in name for c in '*?['):
+            raise ShardsError(f'{url}: a wildcard pattern, which is not expanded here (each shard is read on '
+                              'its own, by its name); name the shards with a brace pattern such as '
+                              f'{template.format("train-{000000..000009}.tar")}, or give their folder')
         if name not in counts:
             what = ('a validation shard, named among training ones: name the train-*.tar or the val-*.tar shards, '
                     'not both' if name in val_counts else
