@@ -185,3 +185,31 @@ def test_a_run_stopped_by_a_damaged_image_can_stop_its_loader_workers(data, reci
         alive.append(worker.is_alive())
         worker.kill()  # (before the fix: so that this test process can exit)
     assert not any(alive)
+
+
+def test_a_state_saved_mid_epoch_is_not_continued_on_data_of_another_epoch_length(data, recipe, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """Resumed on fewer images (--data-moved, or images removed from the folder), the saved step lay past the new
+    epoch's end: a ValueError traceback from the sampler. Now one line, before anything is written."""
+    import scnet.train.preemption as preemption
+    from tests.test_train import write_folder
+
+    real = preemption.StepCheckpoints.after_step
+
+    def stop_at_step_5(self):
+        real(self)
+        if self.step == 5:
+            raise KeyboardInterrupt  # the process dies right after a state was saved mid-epoch
+
+    monkeypatch.setattr(preemption.StepCheckpoints, 'after_step', stop_at_step_5)
+    run = tmp_path / 'run'
+    assert main(train_args(data, recipe, run, '--epochs', '1', '--batch-size', '4', '--checkpoint-every', '1')) == 130
+    monkeypatch.undo()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    smaller = write_folder(tmp_path / 'smaller', per_class=(4, 4))  # 12 images: 3 steps an epoch
+    capsys.readouterr()
+    assert main(['train', '--output', str(run), '--resume', '--data', str(smaller), '--data-moved', '--quiet']) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'last.pt was saved at step 5 of epoch 1, an epoch of 9 steps, and the ' \
+        'data now gives 3 steps an epoch' in err and f'--init {run / "last.pt"}' in err, err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

@@ -38,10 +38,11 @@ import torch.distributed as dist
 from scnet.errors import ScnetError
 from scnet.train.distributed import Context, all_reduce_sum
 from scnet.train.engine import check_state_finite
-from scnet.train.run_folder import RunFolder
+from scnet.train.run_folder import RunError, RunFolder
 from scnet.train.state import restore_rng_states, rng_states
 
-__all__ = ['Preempted', 'PREEMPTED_EXIT_STATUS', 'resume_requested', 'ignore_sigterm', 'StepCheckpoints']
+__all__ = ['Preempted', 'PREEMPTED_EXIT_STATUS', 'resume_requested', 'ignore_sigterm', 'check_epoch_length',
+           'StepCheckpoints']
 
 #: Exit status of a run stopped by SIGTERM after saving its state (128 + SIGTERM, as the shell reports it).
 PREEMPTED_EXIT_STATUS = 128 + signal.SIGTERM
@@ -86,6 +87,20 @@ def ignore_sigterm(worker_id: int) -> None:
         os._exit(0)  # (an orderly stop, asked for: a status of 0, which PyTorch does not report as a failure)
 
     threading.Thread(target=wait_for_the_main_process, name='sigterm-from-main', daemon=True).start()
+
+
+def check_epoch_length(state: Dict[str, Any], steps_per_epoch: int, output: Path) -> None:
+    """Refuse to continue a ``state`` saved mid-epoch when the data now gives another number of steps an epoch
+    (images added or removed, or other images given with ``--data-moved``): the epoch's order is a permutation
+    of the images it had, so it cannot be continued in it, and a saved step past the new epoch's end raised a
+    ``ValueError`` from the sampler."""
+    step, saved = int(state.get('step') or 0), state.get('steps_per_epoch')
+    if step and (step > steps_per_epoch or (saved is not None and int(saved) != steps_per_epoch)):
+        raise RunError(f'{output}: last.pt was saved at step {step} of epoch {int(state["epoch"]) + 1}, an epoch of '
+                       f'{saved if saved is not None else f"at least {step}"} steps, and the data now gives '
+                       f'{steps_per_epoch} steps an epoch (other images): the epoch cannot be continued in its '
+                       f'order. Resume with the images it was saved with, or start a new run from its weights '
+                       f'(--init {Path(output) / "last.pt"})')
 
 
 class StepCheckpoints:
@@ -203,6 +218,7 @@ class StepCheckpoints:
         else:
             generators_of_ranks = [generators]
         self.run.save_mid_epoch(state, epoch=self.epoch, step=self.step, epoch_sums=sums,
-                                rng_ranks=generators_of_ranks, epoch_lr=self.epoch_lr)
+                                rng_ranks=generators_of_ranks, epoch_lr=self.epoch_lr,
+                                steps_per_epoch=self.steps_per_epoch)
         self.saved_step = self.step
 

@@ -48,7 +48,7 @@ from scnet.train.estimate import measure_and_estimate
 from scnet.train.init_weights import apply_initial_weights, find_initial_weights
 from scnet.train.loop import StepSettings, evaluate, train_one_epoch
 from scnet.train.modern import build_criterion, build_ema, build_mixup, build_optimizer
-from scnet.train.preemption import StepCheckpoints, ignore_sigterm, resume_requested
+from scnet.train.preemption import StepCheckpoints, check_epoch_length, ignore_sigterm, resume_requested
 from scnet.train.recipe import Recipe, RecipeError, typed_settings
 from scnet.train.side_output import WithSideOutput
 from scnet.train.run_folder import RunError, RunFolder
@@ -260,6 +260,8 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
         if state is not None and state['classes'] != classes:
             raise RunError(f'{output}: the run was trained on classes {state["classes"][:5]}..., the data at {root} '
                            f'has {classes[:5]}...: resume with the same data')
+        if state is not None:
+            check_epoch_length(state, data.steps, output)
         if state is not None and state.get('step') and ctx.is_main:
             _note_stream_order_changed(state['config'], int(state['epoch']) + 1, recipe, ctx.world_size, train_set)
         val_loader = _loader(val_set, ctx, recipe, **data.val_kwargs, worker_init_fn=ignore_sigterm)
