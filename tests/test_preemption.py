@@ -213,3 +213,42 @@ def test_a_state_saved_mid_epoch_is_not_continued_on_data_of_another_epoch_lengt
     assert len(err.splitlines()) == 1 and 'last.pt was saved at step 5 of epoch 1, an epoch of 9 steps, and the ' \
         'data now gives 3 steps an epoch' in err and f'--init {run / "last.pt"}' in err, err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+
+def test_a_loader_worker_ignores_sigterm_from_others_and_ends_on_its_main_process():
+    """Under forkserver (Python 3.14's default on Linux) a worker's parent is the fork server, not the process
+    that stops it: main_process_sigterm_only gives the worker the main process's id, taken where the loader is
+    built. Here this test's process is the main one, and a process between it and the worker the fork server."""
+    from scnet.train.preemption import main_process_sigterm_only
+
+    init = main_process_sigterm_only()
+    ready, told = os.pipe(), os.pipe()
+    server = os.fork()
+    if server == 0:  # the fork server
+        status = 3
+        try:
+            worker = os.fork()
+            if worker == 0:
+                try:
+                    init(0)
+                    os.write(ready[1], b'x')
+                    time.sleep(20)
+                finally:
+                    os._exit(1)
+            os.read(ready[0], 1)
+            os.kill(worker, signal.SIGTERM)  # from another process than the main one: ignored
+            time.sleep(0.3)
+            if os.waitpid(worker, os.WNOHANG)[0] == 0:
+                os.write(told[1], str(worker).encode())
+                _, code = os.waitpid(worker, 0)
+                status = 0 if os.WIFEXITED(code) and os.WEXITSTATUS(code) == 0 else 4
+        finally:
+            os._exit(status)
+    os.close(told[1])  # (so that the read below ends if the fork server has nothing to tell)
+    worker = int(os.read(told[0], 32) or 0)
+    if worker:
+        os.kill(worker, signal.SIGTERM)  # from the main process: the worker ends
+    _, code = os.waitpid(server, 0)
+    assert os.WEXITSTATUS(code) == 0, {3: 'the worker died of a SIGTERM from another process',
+                                       4: 'the worker outlived the main process\'s SIGTERM'}.get(os.WEXITSTATUS(code))

@@ -26,11 +26,12 @@ run needs from them is the short logic here.
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -41,8 +42,8 @@ from scnet.train.engine import check_state_finite
 from scnet.train.run_folder import RunError, RunFolder
 from scnet.train.state import restore_rng_states, rng_states
 
-__all__ = ['Preempted', 'PREEMPTED_EXIT_STATUS', 'resume_requested', 'ignore_sigterm', 'check_epoch_length',
-           'StepCheckpoints']
+__all__ = ['Preempted', 'PREEMPTED_EXIT_STATUS', 'resume_requested', 'ignore_sigterm', 'main_process_sigterm_only',
+           'check_epoch_length', 'StepCheckpoints']
 
 #: Exit status of a run stopped by SIGTERM after saving its state (128 + SIGTERM, as the shell reports it).
 PREEMPTED_EXIT_STATUS = 128 + signal.SIGTERM
@@ -66,7 +67,7 @@ def resume_requested(output: Path, resume: bool) -> bool:
     return resume or (restarted and (Path(output) / 'last.pt').is_file())
 
 
-def ignore_sigterm(worker_id: int) -> None:
+def ignore_sigterm(worker_id: int, main_process: Optional[int] = None) -> None:
     """``worker_init_fn`` of a run's DataLoaders (training and validation): a SIGTERM sent to the whole process
     group leaves the loader's workers running until the main process has saved its state (it stops them
     itself); a validation worker killed by it would stop the run with a DataLoader error, its epoch unsaved.
@@ -75,10 +76,15 @@ def ignore_sigterm(worker_id: int) -> None:
     stops workers with it where they do not exit when asked (after a worker's error), and so does
     ``multiprocessing`` at exit; a worker ignoring it outright kept the run from ever exiting after a damaged
     image had stopped it. The sender is known only to ``sigwaitinfo``, so SIGTERM is blocked and a thread waits
-    for it. (Without ``sigwaitinfo``, on macOS, SIGTERM keeps its default: the workers end with it.)"""
+    for it. (Without ``sigwaitinfo``, on macOS, SIGTERM keeps its default: the workers end with it.)
+
+    ``main_process``: the process id of the loader's process (``functools.partial(ignore_sigterm,
+    main_process=os.getpid())``, as ``main_process_sigterm_only`` builds it); the worker's parent when not given,
+    which is that process only where workers are forked (under ``forkserver``, Python 3.14's default on Linux,
+    it is the fork server)."""
     if not hasattr(signal, 'sigwaitinfo'):
         return
-    main_process = os.getppid()
+    main_process = os.getppid() if main_process is None else main_process
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
     def wait_for_the_main_process() -> None:
@@ -87,6 +93,11 @@ def ignore_sigterm(worker_id: int) -> None:
         os._exit(0)  # (an orderly stop, asked for: a status of 0, which PyTorch does not report as a failure)
 
     threading.Thread(target=wait_for_the_main_process, name='sigterm-from-main', daemon=True).start()
+
+
+def main_process_sigterm_only() -> Callable[[int], None]:
+    """``ignore_sigterm`` for the loaders of this process: the ``worker_init_fn`` to give them."""
+    return functools.partial(ignore_sigterm, main_process=os.getpid())
 
 
 def check_epoch_length(state: Dict[str, Any], steps_per_epoch: int, output: Path) -> None:

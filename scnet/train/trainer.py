@@ -48,7 +48,8 @@ from scnet.train.estimate import measure_and_estimate
 from scnet.train.init_weights import apply_initial_weights, find_initial_weights
 from scnet.train.loop import StepSettings, evaluate, train_one_epoch
 from scnet.train.modern import build_criterion, build_ema, build_mixup, build_optimizer
-from scnet.train.preemption import StepCheckpoints, check_epoch_length, ignore_sigterm, resume_requested
+from scnet.train.preemption import (StepCheckpoints, check_epoch_length, main_process_sigterm_only,
+                                     resume_requested)
 from scnet.train.recipe import Recipe, RecipeError, typed_settings
 from scnet.train.side_output import WithSideOutput
 from scnet.train.run_folder import RunError, RunFolder
@@ -264,7 +265,7 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
             check_epoch_length(state, data.steps, output)
         if state is not None and state.get('step') and ctx.is_main:
             _note_stream_order_changed(state['config'], int(state['epoch']) + 1, recipe, ctx.world_size, train_set)
-        val_loader = _loader(val_set, ctx, recipe, **data.val_kwargs, worker_init_fn=ignore_sigterm)
+        val_loader = _loader(val_set, ctx, recipe, **data.val_kwargs, worker_init_fn=main_process_sigterm_only())
 
         if recipe.mixes and data.micro % 2:
             raise RunError(f'mixup/cutmix pair the images of a batch: the batch per process and accumulation step '
@@ -342,7 +343,8 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
             data.set_epoch(epoch, checkpoints.begin_epoch(epoch, lr=optimizer.param_groups[0]['lr']))
             # the loader draws its workers' seeds from its own generator, not from the global one that the
             # training steps draw from (which a state saved mid-epoch restores)
-            train_loader = _loader(train_set, ctx, recipe, **data.train_kwargs(), worker_init_fn=ignore_sigterm,
+            train_loader = _loader(train_set, ctx, recipe, **data.train_kwargs(),
+                                   worker_init_fn=main_process_sigterm_only(),
                                    generator=torch.Generator().manual_seed(recipe.seed * 100_003 + epoch))
             lr = checkpoints.epoch_lr  # (that of a resumed epoch as it began)
             saved_step = lambda: checkpoints.saved_step  # noqa: E731 (read when an error comes)
