@@ -13,7 +13,7 @@ from scnet.cli.main import main
 from scnet.train.preemption import PREEMPTED_EXIT_STATUS, resume_requested
 from scnet.train.sampling import ShardedBatchSampler
 from scnet.train.run_folder import LOCK_NAME
-from tests.test_train import _run_cli, data, read_metrics, recipe, train_args  # noqa: F401 (fixtures)
+from tests.test_train import _run_cli_signalling_itself, data, read_metrics, recipe, train_args  # noqa: F401 (fixtures)
 
 # 36 training images in batches of 4: 9 optimiser steps an epoch; stochastic depth and mixup draw from the
 # generators a mid-epoch state must restore
@@ -49,36 +49,23 @@ def _wait_for(condition, what, timeout=120):
 @pytest.mark.slow
 def test_killed_or_terminated_mid_epoch_and_resumed_ends_with_the_uninterrupted_weights(data, recipe, tmp_path):
     full, killed, stopped = tmp_path / 'full', tmp_path / 'killed', tmp_path / 'stopped'
-    victim = _run_cli(train_args(data, recipe, killed, *ARGS, '--checkpoint-every', '1'))
-    terminated = _run_cli(train_args(data, recipe, stopped, *ARGS))
-
-    # SIGKILL right after a state saved in the middle of epoch 2; SIGTERM as soon as epoch 1 has ended
-    signalled = []
-
-    def signal_when_due():
-        if victim not in signalled and (state := _state(killed)) and state['epoch'] == 1 and state.get('step'):
-            victim.send_signal(signal.SIGKILL)
-            signalled.append(victim)
-        if terminated not in signalled and (stopped / 'metrics.jsonl').exists() and read_metrics(stopped):
-            terminated.send_signal(signal.SIGTERM)
-            signalled.append(terminated)
-        return len(signalled) == 2
-
-    _wait_for(signal_when_due, 'epoch 2 of both runs')
-    victim.wait()
+    # SIGKILL right after the state saved at step 3 of epoch 2; SIGTERM as step 5 of epoch 2 is taken
+    victim = _run_cli_signalling_itself(train_args(data, recipe, killed, *ARGS, '--checkpoint-every', '1'),
+                                        signal.SIGKILL, epoch=2, step=3)
+    terminated = _run_cli_signalling_itself(train_args(data, recipe, stopped, *ARGS), signal.SIGTERM,
+                                            epoch=2, step=5)
+    assert victim.wait() == -signal.SIGKILL, victim.stderr.read()
     saved = _state(killed)
-    assert saved['epoch'] == 1 and 1 <= saved['step'] < 9, (saved['epoch'], saved.get('step'))
+    assert (saved['epoch'], saved['step']) == (1, 3)
     assert [r['epoch'] for r in read_metrics(killed)] == [1]
     # the terminated run saved its state and ended with status 143
     assert terminated.wait() == PREEMPTED_EXIT_STATUS, terminated.stderr.read()
     err = terminated.stderr.read().strip()
     assert err.startswith('scnet train: stopped by SIGTERM') and f'--output {stopped} --resume' in err, err
     assert len(err.splitlines()) == 1
-    # at the step after the signal; or at the end of an epoch, when the signal came while it was being
-    # evaluated or saved (epoch 1's metrics are on disk a moment before the run checks for the signal)
+    # at the step taken when the signal came
     saved = _state(stopped)
-    assert (saved['epoch'], bool(saved.get('step'))) in ((1, True), (1, False), (2, False)), \
-        (saved['epoch'], saved.get('step'))
+    assert (saved['epoch'], saved.get('step')) == (1, 5)
     assert not (stopped / 'model.safetensors').exists()
 
     # the uninterrupted run in this process (one thread, like the others)

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -139,9 +138,34 @@ def test_existing_run_is_never_overwritten_and_resume_needs_a_run(data, recipe, 
     assert 'nothing to resume' in capsys.readouterr().err
 
 
-def _run_cli(args, **kwargs):
-    return subprocess.Popen([sys.executable, '-m', 'scnet', *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+# run in a child process: `python -m scnet ARGS` whose process sends itself SIGNAL at optimiser step STEP of
+# epoch EPOCH, SIGKILL right after that step's state was saved, SIGTERM before the step is taken. A real signal
+# at a chosen point: a poller signalling from outside raced runs whose epochs last a fraction of a second (on a
+# slow CI machine the run had ended before the poller saw epoch 1's metrics, and the SIGTERM found no handler)
+_SIGNAL_ITSELF = """
+import os, signal, sys
+from scnet.cli.main import main
+from scnet.train import preemption
+
+signum, epoch, step, args = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+real = preemption.StepCheckpoints.after_step
+
+def after_step(self):
+    due = (self.epoch, self.step + 1) == (epoch, step)
+    if due and signum == signal.SIGTERM:
+        os.kill(os.getpid(), signum)
+    real(self)
+    if due:
+        os.kill(os.getpid(), signum)
+
+preemption.StepCheckpoints.after_step = after_step
+sys.exit(main(args))
+"""
+
+
+def _run_cli_signalling_itself(args, signum, *, epoch, step):
+    return subprocess.Popen([sys.executable, '-c', _SIGNAL_ITSELF, str(int(signum)), str(epoch), str(step), *args],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.slow
@@ -151,16 +175,11 @@ def test_killed_and_resumed_run_ends_with_identical_weights(data, recipe, tmp_pa
     run's, bit for bit. (A kill in the middle of an epoch: tests/test_preemption.py.)"""
     full, killed = tmp_path / 'full', tmp_path / 'killed'
     args = ['--epochs', '3', '--seed', '7', '--mixup', '0.2', '--cutmix', '1.0', '--ema-decay', '0.9']
-    victim = _run_cli(train_args(data, recipe, killed, *args))
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if (killed / 'metrics.jsonl').exists() and len(read_metrics(killed)) >= 1:
-            break
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    # killed as the first step of epoch 2 is taken: last.pt holds epoch 1's end
+    victim = _run_cli_signalling_itself(train_args(data, recipe, killed, *args), signal.SIGKILL, epoch=2, step=1)
+    assert victim.wait() == -signal.SIGKILL, victim.stderr.read()
     state = torch.load(killed / 'last.pt', weights_only=True)  # the checkpoint a kill leaves is readable
-    assert 1 <= state['epoch'] < 3 and not (killed / 'model.safetensors').exists()
+    assert state['epoch'] == 1 and not state.get('step') and not (killed / 'model.safetensors').exists()
     # the uninterrupted run and the resume in this process (one thread, like the victim): two starts fewer
     assert main(train_args(data, recipe, full, *args)) == 0
     assert main(['train', '--output', str(killed), '--resume', '--quiet']) == 0
