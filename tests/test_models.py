@@ -316,7 +316,7 @@ def test_caller_arguments_override_the_variant():
      r"scnext50_32x4d: Invalid pool type: foo \(arguments given: global_pool='foo'\).*'avg', 'max'"),
     (dict(global_pool=5), scnet.InvalidArgumentTypeError, r"global_pool must be a string, one of 'avg'.*got 5"),
     (dict(norm_layer='foonorm'), scnet.InvalidArgumentError,
-     r"norm_layer='foonorm' is not a layer name timm knows; pass a class .*'batchnorm'"),
+     r"scnext50_32x4d: unknown norm_layer 'foonorm'; pass a callable .* timm's names: batchnorm, .*groupnorm"),
     (dict(act_layer='foo'), scnet.InvalidArgumentError, r"act_layer='foo' is not a layer name timm knows"),
     (dict(checkpoint=5), scnet.InvalidArgumentTypeError, r'checkpoint must be a path .* got 5 \(int\)'),
     (dict(pretrained='no'), scnet.InvalidArgumentTypeError, "pretrained must be True or False, got 'no'"),
@@ -353,6 +353,47 @@ def test_norm_layer_without_weights_or_by_name():
         assert type(layer.k3_norm) is (torch.nn.Identity if norm is torch.nn.Identity else torch.nn.BatchNorm2d)
         with torch.no_grad():
             assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+@pytest.mark.parametrize('norm', ['layernorm', 'rmsnorm', 'simplenorm', torch.nn.LayerNorm, torch.nn.BatchNorm1d])
+def test_a_norm_over_the_last_dimension_is_refused_before_the_first_forward_pass(norm):
+    """timm's 'layernorm' (and nn.BatchNorm1d ...) built a whole network that failed at its first forward pass
+    with torch's shape error; refused where it is given, naming the variants over channels."""
+    expected = r"norm_layer=.* does not normalise \(N, C, H, W\) feature maps .*'layernorm2d', 'rmsnorm2d'"
+    for build in (lambda: scnet.create_model('scnet26_cifar', norm_layer=norm),
+                  lambda: scnet.create_model('resnet26', norm_layer=norm),
+                  lambda: scnet.SCConv2d(16, 16, norm_layer=norm),
+                  lambda: scnet.GatherExcite(16, 7, norm_layer=norm)):
+        with pytest.raises(scnet.InvalidArgumentError, match=expected):
+            build()
+    # the variants over channels build and run (the probe runs a fresh instance: no statistics change)
+    model = scnet.create_model('scnet26_cifar', num_classes=3, norm_layer='layernorm2d')
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    layer = scnet.SCConv2d(16, 16)
+    assert int(layer.k2_norm.num_batches_tracked) == 0 and torch.equal(layer.k2_norm.running_mean, torch.zeros(8))
+
+
+def test_norms_timm_cannot_build_and_anti_aliasing_by_name_are_clear_errors():
+    """timm's ResNet gives every norm device/dtype (torchvision's FrozenBatchNorm2d takes neither) and tests
+    aa_layer with issubclass: bare TypeErrors before."""
+    with pytest.raises(scnet.InvalidArgumentTypeError, match=r"norm_layer='frozenbatchnorm2d' takes no device .*"
+                                                             r'timm.layers.freeze_batch_norm_2d\(model\)'):
+        scnet.create_model('scnet26_cifar', norm_layer='frozenbatchnorm2d')
+    with pytest.raises(scnet.InvalidArgumentTypeError, match=r"aa_layer must be a class .*BlurPool2d\), got 'blur'"):
+        scnet.create_model('scnet26_cifar', aa_layer='blur')
+    model = scnet.create_model('scnet26_cifar', num_classes=3, aa_layer=timm.layers.BlurPool2d)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_gather_excite_names_a_wrong_input_and_a_single_image_in_training():
+    gate = scnet.GatherExcite(16, 4)
+    with pytest.raises(scnet.InvalidArgumentError, match=r'GatherExcite expects an input of shape \(N, 16, H, W\) '
+                                                         r'\(channels=16\), got \(2, 8, 4, 4\)'):
+        gate(torch.randn(2, 8, 4, 4))
+    with pytest.raises(scnet.errors.SingleValueBatchError, match='batch of 1 image .* at least 2 images .*model.eval'):
+        gate(torch.randn(1, 16, 4, 4))
+    assert gate(torch.randn(2, 16, 4, 4)).shape == (2, 16, 4, 4)
+    assert gate.eval()(torch.randn(1, 16, 4, 4)).shape == (1, 16, 4, 4)  # running statistics: one image is fine
 
 
 def test_whole_model_traces_with_torch_jit_trace_default_check():

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scnet.errors import InvalidArgumentError
-from scnet.layers.scconv import _call_norm_layer, _norm_factory, _positive_int
+from scnet.errors import InvalidArgumentError, SingleValueBatchError
+from scnet.layers.scconv import _call_norm_layer, _norm_factory, _positive_int, check_norm_takes_maps
 
 __all__ = ['GatherExcite', 'fit_to_extent']
 
@@ -54,6 +54,7 @@ class GatherExcite(nn.Module):
         super().__init__()
         channels = _positive_int('channels', channels, 'GatherExcite')
         extent = _positive_int('extent', extent, 'GatherExcite')
+        check_norm_takes_maps(norm_layer, channels, 'GatherExcite')
         norm_layer = _norm_factory(norm_layer, 'GatherExcite')
         self.extent = extent
         self.gather = nn.Conv2d(channels, channels, extent, groups=channels, bias=False, device=device,
@@ -68,8 +69,31 @@ class GatherExcite(nn.Module):
         nn.init.constant_(self.gather.weight, 1.0 / (extent * extent))  # starts as a global average
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self._check_input(x)
         gate = torch.sigmoid(self.norm(self.gather(fit_to_extent(x, self.extent))))  # (N, C, 1, 1)
         return x * gate
+
+    @torch.jit.unused
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Clear errors for a map of another channel count than the layer gates (torch's comes from the depthwise
+        gather, about its groups) and for one image in training (torch's from the BatchNorm, naming neither the
+        layer nor a way out). Not under torch.fx (a Proxy has no shape to check)."""
+        if isinstance(x, torch.fx.Proxy) or not isinstance(x, torch.Tensor):
+            return
+        channels = self.gather.in_channels
+        if x.dim() != 4 or x.shape[1] != channels:
+            raise InvalidArgumentError(f'GatherExcite expects an input of shape (N, {channels}, H, W) (channels='
+                                       f'{channels}), got {tuple(x.shape)}')
+        norm = self.norm
+        # (the batch size last: an exported or compiled eval-mode network keeps a dynamic batch dimension)
+        if isinstance(norm, nn.modules.batchnorm._BatchNorm) and (norm.training or norm.running_mean is None) \
+                and x.shape[0] == 1:
+            raise SingleValueBatchError(
+                'GatherExcite: a batch of 1 image gives the BatchNorm after the gather a single value per channel '
+                '(the gather summarises each map in one value), and batch statistics need more: train with batches '
+                'of at least 2 images (drop_last=True in the DataLoader keeps a last batch of 1 out), or call '
+                'model.eval() to run on one image')
 
     def extra_repr(self) -> str:
         return f'extent={self.extent}'

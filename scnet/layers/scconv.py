@@ -131,6 +131,34 @@ def _norm_factory(norm_layer, layer: str = 'SCConv2d') -> Optional[NormLayer]:
         f'nn.BatchNorm2d), a timm norm name such as \'batchnorm\', or None; got {type(norm_layer).__name__}')
 
 
+def check_norm_takes_maps(norm_layer, channels: int, layer: str) -> None:
+    """Refuse a ``norm_layer`` that builds but cannot normalise ``(N, C, H, W)`` feature maps: one over the last
+    dimension (``nn.LayerNorm``, timm's ``'layernorm'``, ``'rmsnorm'``, ``'simplenorm'``) or of 1-D inputs
+    (``nn.BatchNorm1d``) builds without complaint and fails only at the first forward pass, with torch's shape
+    error naming neither the argument nor the variant over channels to use instead. A fresh instance is run in
+    eval mode on a small map of zeros (no layer's statistics change); one that does not build is left to the
+    caller, which reports it with the layer's channels."""
+    shown = norm_layer
+    norm_layer = _norm_factory(norm_layer, layer)
+    if norm_layer is None:
+        return
+    try:
+        probe = norm_layer(channels)
+    except Exception:  # (reported where the layer builds it: GroupNorm's groups, a missing argument, ...)
+        return
+    if not isinstance(probe, nn.Module):
+        return
+    try:
+        with torch.no_grad():
+            probe.eval()(torch.zeros(2, channels, 2, 2))
+    except (RuntimeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InvalidArgumentError(
+            f'{layer}: norm_layer={shown!r} does not normalise (N, C, H, W) feature maps ({first}); pass a norm over '
+            'the channels of a map: nn.BatchNorm2d, or one of timm\'s names \'batchnorm\', \'groupnorm\', '
+            '\'layernorm2d\', \'rmsnorm2d\', \'simplenorm2d\'') from None
+
+
 def _call_norm_layer(norm_layer: NormLayer, channels: int, dd: dict, layer: str):
     """``norm_layer(channels)``, with ``device``/``dtype`` where it takes them. A factory that cannot be called
     with a channel count alone (``nn.GroupNorm``, whose first argument is the number of groups) is an error that
@@ -222,12 +250,13 @@ class SCConv2d(nn.Module):
         upsample = _choice('upsample', upsample, _UPSAMPLES)
         identity = _flag('identity', identity)
         memory_efficient = _flag('memory_efficient', memory_efficient)
-        norm_layer = _norm_factory(norm_layer)
+        given_norm, norm_layer = norm_layer, _norm_factory(norm_layer)
         for name, channels in (('in_channels', in_channels), ('out_channels', out_channels)):
             if channels % 2 or (channels // 2) % groups:
                 raise InvalidArgumentError(
                     f'SCConv2d: {name}={channels} must be even and each half ({channels / 2:g}) divisible '
                     f'by groups={groups}; SC-Conv splits the channels in two halves of {groups} groups each')
+        check_norm_takes_maps(given_norm, in_channels // 2, 'SCConv2d')
 
         self.in_channels = in_channels
         self.out_channels = out_channels

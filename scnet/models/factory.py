@@ -18,6 +18,7 @@ from torch import nn
 
 from scnet.errors import (CheckpointError, InvalidArgumentError, InvalidArgumentTypeError, ScnetError,
                           UnknownModelError)
+from scnet.layers.scconv import check_norm_takes_maps
 from scnet.models.blocks import SCBottleneck
 from scnet.models.resnet import check_unpooled_head
 from scnet.models.zoo import SC_OPTIONS, ZOO_ARCHITECTURES, check_out_indices, check_stages, feature_levels
@@ -215,6 +216,8 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
     """
     validate_model_name(name)
     _check_arguments(pretrained, checkpoint, num_classes, kwargs)
+    if kwargs.get('norm_layer') is not None:  # one over the last dimension builds, and fails at the first forward
+        check_norm_takes_maps(kwargs['norm_layer'], 64, name)
     check_unpooled_head(name, kwargs.get('global_pool'), num_classes, bool(kwargs.get('features_only')))
     if name in BASELINES:  # timm's own models: the zoo's checks run in scnet.models.zoo for timm.create_model too
         check_stages(name, kwargs)
@@ -244,6 +247,15 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
                 f'{name}: norm_layer={kwargs["norm_layer"]!r} cannot be built from a channel count alone ({e}; timm\'s '
                 'ResNet keeps only the keyword arguments of a functools.partial); for GroupNorm pass '
                 'functools.partial(timm.layers.GroupNorm, num_groups=8) or timm\'s name \'groupnorm\'') from None
+        if 'norm_layer' in kwargs and "unexpected keyword argument 'device'" in str(e):
+            raise InvalidArgumentTypeError(  # e.g. 'frozenbatchnorm2d', torchvision's FrozenBatchNorm2d
+                f'{name}: norm_layer={kwargs["norm_layer"]!r} takes no device argument, which timm\'s ResNet gives '
+                'every norm it builds; for frozen BatchNorm build the model with its BatchNorm and freeze it '
+                'afterwards: timm.layers.freeze_batch_norm_2d(model)') from None
+        if 'aa_layer' in kwargs and 'issubclass()' in str(e):  # timm's ResNet tests the class, takes no name
+            raise InvalidArgumentTypeError(
+                f'{name}: aa_layer must be a class (anti-aliased downsampling, e.g. timm.layers.BlurPool2d), '
+                f'got {kwargs["aa_layer"]!r}') from None
         unexpected = [k for k in bad if 'unexpected keyword argument' in str(e)]
         if unexpected:
             raise _unknown_argument(name, unexpected[0], kwargs) from None
