@@ -156,7 +156,7 @@ def count_complexity(model: nn.Module, input_size: InputSize = 224) -> Tuple[int
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device('cpu')
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    x = torch.empty(1, int(getattr(model, 'in_chans', 3)), h, w, device=device, dtype=dtype)
+    x = torch.empty(1, _input_channels(model), h, w, device=device, dtype=dtype)
     was_training = model.training
     model.eval()
     try:
@@ -168,6 +168,15 @@ def count_complexity(model: nn.Module, input_size: InputSize = 224) -> Tuple[int
     finally:
         model.train(was_training)
     return params, counter.get_total_flops() // 2
+
+
+def _input_channels(model: nn.Module) -> int:
+    """The channels a model takes: timm's ``in_chans`` where it records it, else its first convolution's (a
+    ``features_only`` backbone, timm's feature wrapper, keeps no ``in_chans``), else RGB."""
+    if hasattr(model, 'in_chans'):
+        return int(model.in_chans)
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return first_conv.in_channels if first_conv is not None else 3
 
 
 def _build(name: str, **model_kwargs) -> nn.Module:

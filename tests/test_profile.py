@@ -70,6 +70,15 @@ def test_a_module_is_profiled_where_it_lives_and_keeps_its_mode():
     assert row['params_m'] == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6, abs=1e-3)
 
 
+def test_a_backbone_of_one_input_channel_is_fed_one_channel():
+    """timm's features_only wrapper keeps no in_chans: a grey backbone was fed 3 channels and failed."""
+    grey = profile_model('scnet26_cifar', 32, features_only=True, in_chans=1)
+    module = scnet.create_model('scnet26_cifar', features_only=True, in_chans=1)
+    assert profile_model(module, 32)['macs_g'] == grey['macs_g'] > 0
+    # the stem's first conv on one channel instead of three: fewer MACs than the RGB backbone
+    assert grey['macs_g'] < profile_model('scnet26_cifar', 32, features_only=True)['macs_g']
+
+
 def test_a_variant_is_profiled_but_not_compared_with_the_default_network_row():
     row = profile_model('scnet50', pooling_r=2)  # a Table 2 ablation: more MAdds than the paper's SCNet-50
     assert row['macs_g'] > profile_model('scnet50')['macs_g']
