@@ -11,6 +11,7 @@ is timm's own argument; SC-Conv enters only through the block (``scnet.models.bl
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any, List, Optional, Union
 
 import torch
@@ -88,10 +89,18 @@ class SCResNet(ResNet):
                                             norm_layer=kwargs.get('norm_layer', nn.BatchNorm2d), **dd)
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """timm's, refusing a classifier on unpooled features (``global_pool=''``, given or kept), which timm builds
-        and the next forward pass fails on."""
-        pool = self.global_pool.pool_type if global_pool is None else global_pool
-        check_unpooled_head(f'{type(self).__name__}.reset_classifier', pool, num_classes)
+        """timm's, refusing a classifier on unpooled features asked for in one call (``global_pool=''`` with
+        ``num_classes`` > 0), which timm builds and the next forward pass fails on. Where the unpooled model's
+        pooling is kept (``global_pool`` not given) the head is built, as timm builds it, with a warning: timm's
+        own model tests give a classifier to such a model to check where its parameters live, and a caller may
+        set the pooling next."""
+        name = f'{type(self).__name__}.reset_classifier'
+        if global_pool is not None:
+            check_unpooled_head(name, global_pool, num_classes)
+        elif self.global_pool.pool_type == '' and num_classes:
+            warnings.warn(f"{name}({num_classes}) keeps global_pool='': its classifier cannot take the unpooled "
+                          f"(N, C, H, W) map, so a forward pass fails until a pooling is set; pass one, e.g. "
+                          f"reset_classifier({num_classes}, 'avg')", UserWarning, stacklevel=2)
         super().reset_classifier(num_classes, global_pool)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
