@@ -363,11 +363,12 @@ def test_a_norm_over_the_last_dimension_is_refused_before_the_first_forward_pass
     """timm's 'layernorm' (and nn.BatchNorm1d ...) built a whole network that failed at its first forward pass
     with torch's shape error; refused where it is given, naming the variants over channels."""
     expected = r"norm_layer=.* does not normalise \(N, C, H, W\) feature maps .*'layernorm2d', 'rmsnorm2d'"
-    for build in (lambda: scnet.create_model('scnet26_cifar', norm_layer=norm),
-                  lambda: scnet.create_model('resnet26', norm_layer=norm),
-                  lambda: scnet.SCConv2d(16, 16, norm_layer=norm),
-                  lambda: scnet.GatherExcite(16, 7, norm_layer=norm)):
-        with pytest.raises(scnet.InvalidArgumentError, match=expected):
+    for build, where in ((lambda: scnet.create_model('scnet26_cifar', norm_layer=norm), 'scnet26_cifar'),
+                         (lambda: timm.create_model('scnet26_cifar', norm_layer=norm), 'scnet26_cifar'),
+                         (lambda: scnet.create_model('resnet26', norm_layer=norm), 'resnet26'),
+                         (lambda: scnet.SCConv2d(16, 16, norm_layer=norm), 'SCConv2d'),
+                         (lambda: scnet.GatherExcite(16, 7, norm_layer=norm), 'GatherExcite')):
+        with pytest.raises(scnet.InvalidArgumentError, match=f'^{where}: {expected}'):
             build()
     # the variants over channels build and run (the probe runs a fresh instance: no statistics change)
     model = scnet.create_model('scnet26_cifar', num_classes=3, norm_layer='layernorm2d')

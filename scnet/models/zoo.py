@@ -19,6 +19,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import Bottleneck
 
 from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError
+from scnet.layers.scconv import check_norm_takes_maps
 from scnet.models.blocks import SCBottleneck
 from scnet.models.resnet import SCResNet, check_out_indices, check_unpooled_head
 from scnet.weights.fit import adapt_first_conv, check_fit
@@ -168,6 +169,8 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SCResNet:
     # the caller's choices (channels, stem_width, ...) override the variant's; checked before any file is read
     model_args.update(kwargs)
     check_stages(variant, model_args)
+    if model_args.get('norm_layer') is not None:  # one over the last dimension builds, and fails at the first forward
+        check_norm_takes_maps(model_args['norm_layer'], 64, variant)
     check_unpooled_head(variant, model_args.get('global_pool'), model_args.get('num_classes', 1000),
                         bool(model_args.get('features_only')))
     if model_args.get('features_only') and 'out_indices' in model_args:
