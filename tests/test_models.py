@@ -375,6 +375,9 @@ def test_a_norm_over_the_last_dimension_is_refused_before_the_first_forward_pass
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
     layer = scnet.SCConv2d(16, 16)
     assert int(layer.k2_norm.num_batches_tracked) == 0 and torch.equal(layer.k2_norm.running_mean, torch.zeros(8))
+    # a norm built in another dtype (or on another device) is probed there, not refused
+    double = scnet.SCConv2d(16, 16, norm_layer=functools.partial(torch.nn.BatchNorm2d, dtype=torch.float64))
+    assert type(double.k3_norm) is torch.nn.BatchNorm2d
 
 
 def test_norms_timm_cannot_build_and_anti_aliasing_by_name_are_clear_errors():

@@ -148,9 +148,11 @@ def check_norm_takes_maps(norm_layer, channels: int, layer: str) -> None:
         return
     if not isinstance(probe, nn.Module):
         return
+    held = next((t for t in (*probe.parameters(), *probe.buffers()) if t.is_floating_point()), None)
+    where = {} if held is None else dict(device=held.device, dtype=held.dtype)  # (a norm built on a device)
     try:
         with torch.no_grad():
-            probe.eval()(torch.zeros(2, channels, 2, 2))
+            probe.eval()(torch.zeros(2, channels, 2, 2, **where))
     except (RuntimeError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise InvalidArgumentError(
