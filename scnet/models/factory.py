@@ -216,11 +216,11 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
     """
     validate_model_name(name)
     _check_arguments(pretrained, checkpoint, num_classes, kwargs)
-    if kwargs.get('norm_layer') is not None:  # one over the last dimension builds, and fails at the first forward
-        check_norm_takes_maps(kwargs['norm_layer'], 64, name)
     check_unpooled_head(name, kwargs.get('global_pool'), num_classes, bool(kwargs.get('features_only')))
     if name in BASELINES:  # timm's own models: the zoo's checks run in scnet.models.zoo for timm.create_model too
         check_stages(name, kwargs)
+        if kwargs.get('norm_layer') is not None:  # one over the last dimension builds, and fails at the first forward
+            check_norm_takes_maps(kwargs['norm_layer'], 64, name)
         if kwargs.get('features_only') and 'out_indices' in kwargs:
             check_out_indices(name, kwargs['out_indices'], feature_levels(kwargs))
     if pretrained and checkpoint:
