@@ -99,9 +99,9 @@ def open_shards(spec: str) -> ShardSource:
 
     import braceexpand
 
-    if (Path(spec) / PLAN_NAME).is_file() and not (Path(spec) / INDEX_NAME).is_file():
-        raise _unfinished(Path(spec))
-    if (Path(spec) / INDEX_NAME).is_file():
+    _refuse_unfinished(Path(spec))
+    from_folder = (Path(spec) / INDEX_NAME).is_file()
+    if from_folder:
         folder = Path(spec)
         index = _parse_index(_read_url(str(folder / INDEX_NAME)), folder / INDEX_NAME)
         template = str(folder / '{}')
@@ -116,15 +116,13 @@ def open_shards(spec: str) -> ShardSource:
         cut = first.rfind(name)
         template = first[:cut] + '{}' + first[cut + len(name):]
         index_url = template.format(INDEX_NAME)
-        folder = Path(index_url).parent
-        if not index_url.startswith('pipe:') and (folder / PLAN_NAME).is_file() and not Path(index_url).is_file():
-            raise _unfinished(folder)
+        if not index_url.startswith('pipe:'):
+            _refuse_unfinished(Path(index_url).parent)
         index = _parse_index(_read_url(index_url), index_url)
     counts = {e['file']: e['images'] for e in index['splits']['train']['shards']}
     val_entries = index['splits']['val']['shards']
     val_counts = {e['file']: e['images'] for e in val_entries}
-    names = [_SHARD_NAME.findall(url)[-1] if not (Path(spec) / INDEX_NAME).is_file() else url.rsplit('/', 1)[-1]
-             for url in train_urls]
+    names = [url.rsplit('/', 1)[-1] if from_folder else _SHARD_NAME.findall(url)[-1] for url in train_urls]
     if names and all(name in val_counts for name in names):
         # the validation shards named (what scnet eval reads): the validation split, and no training split
         val = ShardSplit(tuple(train_urls), tuple(val_counts[name] for name in names))
@@ -144,9 +142,12 @@ def open_shards(spec: str) -> ShardSource:
                        spec)
 
 
-def _unfinished(folder) -> ShardsError:
-    return ShardsError(f'{folder}: shards that scnet shards has not finished writing (no {INDEX_NAME} yet, which it '
-                       'writes last): run the same scnet shards command again to finish them')
+def _refuse_unfinished(folder) -> None:
+    """A folder that ``scnet shards`` began to fill (its plan is there) but whose ``index.json``, written last,
+    is not: named as unfinished rather than as a folder without shards."""
+    if (folder / PLAN_NAME).is_file() and not (folder / INDEX_NAME).is_file():
+        raise ShardsError(f'{folder}: shards that scnet shards has not finished writing (no {INDEX_NAME} yet, which '
+                          'it writes last): run the same scnet shards command again to finish them')
 
 
 def _parse_index(data: bytes, where) -> Dict:
