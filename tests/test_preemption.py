@@ -104,7 +104,6 @@ def test_a_worker_restarted_by_torchrun_resumes_by_itself(tmp_path, monkeypatch)
     assert resume_requested(tmp_path, False) and not resume_requested(tmp_path / 'new', False)
 
 
-
 def kill_run_mid_epoch(run, *, launchers=()):
     """SIGKILL the process holding ``run`` (process 0) right after it saved a state in the middle of an epoch,
     any epoch: the widest window, for runs whose epochs last a fraction of a second while the poller shares two
@@ -122,7 +121,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(('localhost', 0))
         return s.getsockname()[1]
-
 
 
 def test_sigterm_to_the_job_while_an_epoch_is_evaluated_saves_its_training(data, recipe, tmp_path, monkeypatch,
@@ -200,7 +198,6 @@ def test_a_state_saved_mid_epoch_is_not_continued_on_data_of_another_epoch_lengt
     assert len(err.splitlines()) == 1 and 'last.pt was saved at step 5 of epoch 1, an epoch of 9 steps, and the ' \
         'data now gives 3 steps an epoch' in err and f'--init {run / "last.pt"}' in err, err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
-
 
 
 def test_a_loader_worker_ignores_sigterm_from_others_and_ends_on_its_main_process():
