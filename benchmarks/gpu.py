@@ -772,6 +772,8 @@ def _summary(sections: Dict[str, Any]) -> Dict[str, Any]:
             for label, key in (('scnet50', 'scnet50'), ("scnet50 authors' structure", 'authors')):
                 if label in rows:
                     entry[f'{key}_speed_ratio'] = rows[label]['speed_ratio']
+                    if rows[label].get('round_ratio'):
+                        entry[f'{key}_speed_ratio_per_round'] = rows[label]['round_ratio']
                     if rows[label].get('memory_ratio') is not None:
                         entry[f'{key}_memory_ratio'] = rows[label]['memory_ratio']
             target = TARGETS.get(run['batch_size'])

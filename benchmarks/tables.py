@@ -63,13 +63,18 @@ def _settings_line(settings: Dict) -> str:
 
 def benchmark_table(report: Dict) -> str:
     """A ``scnet benchmark`` report: one row per model, variant and batch size, ratios to its baseline."""
+    # the per-round ratio's quartiles, where the file has them (files measured before they were kept do not)
+    rounds = any(r.get('round_ratio') for r in report['results'])
     lines = [machine_line(report.get('machine')), '', _settings_line(report.get('settings', {})), '',
-             f"| model | batch | images/s | spread | vs {report.get('baseline', 'baseline')} | peak memory (MB) "
-             '| memory vs baseline |', '| --- | --- | --- | --- | --- | --- | --- |']
+             f"| model | batch | images/s | spread | vs {report.get('baseline', 'baseline')} "
+             + ('| per round ' if rounds else '') + '| peak memory (MB) | memory vs baseline |',
+             '| --- ' * (8 if rounds else 7) + '|']
     for r in report['results']:
         memory = r.get('memory') or {}
+        q = r.get('round_ratio')
+        per_round = (f"| {q['q1']:.2f}-{q['q3']:.2f}x " if q else '| ') if rounds else ''
         lines.append(f"| {r['model']} | {r.get('batch_size', '')} | {_num(r.get('images_per_s'), 1)} "
-                     f"| {_num(r.get('spread_pct'), 0, '%')} | {_num(r.get('speed_ratio'), 2, 'x')} "
+                     f"| {_num(r.get('spread_pct'), 0, '%')} | {_num(r.get('speed_ratio'), 2, 'x')} {per_round}"
                      f"| {_num(memory.get('peak_mb'), 0)} | {_num(r.get('memory_ratio'), 3, 'x')} |")
     return '\n'.join(lines) + '\n'
 

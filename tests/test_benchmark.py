@@ -17,7 +17,7 @@ from scnet.bench.machine import core_generation, cpu_description, cpu_identity, 
 from scnet.bench.memory import cpu_step_peak
 from scnet.bench.rates import conv1x1_gflops, gemm_rates, matmul_gflops
 from scnet.bench.runner import run_benchmark
-from scnet.bench.timing import summarize, time_interleaved
+from scnet.bench.timing import round_ratios, summarize, time_interleaved
 from scnet.cli.main import main
 from scnet.errors import UnknownModelError
 
@@ -36,6 +36,16 @@ def test_rounds_rotate_the_order_and_drop_the_warmup():
     rounds = [calls[i:i + 3] for i in range(0, 18, 3)]
     assert rounds[:4] == [list('abc'), list('bca'), list('cab'), list('abc')]
     assert all(t >= 0 for v in times.values() for t in v)
+
+
+def test_round_ratios_pair_the_rounds():
+    # round 3 ran slow for both (a busy machine): its ratio is whole where each model's own spread widens
+    baseline, other = [1.0, 1.0, 3.0, 1.0, 1.0], [2.0, 1.0, 6.0, 0.5, 1.0]
+    q = round_ratios(baseline, other)
+    assert (q['q1'], q['median'], q['q3']) == pytest.approx((0.5, 1.0, 1.0))
+    assert round_ratios([2.0], [1.0]) == {'q1': 2.0, 'median': 2.0, 'q3': 2.0}
+    with pytest.raises(ValueError, match='same number of rounds'):
+        round_ratios([1.0, 1.0], [1.0])
 
 
 def test_time_interleaved_rejects_bad_counts():
@@ -212,6 +222,10 @@ def test_report_rows_ratios_and_rates():
     base, sc = report['results'][2], report['results'][3]
     assert base['speed_ratio'] == 1.0
     assert sc['speed_ratio'] == pytest.approx(sc['images_per_s'] / base['images_per_s'])
+    # the ratio round by round, from the per-round times each row keeps (none for the baseline itself)
+    assert len(base['round_ms']) == len(sc['round_ms']) == 3 and 'round_ratio' not in base
+    assert sc['round_ratio'] == round_ratios(base['round_ms'], sc['round_ms'])
+    assert base['median_ms'] == pytest.approx(sorted(base['round_ms'])[1])
     # forward MACs as `scnet profile` counts them: scnet26_cifar at 32 px
     from scnet import create_model
     from scnet.complexity import count_complexity
@@ -257,6 +271,8 @@ def test_cli_writes_the_report_and_prints_a_table(tmp_path, capsys):
     assert report['machine']['torch_threads'] == 1
     printed = capsys.readouterr().out
     assert 'vs resnet26_cifar' in printed and 'scnet26_cifar' in printed and 'GEMM rate' in printed
+    q = report['results'][1]['round_ratio']
+    assert 'per round' in printed and f"{q['q1']:.2f}-{q['q3']:.2f}x" in printed
     assert printed.startswith(cpu_description(report['machine']) + ', 1 thread, torch')   # the CPU it ran on
     assert report['machine']['cpu_identity'] == cpu_identity()
 

@@ -444,6 +444,10 @@ def test_tables_render_every_result_with_its_machine(tables, tmp_path, capsys):
     results = tmp_path / 'results'
     (results / 'loaded').mkdir(parents=True)
     (results / 'infer.json').write_text(json.dumps(_report([('resnet26', 100.0), ('scnet26', 80.0)])))
+    paired = _report([('resnet26', 10.0), ('scnet26', 9.0)])
+    paired['results'][1]['round_ratio'] = {'q1': 0.86, 'median': 0.9, 'q3': 0.931}
+    paired['machine']['cpu_identity'] = {'vendor': 'AuthenticAMD', 'family': 25, 'model': 17, 'generation': 'Zen 4'}
+    (results / 'paired.json').write_text(json.dumps(paired))
     nested = _report([('resnet26', 5.0)])
     nested['machine']['cpu_identity'] = {'vendor': 'AuthenticAMD', 'family': 25, 'model': 1, 'generation': 'Zen 3'}
     (results / 'loaded' / 'nested.json').write_text(json.dumps({
@@ -458,7 +462,10 @@ def test_tables_render_every_result_with_its_machine(tables, tmp_path, capsys):
     assert text.index('`finetune.json`') < text.index('`infer.json`') < text.index('`loaded/nested.json`')
     assert text.count('Test CPU 9000, instruction set AVX2, 2 threads of 4 logical CPUs') == 1   # an older file
     assert text.count('Test CPU 9000 (Zen 3, family 25 model 1), instruction set AVX2, 2 threads of 4') == 1
-    assert '| scnet26 | 8 | 80.0 | 2% | 0.80x | 10 | 1.000x |' in text
+    assert '| scnet26 | 8 | 80.0 | 2% | 0.80x | 10 | 1.000x |' in text   # no per-round ratios in this file
+    assert '| vs resnet26 | per round | peak memory (MB) |' in text    # ... and in this one
+    assert '| resnet26 | 8 | 10.0 | 2% | 1.00x | | 10 | 1.000x |' in text
+    assert '| scnet26 | 8 | 9.0 | 2% | 0.90x | 0.86-0.93x | 10 | 1.000x |' in text
     assert '| fine-tuned from the checkpoint | 65.0% |' in text and 'Machine: Test CPU, 2 threads.' in text
     assert '`other.json`\n\nNo table' in text
     assert ('max |logit difference| from scnet50, authors structure 3.1e-06, mmpose 0.0e+00 (logits up to 12.4).'

@@ -3,7 +3,9 @@
 For every batch size the contenders are built, checked (one call each, so a model that cannot run these
 settings fails with its name before any timing), timed interleaved (``scnet.bench.timing``), optionally
 measured for peak memory (``scnet.bench.memory``), and set against the first contender, the baseline:
-``speed_ratio`` is its images/s over the baseline's, ``memory_ratio`` its peak over the baseline's. Inference
+``speed_ratio`` is its images/s over the baseline's (medians over rounds), ``round_ratio`` the quartiles of the
+same ratio taken round by round (``scnet.bench.timing.round_ratios``; each row keeps its per-round times in
+``round_ms``), ``memory_ratio`` its peak over the baseline's. Inference
 rows also carry the model's arithmetic rate (forward FLOPs as ``scnet profile`` counts them, times
 images/s) as a fraction of the machine's GEMM rates measured in the same run, and variants other than
 eager carry their largest logit difference from the eager model on the same batch.
@@ -19,7 +21,7 @@ from scnet.bench.cases import BenchmarkError, Contender, Settings, Step, build_s
 from scnet.bench.machine import machine_facts
 from scnet.bench.memory import cpu_step_peak, cuda_step_peak
 from scnet.bench.rates import gemm_rates
-from scnet.bench.timing import summarize, time_interleaved
+from scnet.bench.timing import round_ratios, summarize, time_interleaved
 from scnet.deploy import compile_headroom
 from scnet.errors import is_single_value_batch
 
@@ -91,6 +93,7 @@ def _run(contenders, settings, sizes, warmup, repeats, memory, memory_steps, rat
                 row: Dict[str, object] = {'model': c.label, 'variant': c.variant, 'batch_size': batch,
                                           'mode': s.mode, **summarize(times[c.label], batch)}
                 row['images_per_s'] = row.pop('items_per_s')
+                row['round_ms'] = [t * 1e3 for t in times[c.label]]
                 if c.label in diffs:
                     row['max_abs_diff_vs_eager'] = diffs[c.label]
                 if s.mode == 'infer':
@@ -138,10 +141,13 @@ def _differences(steps: Dict[str, Step]) -> Dict[str, float]:
 
 
 def add_ratios(rows: List[Dict[str, object]]) -> None:
-    """Speed (and, where measured, memory) ratio of each row to the first row."""
+    """Speed (and, where measured, memory) ratio of each row to the first row; with per-round times, the
+    quartiles of the round-by-round speed ratio too (not for the first row: 1.0 in every round)."""
     base = rows[0]
     for row in rows:
         row['speed_ratio'] = row['images_per_s'] / base['images_per_s']
+        if row is not base and row.get('round_ms') and base.get('round_ms'):
+            row['round_ratio'] = round_ratios(base['round_ms'], row['round_ms'])
         peak, base_peak = (row.get('memory') or {}).get('peak_mb'), (base.get('memory') or {}).get('peak_mb')
         if peak is not None and base_peak:
             row['memory_ratio'] = peak / base_peak

@@ -5,6 +5,11 @@ speed drifts over minutes, and a sequential comparison folds that drift into the
 contender once, back to back, expose all of them to the same conditions, and rotating who goes first removes
 the advantage of running right after a particular neighbour (warm caches, a just-woken thread pool). The
 median over rounds ignores the odd round hit by a background job; the spread says how much to trust it.
+
+The ratio of two contenders is taken a second way, round by round (``round_ratios``): the two calls of one
+round ran back to back, so a slow spell of the machine slows both and leaves their ratio nearly whole, where
+it widens each contender's own spread. The quartiles of the per-round ratios say how far the ratio itself
+can be trusted: a target that lies between them is neither met nor missed by that run, but tied.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import statistics
 import time
 from typing import Callable, Dict, List, Mapping, Optional
 
-__all__ = ['time_interleaved', 'summarize']
+__all__ = ['time_interleaved', 'summarize', 'round_ratios']
 
 Step = Callable[[], None]
 
@@ -65,3 +70,17 @@ def summarize(seconds: List[float], items_per_call: int = 1) -> Dict[str, float]
         'items_per_s': items_per_call / median if median > 0 else float('inf'),
         'repeats': len(ordered),
     }
+
+
+def round_ratios(baseline_seconds: List[float], seconds: List[float]) -> Dict[str, float]:
+    """Quartiles of the per-round speed ratio ``baseline time / time`` (above 1: faster than the baseline), the
+    i-th time of each list being from the same round of ``time_interleaved``."""
+    if len(baseline_seconds) != len(seconds) or not seconds:
+        raise ValueError(f'per-round ratios need the same number of rounds from both contenders, got '
+                         f'{len(baseline_seconds)} and {len(seconds)}')
+    ratios = sorted(b / t for b, t in zip(baseline_seconds, seconds))
+    if len(ratios) >= 4:
+        q1, median, q3 = statistics.quantiles(ratios, n=4, method='inclusive')
+    else:
+        q1, median, q3 = ratios[0], statistics.median(ratios), ratios[-1]
+    return {'q1': q1, 'median': median, 'q3': q3}

@@ -13,9 +13,10 @@ from scnet.cli.formatting import render_table
 _DESCRIPTION = """\
 Time networks side by side: every round runs each model once, in rotating order, after warm-up rounds;
 the median over rounds gives images/s and the inter-quartile range its spread. The first model is the
-baseline of the ratio columns. Peak memory per step is the CUDA allocator's peak on a GPU, and on the CPU
-the growth of the resident set of a fresh process running the same model (so the first model's cached
-pages do not hide the second's). Inference rows also give the arithmetic rate (forward FLOPs, counted as
+baseline of the ratio columns; "per round" gives the quartiles of the speed ratio taken round by round (the
+two calls of a round share the machine's conditions): the range within which the ratio can be trusted. Peak
+memory per step is the CUDA allocator's peak on a GPU, and on the CPU the growth of the resident set of a
+fresh process running the same model (so the first model's cached pages do not hide the second's). Inference rows also give the arithmetic rate (forward FLOPs, counted as
 `scnet profile` counts them, times images/s) as a fraction of the machine's float32 (or bf16 with --amp)
 matrix-multiply rate measured in the same run: torch.matmul and a 1x1 convolution (oneDNN on the CPU).
 
@@ -82,6 +83,14 @@ def _fmt(value, spec: str) -> str:
     return '' if value is None else format(value, spec)
 
 
+def _round_ratio(row: Dict[str, object]) -> str:
+    """The per-round ratio's quartiles, ``0.91-0.97x``; empty for the baseline and for reports without them."""
+    q = row.get('round_ratio')
+    if not q:
+        return ''
+    return f"{q['q1']:.2f}-{q['q3']:.2f}x"
+
+
 def render(report: Dict[str, object], markdown: bool = False) -> str:
     """The report's rows as a table, with a line of machine facts and GEMM rates above it."""
     from scnet.bench.machine import cpu_description
@@ -98,13 +107,13 @@ def render(report: Dict[str, object], markdown: bool = False) -> str:
         g = report['gemm']
         head.append(f"{g['dtype']} GEMM rate: torch.matmul {g['matmul_gflops']:.0f} GFLOP/s, "
                     f"1x1 conv {g['conv1x1_gflops']:.0f} GFLOP/s")
-    headers = ['model', 'batch', 'images/s', 'median ms', 'spread', 'vs ' + report['baseline'], 'peak MiB',
-               'memory vs', 'GFLOP/s', 'of matmul', 'of conv1x1', 'max |diff|']
+    headers = ['model', 'batch', 'images/s', 'median ms', 'spread', 'vs ' + report['baseline'], 'per round',
+               'peak MiB', 'memory vs', 'GFLOP/s', 'of matmul', 'of conv1x1', 'max |diff|']
     rows: List[List[str]] = []
     for r in report['results']:
         mem = (r.get('memory') or {}).get('peak_mb')
         rows.append([r['model'], r['batch_size'], f"{r['images_per_s']:.2f}", f"{r['median_ms']:.1f}",
-                     f"{r['spread_pct']:.0f}%", f"{r['speed_ratio']:.3f}x", _fmt(mem, '.0f'),
+                     f"{r['spread_pct']:.0f}%", f"{r['speed_ratio']:.3f}x", _round_ratio(r), _fmt(mem, '.0f'),
                      _fmt(r.get('memory_ratio'), '.3f'), _fmt(r.get('gflops_per_s'), '.0f'),
                      _fmt(r.get('fraction_of_matmul'), '.0%'), _fmt(r.get('fraction_of_conv1x1'), '.0%'),
                      _fmt(r.get('max_abs_diff_vs_eager'), '.1e')])
