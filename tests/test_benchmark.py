@@ -39,7 +39,7 @@ def test_rounds_rotate_the_order_and_drop_the_warmup():
 
 
 def test_round_ratios_pair_the_rounds():
-    # round 3 ran slow for both (a busy machine): its ratio is whole where each model's own spread widens
+    # round 3 ran slow for both (a busy machine): its ratio is unchanged where each model's own spread widens
     baseline, other = [1.0, 1.0, 3.0, 1.0, 1.0], [2.0, 1.0, 6.0, 0.5, 1.0]
     q = round_ratios(baseline, other)
     assert (q['q1'], q['median'], q['q3']) == pytest.approx((0.5, 1.0, 1.0))

@@ -7,9 +7,9 @@ the advantage of running right after a particular neighbour (warm caches, a just
 median over rounds ignores the odd round hit by a background job; the spread says how much to trust it.
 
 The ratio of two contenders is taken a second way, round by round (``round_ratios``): the two calls of one
-round ran back to back, so a slow spell of the machine slows both and leaves their ratio nearly whole, where
-it widens each contender's own spread. The quartiles of the per-round ratios say how far the ratio itself
-can be trusted: a target that lies between them is neither met nor missed by that run, but tied.
+round ran back to back, so a slow spell of the machine slows both and leaves their ratio nearly unchanged,
+where it widens each contender's own spread. The quartiles of the per-round ratios say how far the ratio
+itself can be trusted: a target that lies between them is neither met nor missed by that run, but tied.
 """
 from __future__ import annotations
 
