@@ -304,8 +304,8 @@ for arch in json.loads(sys.argv[1]):
         torch.autograd.grad(y, leaves, torch.ones_like(y), allow_unused=True)
 print('COMPILED ' + json.dumps(compiled))
 """
-# SCNet-50's stage-1 shape in each dtype and layout, a 1x1 map (every size argument specialised to 1) and an odd
-# map without the identity term
+# SCNet-50's stage-1 shape in float32 NCHW and bfloat16 channels-last, its stage-4 shape (1x1 context) in float16, a
+# 1x1 map (every size argument specialised to 1) and an odd map without the identity term
 COMPILE_CASES = [(8, 32, (56, 56), (14, 14), True, 'nchw', 'float32'),
                  (8, 32, (56, 56), (14, 14), True, 'channels_last', 'bfloat16'),
                  (2, 256, (7, 7), (1, 1), True, 'channels_last', 'float16'),
