@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 __all__ = ['time_interleaved', 'summarize', 'round_ratios']
 
@@ -57,11 +57,7 @@ def summarize(seconds: List[float], items_per_call: int = 1) -> Dict[str, float]
     if not seconds:
         raise ValueError('no timings to summarize')
     ordered = sorted(seconds)
-    median = statistics.median(ordered)
-    if len(ordered) >= 4:
-        q1, _, q3 = statistics.quantiles(ordered, n=4, method='inclusive')
-    else:
-        q1, q3 = ordered[0], ordered[-1]
+    q1, median, q3 = _quartiles(ordered)
     return {
         'median_ms': median * 1e3,
         'min_ms': ordered[0] * 1e3,
@@ -72,15 +68,21 @@ def summarize(seconds: List[float], items_per_call: int = 1) -> Dict[str, float]
     }
 
 
-def round_ratios(baseline_seconds: List[float], seconds: List[float]) -> Dict[str, float]:
+def round_ratios(baseline_times: List[float], times: List[float]) -> Dict[str, float]:
     """Quartiles of the per-round speed ratio ``baseline time / time`` (above 1: faster than the baseline), the
-    i-th time of each list being from the same round of ``time_interleaved``."""
-    if len(baseline_seconds) != len(seconds) or not seconds:
+    i-th time of each list being from the same round of ``time_interleaved`` (in any one unit)."""
+    if len(baseline_times) != len(times) or not times:
         raise ValueError(f'per-round ratios need the same number of rounds from both contenders, got '
-                         f'{len(baseline_seconds)} and {len(seconds)}')
-    ratios = sorted(b / t for b, t in zip(baseline_seconds, seconds))
-    if len(ratios) >= 4:
-        q1, median, q3 = statistics.quantiles(ratios, n=4, method='inclusive')
-    else:
-        q1, median, q3 = ratios[0], statistics.median(ratios), ratios[-1]
+                         f'{len(baseline_times)} and {len(times)}')
+    q1, median, q3 = _quartiles(sorted(b / t for b, t in zip(baseline_times, times)))
     return {'q1': q1, 'median': median, 'q3': q3}
+
+
+def _quartiles(ordered: List[float]) -> Tuple[float, float, float]:
+    """First quartile, median and third quartile of sorted values (inclusive method); with fewer than four
+    values, the extremes stand in for the quartiles."""
+    median = statistics.median(ordered)
+    if len(ordered) >= 4:
+        q1, _, q3 = statistics.quantiles(ordered, n=4, method='inclusive')
+        return q1, median, q3
+    return ordered[0], median, ordered[-1]

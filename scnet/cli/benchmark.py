@@ -16,9 +16,10 @@ the median over rounds gives images/s and the inter-quartile range its spread. T
 baseline of the ratio columns; "per round" gives the quartiles of the speed ratio taken round by round (the
 two calls of a round share the machine's conditions): the range within which the ratio can be trusted. Peak
 memory per step is the CUDA allocator's peak on a GPU, and on the CPU the growth of the resident set of a
-fresh process running the same model (so the first model's cached pages do not hide the second's). Inference rows also give the arithmetic rate (forward FLOPs, counted as
-`scnet profile` counts them, times images/s) as a fraction of the machine's float32 (or bf16 with --amp)
-matrix-multiply rate measured in the same run: torch.matmul and a 1x1 convolution (oneDNN on the CPU).
+fresh process running the same model (so the first model's cached pages do not hide the second's).
+Inference rows also give the arithmetic rate (forward FLOPs, counted as `scnet profile` counts them, times
+images/s) as a fraction of the machine's float32 (or bf16 with --amp) matrix-multiply rate measured in the
+same run: torch.matmul and a 1x1 convolution (oneDNN on the CPU).
 
 Variants: eager (the model as built), deployed (scnet.deploy: batch norm folded into convolutions, honouring
 --channels-last and --compile) and onnxruntime (the deployed model exported to ONNX, run by onnxruntime on
