@@ -250,7 +250,7 @@ def worker_gate_op(cfg: Dict[str, Any], out: _Partial) -> None:
     })
     if not kernels:
         out.data['skipped_kernels'] = ('triton does not import here' if not gate_op.HAS_TRITON else
-                                       f'no Triton path for {device.type} tensors (the ATen path ran instead)')
+                                       f'{gate_op.triton_unavailable_reason(device)} (the ATen path ran instead)')
     shapes = sc_layer_shapes('scnet50', g['image_size'], g['batch'])
     out.data['shapes'] = shapes
     if g.get('max_shapes'):

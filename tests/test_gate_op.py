@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -354,6 +355,94 @@ def test_triton_kernels_on_the_gpu(monkeypatch):
     torch.testing.assert_close(ya, yb, rtol=1e-6, atol=1e-6)
     for p, q in zip(a, b):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5)
+
+
+class _Props:
+    def __init__(self, name, major, minor):
+        self.name, self.major, self.minor = name, major, minor
+
+
+class _DriverWithoutCompiler:
+    # a CUDA driver of Triton's whose launcher module does not build, as on a machine without a C compiler
+    @property
+    def utils(self):
+        raise RuntimeError('Failed to find C compiler. Please specify via CC environment variable or set '
+                           'triton.knobs.build.impl.')
+
+
+def _fake_cuda_inputs():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    mode = FakeTensorMode()
+    with mode:  # CUDA tensors of shapes alone: no GPU needed, nothing computed
+        f, x, c = (torch.empty(2, 4, *s, device='cuda') for s in ((8, 8), (8, 8), (2, 2)))
+    return mode, f, x, c
+
+
+@pytest.mark.skipif(not gate_op.HAS_TRITON, reason='triton does not import here')
+@pytest.mark.parametrize('machine', ['old_gpu', 'no_compiler'])
+def test_cuda_devices_where_triton_cannot_launch_take_the_aten_path(machine, monkeypatch):
+    """A CUDA machine where Triton kernels cannot run (a GPU older than compute capability 7.0; no C compiler
+    for Triton's launcher) gets one warning naming why and what to do, and the gate's ATen path: the layer
+    (``calibrated_product``) and the operator itself never reach the kernels there."""
+    from triton.runtime.driver import driver
+
+    from scnet.layers import calibration
+
+    monkeypatch.setattr(gate_op, '_CUDA_REASONS', {})
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    if machine == 'old_gpu':
+        monkeypatch.setattr(torch.cuda, 'get_device_properties', lambda i: _Props('Tesla P100-PCIE-16GB', 6, 0))
+        expected = 'Tesla P100-PCIE-16GB has compute capability 6.0'
+    else:
+        monkeypatch.setattr(torch.cuda, 'get_device_properties', lambda i: _Props('NVIDIA H100 80GB HBM3', 9, 0))
+        monkeypatch.setattr(driver, '_active', _DriverWithoutCompiler())
+        expected = r'Triton cannot launch kernels here \(Failed to find C compiler.*a C compiler and Python\'s headers'
+
+    def no_kernels(*args, **kwargs):
+        raise AssertionError('the Triton path ran')
+    monkeypatch.setattr(gate_op, '_triton_forward', no_kernels)
+    monkeypatch.setattr(calibration, 'gated_product', no_kernels)
+
+    mode, f, x, c = _fake_cuda_inputs()
+    with pytest.warns(RuntimeWarning, match=f'fused gate kernel is off on cuda:0: {expected}.*ATen'):
+        assert not gate_op_available(f)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # said once per device, not at every layer
+        assert not gate_op_available(x)
+        assert gate_op.triton_unavailable_reason('cuda:0') == gate_op._CUDA_REASONS[0]
+        assert gate_op.triton_unavailable_reason(torch.device('cuda', 0)) is not None
+        with mode:
+            y = calibration.calibrated_product(f, x, c, True, 'nearest')
+            z = gate_op._gated_product_impl(f, x, c, True)
+    assert y.shape == z.shape == f.shape and y.device == z.device == f.device
+
+
+@pytest.mark.skipif(not gate_op.HAS_TRITON, reason='triton does not import here')
+def test_cuda_devices_where_triton_launches_take_the_kernels(monkeypatch):
+    """The check passes a GPU of compute capability 7.0 or newer whose Triton launcher builds: the layer hands
+    its CUDA tensors to the fused operator, silently."""
+    from triton.runtime.driver import driver
+
+    from scnet.layers import calibration
+
+    class Ready:
+        utils = object()
+
+    monkeypatch.setattr(gate_op, '_CUDA_REASONS', {})
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'get_device_properties', lambda i: _Props('Tesla V100-SXM2-16GB', 7, 0))
+    monkeypatch.setattr(driver, '_active', Ready())
+    called = []
+    monkeypatch.setattr(calibration, 'gated_product', lambda *args: called.append(args) or args[0])
+    mode, f, x, c = _fake_cuda_inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert gate_op_available(f)
+        assert gate_op.triton_unavailable_reason('cuda:0') is None
+        with mode:
+            calibration.calibrated_product(f, x, c, True, 'nearest')
+    assert len(called) == 1
+    assert gate_op.triton_unavailable_reason('cpu') == 'cpu is not a CUDA device'
 
 
 def test_importing_without_triton_keeps_the_aten_operator():

@@ -25,8 +25,10 @@ for CUDA tensors, launches the Triton kernels through ``torch.library.wrap_trito
 CUDA kernels become part of Inductor's graph, the CPU branch plain ATen ops) and ``torch.export`` keeps the
 operator as one node, with a fake implementation giving its output's shape, dtype and layout. Where triton
 cannot be imported, the same operators are registered with ``torch.library.custom_op`` and the ATen path only;
-importing this module never needs triton or a GPU. ``gate_op_available(t)`` says whether ``t`` takes the Triton
-path.
+importing this module never needs triton or a GPU. Nor does running it: on a CUDA device where Triton cannot
+launch (a GPU older than compute capability 7.0; no C compiler to build Triton's launcher with), the ATen path
+runs, after one warning (``triton_unavailable_reason``). ``gate_op_available(t)`` says whether ``t`` takes the
+Triton path.
 
 Layouts: the kernels read every input through its own strides (NCHW, channels-last, or views such as the
 channel half ``torch.split`` gives), so nothing is copied first; they tile the work along the innermost
@@ -39,14 +41,15 @@ environment before this module (and triton) is imported, CPU tensors take the Tr
 Triton's interpreter (slow; for tests only).
 """
 import os
-from typing import Tuple
+import warnings
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.library import wrap_triton  # traceable launches (torch.compile, make_fx); plain ones in eager
 
-__all__ = ['gated_product', 'gate_op_available', 'reference_gated_product']
+__all__ = ['gated_product', 'gate_op_available', 'reference_gated_product', 'triton_unavailable_reason']
 
 try:  # a machine without triton (or with a broken one) still gets the operator, on its ATen path
     import triton
@@ -65,13 +68,74 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def gate_op_available(tensor: Tensor) -> bool:
-    """True when ``tensor`` takes the Triton path of ``gated_product``: it is on a CUDA device and triton
-    imports (or, in tests, Triton's interpreter runs CPU tensors)."""
+    """True when ``tensor`` takes the Triton path of ``gated_product``: it is on a CUDA device where Triton can
+    launch kernels (see ``triton_unavailable_reason``), or, in tests, Triton's interpreter runs CPU tensors."""
     return _use_triton(tensor)
 
 
 def _use_triton(t: Tensor) -> bool:
-    return HAS_TRITON and (t.device.type == 'cuda' or (INTERPRET_ON_CPU and t.device.type == 'cpu'))
+    if not HAS_TRITON:
+        return False
+    if t.device.type == 'cpu':
+        return INTERPRET_ON_CPU
+    if t.device.type != 'cuda':
+        return False
+    if torch.compiler.is_compiling() or not torch.cuda.is_available():
+        # a graph being traced (torch.compile, torch.export; make_fx on fake CUDA tensors, perhaps for a GPU this
+        # machine lacks): no probe runs here, only what eager calls found, if any
+        return _CUDA_REASONS.get(t.device.index or 0) is None
+    return triton_unavailable_reason(t.device) is None
+
+
+# CUDA device index -> why Triton cannot launch there (None: it can); filled by triton_unavailable_reason
+_CUDA_REASONS: Dict[int, Optional[str]] = {}
+
+
+def triton_unavailable_reason(device) -> Optional[str]:
+    """Why the gate's Triton kernels cannot run on the CUDA ``device`` (None: they can), found once per device
+    and remembered; the first time it is not None, a ``RuntimeWarning`` says it, and the gate takes its ATen path
+    there (the same results, slower).
+
+    Why this check: a CUDA build of PyTorch with triton installed is not yet a machine where Triton kernels run.
+    Triton compiles no code for GPUs older than compute capability 7.0 (PyTorch's own ``torch.compile`` refuses
+    them too), and before its first launch it builds a small C module, its launcher, with the machine's C
+    compiler and Python's headers (cached afterwards in ``~/.triton``). SC-Conv in eager mode must not need
+    either: without this check a network would fail at its first forward pass on such a machine."""
+    device = torch.device(device)
+    if device.type != 'cuda':
+        return f'{device.type} is not a CUDA device'
+    if not HAS_TRITON:
+        return 'triton does not import'
+    if not torch.cuda.is_available():
+        return 'no CUDA device is available here (torch.cuda.is_available() is False)'
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if index not in _CUDA_REASONS:
+        reason = _probe_cuda(index)
+        _CUDA_REASONS[index] = reason
+        if reason is not None:
+            warnings.warn(f'SC-Conv\'s fused gate kernel is off on cuda:{index}: {reason}. The gate runs as ATen '
+                          'operations there instead: the same results, slower.', RuntimeWarning)
+    return _CUDA_REASONS[index]
+
+
+def _probe_cuda(index: int) -> Optional[str]:
+    props = torch.cuda.get_device_properties(index)
+    hip = torch.version.hip is not None
+    if not hip and props.major < 7:
+        return (f'{props.name} has compute capability {props.major}.{props.minor}, and Triton compiles for 7.0 '
+                'and newer only')
+    from triton.backends import backends
+    backend = 'amd' if hip else 'nvidia'
+    if backend not in backends:
+        return f'this triton was built without its {backend!r} backend; reinstall triton as PyTorch pins it'
+    try:
+        triton.runtime.driver.active.utils  # builds (or loads from Triton's cache) the launcher module
+    except Exception as e:  # noqa: BLE001 - a missing compiler, missing headers, a failed link: all the same here
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first if len(first) <= 300 else first[:300] + '...'  # (a failed compiler's whole command line)
+        return (f'Triton cannot launch kernels here ({first}); it builds its launcher once, with a C compiler '
+                'and Python\'s headers (e.g. `apt install gcc python3-dev`, or CC=/path/to/cc)')
+    return None
 
 
 def _kernel_path(t: Tensor) -> bool:
