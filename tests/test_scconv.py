@@ -536,21 +536,27 @@ from scnet.layers import gate_op
 from tests.reference import sc_conv_reference
 from tests.test_gate_op import _no_aten
 from tests.test_scconv import randomise_norms
+from scnet.layers import calibration
 assert gate_op.INTERPRET_ON_CPU
-gate_op._aten_forward = gate_op._aten_backward = _no_aten   # the Triton kernels must run
+gate_op._aten_forward = gate_op._aten_backward = _no_aten   # the Triton kernels must run,
+calibration._gate_logits = _no_aten                         # also in the one-map node's backward
 torch.manual_seed(0)
 layer = randomise_norms(SCConv2d(4, 4, stride=2)).eval()
 x = torch.randn(2, 4, 8, 6)
 with torch.no_grad():
     torch.testing.assert_close(layer(x), sc_conv_reference(x, layer), rtol=1e-5, atol=1e-5)
-lean, plain = SCConv2d(4, 4).train(), SCConv2d(4, 4, memory_efficient=False).train()
-plain.load_state_dict(lean.state_dict())
-xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-ya, yb = lean(xa), plain(xb)
-torch.testing.assert_close(ya, yb, rtol=1e-6, atol=1e-6)
-ya.square().sum().backward()
-yb.square().sum().backward()
-torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
+for stride, identity in ((1, True), (2, True), (1, False)):
+    lean = randomise_norms(SCConv2d(4, 4, stride=stride, identity=identity)).train()
+    plain = SCConv2d(4, 4, stride=stride, identity=identity, memory_efficient=False).train()
+    plain.load_state_dict(lean.state_dict())
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = lean(xa), plain(xb)
+    torch.testing.assert_close(ya, yb, rtol=1e-6, atol=1e-6)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
+    for (name, a), b in zip(lean.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5, msg=name)
 print('fused ok')
 '''
 

@@ -11,7 +11,8 @@ Why a hand-written backward (``CalibratedHalf``): in training, autograd keeps K3
 BN's output and the gate (for the product), and the product (for K4's weight gradient): four half-width maps
 a plain 3x3 convolution does not have. ``CalibratedHalf`` runs BN3, the gate, the product and K4 in one
 autograd node that keeps only K3's output; backward rebuilds the BN output, the gate and the product with
-element-wise passes and calls ATen's own convolution and batch-norm backward kernels. Nothing is recomputed
+element-wise passes (on CUDA, the gate's fused kernels: one pass for the product, one for the gradients of the
+gate's inputs) and calls ATen's own convolution and batch-norm backward kernels. Nothing is recomputed
 twice and no convolution runs again (``torch.utils.checkpoint`` would re-run K4's forward); running
 statistics are updated once, in forward, as ``nn.BatchNorm2d`` does. No library provides this node: it is
 specific to the layer's dataflow.
@@ -118,6 +119,16 @@ def calibrated_product(features: Tensor, x1: Tensor, context: Tensor, identity: 
     return logits.sigmoid_().mul_(features)
 
 
+def _gate_kernel_grads(grad: Tensor, features: Tensor, x1: Tensor, context: Tensor, identity: bool):
+    """The gradients of ``features * sigmoid(x1 + Up(context))`` with respect to features, the logits (x1's,
+    with the identity term) and context, from the fused operator's backward (its inputs promoted to one dtype, as
+    ``gated_product`` promotes them; without the identity term x1 is not read, and features stands in for it)."""
+    dtype = torch.promote_types(torch.promote_types(features.dtype, x1.dtype), context.dtype)
+    features, context = features.to(dtype), context.to(dtype)
+    x1 = x1.to(dtype) if identity else features
+    return torch.ops.scnet.gated_product_backward(grad.to(dtype), features, x1, context, identity)
+
+
 class CalibratedHalf(torch.autograd.Function):
     """``Y1 = K4(BN3(Z) * sigmoid(X1 + Up(context)))`` for training-mode ``nn.BatchNorm2d``, keeping only
     ``Z = K3(X1)`` (and the small context) for backward; see the module doc.
@@ -155,22 +166,35 @@ class CalibratedHalf(torch.autograd.Function):
         shift = -mean * scale if bn_bias is None else bn_bias - mean * scale
         features = torch.addcmul(shift.view(1, -1, 1, 1).to(opmath), z.to(opmath),
                                  scale.view(1, -1, 1, 1).to(opmath)).to(z.dtype)
-        gate = torch.sigmoid(_gate_logits(x1, context, identity, upsample))
-        product = features * gate
+        # on CUDA the gate's kernels: one pass rebuilds the product, one writes the gradients of features and of
+        # the logits, one sums the latter into context's; the ATen composition below makes seven passes
+        gate: Optional[Tensor] = None
+        if upsample == 'nearest' and gate_op_available(x1):
+            product = gated_product(features, x1, context, identity)
+        else:
+            gate = torch.sigmoid(_gate_logits(x1, context, identity, upsample))
+            product = features * gate
 
         bias_sizes: Optional[List[int]] = None if k4_bias is None else [k4_bias.shape[0]]
         grad_product, grad_k4w, grad_k4b = torch.ops.aten.convolution_backward(
             grad_y.to(conv_dtype), product.to(conv_dtype), k4_weight.to(conv_dtype), bias_sizes, list(stride),
             list(padding), list(dilation), False, [0, 0], groups,
             [True, needs[9], k4_bias is not None and needs[10]])
-        grad_features = grad_product * gate
-        del gate, grad_product
-        # d(product)/d(logits) = features * gate * (1 - gate), and features * (1 - gate) = features - product
-        diff = features.sub_(product) if features.dtype == product.dtype else features - product
-        grad_logits = diff.mul_(grad_features) if diff.dtype == grad_features.dtype else diff * grad_features
-        del features, product
+        if gate is None:
+            del product
+            grad_features, grad_logits, grad_context = _gate_kernel_grads(grad_product, features, x1, context,
+                                                                          identity)
+            del features, grad_product
+            grad_context = grad_context.to(context.dtype) if needs[2] else None
+        else:
+            grad_features = grad_product * gate
+            del gate, grad_product
+            # d(product)/d(logits) = features * gate * (1 - gate), and features * (1 - gate) = features - product
+            diff = features.sub_(product) if features.dtype == product.dtype else features - product
+            grad_logits = diff.mul_(grad_features) if diff.dtype == grad_features.dtype else diff * grad_features
+            del features, product
+            grad_context = _up_adjoint(grad_logits, context, upsample).to(context.dtype) if needs[2] else None
         grad_x1 = grad_logits.to(x1.dtype) if identity and needs[1] else None
-        grad_context = _up_adjoint(grad_logits, context, upsample).to(context.dtype) if needs[2] else None
 
         running_mean, running_var = ctx.running
         grad_z, grad_bnw, grad_bnb = torch.ops.aten.native_batch_norm_backward(
