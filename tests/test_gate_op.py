@@ -355,6 +355,20 @@ def test_triton_kernels_on_the_gpu(monkeypatch):
     torch.testing.assert_close(ya, yb, rtol=1e-6, atol=1e-6)
     for p, q in zip(a, b):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5)
+    # the layer's one-map training node takes the kernels in its backward too, with plain autograd's gradients
+    from scnet import SCConv2d
+    lean = SCConv2d(16, 16).cuda().train()
+    plain = SCConv2d(16, 16, memory_efficient=False).cuda().train()
+    plain.load_state_dict(lean.state_dict())
+    x = torch.randn(4, 16, 28, 28, device='cuda').contiguous(memory_format=CL)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        ya, yb = lean(xa), plain(xb)
+    ya.float().square().sum().backward()
+    yb.float().square().sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=2e-2, atol=2e-2)
+    for p, q in zip(lean.parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=2e-2, atol=2e-2)
 
 
 class _Props:

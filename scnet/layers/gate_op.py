@@ -80,10 +80,13 @@ def _use_triton(t: Tensor) -> bool:
         return INTERPRET_ON_CPU
     if t.device.type != 'cuda':
         return False
+    index = t.device.index or 0  # (a CUDA tensor's device always has its index)
+    if index in _CUDA_REASONS:
+        return _CUDA_REASONS[index] is None
     if torch.compiler.is_compiling() or not torch.cuda.is_available():
         # a graph being traced (torch.compile, torch.export; make_fx on fake CUDA tensors, perhaps for a GPU this
-        # machine lacks): no probe runs here, only what eager calls found, if any
-        return _CUDA_REASONS.get(t.device.index or 0) is None
+        # machine lacks): no probe runs here
+        return True
     return triton_unavailable_reason(t.device) is None
 
 
