@@ -97,7 +97,7 @@ _CUDA_REASONS: Dict[int, Optional[str]] = {}
 def triton_unavailable_reason(device) -> Optional[str]:
     """Why the gate's Triton kernels cannot run on the CUDA ``device`` (None: they can), found once per device
     and remembered; the first time it is not None, a ``RuntimeWarning`` says it, and the gate takes its ATen path
-    there (the same results, slower).
+    there (the same computation, slower).
 
     Why this check: a CUDA build of PyTorch with triton installed is not yet a machine where Triton kernels run.
     Triton compiles no code for GPUs older than compute capability 7.0 (PyTorch's own ``torch.compile`` refuses
@@ -117,7 +117,7 @@ def triton_unavailable_reason(device) -> Optional[str]:
         _CUDA_REASONS[index] = reason
         if reason is not None:
             warnings.warn(f'SC-Conv\'s fused gate kernel is off on cuda:{index}: {reason}. The gate runs as ATen '
-                          'operations there instead: the same results, slower.', RuntimeWarning)
+                          'operations there instead: the same computation, slower.', RuntimeWarning)
     return _CUDA_REASONS[index]
 
 
