@@ -35,6 +35,27 @@ def inputs(n, c, size, ctx, dtype=torch.float32, channels_last=False, seed=0):
     return f, x, context
 
 
+@pytest.mark.parametrize('identity', [True, False])
+def test_gated_product_backward_gives_the_gradients_of_gated_product(identity):
+    """The gradients of features, of the logits (x1's with the identity term) and of context, as autograd of the
+    reference gives them; inputs of mixed dtypes promoted as gated_product promotes them; features' layout."""
+    f, x, c = inputs(2, 3, (13, 11), (3, 4), channels_last=True)
+    grad = torch.randn(2, 3, 13, 11)
+    leaves = [t.double().requires_grad_() for t in (f, x, c)]
+    expected = torch.autograd.grad(reference_gated_product(*leaves, identity), leaves, grad.double(),
+                                   allow_unused=True)
+    got = gate_op.gated_product_backward(grad, f, x.double(), c, identity)  # (x1 unread without identity)
+    assert all(t.dtype == torch.float64 for t in got) and got[0].is_contiguous(memory_format=CL)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got[2], expected[2], rtol=1e-6, atol=1e-6)
+    if identity:
+        torch.testing.assert_close(got[1], expected[1], rtol=1e-6, atol=1e-6)
+    else:  # the logits are Up(context) alone: their gradient is context's before the sum over cells
+        assert expected[1] is None
+        summed = torch.ops.aten.upsample_nearest2d_backward(got[1], [13, 11], [2, 3, 3, 4], None, None)
+        torch.testing.assert_close(summed, expected[2], rtol=1e-6, atol=1e-6)
+
+
 def kernel_rule(dst: np.ndarray, src: int, dst_size: int) -> np.ndarray:
     """The kernels' index rule, in numpy float32: min(floor(dst * float32(src / dst_size)), src - 1)."""
     scale = np.float32(src) / np.float32(dst_size)
@@ -176,9 +197,11 @@ CASES = [  # n, c, (H, W), (h, w), identity, layout, dtype
 TOLERANCE = {'float32': 2e-6, 'float16': 4e-3, 'bfloat16': 4e-2}  # bf16: the interpreter truncates, GPUs round
 
 
-def run_cases(device: str) -> list:
-    """Forward and backward of every case through ``gated_product`` on ``device``, against float64 autograd of
-    the reference on the same inputs: the largest errors, and whether dtypes and layout came out right."""
+def run_cases(device: str, operator: bool = False) -> list:
+    """Forward and backward of every case through ``gated_product`` (``operator``: the registered operator
+    ``torch.ops.scnet.gated_product`` and its autograd formula) on ``device``, against float64 autograd of the
+    reference on the same inputs: the largest errors, and whether dtypes and layout came out right."""
+    fn = torch.ops.scnet.gated_product if operator else gated_product
     results = []
     g = torch.Generator().manual_seed(0)
     for n, c, size, ctx, identity, layout, dtype_name in CASES:
@@ -196,7 +219,7 @@ def run_cases(device: str) -> list:
             f, x, context, grad = (t.contiguous(memory_format=fmt) for t in
                                    (rand(n, c, *size), rand(n, c, *size), rand(n, c, *ctx), rand(n, c, *size)))
         leaves = [t.detach().requires_grad_() for t in (f, x, context)]
-        y = gated_product(*leaves, identity)
+        y = fn(*leaves, identity)
         grads = torch.autograd.grad(y, leaves, grad, allow_unused=True)
         ref_leaves = [t.detach().double().requires_grad_() for t in (f, x, context)]
         ref = reference_gated_product(*ref_leaves, identity)
@@ -233,11 +256,40 @@ def _no_aten(*args):
 
 INTERPRETER_SCRIPT = r'''
 import json
+import torch
+from torch.profiler import profile
 from scnet.layers import gate_op
 from tests import test_gate_op
 assert gate_op.INTERPRET_ON_CPU
 gate_op._aten_forward = gate_op._aten_backward = test_gate_op._no_aten
-print('RESULTS ' + json.dumps(test_gate_op.run_cases('cpu')))
+fast, registered = test_gate_op.run_cases('cpu'), test_gate_op.run_cases('cpu', operator=True)
+assert [r['errors'] for r in fast] == [r['errors'] for r in registered]  # the same kernels, bit for bit
+# plain eager calls launch the kernels without the dispatcher; the registered operator goes through it
+leaves = [t.requires_grad_() for t in test_gate_op.inputs(2, 3, (14, 14), (3, 3))]
+for fn in (gate_op.gated_product, torch.ops.scnet.gated_product):
+    with profile() as prof:
+        y = fn(*leaves, True)
+        torch.autograd.grad(y, leaves, torch.ones_like(y))
+    dispatched = sorted({e.name for e in prof.events() if e.name.startswith('scnet::')})
+    assert dispatched == ([] if fn is gate_op.gated_product else
+                          ['scnet::gated_product', 'scnet::gated_product_backward']), dispatched
+with profile() as prof, torch.no_grad():  # inference: the forward kernel alone, no autograd node either
+    y = gate_op.gated_product(*leaves, True)
+assert not [e.name for e in prof.events() if 'scnet' in e.name or 'GatedProduct' in e.name]
+torch.testing.assert_close(y, gate_op.reference_gated_product(*leaves, True), rtol=1e-6, atol=1e-6)
+# gated_product_backward: the operator's gradients, without the dispatcher (no autograd) and through it
+f, x, c = test_gate_op.inputs(2, 3, (13, 11), (3, 4), channels_last=True)
+g = torch.randn(2, 3, 13, 11)
+ref = [t.double().requires_grad_() for t in (f, x, c)]
+expected = torch.autograd.grad(gate_op.reference_gated_product(*ref, True), ref, g.double())
+with torch.no_grad():
+    got = gate_op.gated_product_backward(g, f, x, c, True)
+with torch.enable_grad():
+    registered = gate_op.gated_product_backward(g, f, x, c, True)
+for a, b, e in zip(got, registered, expected):
+    assert torch.equal(a, b)
+    torch.testing.assert_close(a.double(), e, rtol=1e-5, atol=1e-5)
+print('RESULTS ' + json.dumps(fast))
 '''
 
 

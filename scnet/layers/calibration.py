@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scnet.layers.gate_op import gate_op_available, gated_product
+from scnet.layers.gate_op import gate_op_available, gated_product, gated_product_backward
 
 __all__ = ['pool_context', 'calibrated_product', 'CalibratedHalf']
 
@@ -119,16 +119,6 @@ def calibrated_product(features: Tensor, x1: Tensor, context: Tensor, identity: 
     return logits.sigmoid_().mul_(features)
 
 
-def _gate_kernel_grads(grad: Tensor, features: Tensor, x1: Tensor, context: Tensor, identity: bool):
-    """The gradients of ``features * sigmoid(x1 + Up(context))`` with respect to features, the logits (x1's,
-    with the identity term) and context, from the fused operator's backward (its inputs promoted to one dtype, as
-    ``gated_product`` promotes them; without the identity term x1 is not read, and features stands in for it)."""
-    dtype = torch.promote_types(torch.promote_types(features.dtype, x1.dtype), context.dtype)
-    features, context = features.to(dtype), context.to(dtype)
-    x1 = x1.to(dtype) if identity else features
-    return torch.ops.scnet.gated_product_backward(grad.to(dtype), features, x1, context, identity)
-
-
 class CalibratedHalf(torch.autograd.Function):
     """``Y1 = K4(BN3(Z) * sigmoid(X1 + Up(context)))`` for training-mode ``nn.BatchNorm2d``, keeping only
     ``Z = K3(X1)`` (and the small context) for backward; see the module doc.
@@ -182,8 +172,8 @@ class CalibratedHalf(torch.autograd.Function):
             [True, needs[9], k4_bias is not None and needs[10]])
         if gate is None:
             del product
-            grad_features, grad_logits, grad_context = _gate_kernel_grads(grad_product, features, x1, context,
-                                                                          identity)
+            grad_features, grad_logits, grad_context = gated_product_backward(
+                grad_product, features, x1 if identity else features, context, identity)
             del features, grad_product
             grad_context = grad_context.to(context.dtype) if needs[2] else None
         else:

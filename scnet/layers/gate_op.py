@@ -21,14 +21,17 @@ How it is dispatched: ``torch.ops.scnet.gated_product`` (and ``torch.ops.scnet.g
 which its autograd formula calls) are registered with ``torch.library.triton_op``: one implementation that,
 for CUDA tensors, launches the Triton kernels through ``torch.library.wrap_triton`` and, for every other device
 (CPU, ...), runs the plain ATen composition (``F.interpolate``, ``torch.sigmoid``, ``mul``). Because it is a
-``triton_op``, eager calls launch the kernels directly, ``torch.compile`` traces into the implementation (the
-CUDA kernels become part of Inductor's graph, the CPU branch plain ATen ops) and ``torch.export`` keeps the
-operator as one node, with a fake implementation giving its output's shape, dtype and layout. Where triton
-cannot be imported, the same operators are registered with ``torch.library.custom_op`` and the ATen path only;
-importing this module never needs triton or a GPU. Nor does running it: on a CUDA device where Triton cannot
-launch (a GPU older than compute capability 7.0; no C compiler to build Triton's launcher with), the ATen path
-runs, after one warning (``triton_unavailable_reason``). ``gate_op_available(t)`` says whether ``t`` takes the
-Triton path.
+``triton_op``, ``torch.compile`` traces into the implementation (the CUDA kernels become part of Inductor's
+graph, the CPU branch plain ATen ops) and ``torch.export`` keeps the operator as one node, with a fake
+implementation giving its output's shape, dtype and layout. Where triton cannot be imported, the same operators
+are registered with ``torch.library.custom_op`` and the ATen path only. The Python functions ``gated_product``
+and ``gated_product_backward`` call the operators, except in plain eager calls, which launch the same kernels
+without the dispatcher's per-call cost (see "eager calls" below).
+
+Neither importing nor running this module needs triton or a GPU: on a CUDA device where Triton cannot launch
+(a GPU older than compute capability 7.0; no C compiler to build Triton's launcher with), the ATen path runs,
+after one warning (``triton_unavailable_reason``). ``gate_op_available(t)`` says whether ``t`` takes the Triton
+path.
 
 Layouts: the kernels read every input through its own strides (NCHW, channels-last, or views such as the
 channel half ``torch.split`` gives), so nothing is copied first; they tile the work along the innermost
@@ -49,7 +52,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.library import wrap_triton  # traceable launches (torch.compile, make_fx); plain ones in eager
 
-__all__ = ['gated_product', 'gate_op_available', 'reference_gated_product', 'triton_unavailable_reason']
+__all__ = ['gated_product', 'gated_product_backward', 'gate_op_available', 'reference_gated_product',
+           'triton_unavailable_reason']
 
 try:  # a machine without triton (or with a broken one) still gets the operator, on its ATen path
     import triton
@@ -169,6 +173,15 @@ def _check(features: Tensor, x1: Tensor, context: Tensor) -> None:
                          f'got {features.dtype}, {x1.dtype}, {context.dtype}')
     torch._check(features.device == x1.device == context.device,
                  lambda: 'gated_product: features, x1 and context must be on one device')
+
+
+def _check_eager(features: Tensor, x1: Tensor, context: Tensor) -> None:
+    """``_check`` for concrete tensors of one dtype at a fraction of its cost (which is paid on every layer call
+    of an eager network): plain comparisons, and ``_check``'s messages only when one fails."""
+    size = features.shape
+    if not (len(size) == 4 and x1.shape == size and context.dim() == 4 and context.shape[:2] == size[:2]
+            and x1.device == features.device and context.device == features.device):
+        _check(features, x1, context)
 
 
 def _channels_last(t: Tensor) -> bool:
@@ -458,15 +471,85 @@ def _backward(ctx, grad: Tensor):
 gated_product_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# ------------------------------------------------------------------------------------ eager calls, no dispatcher
+# Why: a Python operator costs tens of microseconds per call in the dispatcher before its implementation starts
+# (its registered autograd formula included), more than the kernel's own run at batch 1 on a GPU, where a step
+# is bound by the host. Plain eager calls therefore launch the same kernels themselves (through an
+# autograd.Function where gradients are wanted); whatever traces, transforms or intercepts (torch.compile,
+# torch.export, make_fx, jit.trace, torch.func, dispatch modes, tensor subclasses) gets the registered operator.
+
+try:  # private helpers of torch's (a torch without them takes the operator always)
+    from torch._C import _are_functorch_transforms_active
+    from torch._library.triton import set_wrap_triton_enabled  # what triton_op's own eager kernel does
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+    _EAGER_LAUNCH = True
+except ImportError:  # pragma: no cover
+    _EAGER_LAUNCH = False
+
+
+def _plain_eager(*tensors: Tensor) -> bool:
+    """Plain tensors for the kernels, in eager mode, with nothing tracing, transforming or intercepting them."""
+    return (_EAGER_LAUNCH and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and _kernel_path(tensors[0]) and all(type(t) is Tensor for t in tensors)
+            and not _are_functorch_transforms_active() and _get_current_dispatch_mode() is None)
+
+
+class _GatedProduct(torch.autograd.Function):
+    """The operator's kernels and autograd formula (``_setup_context``, ``_backward``) for plain eager calls."""
+
+    @staticmethod
+    def forward(ctx, features: Tensor, x1: Tensor, context: Tensor, identity: bool) -> Tensor:
+        ctx.identity = identity
+        ctx.save_for_backward(features, x1 if identity else None, context)
+        with set_wrap_triton_enabled(False):
+            return _triton_forward(features, x1, context, identity)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        features, x1, context = ctx.saved_tensors
+        grad_features, grad_logits, grad_context = gated_product_backward(
+            grad, features, x1 if ctx.identity else features, context, ctx.identity)
+        return grad_features, grad_logits if ctx.identity else None, grad_context, None
+
+
+def _promoted(*tensors: Tensor) -> Tuple[Tensor, ...]:
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
+
+
 def gated_product(features: Tensor, x1: Tensor, context: Tensor, identity: bool) -> Tensor:
     """``features * sigmoid(x1 + Up(context))`` (``identity=False``: ``features * sigmoid(Up(context))``).
 
     ``features`` and ``x1``: ``(N, C, H, W)``; ``context``: ``(N, C, h, w)``, up-sampled to ``(H, W)`` by
     PyTorch's nearest rule. Inputs of different dtypes are promoted to one. On CUDA (with triton; float32,
     bfloat16 or float16) one Triton kernel computes it, in float32; elsewhere ATen ops. Differentiable in all
-    three inputs; the result has the layout of ``features``.
+    three inputs; the result has the layout of ``features``. ``torch.ops.scnet.gated_product`` is the same
+    operator as registered (what compilers and tracers see); plain eager calls here skip its dispatch overhead.
     """
-    if not (features.dtype == x1.dtype == context.dtype):
-        dtype = torch.promote_types(torch.promote_types(features.dtype, x1.dtype), context.dtype)
-        features, x1, context = features.to(dtype), x1.to(dtype), context.to(dtype)
+    features, x1, context = _promoted(features, x1, context)
+    if _plain_eager(features, x1, context):
+        _check_eager(features, x1, context)
+        if torch.is_grad_enabled() and (features.requires_grad or x1.requires_grad or context.requires_grad):
+            return _GatedProduct.apply(features, x1, context, bool(identity))
+        with set_wrap_triton_enabled(False):
+            return _triton_forward(features, x1, context, bool(identity))
     return torch.ops.scnet.gated_product(features, x1, context, bool(identity))
+
+
+def gated_product_backward(grad: Tensor, features: Tensor, x1: Tensor, context: Tensor,
+                           identity: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """The gradients of ``gated_product(features, x1, context, identity)`` given ``grad``, the gradient of its
+    output: with respect to ``features``, to the logits ``x1 + Up(context)`` (which is ``x1``'s gradient with the
+    identity term; without it ``x1`` is not read) and to ``context``. Inputs are promoted to one dtype, as
+    ``gated_product`` promotes them; the results have the layout of ``features``. For code that rebuilds the
+    gate in its own backward (``scnet.layers.calibration.CalibratedHalf``): one kernel pass, and a small one for
+    ``context``, on CUDA. Under ``create_graph`` it is the registered operator
+    ``torch.ops.scnet.gated_product_backward``, as in the operator's own autograd formula."""
+    grad, features, x1, context = _promoted(grad, features, x1, context)
+    if not torch.is_grad_enabled() and _plain_eager(features, grad, x1, context):
+        _check_eager(features, x1, context)
+        with set_wrap_triton_enabled(False):
+            return _triton_backward(grad, features, x1, context, identity)
+    return torch.ops.scnet.gated_product_backward(grad, features, x1, context, bool(identity))
