@@ -511,6 +511,36 @@ def test_cuda_devices_where_triton_launches_take_the_kernels(monkeypatch):
     assert gate_op.triton_unavailable_reason('cpu') == 'cpu is not a CUDA device'
 
 
+@pytest.mark.skipif(not gate_op.HAS_TRITON, reason='triton does not import here')
+@pytest.mark.parametrize('index', [0, 1])
+def test_kernels_launch_on_the_device_of_their_tensors(index, monkeypatch):
+    """Triton launches on the current CUDA device: tensors on another GPU (a network moved to cuda:1 in a process
+    whose current device is cuda:0) make theirs current for the launches, forward and backward."""
+    import contextlib
+    import logging
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    logging.getLogger('torch._higher_order_ops.triton_kernel_wrap').setLevel(logging.ERROR)  # no driver here
+    entered = []
+
+    @contextlib.contextmanager
+    def device(i):
+        entered.append(i)
+        yield
+
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
+    monkeypatch.setattr(torch.cuda, 'device', device)
+    with FakeTensorMode():
+        f, x, grad = (torch.empty(2, 4, 8, 8, device=f'cuda:{index}') for _ in range(3))
+        c = torch.empty(2, 4, 2, 2, device=f'cuda:{index}')
+        y = gate_op._triton_forward(f, x, c, True)
+        grads = gate_op._triton_backward(grad, f, x, c, True)
+    assert y.device == grads[2].device == f.device
+    assert entered == ([] if index == 0 else [1, 1])
+
+
 def test_importing_without_triton_keeps_the_aten_operator():
     script = ('import sys; sys.modules["triton"] = None\n'
               'import torch\n'

@@ -43,6 +43,7 @@ Testing the kernels without a GPU: with ``TRITON_INTERPRET=1`` and ``SCNET_GATE_
 environment before this module (and triton) is imported, CPU tensors take the Triton path too, run by
 Triton's interpreter (slow; for tests only).
 """
+import contextlib
 import os
 import warnings
 from typing import Dict, Optional, Tuple
@@ -371,6 +372,22 @@ def _grid(n, c, rows, cols, tiles):
     return (n * c_tiles, _cdiv(rows, by), _cdiv(cols, bx)), c_tiles
 
 
+def _launch_device(t: Tensor) -> Optional[int]:
+    """The CUDA device to make current for a launch on ``t`` (None: the current one is ``t``'s). Triton launches
+    on the current device, not on its arguments': without this, a network moved to ``cuda:1`` in a process
+    that never called ``torch.cuda.set_device`` would run its gate on ``cuda:0`` with ``cuda:1``'s memory.
+    Compilers place their own launches (Inductor emits device guards)."""
+    if t.device.type != 'cuda' or torch.compiler.is_compiling() or not torch.cuda.is_available():
+        return None
+    index = t.device.index
+    return None if index is None or index == torch.cuda.current_device() else index
+
+
+def _on_device_of(t: Tensor):
+    index = _launch_device(t)
+    return contextlib.nullcontext() if index is None else torch.cuda.device(index)
+
+
 def _triton_forward(features: Tensor, x1: Tensor, context: Tensor, identity: bool) -> Tensor:
     n, c, big_h, big_w = features.shape
     h, w = context.shape[-2], context.shape[-1]
@@ -378,10 +395,11 @@ def _triton_forward(features: Tensor, x1: Tensor, context: Tensor, identity: boo
     out = _empty(features.shape, features, fmt)
     bc, by, bx = tiles = _tiles(c, big_h, big_w, fmt == torch.channels_last)
     grid, c_tiles = _grid(n, c, big_h, big_w, tiles)
-    wrap_triton(_gate_forward_kernel)[grid](
-        features, x1, context, out, c, big_h, big_w, h, w,
-        *features.stride(), *x1.stride(), *context.stride(), *out.stride(), c_tiles,
-        IDENTITY=identity, BC=bc, BY=by, BX=bx)
+    with _on_device_of(features):
+        wrap_triton(_gate_forward_kernel)[grid](
+            features, x1, context, out, c, big_h, big_w, h, w,
+            *features.stride(), *x1.stride(), *context.stride(), *out.stride(), c_tiles,
+            IDENTITY=identity, BC=bc, BY=by, BX=bx)
     return out
 
 
@@ -396,17 +414,18 @@ def _triton_backward(grad: Tensor, features: Tensor, x1: Tensor, context: Tensor
     grad_logits = _empty(features.shape, features, fmt)
     bc, by, bx = tiles = _tiles(c, big_h, big_w, channels_last)
     grid, c_tiles = _grid(n, c, big_h, big_w, tiles)
-    wrap_triton(_gate_backward_kernel)[grid](
-        grad, features, x1, context, grad_features, grad_logits, c, big_h, big_w, h, w,
-        *grad.stride(), *features.stride(), *x1.stride(), *context.stride(), *grad_features.stride(), c_tiles,
-        IDENTITY=identity, BC=bc, BY=by, BX=bx)
-
     grad_context = _empty(context.shape, context, fmt)
-    bc, bi, bj = tiles = _tiles(c, h, w, channels_last, elements=512)
-    grid, c_tiles = _grid(n, c, h, w, tiles)
-    wrap_triton(_context_grad_kernel)[grid](
-        grad_logits, grad_context, c, big_h, big_w, h, w, *grad_logits.stride(), *grad_context.stride(),
-        c_tiles, _cdiv(big_h, h) + 3, _cdiv(big_w, w) + 3, BC=bc, BI=bi, BJ=bj)
+    with _on_device_of(features):
+        wrap_triton(_gate_backward_kernel)[grid](
+            grad, features, x1, context, grad_features, grad_logits, c, big_h, big_w, h, w,
+            *grad.stride(), *features.stride(), *x1.stride(), *context.stride(), *grad_features.stride(), c_tiles,
+            IDENTITY=identity, BC=bc, BY=by, BX=bx)
+
+        bc, bi, bj = tiles = _tiles(c, h, w, channels_last, elements=512)
+        grid, c_tiles = _grid(n, c, h, w, tiles)
+        wrap_triton(_context_grad_kernel)[grid](
+            grad_logits, grad_context, c, big_h, big_w, h, w, *grad_logits.stride(), *grad_context.stride(),
+            c_tiles, _cdiv(big_h, h) + 3, _cdiv(big_w, w) + 3, BC=bc, BI=bi, BJ=bj)
     return grad_features, grad_logits, grad_context
 
 
