@@ -96,7 +96,8 @@ def test_a_new_run_refuses_a_folder_of_other_files_and_takes_its_own_earlier_sta
     RunFolder(earlier, resume=False).close()
 
 
-def test_a_damaged_training_state_gives_no_unsafe_advice(tmp_path):
+@pytest.mark.parametrize('mmap', [False, True])
+def test_a_damaged_training_state_gives_no_unsafe_advice(tmp_path, mmap):
     """torch's own message for a file it cannot read with weights_only suggests unpickling it without limits:
     for a damaged last.pt that is wrong, and for a foreign one unsafe; the error says what the file is not."""
     from scnet.errors import CheckpointError
@@ -105,7 +106,7 @@ def test_a_damaged_training_state_gives_no_unsafe_advice(tmp_path):
     damaged = tmp_path / 'last.pt'
     damaged.write_bytes(bytes(range(256)) * 8)
     with pytest.raises(CheckpointError) as e:
-        load_state(damaged)
+        load_state(damaged, mmap=mmap)
     assert 'cannot read the training state (not a file of plain tensors that torch.load can read safely)' in \
         str(e.value) and 'weights_only' not in str(e.value)
 
@@ -119,3 +120,42 @@ def test_a_file_given_as_the_run_folder_is_refused(tmp_path):
         with pytest.raises(RunError, match='notes.txt is a file, not a run folder'):
             RunFolder(notes, resume=resume)
     assert notes.read_text() == 'keep me'
+
+
+def test_a_run_state_is_read_whole_once_where_a_network_is_built_from_it(tmp_path, monkeypatch):
+    """A last.pt also holds the optimiser's state (and a run's EMA weights): reading the run's settings maps the
+    file (torch.load(mmap=True)) instead of reading it, a legacy-format file is still read, and building the
+    network of a last.pt reads the file whole once, not three times."""
+    import torch
+
+    import scnet
+    from scnet.train.classifier_checkpoint import read_classifier_metadata
+    from scnet.train.state import load_state
+
+    kwargs = {'channels': [8, 16, 32, 64], 'num_classes': 3}
+    net = scnet.create_model('scnet26_cifar', **kwargs)
+    state = {'model': net.state_dict(), 'optimizer': {'state': {0: {'momentum_buffer': torch.ones(1000)}}},
+             'config': {'model': 'scnet26_cifar', 'model_kwargs': {'channels': [8, 16, 32, 64]}, 'classes':
+                        ['a', 'b', 'c']}, 'epoch': 1, 'history': []}
+    torch.save(state, tmp_path / 'last.pt')
+    torch.save(state, tmp_path / 'legacy.pt', _use_new_zipfile_serialization=False)
+    for name in ('last.pt', 'legacy.pt'):
+        loaded = load_state(tmp_path / name, mmap=True)
+        assert loaded['config'] == state['config'] and torch.equal(loaded['optimizer']['state'][0]['momentum_buffer'],
+                                                                   torch.ones(1000))
+
+    reads = []
+    real_load = torch.load
+
+    def load(f, *args, **kw):
+        reads.append('mapped' if kw.get('mmap') else 'whole')
+        return real_load(f, *args, **kw)
+
+    monkeypatch.setattr(torch, 'load', load)
+    assert read_classifier_metadata(tmp_path / 'last.pt').model == 'scnet26_cifar'
+    assert reads == ['mapped']
+    reads.clear()
+    built = scnet.create_model('scnet26_cifar', checkpoint=str(tmp_path / 'last.pt'))
+    assert reads.count('whole') == 1, reads
+    for a, b in zip(built.state_dict().values(), net.state_dict().values()):
+        assert torch.equal(a, b)

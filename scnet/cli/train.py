@@ -154,7 +154,7 @@ def _restore_run_config(saved: Path) -> None:
     if not last.is_file():
         return  # nothing to resume: the run folder says so
     try:
-        config = load_state(last).get('config')
+        config = load_state(last, mmap=True).get('config')  # the settings alone: no tensor is read
     except (ScnetError, AttributeError):
         return  # not a training state: the run's own checks say so, in their words
     if not isinstance(config, dict) or not config:

@@ -96,7 +96,7 @@ def read_task_checkpoint(path: Union[str, Path], meta_type: Type[M], *, task: st
         if not is_task(meta):
             raise not_ours
         return meta_type.from_metadata(meta, path), read_state_dict(path), path
-    state = load_state(path)
+    state = load_state(path, mmap=True)  # the weights and settings: the optimiser's state is never read
     if not isinstance(state, dict) or 'model' not in state or 'config' not in state:
         raise not_ours
     if isinstance(state.get('checkpoint'), dict) and not is_task(state['checkpoint']):

@@ -76,7 +76,7 @@ def _recorded(path: Path) -> ClassifierMetadata:
         return ClassifierMetadata()
     from scnet.train.state import load_state
 
-    state = load_state(path)
+    state = load_state(path, mmap=True)  # the settings alone: no tensor is read
     if not isinstance(state, dict):  # e.g. a bare state dict saved with torch.save: records nothing
         return ClassifierMetadata()
     other_task = not_a_classifier(path, state.get('checkpoint') or {})  # a detection or pose run's last.pt

@@ -52,16 +52,20 @@ _WAY_OUT = ('nothing in it can be continued: start the run again into a new --ou
             'a checkpoint, give another)')
 
 
-def load_state(path: Path, required: Sequence[str] = ()) -> Dict[str, Any]:
+def load_state(path: Path, required: Sequence[str] = (), *, mmap: bool = False) -> Dict[str, Any]:
     """The training state in ``path``; a ``CheckpointError`` (one line: the problem and the way out) for a file
     that is empty, damaged or, with ``required`` (e.g. ``STATE_KEYS``), not a training state (a mapping holding
-    those keys), rather than the ``IndexError`` or ``KeyError`` its first use would raise."""
+    those keys), rather than the ``IndexError`` or ``KeyError`` its first use would raise.
+
+    ``mmap``: map the file's tensors instead of reading them (``torch.load(mmap=True)``), for a caller that
+    wants the run's settings or only some tensors: a ``last.pt`` also holds the optimiser's state and the EMA
+    weights, read for nothing otherwise. Files in PyTorch's legacy format cannot be mapped and are read whole."""
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
         raise CheckpointError(f'{path}: an empty file (0 bytes), not a training state (scnet writes last.pt '
                               f'whole: it was cut by a copy or a full disk); {_WAY_OUT}')
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        state = _torch_load(path, mmap)
     except Exception as e:
         lines = str(e).strip().splitlines()
         detail = lines[0] if lines else type(e).__name__
@@ -72,6 +76,15 @@ def load_state(path: Path, required: Sequence[str] = ()) -> Dict[str, Any]:
     if required:
         check_state(state, path, required)
     return state
+
+
+def _torch_load(path: Path, mmap: bool) -> Any:
+    if mmap:
+        try:
+            return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - a legacy-format file, a file system without mmap, a damaged file: the
+            pass           # plain read below reads the first two and reports the third in its own words
+    return torch.load(path, map_location='cpu', weights_only=True)
 
 
 def check_state(state: Any, path: Path, required: Sequence[str]) -> None:
