@@ -172,8 +172,8 @@ class CalibratedHalf(torch.autograd.Function):
             [True, needs[9], k4_bias is not None and needs[10]])
         if gate is None:
             del product
-            grad_features, grad_logits, grad_context = gated_product_backward(
-                grad_product, features, x1 if identity else features, context, identity)
+            grad_features, grad_logits, grad_context = gated_product_backward(grad_product, features, x1, context,
+                                                                              identity)
             del features, grad_product
             grad_context = grad_context.to(context.dtype) if needs[2] else None
         else:

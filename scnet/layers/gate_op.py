@@ -518,13 +518,12 @@ class _GatedProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features: Tensor, x1: Tensor, context: Tensor, identity: bool) -> Tensor:
-        ctx.identity = identity
-        ctx.save_for_backward(features, x1 if identity else None, context)
+        _setup_context(ctx, (features, x1, context, identity), None)
         with set_wrap_triton_enabled(False):
             return _triton_forward(features, x1, context, identity)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
+    def backward(ctx, grad: Tensor):  # _backward, with the gradients' own eager call instead of the operator
         features, x1, context = ctx.saved_tensors
         grad_features, grad_logits, grad_context = gated_product_backward(
             grad, features, x1 if ctx.identity else features, context, ctx.identity)
