@@ -529,16 +529,42 @@ def test_kernels_launch_on_the_device_of_their_tensors(index, monkeypatch):
         entered.append(i)
         yield
 
+    mode = FakeTensorMode()
+    with mode:  # before CUDA is faked available: torch 2.11's fake tensors would then start a real CUDA context
+        f, x, grad = (torch.empty(2, 4, 8, 8, device=f'cuda:{index}') for _ in range(3))
+        c = torch.empty(2, 4, 2, 2, device=f'cuda:{index}')
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
     monkeypatch.setattr(torch.cuda, 'device', device)
-    with FakeTensorMode():
-        f, x, grad = (torch.empty(2, 4, 8, 8, device=f'cuda:{index}') for _ in range(3))
-        c = torch.empty(2, 4, 2, 2, device=f'cuda:{index}')
+    with mode:
         y = gate_op._triton_forward(f, x, c, True)
         grads = gate_op._triton_backward(grad, f, x, c, True)
     assert y.device == grads[2].device == f.device
     assert entered == ([] if index == 0 else [1, 1])
+
+
+@pytest.mark.skipif(not gate_op.HAS_TRITON, reason='triton does not import here')
+def test_kernels_of_the_interpreter_are_launched_unwrapped(monkeypatch):
+    """Compiled kernels go through ``wrap_triton`` (traceable launches); the kernels Triton's interpreter makes
+    are launched as they are, since torch 2.11's ``wrap_triton`` refuses them (imitated here)."""
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    def wrap_triton_of_torch_2_11(kernel):
+        if not isinstance(kernel, (JITFunction, Autotuner)):
+            raise RuntimeError('wrap_triton only works on functions annotated with triton.jit or triton.autotune')
+        return ('wrapped', kernel)
+
+    def python_kernel(x_ptr, n):
+        pass
+
+    monkeypatch.setattr(gate_op, 'wrap_triton', wrap_triton_of_torch_2_11)
+    interpreted = InterpretedFunction(python_kernel)
+    assert gate_op._launchable(interpreted) is interpreted
+    for kernel in (gate_op._gate_forward_kernel, gate_op._gate_backward_kernel, gate_op._context_grad_kernel):
+        assert isinstance(kernel, JITFunction)
+        assert gate_op._launchable(kernel) == ('wrapped', kernel)
 
 
 def test_importing_without_triton_keeps_the_aten_operator():

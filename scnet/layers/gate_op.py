@@ -59,10 +59,14 @@ __all__ = ['gated_product', 'gated_product_backward', 'gate_op_available', 'refe
 try:  # a machine without triton (or with a broken one) still gets the operator, on its ATen path
     import triton
     import triton.language as tl
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+    _WRAPPABLE: tuple = (JITFunction, Autotuner)  # what wrap_triton takes (interpreted kernels aside)
     HAS_TRITON = True
 except Exception:  # noqa: BLE001 - any failure to import means "no triton"
     triton = None
     tl = None
+    _WRAPPABLE = ()
     HAS_TRITON = False
 
 # Triton's interpreter on CPU tensors (tests only): both variables must be set before the import.
@@ -388,6 +392,15 @@ def _on_device_of(t: Tensor):
     return contextlib.nullcontext() if index is None else torch.cuda.device(index)
 
 
+def _launchable(kernel):
+    """``wrap_triton(kernel)``, or ``kernel`` itself when Triton's interpreter made it (``TRITON_INTERPRET=1``,
+    tests only): torch 2.14 hands such kernels back unwrapped itself, torch 2.11 (the oldest release this
+    package supports) refuses them with a RuntimeError. On a GPU every kernel is a ``JITFunction``."""
+    if isinstance(kernel, _WRAPPABLE):
+        return wrap_triton(kernel)
+    return kernel
+
+
 def _triton_forward(features: Tensor, x1: Tensor, context: Tensor, identity: bool) -> Tensor:
     n, c, big_h, big_w = features.shape
     h, w = context.shape[-2], context.shape[-1]
@@ -396,7 +409,7 @@ def _triton_forward(features: Tensor, x1: Tensor, context: Tensor, identity: boo
     bc, by, bx = tiles = _tiles(c, big_h, big_w, fmt == torch.channels_last)
     grid, c_tiles = _grid(n, c, big_h, big_w, tiles)
     with _on_device_of(features):
-        wrap_triton(_gate_forward_kernel)[grid](
+        _launchable(_gate_forward_kernel)[grid](
             features, x1, context, out, c, big_h, big_w, h, w,
             *features.stride(), *x1.stride(), *context.stride(), *out.stride(), c_tiles,
             IDENTITY=identity, BC=bc, BY=by, BX=bx)
@@ -416,14 +429,14 @@ def _triton_backward(grad: Tensor, features: Tensor, x1: Tensor, context: Tensor
     grid, c_tiles = _grid(n, c, big_h, big_w, tiles)
     grad_context = _empty(context.shape, context, fmt)
     with _on_device_of(features):
-        wrap_triton(_gate_backward_kernel)[grid](
+        _launchable(_gate_backward_kernel)[grid](
             grad, features, x1, context, grad_features, grad_logits, c, big_h, big_w, h, w,
             *grad.stride(), *features.stride(), *x1.stride(), *context.stride(), *grad_features.stride(), c_tiles,
             IDENTITY=identity, BC=bc, BY=by, BX=bx)
 
         bc, bi, bj = tiles = _tiles(c, h, w, channels_last, elements=512)
         grid, c_tiles = _grid(n, c, h, w, tiles)
-        wrap_triton(_context_grad_kernel)[grid](
+        _launchable(_context_grad_kernel)[grid](
             grad_logits, grad_context, c, big_h, big_w, h, w, *grad_logits.stride(), *grad_context.stride(),
             c_tiles, _cdiv(big_h, h) + 3, _cdiv(big_w, w) + 3, BC=bc, BI=bi, BJ=bj)
     return grad_features, grad_logits, grad_context
