@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.test_benchmark import _benchmarks_module
+from tests.test_gate_op import interpreter_limitation
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ('compile_warmup', 'train_amp', 'ddp', 'gate_op', 'models_eager', 'models_compiled')
@@ -42,20 +43,15 @@ def test_dry_run_writes_every_section(tmp_path):
     assert 'triton' in report['machine']['versions']
     sections = report['sections']
     assert set(sections) == set(SECTIONS)
+    # the gate section runs the kernels in Triton's interpreter: where that cannot run them (an old Triton), the
+    # other sections are checked and the test is then skipped with the reason
+    gate_not_run = sections['gate_op']['status'] != 'ok' and interpreter_limitation()
     for name in SECTIONS:
+        if name == 'gate_op' and gate_not_run:
+            continue
         assert sections[name]['status'] == 'ok', (name, sections[name].get('error'), sections[name].get('traceback'))
-
-    gate = sections['gate_op']['result']
-    assert gate['shapes'] and all(s['layers'] >= 1 for s in gate['shapes'])
-    combos = {(r['dtype'], r['layout']) for r in gate['rows']}
-    assert combos == {(d, l) for d in ('float32', 'bfloat16') for l in ('channels_last', 'nchw')}
-    for row in gate['rows']:
-        assert set(row['forward_us']) == {'fused', 'eager', 'layer_eager'}
-        tol = 1e-5 if row['dtype'] == 'float32' else 0.1
-        assert row['max_abs_error']['fused'] < tol and row['max_abs_error']['eager'] < tol
-        assert max(row['max_abs_grad_error']['fused'].values()) < 10 * tol
-    if gate['triton_importable']:
-        assert gate['kernels'].startswith('triton interpreter')
+    if not gate_not_run:
+        check_gate_section(sections['gate_op']['result'])
 
     for name in ('models_eager', 'models_compiled'):
         runs = sections[name]['result']['runs']
@@ -79,6 +75,21 @@ def test_dry_run_writes_every_section(tmp_path):
     assert {(e['variant'], e['mode'], e['batch_size']) for e in summary} == {
         (v, m, b) for v in ('eager', 'compiled') for m, b in (('infer', 1), ('infer', 2), ('train', 2))}
     assert all('meets_target' in e for e in summary if e['batch_size'] == 1)
+    if gate_not_run:
+        pytest.skip(f'the gate_op section was not checked: {gate_not_run}')
+
+
+def check_gate_section(gate):
+    assert gate['shapes'] and all(s['layers'] >= 1 for s in gate['shapes'])
+    combos = {(r['dtype'], r['layout']) for r in gate['rows']}
+    assert combos == {(d, l) for d in ('float32', 'bfloat16') for l in ('channels_last', 'nchw')}
+    for row in gate['rows']:
+        assert set(row['forward_us']) == {'fused', 'eager', 'layer_eager'}
+        tol = 1e-5 if row['dtype'] == 'float32' else 0.1
+        assert row['max_abs_error']['fused'] < tol and row['max_abs_error']['eager'] < tol
+        assert max(row['max_abs_grad_error']['fused'].values()) < 10 * tol
+    if gate['triton_importable']:
+        assert gate['kernels'].startswith('triton interpreter')
 
 
 def test_layer_eager_column_times_the_layer_without_the_fused_gate(monkeypatch):

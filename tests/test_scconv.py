@@ -565,14 +565,6 @@ def test_layer_takes_the_fused_gate_where_it_is_available():
     """Where gate_op_available (CUDA with triton; here Triton's interpreter on CPU tensors, in a subprocess),
     the layer's gate and product run as the fused operator, in inference, in the one-map training path and
     through plain autograd, with the literal equations' values."""
-    import os
-    import subprocess
-    import sys
-    from scnet.layers import gate_op
-    if not gate_op.HAS_TRITON:
-        pytest.skip('triton does not import here')
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, TRITON_INTERPRET='1', SCNET_GATE_OP_INTERPRET='1', OMP_NUM_THREADS='1')
-    proc = subprocess.run([sys.executable, '-c', FUSED_GATE_SCRIPT], cwd=repo, env=env, capture_output=True,
-                          text=True, timeout=300)
+    from tests.test_gate_op import run_in_interpreter
+    proc = run_in_interpreter(FUSED_GATE_SCRIPT)
     assert proc.returncode == 0 and proc.stdout.strip().endswith('fused ok'), proc.stderr[-3000:]
