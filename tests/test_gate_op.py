@@ -155,19 +155,27 @@ def test_inputs_are_checked_and_promoted():
     assert y.dtype == torch.float32
 
 
-def test_cuda_branch_traces_into_the_three_triton_kernels():
+@pytest.mark.parametrize('batch', ['static', 'dynamic'])
+def test_cuda_branch_traces_into_the_three_triton_kernels(batch):
     """What torch.compile sees on a GPU, traced here on fake CUDA tensors: one Triton kernel forward, two
-    backward, no copies (the split-half view of x1 is read through its strides)."""
+    backward, no copies (the split-half view of x1 is read through its strides). With a dynamic batch size too
+    (a symbol, as ``torch.compile(dynamic=None)`` makes it after a second batch size, and as benchmarks/gpu.py
+    marks it): the launch grids are computed from it."""
     if not gate_op.HAS_TRITON:
         pytest.skip('triton does not import here')
+    from torch._dynamo.source import ConstantSource
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch._subclasses.functional_tensor import dispatch_functionalize
     from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
 
-    with FakeTensorMode():
-        f = torch.empty(2, 4, 14, 14, device='cuda', dtype=torch.bfloat16).contiguous(memory_format=CL)
-        x = torch.empty(2, 8, 14, 14, device='cuda', dtype=torch.bfloat16).contiguous(memory_format=CL)[:, 4:]
-        c = torch.empty(2, 4, 3, 3, device='cuda', dtype=torch.bfloat16)
+    shape_env = ShapeEnv() if batch == 'dynamic' else None
+    n = 2 if shape_env is None else shape_env.create_symintnode(
+        shape_env.create_symbol(2, ConstantSource('batch'), dynamic_dim=DimDynamic.DYNAMIC), hint=2)
+    with FakeTensorMode(shape_env=shape_env):
+        f = torch.empty(n, 4, 14, 14, device='cuda', dtype=torch.bfloat16).contiguous(memory_format=CL)
+        x = torch.empty(n, 8, 14, 14, device='cuda', dtype=torch.bfloat16).contiguous(memory_format=CL)[:, 4:]
+        c = torch.empty(n, 4, 3, 3, device='cuda', dtype=torch.bfloat16)
 
     def step(f, x, c):
         y = gated_product(f, x, c, True)
@@ -175,9 +183,13 @@ def test_cuda_branch_traces_into_the_three_triton_kernels():
 
     import logging
     logging.getLogger('torch._higher_order_ops.triton_kernel_wrap').setLevel(logging.ERROR)  # no driver here
-    graph = make_fx(dispatch_functionalize(step), tracing_mode='fake')(f, x, c).graph
+    mode = 'fake' if shape_env is None else 'symbolic'
+    graph = make_fx(dispatch_functionalize(step), tracing_mode=mode)(f, x, c).graph
     kernels = [n for n in graph.nodes if 'triton_kernel_wrapper' in str(n.target)]
     assert len(kernels) == 3
+    grids = [kernel.kwargs['grid'][0] for kernel in kernels]
+    symbolic = [isinstance(size, torch.fx.Node) for grid in grids for size in grid]
+    assert any(symbolic) == (batch == 'dynamic'), grids
     assert not [n for n in graph.nodes if n.target in (torch.ops.aten.copy.default, torch.ops.aten.copy_.default)]
 
 
