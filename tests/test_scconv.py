@@ -568,3 +568,33 @@ def test_layer_takes_the_fused_gate_where_it_is_available():
     from tests.test_gate_op import run_in_interpreter
     proc = run_in_interpreter(FUSED_GATE_SCRIPT)
     assert proc.returncode == 0 and proc.stdout.strip().endswith('fused ok'), proc.stderr[-3000:]
+
+
+def test_graphs_record_the_plain_gate_where_eager_calls_take_the_fused_one(monkeypatch):
+    """On a GPU the layer hands its gate to the fused operator in eager mode only: under torch.compile it gives
+    Inductor the plain operations, to fuse with the BatchNorm before them, and torch.export and torch.jit.trace
+    record the plain operations (files that run without scnet's operator). A GPU is pretended here: every tensor
+    "can take" the kernels, and the operator's own CPU branch computes them."""
+    from scnet.layers import calibration
+    calls = []
+    real = calibration.gated_product
+    monkeypatch.setattr(calibration, 'gate_op_available', lambda tensor: True)
+    monkeypatch.setattr(calibration, 'gated_product', lambda *args: calls.append(args) or real(*args))
+    torch.manual_seed(0)
+    layer = randomise_norms(SCConv2d(8, 8)).eval()
+    x = torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        expected = sc_conv_reference(x, layer)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+        assert len(calls) == 1  # eager: the fused operator
+        calls.clear()
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(layer, backend='aot_eager')(x), expected, rtol=1e-5, atol=1e-5)
+        assert not calls
+        program = torch.export.export(layer, (x,))
+        assert not calls and 'gated_product' not in str(program.graph)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            traced = torch.jit.trace(layer, x, check_trace=False)
+        assert not calls and 'gated_product' not in str(traced.graph)
+        torch.testing.assert_close(traced(x), expected, rtol=1e-5, atol=1e-5)

@@ -104,12 +104,19 @@ def _up_adjoint(grad: Tensor, context: Tensor, upsample: str) -> Tensor:
 def calibrated_product(features: Tensor, x1: Tensor, context: Tensor, identity: bool, upsample: str) -> Tensor:
     """``features * sigmoid(X1 + Up(context))``: the gate and product of equation 4.
 
-    On CUDA (with triton) this is one fused kernel (``scnet.layers.gate_op``). Elsewhere: up-sampling by an
-    integer factor is a broadcast over blocks instead of an up-sampled copy, and without autograd the sigmoid
-    and the product run in place on the gate's own buffer (two passes fewer; not while ``torch.jit.trace`` records).
+    In eager mode on CUDA (with triton) this is one fused kernel (``scnet.layers.gate_op``). Elsewhere:
+    up-sampling by an integer factor is a broadcast over blocks instead of an up-sampled copy, and without
+    autograd the sigmoid and the product run in place on the gate's own buffer (two passes fewer; not while
+    ``torch.jit.trace`` records).
+
+    Graphs get the plain operations, also on CUDA: under ``torch.compile`` Inductor fuses them with the
+    normalisation that made ``features`` into one kernel, where the fused operator, opaque to Inductor, would
+    add a pass that writes ``features`` and one that reads it back; ``torch.export`` and ``torch.jit.trace``
+    record them, so that exported and traced files run without scnet's operator (in C++ too).
     """
     if not torch.jit.is_scripting():
-        if upsample == 'nearest' and gate_op_available(x1):
+        if (upsample == 'nearest' and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+                and gate_op_available(x1)):
             return gated_product(features, x1, context, identity)
     logits = _gate_logits(x1, context, identity, upsample)
     # torch.jit.trace records whichever branch runs, and its check_trace traces again with other grad settings:

@@ -26,7 +26,8 @@ graph, the CPU branch plain ATen ops) and ``torch.export`` keeps the operator as
 implementation giving its output's shape, dtype and layout. Where triton cannot be imported, the same operators
 are registered with ``torch.library.custom_op`` and the ATen path only. The Python functions ``gated_product``
 and ``gated_product_backward`` call the operators, except in plain eager calls, which launch the same kernels
-without the dispatcher's per-call cost (see "eager calls" below).
+without the dispatcher's per-call cost (see "eager calls" below). The layer calls them in eager mode only
+(``scnet.layers.calibration.calibrated_product`` says why).
 
 Neither importing nor running this module needs triton or a GPU: on a CUDA device where Triton cannot launch
 (a GPU older than compute capability 7.0; no C compiler to build Triton's launcher with), the ATen path runs,
