@@ -382,7 +382,10 @@ class SCConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
             self._check_input(x)
-        halves = torch.split(x, self.in_channels // 2, dim=1)  # one gradient concatenation in backward
+        # split, not two slices: one gradient concatenation in backward; the Tensor method, not torch.split,
+        # whose Python wrapper is host time at every call
+        half = self.in_channels // 2
+        halves = x.split_with_sizes([half, half], 1)
         x_plain, x_calib = halves[0], halves[1]
         y_plain = self.k1(x_plain)
         context = self._context(x_calib)
