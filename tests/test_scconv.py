@@ -598,3 +598,23 @@ def test_graphs_record_the_plain_gate_where_eager_calls_take_the_fused_one(monke
             traced = torch.jit.trace(layer, x, check_trace=False)
         assert not calls and 'gated_product' not in str(traced.graph)
         torch.testing.assert_close(traced(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('memory_efficient', [True, False])
+def test_input_halves_come_from_one_split_node(memory_efficient):
+    """The two halves are views from one split, whose backward is one concatenation: two slices would each give
+    backward a zero-filled gradient of the whole input, summed afterwards."""
+    layer = SCConv2d(8, 8, memory_efficient=memory_efficient).train()
+    x = torch.randn(2, 8, 8, 8, requires_grad=True)
+    y = layer(x)
+    consumers, seen, stack = set(), set(), [y.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for parent, _ in node.next_functions:
+            if parent is not None and getattr(parent, 'variable', None) is x:
+                consumers.add(node)
+            stack.append(parent)
+    assert len(consumers) == 1 and type(consumers.pop()).__name__.startswith('Split'), consumers
