@@ -22,7 +22,9 @@ so that a failure, a hang or an out-of-memory in one is recorded in the report a
   (``F.interpolate``/``sigmoid``/``mul``) and the layer's own eager path (``calibrated_product``), float32 and
   bfloat16, channels-last and NCHW, at every SC-Conv shape of scnet50 at batch 32: microseconds per call
   (forward; forward + backward), summed per network pass, and the largest error of each against a float64
-  reference on the same inputs (outputs and the three gradients).
+  reference on the same inputs (outputs and the three gradients). Then, with time left in the section
+  (``in_graphs``): BN3 and the gate ``torch.compile``-d both ways, with the operator in the graph and with the
+  plain operations Inductor fuses (what the layer hands graphs), on the shape most SC layers share.
 * ``models_eager``: resnet50, scnet50 and the authors' structure (``benchmarks/implementations.py``),
   inference at batch 1, 32 and 256 and training step at 32 and 256 (training at batch 1 cannot run: layer4's
   7x7 maps pool to a 1x1 SC context whose batch norm needs two values a channel), bfloat16 autocast,
@@ -91,7 +93,7 @@ GPU_PROFILE: Dict[str, Any] = {
                   'train_per_class': 32, 'val_per_class': 8, 'workers': 2, 'channels_last': True},
     'ddp': {'model': 'scnet50', 'model_kwargs': {}, 'image_size': 224, 'batch_size': 32, 'warmup': 3, 'steps': 10},
     'inline': [],
-    'total_budget': 450, 'budgets': {'compile_warmup': 165, 'train_amp': 70, 'ddp': 70, 'gate_op': 45,
+    'total_budget': 450, 'budgets': {'compile_warmup': 165, 'train_amp': 70, 'ddp': 70, 'gate_op': 60,
                                      'models_eager': 105, 'models_compiled': 135},
 }
 DRY_PROFILE: Dict[str, Any] = {
@@ -335,6 +337,81 @@ def worker_gate_op(cfg: Dict[str, Any], out: _Partial) -> None:
                 if us is not None:
                     t[kind][impl] = t[kind].get(impl, 0.0) + us * r['layers']
     out.data['per_network_pass'] = totals
+    out.save()
+    out.data['in_graphs'] = {}
+    _gate_in_graphs(cfg, out, max(shapes, key=lambda shape: shape['layers']))
+
+
+def _gate_in_graphs(cfg: Dict[str, Any], out: _Partial, shape: Dict[str, Any]) -> None:
+    """Which gate the layer should hand ``torch.compile``: the fused operator, one Triton kernel that Inductor
+    cannot fuse into, or the plain operations, which Inductor fuses with the BatchNorm that made ``features``
+    (what ``scnet.layers.calibration.calibrated_product`` does in graphs). Both compiled behind BN3 in its
+    inference form, on the shape most SC layers share, in bfloat16 (the networks' autocast dtype; else the
+    settings' first dtype) and the settings' first layout: microseconds per call, forward and forward +
+    backward. Run only with time left in the section."""
+    import torch
+    from scnet.layers import gate_op
+    from scnet.layers.calibration import calibrated_product
+
+    result = out.data['in_graphs']
+    g = cfg['gate']
+    if cfg['deadline'] - time.time() < 20:
+        result['skipped'] = ['time budget spent']
+        out.save()
+        return
+    device = torch.device(cfg['device'])
+    dtype_name = 'bfloat16' if 'bfloat16' in g['dtypes'] else g['dtypes'][0]
+    dtype = getattr(torch, dtype_name)
+    fmt = torch.channels_last if g['layouts'][0] == 'channels_last' else torch.contiguous_format
+    n, c, (hh, ww), (h, w) = shape['batch'], shape['channels'], shape['size'], shape['context']
+    gen = torch.Generator().manual_seed(1)
+    z, x1, grad = (torch.randn(n, c, hh, ww, generator=gen).to(device, dtype).contiguous(memory_format=fmt)
+                   for _ in range(3))
+    ctx = torch.randn(n, c, h, w, generator=gen).to(device, dtype).contiguous(memory_format=fmt)
+    scale, shift = (torch.randn(1, c, 1, 1, generator=gen).to(device, dtype) for _ in range(2))
+    result.update({'dtype': dtype_name, 'layout': g['layouts'][0], 'batch': n, 'channels': c,
+                   'size': [hh, ww], 'context': [h, w], 'backend': cfg['compile_backend'],
+                   'forward_us': {}, 'forward_backward_us': {}})
+
+    def gate(operator: bool):
+        def bn_gate(z, x1, ctx):
+            features = z * scale + shift
+            if operator:
+                return gate_op.gated_product(features, x1, ctx, True)
+            return calibrated_product(features, x1, ctx, True, 'nearest')
+        return bn_gate
+
+    with _compile_context(cfg):
+        for kind in ('forward_us', 'forward_backward_us'):
+            for name, operator in (('operator', True), ('plain_operations', False)):
+                if cfg['deadline'] - time.time() < 15:  # a compilation and its timing, before the section's limit
+                    result.setdefault('skipped', []).append(f'{kind} {name}: time budget spent')
+                    continue
+                torch._dynamo.reset()
+                compiled = torch.compile(gate(operator), backend=cfg['compile_backend'], dynamic=False)
+                leaves = [t.detach().requires_grad_(kind == 'forward_backward_us') for t in (z, x1, ctx)]
+
+                def call():
+                    if kind == 'forward_us':
+                        with torch.no_grad():
+                            return compiled(*leaves)
+                    return torch.autograd.grad(compiled(*leaves), leaves, grad)
+                try:
+                    t0 = time.perf_counter()
+                    call()
+                    _sync(device)
+                    result.setdefault('compile_s', {})[f'{kind} {name}'] = time.perf_counter() - t0
+                    result[kind][name] = _time_us(call, device, warmup=g['warmup'], iters=g['iters'],
+                                                  rounds=g['rounds'])
+                except Exception as e:  # noqa: BLE001 - recorded; the section's rows are already saved
+                    result.setdefault('errors', []).append(f'{kind} {name}: {_error_text(e)}')
+                out.save()
+        for kind in ('forward_us', 'forward_backward_us'):
+            us = result[kind]
+            if us.get('operator') and us.get('plain_operations'):
+                # above 1: the operator is faster, and the layer should hand it to graphs after all
+                result[kind.replace('_us', '_operator_speedup')] = us['plain_operations'] / us['operator']
+    out.save()
 
 
 # ------------------------------------------------------------------------------------------------ model workers
@@ -944,6 +1021,11 @@ def orchestrate(dry_run: bool, output_dir: Path, total_budget: Optional[float], 
               f"{entry.get('scnet50_speed_ratio', float('nan')):.3f}x"
               + (f" (target {entry['target']}x: {'met' if entry['meets_target'] else 'NOT met'})"
                  if 'target' in entry else ''))
+    in_graphs = (sections['gate_op'].get('result') or {}).get('in_graphs') or {}
+    for kind in ('forward', 'forward_backward'):
+        if f'{kind}_operator_speedup' in in_graphs:
+            print(f"  gate in compiled graphs, {kind}: the operator {in_graphs[f'{kind}_operator_speedup']:.2f}x "
+                  'the plain operations (above 1: graphs should get the operator)')
     return 0
 
 

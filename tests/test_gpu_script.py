@@ -90,6 +90,11 @@ def check_gate_section(gate):
         assert max(row['max_abs_grad_error']['fused'].values()) < 10 * tol
     if gate['triton_importable']:
         assert gate['kernels'].startswith('triton interpreter')
+    in_graphs = gate['in_graphs']  # BN3 and the gate compiled with the operator and with the plain operations
+    assert 'errors' not in in_graphs and 'skipped' not in in_graphs, in_graphs
+    for kind in ('forward_us', 'forward_backward_us'):
+        assert set(in_graphs[kind]) == {'operator', 'plain_operations'} and all(in_graphs[kind].values())
+        assert in_graphs[kind.replace('_us', '_operator_speedup')] > 0
 
 
 def test_layer_eager_column_times_the_layer_without_the_fused_gate(monkeypatch):
