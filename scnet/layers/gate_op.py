@@ -507,9 +507,10 @@ gated_product_op.register_autograd(_backward, setup_context=_setup_context)
 # ------------------------------------------------------------------------------------ eager calls, no dispatcher
 # Why: a Python operator costs tens of microseconds per call in the dispatcher before its implementation starts
 # (its registered autograd formula included), paid on the host at every layer call; at batch 1 on a GPU a step
-# is bound by the host, so that cost is the step's, not hidden behind the GPU's work. Plain eager calls therefore launch the same kernels themselves (through an
-# autograd.Function where gradients are wanted); whatever traces, transforms or intercepts (torch.compile,
-# torch.export, make_fx, jit.trace, torch.func, dispatch modes, tensor subclasses) gets the registered operator.
+# is bound by the host, so that cost is the step's, not hidden behind the GPU's work. Plain eager calls therefore
+# launch the same kernels themselves (through an autograd.Function where gradients are wanted); whatever traces,
+# transforms or intercepts (torch.compile, torch.export, make_fx, jit.trace, torch.func, dispatch modes, tensor
+# subclasses) gets the registered operator.
 
 try:  # private helpers of torch's (a torch without them takes the operator always)
     from torch._C import _are_functorch_transforms_active
