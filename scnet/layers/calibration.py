@@ -101,6 +101,13 @@ def _up_adjoint(grad: Tensor, context: Tensor, upsample: str) -> Tensor:
                                                        None)
 
 
+def _takes_fused_gate(x1: Tensor, upsample: str) -> bool:
+    """Whether the gate runs as the fused operator: nearest up-sampling, in eager mode (graphs get the plain
+    operations; ``calibrated_product`` says why), on tensors its Triton kernels can take."""
+    return (upsample == 'nearest' and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and gate_op_available(x1))
+
+
 def calibrated_product(features: Tensor, x1: Tensor, context: Tensor, identity: bool, upsample: str) -> Tensor:
     """``features * sigmoid(X1 + Up(context))``: the gate and product of equation 4.
 
@@ -115,8 +122,7 @@ def calibrated_product(features: Tensor, x1: Tensor, context: Tensor, identity: 
     record them, so that exported and traced files run without scnet's operator (in C++ too).
     """
     if not torch.jit.is_scripting():
-        if (upsample == 'nearest' and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-                and gate_op_available(x1)):
+        if _takes_fused_gate(x1, upsample):
             return gated_product(features, x1, context, identity)
     logits = _gate_logits(x1, context, identity, upsample)
     # torch.jit.trace records whichever branch runs, and its check_trace traces again with other grad settings:
@@ -166,7 +172,7 @@ class CalibratedHalf(torch.autograd.Function):
         # on CUDA the gate's kernels: one pass rebuilds the product, one writes the gradients of features and of
         # the logits, one sums the latter into context's; the ATen composition below makes seven passes
         gate: Optional[Tensor] = None
-        if upsample == 'nearest' and gate_op_available(x1):
+        if _takes_fused_gate(x1, upsample):
             product = gated_product(features, x1, context, identity)
         else:
             gate = torch.sigmoid(_gate_logits(x1, context, identity, upsample))
