@@ -30,7 +30,10 @@ so that a failure, a hang or an out-of-memory in one is recorded in the report a
   7x7 maps pool to a 1x1 SC context whose batch norm needs two values a channel), bfloat16 autocast,
   channels-last, cuDNN autotuning on: ``scnet.bench.runner.run_benchmark`` (what ``scnet benchmark --device
   cuda --amp --channels-last`` runs): images/s, peak memory (``torch.cuda.max_memory_allocated``), ratios
-  against resnet50.
+  against resnet50. Then, with time left, batch-1 inference once more, each network captured as a CUDA graph
+  and replayed (``scnet benchmark --variants cuda_graph``, ``scnet.bench.cuda_graph``): eager networks at batch
+  1 are bound by the host, which spends time on every operator, and SCNet-50 calls more than twice ResNet-50's
+  operators; the replays time the GPU's work alone.
 * ``models_compiled``: the same networks and settings, ``torch.compile``-d once per network and mode, at batch 32
   and 256 (both modes) and then 1: resnet50 and scnet50 timed interleaved, then the authors' structure on its
   own (``timed_separately``; a cold compile of it cannot cost the issue's ratio), with peak memory, ratios and
@@ -52,6 +55,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -84,6 +88,7 @@ GPU_PROFILE: Dict[str, Any] = {
     # training at batch 1 is impossible for SC-Convs at 224 px: layer4's 7x7 maps pool to a 1x1 context whose
     # batch norm needs more than one value per channel
     'device': 'cuda', 'image_size': 224, 'batches': {'infer': [1, 32, 256], 'train': [32, 256]},
+    'graph_batches': [1],  # inference replayed from a CUDA graph: batch 1 without the host's share
     'compiled_batches': {'infer': [32, 256, 1], 'train': [32, 256]},
     'warm_batches': {'infer': [32, 1], 'train': [32]}, 'warm_pairs': None,
     'warmup': 3, 'repeats': 15, 'memory': True, 'compile_backend': 'inductor', 'compile_stance': None,
@@ -98,7 +103,7 @@ GPU_PROFILE: Dict[str, Any] = {
 }
 DRY_PROFILE: Dict[str, Any] = {
     # 128 px: the smallest input the authors' structure runs (its layer4 pools a 4x4 map with r = 4)
-    'device': 'cpu', 'image_size': 128, 'batches': {'infer': [1, 2], 'train': [2]},
+    'device': 'cpu', 'image_size': 128, 'batches': {'infer': [1, 2], 'train': [2]}, 'graph_batches': [1],
     'compiled_batches': {'infer': [2, 1], 'train': [2]}, 'warm_batches': {'infer': [2], 'train': [2]},
     'warm_pairs': [['scnet50', 'infer']], 'warmup': 0, 'repeats': 1, 'memory': False,
     'compile_backend': 'eager', 'compile_stance': 'force_eager',
@@ -432,18 +437,30 @@ def worker_models_eager(cfg: Dict[str, Any], out: _Partial) -> None:
     runs: List[Dict[str, Any]] = []
     out.data['runs'] = runs
     s = cfg['image_size']
-    plan = sorted(((b, m) for m in ('infer', 'train') for b in cfg['batches'][m]), key=lambda bm: bm[0])
-    for batch, mode in plan:  # small batches first: the cheap answers arrive before any time limit
+    # small batches first: the cheap answers arrive before any time limit; the replays from CUDA graphs, which
+    # no target names, come last and only with time left
+    plan = sorted(((b, m, 'eager') for m in ('infer', 'train') for b in cfg['batches'][m]), key=lambda p: p[0])
+    plan += [(b, 'infer', 'cuda_graph') for b in cfg['graph_batches']]
+    for batch, mode, variant in plan:
+        run: Dict[str, Any] = {'mode': mode, 'batch_size': batch, 'variant': variant}
+        runs.append(run)
+        if variant == 'cuda_graph' and cfg['device'] != 'cuda':
+            run['skipped'] = 'CUDA graphs need a CUDA GPU (this run is on the CPU)'
+            continue
+        if variant == 'cuda_graph' and time.time() > cfg['deadline'] - 20:
+            run['skipped'] = 'time budget spent'
+            continue
         settings = Settings(mode=mode, batch_size=batch, input_size=(s, s), device=cfg['device'], amp=True,
                             channels_last=True)
         t0 = time.perf_counter()
         try:
-            report = run_benchmark(_contenders(), settings, batch_sizes=[batch], warmup=cfg['warmup'],
+            contenders = [dataclasses.replace(c, variant=variant) for c in _contenders()]  # the same labels
+            report = run_benchmark(contenders, settings, batch_sizes=[batch], warmup=cfg['warmup'],
                                    repeats=cfg['repeats'], memory=cfg['memory'], rates=False)
-            runs.append({'mode': mode, 'batch_size': batch, 'seconds': time.perf_counter() - t0,
-                         'results': report['results'], 'settings': report['settings']})
+            run.update({'seconds': time.perf_counter() - t0, 'results': report['results'],
+                        'settings': report['settings']})
         except Exception as e:  # noqa: BLE001 - recorded, the next batch still runs
-            runs.append({'mode': mode, 'batch_size': batch, 'error': _error_text(e)})
+            run['error'] = _error_text(e)
         if cfg['device'] == 'cuda':
             torch.cuda.empty_cache()
         out.save()
@@ -844,7 +861,8 @@ def _summary(sections: Dict[str, Any]) -> Dict[str, Any]:
             rows = {r['model']: r for r in run.get('results') or []}
             if 'resnet50' not in rows:
                 continue
-            entry: Dict[str, Any] = {'variant': variant, 'mode': run['mode'], 'batch_size': run['batch_size'],
+            entry: Dict[str, Any] = {'variant': run.get('variant', variant), 'mode': run['mode'],
+                                     'batch_size': run['batch_size'],
                                      'resnet50_images_per_s': rows['resnet50']['images_per_s']}
             for label, key in (('scnet50', 'scnet50'), ("scnet50 authors' structure", 'authors')):
                 if label in rows:
@@ -1017,7 +1035,7 @@ def orchestrate(dry_run: bool, output_dir: Path, total_budget: Optional[float], 
     save()
     print(f'wrote {report_path} in {time.time() - start:.0f} s')
     for entry in report['summary']['scnet50_vs_resnet50']:
-        print(f"  {entry['variant']:8s} {entry['mode']:5s} batch {entry['batch_size']:3d}: scnet50/resnet50 "
+        print(f"  {entry['variant']:10s} {entry['mode']:5s} batch {entry['batch_size']:3d}: scnet50/resnet50 "
               f"{entry.get('scnet50_speed_ratio', float('nan')):.3f}x"
               + (f" (target {entry['target']}x: {'met' if entry['meets_target'] else 'NOT met'})"
                  if 'target' in entry else ''))

@@ -328,13 +328,101 @@ def test_cli_compile(tmp_path):
     (['--threads', '0'], '--threads must be at least 1'),
     (['--repeats', '0'], '--repeats'),
     (['--mode', 'train', '--variants', 'deployed'], 'eager models only'),
+    (['--mode', 'train', '--variants', 'cuda_graph'], 'eager models only'),
+    (['--variants', 'cuda_graph', '--compile'], 'drop --compile'),
     (['--input-size', '0'], 'must be positive'),
-] + ([] if torch.cuda.is_available() else [(['--device', 'cuda'], 'no CUDA GPU')]))
+] + ([] if torch.cuda.is_available() else [(['--device', 'cuda'], 'no CUDA GPU'),
+                                            (['--variants', 'cuda_graph'], 'it needs --device cuda')]))
 def test_cli_errors_are_one_line(args, message, capsys):
     assert main(['benchmark', '--models', 'resnet26_cifar', '--input-size', '32', '--quiet', '--no-memory',
                  *args]) == 2
     err = capsys.readouterr().err
     assert message in err and 'Traceback' not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cuda_graph_variant_warms_up_outside_the_capture_and_replays_one_output(monkeypatch):
+    """``scnet.bench.cuda_graph.capture_inference`` on a pretend GPU: the warm-up calls run on a side stream
+    before the capture (cuDNN's search and Triton's compilations cannot run inside one), one call runs inside
+    it, its memory is the allocator's peak during the capture, and a replay runs the graph, not the call,
+    returning the captured output."""
+    import contextlib
+
+    from scnet.bench import cuda_graph
+
+    events, state = [], {'stream': 'main', 'capturing': False, 'allocated': 100 * 2 ** 20, 'peak': 0}
+
+    class FakeStream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_stream(self, other):
+            events.append(('wait', self.name, other.name))
+
+    class FakeGraph:
+        def replay(self):
+            events.append(('replay',))
+
+    @contextlib.contextmanager
+    def on_stream(s):
+        previous, state['stream'] = state['stream'], s.name
+        try:
+            yield
+        finally:
+            state['stream'] = previous
+
+    @contextlib.contextmanager
+    def capturing(graph):
+        assert isinstance(graph, FakeGraph)
+        state['capturing'] = True
+        try:
+            yield
+        finally:
+            state['capturing'] = False
+
+    def call():
+        events.append(('call', state['stream'], state['capturing']))
+        state['peak'] = max(state['peak'], state['allocated'] + 3 * 2 ** 20)   # the call's intermediates
+        return torch.full((1,), float(len(events)))
+
+    main_stream = FakeStream('main')
+    for name, value in {'current_stream': lambda device=None: main_stream,
+                        'Stream': lambda device=None: FakeStream('side'), 'stream': on_stream, 'graph': capturing,
+                        'CUDAGraph': FakeGraph, 'synchronize': lambda device=None: events.append(('sync',)),
+                        'reset_peak_memory_stats': lambda device=None: state.update(peak=state['allocated']),
+                        'memory_allocated': lambda device=None: state['allocated'],
+                        'max_memory_allocated': lambda device=None: state['peak']}.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+
+    replay, memory = cuda_graph.capture_inference(call, torch.device('cuda'), warmup=2)
+    assert events == [('wait', 'side', 'main'), ('call', 'side', False), ('call', 'side', False),
+                      ('wait', 'main', 'side'), ('sync',), ('call', 'main', True)]
+    assert memory['peak_mb'] == 3.0 and memory['baseline_mb'] == 100.0 and 'capture' in memory['method']
+    first, second = replay(), replay()
+    assert first is second and events[-2:] == [('replay',), ('replay',)]   # the graph replays; the call does not
+
+
+def test_a_step_captured_as_a_graph_reports_the_memory_of_its_capture(monkeypatch):
+    """Replays allocate nothing, so a graph's row takes the peak measured while it was captured
+    (``Step.captured_memory``) instead of timing more calls for memory."""
+    import scnet.bench.memory
+    import scnet.bench.runner as runner
+
+    captured = {'peak_mb': 1.5, 'method': 'cuda allocator, during the capture (replays allocate nothing)'}
+
+    def build(contender, settings):
+        step = build_step(contender, settings)
+        step.captured_memory = captured
+        return step
+
+    def no_measurement(*args, **kwargs):
+        raise AssertionError('memory measured again')
+
+    monkeypatch.setattr(runner, 'build_step', build)
+    monkeypatch.setattr(runner, 'cpu_step_peak', no_measurement)
+    monkeypatch.setattr(scnet.bench.memory, 'cpu_step_peak', no_measurement)
+    report = run_benchmark([Contender('a', kwargs={'name': 'resnet26_cifar'})], Settings(input_size=(32, 32)),
+                           warmup=0, repeats=1, rates=False)
+    assert report['results'][0]['memory'] == captured
 
 
 # --- benchmarks/: the other implementations ------------------------------------------------------------

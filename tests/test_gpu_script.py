@@ -53,8 +53,11 @@ def test_dry_run_writes_every_section(tmp_path):
     if not gate_not_run:
         check_gate_section(sections['gate_op']['result'])
 
+    # batch-1 inference replayed from CUDA graphs follows the eager batch-1 run; on the CPU it says why it cannot
+    graphs = [r for r in sections['models_eager']['result']['runs'] if r['variant'] == 'cuda_graph']
+    assert [(r['mode'], r['batch_size']) for r in graphs] == [('infer', 1)] and 'CUDA' in graphs[0]['skipped']
     for name in ('models_eager', 'models_compiled'):
-        runs = sections[name]['result']['runs']
+        runs = [r for r in sections[name]['result']['runs'] if r.get('variant') != 'cuda_graph']
         assert {(r['mode'], r['batch_size']) for r in runs} == {('infer', 1), ('infer', 2), ('train', 2)}
         for run in runs:
             assert 'error' not in run and 'skipped' not in run, (name, run)
@@ -95,6 +98,26 @@ def check_gate_section(gate):
     for kind in ('forward_us', 'forward_backward_us'):
         assert set(in_graphs[kind]) == {'operator', 'plain_operations'} and all(in_graphs[kind].values())
         assert in_graphs[kind.replace('_us', '_operator_speedup')] > 0
+
+
+def test_summary_names_the_cuda_graph_replays_apart_from_the_eager_runs():
+    """The batch-1 replays from CUDA graphs (run only on a GPU) are summarised as their own variant, against the
+    same target as eager batch 1; a skipped run (the CPU) leaves no entry."""
+    gpu = _benchmarks_module('gpu')
+
+    def run(variant, scnet, skipped=None):
+        if skipped:
+            return {'mode': 'infer', 'batch_size': 1, 'variant': variant, 'skipped': skipped}
+        return {'mode': 'infer', 'batch_size': 1, 'variant': variant, 'results': [
+            {'model': 'resnet50', 'images_per_s': 100.0, 'speed_ratio': 1.0},
+            {'model': 'scnet50', 'images_per_s': 100.0 * scnet, 'speed_ratio': scnet}]}
+
+    sections = {'models_eager': {'status': 'ok', 'result': {'runs': [run('eager', 0.6), run('cuda_graph', 0.95)]}}}
+    entries = gpu._summary(sections)['scnet50_vs_resnet50']
+    assert [(e['variant'], e['scnet50_speed_ratio'], e['target'], e['meets_target']) for e in entries] == [
+        ('eager', 0.6, 0.9, False), ('cuda_graph', 0.95, 0.9, True)]
+    sections['models_eager']['result']['runs'][1] = run('cuda_graph', 0, skipped='CUDA graphs need a CUDA GPU')
+    assert [e['variant'] for e in gpu._summary(sections)['scnet50_vs_resnet50']] == ['eager']
 
 
 def test_layer_eager_column_times_the_layer_without_the_fused_gate(monkeypatch):

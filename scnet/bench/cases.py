@@ -3,7 +3,8 @@
 A ``Contender`` names how to build a model (an importable factory and its keyword arguments, so that a fresh
 process can build the very same model to measure memory) and how to run it: ``eager`` (the model as
 ``create_model`` returns it), ``deployed`` (``scnet.deploy``: BN folded into the convolutions) or
-``onnxruntime`` (the deployed model exported to ONNX and run by onnxruntime). ``Settings`` are what all
+``onnxruntime`` (the deployed model exported to ONNX and run by onnxruntime) or ``cuda_graph`` (the eager
+model's inference captured once as a CUDA graph and replayed: ``scnet.bench.cuda_graph``). ``Settings`` are what all
 contenders of a comparison share. ``build_step`` turns both into a callable that runs one batch.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import importlib
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ __all__ = ['MODES', 'VARIANTS', 'Settings', 'Contender', 'BenchmarkError', 'buil
            'Step', 'forward_macs']
 
 MODES = ('infer', 'train')
-VARIANTS = ('eager', 'deployed', 'onnxruntime')
+VARIANTS = ('eager', 'deployed', 'onnxruntime', 'cuda_graph')
 
 
 class BenchmarkError(ScnetError, ValueError):
@@ -110,6 +111,7 @@ class Step:
         self.settings = settings
         self.device = torch.device(settings.device)
         self._cleanup: List[Callable[[], None]] = []
+        self.captured_memory: Optional[Dict[str, object]] = None  # the cuda_graph variant's peak, at capture
         self.model = build_model(contender, settings.seed).to(self.device)
         h, w = settings.input_size
         g = torch.Generator().manual_seed(settings.seed)
@@ -121,10 +123,10 @@ class Step:
             self.x = self.x.contiguous(memory_format=torch.channels_last)
         self._run = self._train_step() if settings.mode == 'train' else self._infer_step()
 
-    def _autocast(self):
+    def _autocast(self, cache: bool = True):
         if not self.settings.amp:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
     def _infer_step(self) -> Callable[[], Any]:
         s, variant = self.settings, self.contender.variant
@@ -138,6 +140,8 @@ class Step:
         elif variant == 'deployed':
             from scnet.deploy import deploy
             runner = deploy(self.model, channels_last=s.channels_last, compile=s.compile)
+        elif variant == 'cuda_graph':
+            return self._cuda_graph()
         else:
             runner = self._onnxruntime()
 
@@ -145,6 +149,22 @@ class Step:
             with torch.inference_mode(), self._autocast():
                 return runner(self.x)
         return step
+
+    def _cuda_graph(self) -> Callable[[], Any]:
+        s = self.settings
+        if s.compile:
+            raise BenchmarkError('the cuda_graph variant captures the eager model: drop --compile (compiled '
+                                 'networks reach CUDA graphs through torch.compile(mode="reduce-overhead"))')
+        if self.device.type != 'cuda':
+            raise BenchmarkError('the cuda_graph variant replays a captured CUDA graph: it needs --device cuda')
+        from scnet.bench.cuda_graph import capture_inference
+        model = self.model.to(memory_format=torch.channels_last) if s.channels_last else self.model
+
+        def call():
+            with torch.inference_mode(), self._autocast(cache=False):
+                return model(self.x)
+        replay, self.captured_memory = capture_inference(call, self.device)
+        return replay
 
     def _onnxruntime(self) -> Callable:
         s = self.settings

@@ -106,7 +106,9 @@ def _run(contenders, settings, sizes, warmup, repeats, memory, memory_steps, rat
                         row['fraction_of_matmul'] = gflops / report['gemm']['matmul_gflops']
                         row['fraction_of_conv1x1'] = gflops / report['gemm']['conv1x1_gflops']
                 if memory:
-                    if s.device.startswith('cuda'):
+                    if steps[c.label].captured_memory is not None:  # graph replays allocate nothing
+                        row['memory'] = steps[c.label].captured_memory
+                    elif s.device.startswith('cuda'):
                         row['memory'] = cuda_step_peak(steps[c.label], memory_steps)
                     else:
                         row['memory'] = cpu_step_peak(c, s, memory_steps, threads=torch.get_num_threads())

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
+from scnet.bench.cases import VARIANTS
 from scnet.cli.arg_types import report_file, seed
 from scnet.cli.formatting import render_table
 
@@ -22,13 +23,16 @@ images/s) as a fraction of the machine's float32 (or bf16 with --amp) matrix-mul
 same run: torch.matmul and a 1x1 convolution (oneDNN on the CPU).
 
 Variants: eager (the model as built), deployed (scnet.deploy: batch norm folded into convolutions, honouring
---channels-last and --compile) and onnxruntime (the deployed model exported to ONNX, run by onnxruntime on
-the CPU); deployed and onnxruntime rows give their largest logit difference from eager.
+--channels-last and --compile), onnxruntime (the deployed model exported to ONNX, run by onnxruntime on
+the CPU) and cuda_graph (the eager model's inference captured once as a CUDA graph and replayed: the GPU's
+time without the host's, which bounds eager networks at small batches; --device cuda); rows other than
+eager give their largest logit difference from eager.
 
 Examples:
   scnet benchmark --models resnet50 scnet50 --batch-size 1 8
   scnet benchmark --mode train --batch-size 16 --output train.json
-  scnet benchmark --variants eager deployed onnxruntime --channels-last"""
+  scnet benchmark --variants eager deployed onnxruntime --channels-last
+  scnet benchmark --device cuda --amp --channels-last --batch-size 1 --variants eager cuda_graph"""
 
 
 def add_parser(sub) -> None:
@@ -48,7 +52,7 @@ def add_parser(sub) -> None:
     p.add_argument('--channels-last', action='store_true', help='channels-last memory format for models and inputs')
     p.add_argument('--compile', action='store_true', help='torch.compile the models (inductor); compile time is '
                                                           'spent in the warm-up rounds')
-    p.add_argument('--variants', nargs='+', choices=('eager', 'deployed', 'onnxruntime'), default=['eager'],
+    p.add_argument('--variants', nargs='+', choices=VARIANTS, default=['eager'],
                    help='how each model runs (default: eager); several give one row per model and variant')
     p.add_argument('--threads', type=int, default=None, metavar='N',
                    help='torch.set_num_threads(N) for the run (default: PyTorch\'s choice, one per core)')
@@ -145,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise BenchmarkError(f'--batch-size must be positive, got {bad[0]}')
     if args.mode == 'train' and set(args.variants) != {'eager'}:
-        raise BenchmarkError('--mode train times the eager models only; deployed and onnxruntime are inference '
-                             'variants (use --mode infer)')
+        raise BenchmarkError('--mode train times the eager models only; deployed, onnxruntime and cuda_graph are '
+                             'inference variants (use --mode infer)')
     settings = Settings(mode=args.mode, batch_size=sizes[0], input_size=parse_input_size(args.input_size),
                         device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
                         seed=args.seed)
