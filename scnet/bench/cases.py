@@ -2,10 +2,10 @@
 
 A ``Contender`` names how to build a model (an importable factory and its keyword arguments, so that a fresh
 process can build the very same model to measure memory) and how to run it: ``eager`` (the model as
-``create_model`` returns it), ``deployed`` (``scnet.deploy``: BN folded into the convolutions) or
+``create_model`` returns it), ``deployed`` (``scnet.deploy``: BN folded into the convolutions),
 ``onnxruntime`` (the deployed model exported to ONNX and run by onnxruntime) or ``cuda_graph`` (the eager
-model's inference captured once as a CUDA graph and replayed: ``scnet.bench.cuda_graph``). ``Settings`` are what all
-contenders of a comparison share. ``build_step`` turns both into a callable that runs one batch.
+model's inference captured once as a CUDA graph and replayed: ``scnet.bench.cuda_graph``). ``Settings`` are
+what all contenders of a comparison share. ``build_step`` turns both into a callable that runs one batch.
 """
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ host's share, and the ``cuda_graph`` variant of ``scnet benchmark`` times networ
 PyTorch gives the parts (``torch.cuda.CUDAGraph``, ``torch.cuda.graph``) and documents the recipe; what is
 written here is that recipe for one inference call, so that the benchmark runs it the same way every time:
 warm-up calls on a side stream first (cuDNN's algorithm search, Triton's first compilations and every lazy
-initialisation happen outside the capture, where they are not allowed), then one call captured with
-autocast's weight cache off (a cast cached during capture would be freed with the capture's memory), then
-replays that return the same output tensor, overwritten by each replay.
+initialisation happen outside the capture, where they are not allowed), then one call captured (the caller
+turns autocast's cast cache off, ``cache_enabled=False``, as PyTorch's notes on graphed callables ask of
+autocast), then replays that return the same output tensor, overwritten by each replay.
 """
 from __future__ import annotations
 
