@@ -404,7 +404,6 @@ def test_cuda_graph_variant_warms_up_outside_the_capture_and_replays_one_output(
 def test_a_step_captured_as_a_graph_reports_the_memory_of_its_capture(monkeypatch):
     """Replays allocate nothing, so a graph's row takes the peak measured while it was captured
     (``Step.captured_memory``) instead of timing more calls for memory."""
-    import scnet.bench.memory
     import scnet.bench.runner as runner
 
     captured = {'peak_mb': 1.5, 'method': 'cuda allocator, during the capture (replays allocate nothing)'}
@@ -419,7 +418,6 @@ def test_a_step_captured_as_a_graph_reports_the_memory_of_its_capture(monkeypatc
 
     monkeypatch.setattr(runner, 'build_step', build)
     monkeypatch.setattr(runner, 'cpu_step_peak', no_measurement)
-    monkeypatch.setattr(scnet.bench.memory, 'cpu_step_peak', no_measurement)
     report = run_benchmark([Contender('a', kwargs={'name': 'resnet26_cifar'})], Settings(input_size=(32, 32)),
                            warmup=0, repeats=1, rates=False)
     assert report['results'][0]['memory'] == captured

@@ -53,7 +53,7 @@ def test_dry_run_writes_every_section(tmp_path):
     if not gate_not_run:
         check_gate_section(sections['gate_op']['result'])
 
-    # batch-1 inference replayed from CUDA graphs follows the eager batch-1 run; on the CPU it says why it cannot
+    # batch-1 inference replayed from CUDA graphs comes after the eager runs; on the CPU it says why it cannot
     graphs = [r for r in sections['models_eager']['result']['runs'] if r['variant'] == 'cuda_graph']
     assert [(r['mode'], r['batch_size']) for r in graphs] == [('infer', 1)] and 'CUDA' in graphs[0]['skipped']
     for name in ('models_eager', 'models_compiled'):

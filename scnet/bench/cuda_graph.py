@@ -19,9 +19,9 @@ from typing import Any, Callable, Dict, Tuple
 
 import torch
 
-__all__ = ['capture_inference']
+from scnet.bench.memory import cuda_peak_since
 
-_MB = 2 ** 20
+__all__ = ['capture_inference']
 
 
 def capture_inference(call: Callable[[], Any], device: torch.device, warmup: int = 3,
@@ -46,9 +46,7 @@ def capture_inference(call: Callable[[], Any], device: torch.device, warmup: int
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         output = call()
-    peak = torch.cuda.max_memory_allocated(device)
-    memory = {'peak_mb': (peak - before) / _MB, 'process_peak_mb': peak / _MB, 'baseline_mb': before / _MB,
-              'method': 'cuda allocator, during the capture (replays allocate nothing)'}
+    memory = cuda_peak_since(device, before, 'cuda allocator, during the capture (replays allocate nothing)')
 
     def replay() -> Any:
         graph.replay()

@@ -28,7 +28,7 @@ import torch
 
 from scnet.bench.cases import BenchmarkError, Contender, Settings, Step
 
-__all__ = ['cuda_step_peak', 'cpu_step_peak']
+__all__ = ['cuda_step_peak', 'cuda_peak_since', 'cpu_step_peak']
 
 _MB = 2 ** 20
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
@@ -43,9 +43,14 @@ def cuda_step_peak(step: Step, steps: int = 2) -> Dict[str, object]:
     for _ in range(steps):
         step()
     step.sync()
-    peak = torch.cuda.max_memory_allocated(step.device)
+    return cuda_peak_since(step.device, before)
+
+
+def cuda_peak_since(device, before: int, method: str = 'cuda allocator') -> Dict[str, object]:
+    """The CUDA allocator's peak (since its last reset) above ``before`` bytes, as a report's memory entry."""
+    peak = torch.cuda.max_memory_allocated(device)
     return {'peak_mb': (peak - before) / _MB, 'process_peak_mb': peak / _MB, 'baseline_mb': before / _MB,
-            'method': 'cuda allocator'}
+            'method': method}
 
 
 def _status_kib(field: str) -> Optional[int]:
