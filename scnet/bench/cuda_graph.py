@@ -52,4 +52,3 @@ def capture_inference(call: Callable[[], Any], device: torch.device, warmup: int
         graph.replay()
         return output
     return replay, memory
-

@@ -232,4 +232,3 @@ class StepCheckpoints:
                                 rng_ranks=generators_of_ranks, epoch_lr=self.epoch_lr,
                                 steps_per_epoch=self.steps_per_epoch)
         self.saved_step = self.step
-
