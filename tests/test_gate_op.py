@@ -499,6 +499,9 @@ class _DriverWithoutCompiler:
 
 
 def _fake_cuda_inputs():
+    """Fake CUDA tensors, made while ``torch.cuda.is_available()`` is still the machine's answer: once a test fakes
+    it True, torch 2.11's fake tensors start a real CUDA context for a new CUDA tensor, which fails without a driver
+    (depending on what ran before in the process, so only under some orders of pytest-xdist)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     mode = FakeTensorMode()
     with mode:  # CUDA tensors of shapes alone: no GPU needed, nothing computed
@@ -516,6 +519,7 @@ def test_cuda_devices_where_triton_cannot_launch_take_the_aten_path(machine, mon
 
     from scnet.layers import calibration
 
+    mode, f, x, c = _fake_cuda_inputs()  # before CUDA is faked available (see _fake_cuda_inputs)
     monkeypatch.setattr(gate_op, '_CUDA_REASONS', {})
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     if machine == 'old_gpu':
@@ -530,8 +534,6 @@ def test_cuda_devices_where_triton_cannot_launch_take_the_aten_path(machine, mon
         raise AssertionError('the Triton path ran')
     monkeypatch.setattr(gate_op, '_triton_forward', no_kernels)
     monkeypatch.setattr(calibration, 'gated_product', no_kernels)
-
-    mode, f, x, c = _fake_cuda_inputs()
     with pytest.warns(RuntimeWarning, match=f'fused gate kernel is off on cuda:0: {expected}.*ATen'):
         assert not gate_op_available(f)
     with warnings.catch_warnings():
@@ -556,13 +558,13 @@ def test_cuda_devices_where_triton_launches_take_the_kernels(monkeypatch):
     class Ready:
         utils = object()
 
+    mode, f, x, c = _fake_cuda_inputs()
     monkeypatch.setattr(gate_op, '_CUDA_REASONS', {})
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'get_device_properties', lambda i: _Props('Tesla V100-SXM2-16GB', 7, 0))
     monkeypatch.setattr(driver, '_active', Ready())
     called = []
     monkeypatch.setattr(calibration, 'gated_product', lambda *args: called.append(args) or args[0])
-    mode, f, x, c = _fake_cuda_inputs()
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         assert gate_op_available(f)
