@@ -35,11 +35,11 @@ and the product (for K4). With ``memory_efficient=True`` the BN after K3, the ga
 as one autograd node (``scnet.layers.calibration.CalibratedHalf``) that keeps only K3's output and rebuilds
 the rest with element-wise passes in backward; nothing stateful runs twice and no convolution runs again.
 It is the default because it keeps SCNet-50's peak training memory close to ResNet-50's, where plain
-autograd needs clearly more, for a training step a few percent slower (on the small networks, the same
-time); ``benchmarks/small_networks.py`` measures both paths on both. ``memory_efficient=False`` keeps all
-four maps, for a slightly faster step where memory is plentiful. Whole-stage recomputation, for still less
-memory at the cost of a second forward pass, is timm's ``model.set_grad_checkpointing()``, which the zoo's
-networks inherit. Inference is the same either way.
+autograd needs clearly more, for a training step a few percent slower (on the small networks too, where the
+memory saved matters less: the embedded recipe turns it off); ``benchmarks/small_networks.py`` measures both
+paths on both. ``memory_efficient=False`` keeps all four maps, for a slightly faster step where memory is
+plentiful. Whole-stage recomputation, for still less memory at the cost of a second forward pass, is timm's
+``model.set_grad_checkpointing()``, which the zoo's networks inherit. Inference is the same either way.
 
 Tracing and scripting. Everything that depends on a map's size lives in ``scnet.layers.calibration``'s
 ``torch.fx.wrap``-ped functions, so the layer traces with ``torch.fx`` and compiles with TorchScript,
