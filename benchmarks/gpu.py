@@ -960,8 +960,9 @@ def orchestrate(dry_run: bool, output_dir: Path, total_budget: Optional[float], 
               torchrun: bool = False) -> _Proc:
         tail = [str(HERE / 'gpu.py'), '--worker', name, '--config', str(config(extra, tag)),
                 '--out', str(work / f'{tag}.json')]
-        head = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '1'] \
-            if torchrun else [sys.executable]
+        # (--log-dir: torchrun's agent keeps a folder of its own, by default a new torchelastic_* one in /tmp)
+        head = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '1',
+                '--log-dir', str(work / f'{tag}.torchrun')] if torchrun else [sys.executable]
         return _Proc(name, head + tail, dict(env, **(extra_env or {})), work, tag, log_dir or work)
 
     def warm_models() -> List[List[str]]:

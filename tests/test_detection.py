@@ -693,7 +693,7 @@ def test_two_processes_train_and_evaluate_every_image_once(tiny, tmp_path, capsy
     """torchrun, 2 CPU processes (gloo): a run trains; the 2-process evaluation of its checkpoint equals the
     single-process one (each image evaluated once, detections gathered)."""
     run = tmp_path / 'run'
-    env = dict(os.environ, OMP_NUM_THREADS='1')
+    env = dict(os.environ, OMP_NUM_THREADS='1', TMPDIR=str(tmp_path))  # (torchrun's torchelastic_* logs)
     launch = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port', '29547',
               '-m', 'scnet', 'detect']
     train = subprocess.run([*launch, 'train', *tiny.cli_args(), *tiny_args(), '--output', str(run), '--quiet'],

@@ -424,7 +424,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small, tmp_pat
 @pytest.mark.slow
 def test_two_processes_evaluate_every_crop_once(small, tmp_path, capsys):
     run = tmp_path / 'ddp'
-    env = dict(os.environ, OMP_NUM_THREADS='1')
+    env = dict(os.environ, OMP_NUM_THREADS='1', TMPDIR=str(tmp_path))  # (torchrun's torchelastic_* logs)
     out = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port',
                           '29561', '-m', 'scnet', *small_train(small, run, '--epochs', '1', '--batch-size', '4')],
                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)

@@ -51,9 +51,9 @@ def test_killed_or_terminated_mid_epoch_and_resumed_ends_with_the_uninterrupted_
     full, killed, stopped = tmp_path / 'full', tmp_path / 'killed', tmp_path / 'stopped'
     # SIGKILL right after the state saved at step 3 of epoch 2; SIGTERM as step 5 of epoch 2 is taken
     victim = _run_cli_signalling_itself(train_args(data, recipe, killed, *ARGS, '--checkpoint-every', '1'),
-                                        signal.SIGKILL, epoch=2, step=3)
+                                        signal.SIGKILL, epoch=2, step=3, tmp=tmp_path)
     terminated = _run_cli_signalling_itself(train_args(data, recipe, stopped, *ARGS), signal.SIGTERM,
-                                            epoch=2, step=5)
+                                            epoch=2, step=5, tmp=tmp_path)
     assert victim.wait() == -signal.SIGKILL, victim.stderr.read()
     saved = _state(killed)
     assert (saved['epoch'], saved['step']) == (1, 3)

@@ -163,9 +163,12 @@ sys.exit(main(args))
 """
 
 
-def _run_cli_signalling_itself(args, signum, *, epoch, step):
+def _run_cli_signalling_itself(args, signum, *, epoch, step, tmp):
+    # TMPDIR: a process killed by SIGKILL leaves its temporary files (multiprocessing's pymp-* folders), here
+    # under the test's tmp folder, which pytest rotates, instead of in /tmp for good
     return subprocess.Popen([sys.executable, '-c', _SIGNAL_ITSELF, str(int(signum)), str(epoch), str(step), *args],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, TMPDIR=str(tmp)))
 
 
 @pytest.mark.slow
@@ -176,7 +179,8 @@ def test_killed_and_resumed_run_ends_with_identical_weights(data, recipe, tmp_pa
     full, killed = tmp_path / 'full', tmp_path / 'killed'
     args = ['--epochs', '3', '--seed', '7', '--mixup', '0.2', '--cutmix', '1.0', '--ema-decay', '0.9']
     # killed as the first step of epoch 2 is taken: last.pt holds epoch 1's end
-    victim = _run_cli_signalling_itself(train_args(data, recipe, killed, *args), signal.SIGKILL, epoch=2, step=1)
+    victim = _run_cli_signalling_itself(train_args(data, recipe, killed, *args), signal.SIGKILL, epoch=2, step=1,
+                                        tmp=tmp_path)
     assert victim.wait() == -signal.SIGKILL, victim.stderr.read()
     state = torch.load(killed / 'last.pt', weights_only=True)  # the checkpoint a kill leaves is readable
     assert state['epoch'] == 1 and not state.get('step') and not (killed / 'model.safetensors').exists()
@@ -200,7 +204,8 @@ def test_two_processes_follow_the_one_process_loss_curve(data, recipe, tmp_path)
 
     one, two = tmp_path / 'one', tmp_path / 'two'
     # (restarted on several nodes, the workers meet at a store of their own: scnet.train.distributed)
-    env = dict(os.environ, OMP_NUM_THREADS='1', TORCH_DISABLE_SHARE_RDZV_TCP_STORE='1')
+    # (TMPDIR: torchrun's agents keep their torchelastic_* log folders, and killed workers their temporary files)
+    env = dict(os.environ, OMP_NUM_THREADS='1', TORCH_DISABLE_SHARE_RDZV_TCP_STORE='1', TMPDIR=str(tmp_path))
     port = free_port()
     logs = [(tmp_path / f'node{n}.out', tmp_path / f'node{n}.err') for n in range(2)]
     nodes = [subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2', '--nproc_per_node',
