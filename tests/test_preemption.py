@@ -154,11 +154,16 @@ def test_sigterm_to_the_job_while_an_epoch_is_evaluated_saves_its_training(data,
     assert [(r['epoch'], r['train_images'], r['val_images']) for r in read_metrics(run)] == [(1, 32, 12)]
 
 
-def test_a_run_stopped_by_a_damaged_image_can_stop_its_loader_workers(data, recipe, tmp_path, capsys):
+def test_a_run_stopped_by_a_damaged_image_can_stop_its_loader_workers(data, recipe, tmp_path, capsys, monkeypatch):
     """The workers ignored SIGTERM from every sender: after a worker's error PyTorch could not stop them, nor
     could multiprocessing at exit, so `scnet train --workers 2` printed the damaged image's line and then
     never exited. Now a SIGTERM from the main process ends them (one from elsewhere still does not)."""
     import multiprocessing
+    import tempfile
+
+    # the workers (forked: they inherit it) make multiprocessing's pymp-* folders for passing batches, which a
+    # worker ended by SIGTERM leaves: under this test's tmp folder, not in /tmp for good
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
 
     (data / 'train' / 'bar' / '000.png').write_bytes(b'\x89PNG damaged')
     assert main(train_args(data, recipe, tmp_path / 'run', '--epochs', '1', '--workers', '2')) == 2
