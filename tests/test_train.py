@@ -164,8 +164,8 @@ sys.exit(main(args))
 
 
 def _run_cli_signalling_itself(args, signum, *, epoch, step, tmp):
-    # TMPDIR: a process killed by SIGKILL leaves its temporary files (multiprocessing's pymp-* folders), here
-    # under the test's tmp folder, which pytest rotates, instead of in /tmp for good
+    # TMPDIR: what a process killed by SIGKILL may leave (multiprocessing's pymp-* folders) lands
+    # in the test's tmp folder, which pytest rotates, instead of in /tmp for good
     return subprocess.Popen([sys.executable, '-c', _SIGNAL_ITSELF, str(int(signum)), str(epoch), str(step), *args],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, TMPDIR=str(tmp)))
