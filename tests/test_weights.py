@@ -14,6 +14,7 @@ import hashlib
 import os
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -445,10 +446,13 @@ def test_key_report_names_the_network_not_num_classes_when_the_body_differs(kwar
     network's name and arguments, never a num_classes it already has."""
     path = save_state_dict(scnet.create_model('scnet26_cifar').state_dict(), tmp_path / 'cifar.safetensors')
     name = 'scnet26' if not kwargs.get('channels') else 'scnet26_cifar'
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(CheckpointError) as info, warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter('always')
         scnet.create_model(name, checkpoint=str(path), **kwargs)
     assert 'check that the model name and its arguments (channels=, stem, in_chans) match' in str(info.value)
     assert 'num_classes=' not in str(info.value)
+    # nor a warning, before the error, that the classifier is being replaced for fine-tuning
+    assert not [w for w in said if 'classifier' in str(w.message)], [str(w.message) for w in said]
 
 
 def test_checkpoint_adapts_the_stem_to_in_chans(tmp_path):

@@ -280,8 +280,10 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
             raise
         raise error from None
     if state_dict is not None:
+        load_into(model, state_dict, source=str(checkpoint), new_head=new_head)
+        # said once the body has loaded: a checkpoint of another network fails above with its own error, and
+        # announcing a fine-tuning head before that error would point the user the wrong way
         if new_head and num_classes:  # num_classes=0 (a backbone) drops the head on purpose
             warnings.warn(f'{checkpoint} has {saved_classes} classes and the model {num_classes}: its classifier '
                           'is not loaded, the new one is freshly initialised (fine-tuning)', stacklevel=2)
-        load_into(model, state_dict, source=str(checkpoint), new_head=new_head)
     return model
