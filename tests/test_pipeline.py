@@ -255,7 +255,7 @@ def test_pil_decoding_scales_sixteen_bit_grey_and_turns_photos_only_where_asked(
     shows them; training reads pixels as stored, as torchvision does)."""
     path = tmp_path / 'deep.png'
     _grey16(path)
-    pil = torch.from_numpy(np.asarray(decode_rgb(str(path)))).permute(2, 0, 1)
+    pil = torch.from_numpy(np.array(decode_rgb(str(path)))).permute(2, 0, 1)
     assert (pil.int() - decode_rgb_tensor(str(path), 'torchvision').int()).abs().max() <= 1
     assert float((pil == 255).float().mean()) < 0.1
 
