@@ -2,7 +2,8 @@
 
 Counting convention (the paper does not state its own):
 
-* **Params**: trainable parameters (``requires_grad``), in millions. BN running statistics are buffers, not
+* **Params**: parameters, in millions, frozen ones too (``requires_grad`` off: a partly frozen network for
+  fine-tuning, or one from ``scnet.deploy``, has the size it has). BN running statistics are buffers, not
   parameters, so they are not counted.
 * **MAdds** (multiply-accumulates, "MACs"): counted by ``torch.utils.flop_counter.FlopCounterMode``, which
   counts convolutions and matrix products (the classifier) only. Batch normalisation, activations, the
@@ -146,13 +147,13 @@ def parse_input_size(value: InputSize) -> Tuple[int, int]:
 
 
 def count_complexity(model: nn.Module, input_size: InputSize = 224) -> Tuple[int, int]:
-    """``(trainable parameters, MACs)`` of one forward pass of ``model`` on a ``1 x C x H x W`` input.
+    """``(parameters, MACs)`` of one forward pass of ``model`` on a ``1 x C x H x W`` input.
 
     Runs where the model's parameters live (``meta`` costs nothing), in eval mode and under ``no_grad``; the
     model's training mode is restored afterwards. MACs are ``FlopCounterMode``'s FLOPs / 2 (see module doc).
     """
     h, w = parse_input_size(input_size)
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    params = sum(p.numel() for p in model.parameters())
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device('cpu')
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import scnet
 import scnet.complexity
@@ -68,6 +69,13 @@ def test_a_module_is_profiled_where_it_lives_and_keeps_its_mode():
     row = profile_model(model, 32)
     assert model.training and row['paper_params_m'] is None
     assert row['params_m'] == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6, abs=1e-3)
+    # frozen parameters are parameters: a partly frozen network, or a deployed one, is not counted as empty
+    frozen = profile_model(scnet.create_model('scnet26_cifar', num_classes=10).requires_grad_(False), 32)
+    assert frozen['params_m'] == row['params_m'] and frozen['macs_g'] == row['macs_g']
+    deployed = scnet.deploy(model.eval(), channels_last=False, example_input=torch.randn(2, 3, 32, 32)).module
+    # its parameters do not require gradients; folding drops each norm's weight and bias for a convolution bias
+    assert not any(p.requires_grad for p in deployed.parameters())
+    assert 0.9 * row['params_m'] < profile_model(deployed, 32)['params_m'] < row['params_m']
 
 
 def test_a_backbone_of_one_input_channel_is_fed_one_channel():

@@ -17,12 +17,14 @@ from PIL import Image
 from torch import nn
 
 from scnet import create_model
+from scnet.errors import InvalidArgumentError
 from scnet.cli.main import main
 from scnet.data.transforms import eval_transform
 from scnet.train.side_output import WithSideOutput
 from scnet.visual import (LayerError, Preprocessing, effective_receptive_field, grad_cam, load_image, load_model,
                           mass_radius, resolve_layer)
 from scnet.visual.erf import calibrate_batch_norm, mass_profile
+from scnet.visual.targets import InputError
 from scnet.visual.features import FEATURE_CELL_INCHES, strongest_channels
 from scnet.visual.images import grid_pixels
 from scnet.visual.loading import ClassError, parse_model_spec
@@ -352,6 +354,44 @@ def test_mass_radius_on_known_masses():
     assert mass_radius(box, 0.5) == 5.0
     radii, cum = mass_profile(box)
     assert np.all(np.diff(radii) > 0) and np.all(np.diff(cum) >= 0) and cum[-1] == pytest.approx(1.0)
+
+
+def _bn_statistics(model):
+    return [b.clone() for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked)]
+
+
+def test_batch_norm_calibration_counts_every_input_and_keeps_the_statistics_it_is_not_given_inputs_for():
+    """Every input is in the statistics, whatever batch_size (a last single image joins the pass before it;
+    batch_size 1 passes two at a time, as a 1x1 map needs); bad inputs and a pass that fails leave the trained
+    statistics as they were."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 32, 32)
+
+    def calibrated(batch_size, inputs=x):
+        torch.manual_seed(1)  # the same weights each time
+        model = create_model('scnet26_cifar', **SMALL).eval()
+        calibrate_batch_norm(model, inputs, batch_size=batch_size)
+        assert not model.training  # mode and momentum restored
+        return _bn_statistics(model)
+
+    for got, want in zip(calibrated(4), calibrated(8)):  # 4 + 1 images: one pass of 5, as batch_size 8
+        torch.testing.assert_close(got, want)
+    for got, want in zip(calibrated(1, x[:4]), calibrated(2, x[:4])):
+        torch.testing.assert_close(got, want)
+
+    model = create_model('scnet26_cifar', **SMALL).eval()
+    calibrate_batch_norm(model, x)
+    trained = _bn_statistics(model)
+    bad = [(x[:0], InvalidArgumentError, 'no inputs'), (x, InvalidArgumentError, 'batch_size', 0),
+           (x, InvalidArgumentError, 'batch_size', 2.5), (x[:, :1], InputError, '1 channels'),
+           (x[:1], InvalidArgumentError, 'single input')]  # one image: 1x1 context maps fail in its pass
+    for inputs, error, said, *batch_size in bad:
+        with pytest.raises(error, match=said):
+            calibrate_batch_norm(model, inputs, *batch_size)
+        for got, want in zip(_bn_statistics(model), trained):
+            assert torch.equal(got, want), said
+        assert not model.training
 
 
 def test_erf_grows_with_depth_and_cli_writes_json_and_heat_maps(runs, tmp_path, capsys):

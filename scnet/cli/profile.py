@@ -9,10 +9,10 @@ from typing import Dict, List, Optional
 from scnet.cli.formatting import render_table
 
 _DESCRIPTION = """\
-Count trainable parameters, MAdds and FLOPs of the zoo's networks for one input image (batch 1) and set
+Count parameters, MAdds and FLOPs of the zoo's networks for one input image (batch 1) and set
 them beside the figures of the paper's Table 1 and Table 3.
 
-Conventions: Params are trainable parameters (BN running statistics excluded). MAdds are the
+Conventions: Params are all parameters (BN running statistics excluded). MAdds are the
 multiply-accumulates of convolutions and matrix products, counted by torch.utils.flop_counter; batch
 norm, activations, gates, pooling and up-sampling are not counted. FLOPs = 2 x MAdds. Networks are built
 on PyTorch's meta device (shapes only), so no memory is used and no weights are downloaded.

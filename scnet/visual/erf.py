@@ -115,21 +115,34 @@ def mass_radius(mass: np.ndarray, fraction: float, centre: Optional[Tuple[float,
 
 def calibrate_batch_norm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 8) -> int:
     """Set the running mean and variance of every BN of ``model`` to the averages over ``inputs`` (train-mode
-    passes with momentum None, i.e. a cumulative average; no weight changes). Returns the number of BNs."""
+    passes with momentum None, i.e. a cumulative average; no weight changes). Returns the number of BNs.
+
+    Every input counts: ``batch_size`` (at least 2, since a train-mode BN needs two values per channel where a
+    map is 1x1) sets the images per pass, and a last single image joins the pass before it. The inputs are
+    checked before any statistic changes, and a pass that fails puts the statistics back as they were."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError(f'calibrate_batch_norm: batch_size must be a positive integer, got {batch_size!r}')
+    inputs = image_batch(model, inputs)
+    if len(inputs) == 0:
+        raise InvalidArgumentError('calibrate_batch_norm: no inputs (an empty batch); give at least 2 images')
+    step = max(batch_size, 2)
+    starts = list(range(0, len(inputs), step))
+    if len(starts) > 1 and len(inputs) - starts[-1] == 1:
+        starts.pop()  # the last image joins the pass before it
+    ends = starts[1:] + [len(inputs)]
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m, m.momentum, m.training) for m in bns]
+    saved = [(m, m.momentum, m.training, {k: None if b is None else b.clone() for k, b in m._buffers.items()})
+             for m in bns]
+    done = False
     try:
         for m in bns:
             m.reset_running_stats()
             m.momentum = None
             m.train()
         with torch.no_grad():
-            for i in range(0, len(inputs), batch_size):
-                chunk = inputs[i:i + batch_size]
-                if len(chunk) < 2 and i > 0:
-                    break  # train-mode BN needs two values per channel where the map is 1x1
+            for start, end in zip(starts, ends):
                 try:
-                    model(chunk)
+                    model(inputs[start:end])
                 except ValueError as e:
                     if not is_single_value_batch(e):
                         raise
@@ -137,10 +150,15 @@ def calibrate_batch_norm(model: nn.Module, inputs: torch.Tensor, batch_size: int
                         'calibrating batch norm on a single input leaves one value per channel where a map is 1x1: '
                         'measure with at least 2 inputs (--samples 2, samples=2), or keep the default statistics '
                         '(--no-bn-calibration, calibrate_bn=False)') from None
+        done = True
     finally:
-        for m, momentum, training in saved:
+        for m, momentum, training, buffers in saved:
             m.momentum = momentum
             m.train(training)
+            if not done:  # the statistics the model had, not the defaults a failed pass would leave
+                for k, b in buffers.items():
+                    if b is not None:
+                        m._buffers[k].copy_(b)
     return len(bns)
 
 
