@@ -6,6 +6,7 @@ import timm
 import torch
 import torchvision
 from torch import nn
+from torch.nn.utils import prune
 
 import scnet
 from scnet import SCConv2d
@@ -82,6 +83,34 @@ def test_users_network_reports_every_skip_with_its_reason():
     as_dict = json.loads(report.to_json())
     assert as_dict['converted'][0]['name'] == 'good' and len(as_dict['skipped']) == 5
     assert 'converted 1 3x3 conv(s)' in str(report) and '- biased: has a bias' in str(report)
+
+
+@pytest.mark.filterwarnings('ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning')  # the classic one
+def test_a_pruned_or_normalised_or_hooked_conv_is_skipped_not_stripped():
+    """torch.nn.utils.prune and the classic spectral_norm / weight_norm work through a forward pre-hook on the
+    convolution, and captures through forward hooks: a new layer in its place would drop them silently."""
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 16, 1), nn.Conv2d(16, 16, 3, padding=1, bias=False),
+                             nn.Conv2d(16, 16, 3, padding=1, bias=False))
+
+    hooked = net()
+    prune.l1_unstructured(hooked[1], 'weight', 0.5)
+    seen = []
+    hooked[2].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    x = torch.randn(2, 3, 12, 12)
+    before = hooked(x)
+    report = scnet.convert(hooked)
+    assert report.converted == [] and {s.name for s in report.skipped} == {'1', '2'}
+    assert all('hooks' in s.reason and 'prune.remove' in s.reason for s in report.skipped)
+    torch.testing.assert_close(hooked(x), before)  # the mask still applies
+    assert len(seen) == 2
+    for wrap in (torch.nn.utils.spectral_norm, torch.nn.utils.weight_norm):
+        model = net()
+        wrap(model[1])
+        assert [s.name for s in scnet.convert(model).skipped] == ['1']
+    prune.remove(hooked[1], 'weight')  # made permanent: converts
+    assert '1' in [c.name for c in scnet.convert(hooked).converted]
 
 
 def test_channels_last_and_eval_mode_are_kept():
