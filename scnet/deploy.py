@@ -481,6 +481,10 @@ def deploy(model: nn.Module, *, channels_last: bool = True, compile: bool = Fals
     """
     if not isinstance(model, nn.Module):
         raise DeployError(f'deploy takes an nn.Module, got {type(model).__name__}')
+    if isinstance(model, torch.jit.ScriptModule):  # compiled code: its norms cannot be folded into a copy
+        raise DeployError('deploy takes an eager nn.Module, got a TorchScript module (torch.jit.script or '
+                          'torch.jit.trace); deploy the nn.Module first, then script or trace the deployed network '
+                          '(its .module; `scnet export --format torchscript` does both)')
     for flag, value in (('channels_last', channels_last), ('compile', compile)):
         if not isinstance(value, bool):  # 'no' would read as True
             raise DeployError(f'{flag} must be True or False, got {value!r}')

@@ -142,6 +142,9 @@ def export_model(model: nn.Module, fmt: str, output: PathLike, example_input: to
         raise ExportError(f'{output} is a directory; give a file name to write, e.g. {output / "model.onnx"}')
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
         raise ExportError('example_input must be a batched tensor, e.g. torch.randn(1, 3, 224, 224)')
+    if example_input.shape[0] == 0:
+        raise ExportError(f'example_input holds no image (shape {tuple(example_input.shape)}); give a batch of at '
+                          'least one, e.g. torch.randn(1, 3, 224, 224)')
     x = example_input.detach()
     if dynamic_batch and fmt != 'torchscript' and x.shape[0] < 2:
         x = x.expand(2, *x.shape[1:]).contiguous()

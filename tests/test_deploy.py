@@ -257,6 +257,9 @@ def test_bad_inputs_raise_one_clear_error():
         scnet.deploy(meta)
     with pytest.raises(DeployError, match='takes an nn.Module'):
         scnet.deploy(lambda x: x)
+    scripted = torch.jit.script(scnet.create_model('resnet26_cifar', num_classes=10).eval())
+    with pytest.raises(DeployError, match='got a TorchScript module .*deploy the nn.Module first'):
+        scnet.deploy(scripted)
     with pytest.raises(DeployError, match=r'failed on the probe input of shape \(2, 1, 32, 32\).*example_input=') as e:
         scnet.deploy(scnet.create_model('resnet26_cifar', num_classes=10), example_input=torch.randn(2, 1, 32, 32))
     assert e.value.failed_probe[0] == (2, 1, 32, 32) and e.value.failed_probe[1].startswith('RuntimeError: ')

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from scnet import InvalidArgumentError, InvalidArgumentTypeError, SCConv2d, ScnetError
+from scnet.layers import GatherExcite
 from scnet.layers.calibration import calibrated_product
 from tests.reference import sc_conv_reference
 
@@ -224,6 +225,11 @@ def test_norm_layer_by_timm_name_or_a_clear_type_error():
         SCConv2d(8, 8, norm_layer=3)
     with pytest.raises(InvalidArgumentTypeError, match=r'norm_layer\(4\) must build an nn.Module'):
         SCConv2d(8, 8, norm_layer=lambda channels: channels)
+    # a built layer is callable too, and would be called on a channel count
+    with pytest.raises(InvalidArgumentTypeError, match=r'not a built layer \(BatchNorm2d instance\): pass its class'):
+        SCConv2d(8, 8, norm_layer=nn.BatchNorm2d(4))
+    with pytest.raises(InvalidArgumentTypeError, match=r'GatherExcite: norm_layer .* not a built layer'):
+        GatherExcite(8, 4, norm_layer=nn.BatchNorm2d(8))
 
 
 @pytest.mark.parametrize('shape, message', [

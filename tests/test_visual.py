@@ -16,15 +16,15 @@ import torch
 from PIL import Image
 from torch import nn
 
+import scnet
 from scnet import create_model
-from scnet.errors import InvalidArgumentError
 from scnet.cli.main import main
 from scnet.data.transforms import eval_transform
+from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError
 from scnet.train.side_output import WithSideOutput
-from scnet.visual import (LayerError, Preprocessing, effective_receptive_field, grad_cam, load_image, load_model,
-                          mass_radius, resolve_layer)
+from scnet.visual import (InputError, LayerError, Preprocessing, effective_receptive_field, feature_maps, grad_cam,
+                          load_image, load_model, mass_radius, resolve_layer)
 from scnet.visual.erf import calibrate_batch_norm, mass_profile
-from scnet.visual.targets import InputError
 from scnet.visual.features import FEATURE_CELL_INCHES, strongest_channels
 from scnet.visual.images import grid_pixels
 from scnet.visual.loading import ClassError, parse_model_spec
@@ -392,6 +392,23 @@ def test_batch_norm_calibration_counts_every_input_and_keeps_the_statistics_it_i
         for got, want in zip(_bn_statistics(model), trained):
             assert torch.equal(got, want), said
         assert not model.training
+
+
+def test_gradient_tools_refuse_a_deployed_network_and_every_tool_a_scripted_one():
+    """A network from scnet.deploy runs without autograd, and a TorchScript module takes no hooks: each was a
+    RuntimeError from deep in autograd or in torch.jit; the folded network itself (.module) is explained."""
+    torch.manual_seed(0)
+    model = create_model('scnet26_cifar', **SMALL).eval()
+    x = torch.randn(2, 3, 32, 32)
+    deployed = scnet.deploy(model, channels_last=False, example_input=x)
+    for tool in (lambda m: grad_cam(m, x, 'module.layer4'), lambda m: effective_receptive_field(m, x)):
+        with pytest.raises(InvalidArgumentTypeError, match=r'from scnet.deploy runs without them: pass its \.module'):
+            tool(deployed)
+    assert grad_cam(deployed.module, x, 'layer4').maps.shape[0] == 2
+    scripted = torch.jit.script(model)
+    for tool in (lambda m: grad_cam(m, x), lambda m: feature_maps(m, x, 'layer2')):
+        with pytest.raises(InvalidArgumentTypeError, match='is a TorchScript module .*pass the nn.Module'):
+            tool(scripted)
 
 
 def test_erf_grows_with_depth_and_cli_writes_json_and_heat_maps(runs, tmp_path, capsys):

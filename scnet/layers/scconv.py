@@ -114,6 +114,11 @@ def _choice(name: str, value, choices) -> str:
 def _norm_factory(norm_layer, layer: str = 'SCConv2d') -> Optional[NormLayer]:
     """``norm_layer`` as a callable (or None): a timm layer name (``'batchnorm'``, ``'groupnorm'``, ...) is
     resolved as timm's ResNet resolves its own ``norm_layer``, so one string configures a whole zoo model."""
+    if isinstance(norm_layer, nn.Module):  # callable too, but a built layer: calling it would normalise an int
+        raise InvalidArgumentTypeError(
+            f'{layer}: norm_layer must build a norm from a channel count (nn.BatchNorm2d, functools.partial('
+            f'timm.layers.GroupNorm, num_groups=8), a timm name such as \'batchnorm\'), not a built layer '
+            f'({type(norm_layer).__name__} instance): pass its class, e.g. norm_layer={type(norm_layer).__name__}')
     if norm_layer is None or callable(norm_layer):
         return norm_layer
     if isinstance(norm_layer, str):

@@ -35,7 +35,8 @@ from scnet.errors import ScnetError
 
 from scnet.visual.images import CELL_INCHES, draw_grid, load_image, overlay, save_png
 from scnet.visual.loading import LoadedModel, load_models
-from scnet.visual.targets import STAGE_ALIASES, capture, image_batch, resolve_layer, spatial_output
+from scnet.visual.targets import (STAGE_ALIASES, capture, check_differentiable, image_batch, resolve_layer,
+                                  spatial_output)
 
 __all__ = ['ClassMaps', 'grad_cam', 'frozen', 'target_classes', 'cam_figure', 'compare_models', 'DEFAULT_CAM_LAYER']
 
@@ -114,6 +115,7 @@ def grad_cam(model: nn.Module, inputs: torch.Tensor, layer: str = DEFAULT_CAM_LA
         layer: module name (``layer4``, ``layer4.-1.conv2``, ``res5``: see :mod:`scnet.visual.targets`).
         classes: the class to explain, one for all images or one per image; None: each image's top class.
     """
+    check_differentiable(model, 'Grad-CAM', model_label)
     name, _ = resolve_layer(model, layer, model_label)
     x = image_batch(model, inputs, model_label)
     with frozen(model), torch.enable_grad(), capture(model, [name], model_label=model_label) as store:

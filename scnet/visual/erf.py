@@ -50,8 +50,8 @@ from scnet.errors import InvalidArgumentError, ScnetError, is_single_value_batch
 from scnet.visual.cam import frozen
 from scnet.visual.images import DPI, load_image, save_png
 from scnet.visual.loading import LoadedModel, load_model
-from scnet.visual.targets import (STAGES, STAGE_ALIASES, capture, image_batch, last_in_forward_order, resolve_layer,
-                                  spatial_output)
+from scnet.visual.targets import (STAGES, STAGE_ALIASES, capture, check_differentiable, image_batch,
+                                  last_in_forward_order, resolve_layer, spatial_output)
 
 __all__ = ['ErfStage', 'effective_receptive_field', 'mass_radius', 'mass_profile', 'calibrate_batch_norm',
            'erf_figure', 'erf_mass_figure', 'measure_models', 'write_erf', 'FRACTIONS']
@@ -178,6 +178,7 @@ def effective_receptive_field(model: nn.Module, inputs: torch.Tensor, stages: Se
     One forward pass per batch records every stage; one backward pass per stage (from that stage only, so
     early stages cost little). Parameters are not differentiated.
     """
+    check_differentiable(model, 'the effective receptive field', model_label)
     if isinstance(stages, str):  # one stage
         stages = (stages,)
     names = [resolve_layer(model, s, model_label)[0] for s in stages]

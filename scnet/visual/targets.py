@@ -20,10 +20,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from scnet.errors import ScnetError
+from scnet.errors import InvalidArgumentTypeError, ScnetError
 
 __all__ = ['LayerError', 'InputError', 'STAGES', 'STAGE_ALIASES', 'resolve_layer', 'layer_choices', 'layer_table',
-           'capture', 'spatial_output', 'image_batch', 'last_in_forward_order']
+           'capture', 'spatial_output', 'image_batch', 'last_in_forward_order', 'check_differentiable']
 
 STAGES = ('layer1', 'layer2', 'layer3', 'layer4')
 #: The paper's names of the four stages (ResNet's conv2_x .. conv5_x).
@@ -69,7 +69,12 @@ def _walk(model: nn.Module, name: str) -> Optional[nn.Module]:
 
 
 def resolve_layer(model: nn.Module, name: str, model_label: str = 'the model') -> Tuple[str, nn.Module]:
-    """``(canonical name, module)`` for ``name``; :class:`LayerError` listing valid names when unknown."""
+    """``(canonical name, module)`` for ``name``; :class:`LayerError` listing valid names when unknown. A
+    TorchScript module is refused: the tools read layers through hooks, which it does not take."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise InvalidArgumentTypeError(
+            f'{model_label} is a TorchScript module (torch.jit.script or torch.jit.trace), whose layers cannot be '
+            'hooked: pass the nn.Module it was made from')
     raw = str(name).strip()
     parts = raw.split('.')
     parts[0] = STAGE_ALIASES.get(parts[0].lower(), parts[0])
@@ -85,6 +90,18 @@ def resolve_layer(model: nn.Module, name: str, model_label: str = 'the model') -
                          '`scnet cam --models MODEL --list-layers`)')
     canonical = next(n for n, m in model.named_modules() if m is module)
     return canonical, module
+
+
+def check_differentiable(model: nn.Module, tool: str, model_label: str = 'the model') -> None:
+    """Gradient tools (Grad-CAM, receptive fields) need a forward pass that autograd records; the network
+    ``scnet.deploy`` returns runs its forward without, and would fail deep in autograd."""
+    from scnet.deploy import DeployedModel  # (not at import: scnet.deploy is heavier than the visual tools need)
+
+    if isinstance(model, DeployedModel):
+        raise InvalidArgumentTypeError(
+            f'{model_label}: {tool} takes gradients, and a network from scnet.deploy runs without them: pass its '
+            '.module (the folded network, whose layer names have no "module." in front) or the network as it was '
+            'before deploy')
 
 
 class InputError(ScnetError, ValueError):
