@@ -217,6 +217,13 @@ def test_norm_layer_groupnorm_class_says_how_to_give_its_groups():
     (dict(channels='abc'), scnet.InvalidArgumentTypeError, "channels is 4 positive ints.*got 'abc'"),
     (dict(channels=(8, 16, 32, -64)), scnet.InvalidArgumentError, r'got \(8, 16, 32, -64\)'),
     (dict(cardinality=0), scnet.InvalidArgumentError, 'cardinality must be a positive int, got 0'),
+    # scnet.create_model checked these before timm's route did: in_chans=0 and drop_rate=2 failed at the first
+    # forward pass, block_reduce_first=0 divided by zero, avg_down='no' read as True
+    (dict(num_classes=-1), scnet.InvalidArgumentError, 'num_classes must be at least 0, got -1'),
+    (dict(in_chans=0), scnet.InvalidArgumentError, 'in_chans must be at least 1, got 0'),
+    (dict(drop_rate=2.0), scnet.InvalidArgumentError, r'drop_rate must be a probability in \[0, 1\), got 2.0'),
+    (dict(block_reduce_first=0), scnet.InvalidArgumentError, 'block_reduce_first must be at least 1, got 0'),
+    (dict(avg_down='no'), scnet.InvalidArgumentTypeError, "avg_down must be True or False, got 'no'"),
 ])
 def test_stage_arguments_that_timm_builds_but_cannot_run_are_clear_errors(build, kwargs, error, message):
     """Five widths built a classifier for a fifth stage never run (its first forward pass failed), two block
@@ -323,6 +330,10 @@ def test_caller_arguments_override_the_variant():
     (dict(act_layer='foo'), scnet.InvalidArgumentError, r"act_layer='foo' is not a layer name timm knows"),
     (dict(checkpoint=5), scnet.InvalidArgumentTypeError, r'checkpoint must be a path .* got 5 \(int\)'),
     (dict(pretrained='no'), scnet.InvalidArgumentTypeError, "pretrained must be True or False, got 'no'"),
+    (dict(avg_down='no'), scnet.InvalidArgumentTypeError, "avg_down must be True or False, got 'no'"),
+    (dict(zero_init_last=None), scnet.InvalidArgumentTypeError, 'zero_init_last must be True or False, got None'),
+    (dict(block_reduce_first=0), scnet.InvalidArgumentError, r"block_reduce_first must be at least 1, got 0; timm's"),
+    (dict(stem_width=32.0), scnet.InvalidArgumentTypeError, r'stem_width must be an int, got 32.0'),
     (dict(cifar_stem=True, stem_type='deep'), scnet.InvalidArgumentError,
      r"cifar_stem .* cannot be combined with stem_type='deep': leave stem_type out"),
     (dict(norm_layer='groupnorm', channels=(32, 64, 128, 256), cardinality=1, base_width=64),

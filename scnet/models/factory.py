@@ -8,7 +8,6 @@ either layout safely and reports keys that do not fit.
 from __future__ import annotations
 
 import difflib
-import numbers
 import os
 import warnings
 from typing import Iterable, List, Optional, Union
@@ -21,7 +20,8 @@ from scnet.errors import (CheckpointError, InvalidArgumentError, InvalidArgument
 from scnet.layers.scconv import check_norm_takes_maps
 from scnet.models.blocks import SCBottleneck
 from scnet.models.resnet import check_unpooled_head
-from scnet.models.zoo import SC_OPTIONS, ZOO_ARCHITECTURES, check_out_indices, check_stages, feature_levels
+from scnet.models.zoo import (SC_OPTIONS, ZOO_ARCHITECTURES, check_model_arguments, check_out_indices, check_stages,
+                              feature_levels)
 from scnet.name_patterns import as_patterns, matches_any
 from scnet.weights import load_into, read_checkpoint
 
@@ -86,44 +86,15 @@ def validate_model_name(name: str) -> str:
     return name
 
 
-def _count(what: str, value, minimum: int, example: str) -> None:
-    """An int of at least ``minimum``; a string or float here would fail deep inside timm or torch."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy's ints too
-        raise InvalidArgumentTypeError(f'{what} must be an int, got {value!r} ({type(value).__name__}); {example}')
-    if value < minimum:
-        raise InvalidArgumentError(f'{what} must be at least {minimum}, got {value}; {example}')
-
-
-#: ``output_stride`` values timm's ResNet builds (dilating the last stages instead of striding them).
-OUTPUT_STRIDES = (8, 16, 32)
-
-
 def _check_arguments(pretrained, checkpoint, num_classes, kwargs: dict) -> None:
-    """The common arguments checked before anything is built (and before a checkpoint is read): timm accepts
-    some of them silently and fails at the first forward pass (a drop rate of 2), or fails with a bare
-    assertion or KeyError that names neither the argument nor the values it takes."""
+    """The common arguments checked before anything is built (and before a checkpoint is read); the model's own
+    (``check_model_arguments``) are checked again where timm's route builds it."""
     if not isinstance(pretrained, bool):
         raise InvalidArgumentTypeError(f'pretrained must be True or False, got {pretrained!r}')
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise InvalidArgumentTypeError(f'checkpoint must be a path (str or pathlib.Path), got {checkpoint!r} '
                                        f'({type(checkpoint).__name__})')
-    if num_classes is not None:
-        _count('num_classes', num_classes, 0, 'e.g. num_classes=10, or 0 for a backbone without classifier')
-    if 'in_chans' in kwargs:
-        _count('in_chans', kwargs['in_chans'], 1, 'e.g. in_chans=3 for RGB images, 1 for grey ones')
-    for rate in ('drop_rate', 'drop_path_rate', 'drop_block_rate'):
-        value = kwargs.get(rate)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
-                                  or not 0 <= value < 1):
-            raise InvalidArgumentError(f'{rate} must be a probability in [0, 1), got {value!r}; e.g. {rate}=0.1')
-    pool = kwargs.get('global_pool')
-    if pool is not None and not isinstance(pool, str):  # timm fails on it with "'int' object has no attribute 'lower'"
-        raise InvalidArgumentTypeError(f"global_pool must be a string, one of 'avg', 'max', 'avgmax', 'catavgmax' or "
-                                       f"'' (none), got {pool!r}")
-    if 'output_stride' in kwargs and kwargs['output_stride'] not in OUTPUT_STRIDES:
-        raise InvalidArgumentError(f'output_stride must be one of {", ".join(map(str, OUTPUT_STRIDES))} (the '
-                                   f'network\'s total stride; 8 and 16 dilate the last stages), got '
-                                   f'{kwargs["output_stride"]!r}')
+    check_model_arguments(kwargs if num_classes is None else {**kwargs, 'num_classes': num_classes})
 
 
 def _layer_name_error(name: str, error: Exception, kwargs: dict) -> Optional[ScnetError]:

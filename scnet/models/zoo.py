@@ -25,7 +25,7 @@ from scnet.models.resnet import SCResNet, check_out_indices, check_unpooled_head
 from scnet.weights.fit import adapt_first_conv, check_fit
 from scnet.weights.official import OFFICIAL_WEIGHTS, official_url, pretrained_state_dict, read_checkpoint
 
-__all__ = ['SC_OPTIONS', 'ZOO_ARCHITECTURES', 'check_stages', 'feature_levels']
+__all__ = ['SC_OPTIONS', 'ZOO_ARCHITECTURES', 'check_model_arguments', 'check_stages', 'feature_levels']
 
 #: Keyword arguments of SC models that configure every ``SCConv2d`` of the network.
 SC_OPTIONS = ('pooling_r', 'pool', 'identity', 'upsample', 'memory_efficient')
@@ -125,6 +125,53 @@ def _check_sc_widths(variant: str, model_args: Dict[str, Any]) -> None:
         f'positive even number in every stage; widen the network with larger channels= or base_width={hint}')
 
 
+def _count(what: str, value, minimum: int, example: str) -> None:
+    """An int of at least ``minimum``; a string or float here would fail deep inside timm or torch."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy's ints too
+        raise InvalidArgumentTypeError(f'{what} must be an int, got {value!r} ({type(value).__name__}); {example}')
+    if value < minimum:
+        raise InvalidArgumentError(f'{what} must be at least {minimum}, got {value}; {example}')
+
+
+#: Integer arguments of timm's ResNet that ``check_model_arguments`` checks, with timm's defaults
+#: (``cardinality`` and ``base_width``: ``check_stages``).
+_RESNET_COUNTS = {'stem_width': 64, 'block_reduce_first': 1, 'down_kernel_size': 1}
+
+#: ``output_stride`` values timm's ResNet builds (dilating the last stages instead of striding them).
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+def check_model_arguments(kwargs: Dict[str, Any]) -> None:
+    """timm's ResNet arguments, checked before anything is built, by ``scnet.create_model`` and by timm's route
+    (``timm.create_model``) alike: timm accepts some of them silently and fails at the first forward pass (a drop
+    rate of 2, ``in_chans=0``), reads a string as a true flag, divides by zero, or fails with a bare assertion or
+    KeyError that names neither the argument nor the values it takes."""
+    if kwargs.get('num_classes') is not None:
+        _count('num_classes', kwargs['num_classes'], 0, 'e.g. num_classes=10, or 0 for a backbone without classifier')
+    if 'in_chans' in kwargs:
+        _count('in_chans', kwargs['in_chans'], 1, 'e.g. in_chans=3 for RGB images, 1 for grey ones')
+    for count in _RESNET_COUNTS:
+        if count in kwargs:  # 0 fails in timm's arithmetic (a division by zero), a string or float further in
+            _count(count, kwargs[count], 1, f'timm\'s ResNet default is {_RESNET_COUNTS[count]}')
+    for flag in ('avg_down', 'zero_init_last', 'replace_stem_pool', 'cifar_stem', 'gather_excite'):
+        value = kwargs.get(flag, False)
+        if not isinstance(value, bool) and not (type(value) is int and value in (0, 1)):  # 'no' would read as True
+            raise InvalidArgumentTypeError(f'{flag} must be True or False, got {kwargs[flag]!r}')
+    for rate in ('drop_rate', 'drop_path_rate', 'drop_block_rate'):
+        value = kwargs.get(rate)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                  or not 0 <= value < 1):
+            raise InvalidArgumentError(f'{rate} must be a probability in [0, 1), got {value!r}; e.g. {rate}=0.1')
+    pool = kwargs.get('global_pool')
+    if pool is not None and not isinstance(pool, str):  # timm fails on it with "'int' object has no attribute 'lower'"
+        raise InvalidArgumentTypeError(f"global_pool must be a string, one of 'avg', 'max', 'avgmax', 'catavgmax' or "
+                                       f"'' (none), got {pool!r}")
+    if 'output_stride' in kwargs and kwargs['output_stride'] not in OUTPUT_STRIDES:
+        raise InvalidArgumentError(f'output_stride must be one of {", ".join(map(str, OUTPUT_STRIDES))} (the '
+                                   f'network\'s total stride; 8 and 16 dilate the last stages), got '
+                                   f'{kwargs["output_stride"]!r}')
+
+
 def check_stages(variant: str, model_args: Dict[str, Any]) -> None:
     """``layers`` and ``channels`` as one positive int per stage, four stages (timm's ResNet ``forward`` runs
     ``layer1`` to ``layer4``), and positive ``cardinality`` / ``base_width``: timm builds other values and fails
@@ -168,6 +215,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SCResNet:
     overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
     # the caller's choices (channels, stem_width, ...) override the variant's; checked before any file is read
     model_args.update(kwargs)
+    check_model_arguments(kwargs)
     check_stages(variant, model_args)
     if model_args.get('norm_layer') is not None:  # one over the last dimension builds, and fails at the first forward
         check_norm_takes_maps(model_args['norm_layer'], 64, variant)
