@@ -14,7 +14,7 @@ from PIL import Image
 
 from scnet.cli.main import main
 from scnet.visual.curves import (DPI, FIGURES, MetricsError, _accuracy_figure, _colours, _loss_figure,
-                                 _unique_labels, read_metrics, run_model, summarize)
+                                 _unique_labels, plot_runs, read_metrics, run_model, summarize)
 
 PNGS = ('loss.png', 'accuracy.png', 'lr.png', 'throughput.png')
 TAB10_BLUE, TAB10_ORANGE = (31, 119, 180), (255, 127, 14)  # the colours of the first and second run
@@ -273,3 +273,10 @@ def test_a_run_with_an_ema_of_the_weights_has_its_curves_and_summary(tmp_path):
     loss = _loss_figure(data, ['scnet50'], _colours(1))
     assert {line.get_gid() for line in loss.axes[1].get_lines()} == {'scnet50|val_loss', 'scnet50|ema_val_loss'}
     assert summarize(rows)['ema_val_top1'] == dict(best=36.0, best_epoch=3, last=36.0, last_epoch=3)
+
+
+def test_one_run_given_as_a_string_is_one_run(runs, tmp_path):
+    """A path string is one run, not the sequence of its characters ("r: no such run directory")."""
+    written = plot_runs(str(runs[0]), tmp_path / 'one', labels='mine')
+    assert {p.name for p in written} >= {'accuracy.png', 'summary.json'}
+    assert [r['label'] for r in json.loads((tmp_path / 'one' / 'summary.json').read_text())['runs']] == ['mine']

@@ -183,6 +183,34 @@ def test_preprocessing_is_the_eval_transform_and_images_are_checked(images):
         load_image(images / 'missing.png')
 
 
+def test_preprocessing_and_load_model_refuse_settings_that_read_as_others():
+    """image_size=0 read as "not given" (224), and a standard deviation of 0 gave infinite inputs."""
+    from scnet.visual.images import PreprocessingError
+
+    for kwargs, said in ((dict(image_size=0), 'image_size must be a positive number of pixels, got 0'),
+                         (dict(resize=-1), 'resize must be a positive number of pixels, got -1')):
+        with pytest.raises(PreprocessingError, match=said):
+            load_model('scnet26_cifar', model_kwargs=SMALL, **kwargs)
+    for kwargs, said in ((dict(std=(0.0, 1.0, 1.0)), 'standard deviation must be positive'),
+                         (dict(mean=(0.5, 0.5)), 'give three finite numbers'),
+                         (dict(std=(1.0, float('nan'), 1.0)), 'give three finite numbers'),
+                         (dict(mean=0.5), 'give three finite numbers')):
+        with pytest.raises(PreprocessingError, match=said):
+            Preprocessing(32, 32, **kwargs)
+
+
+def test_one_model_or_image_given_as_a_string_is_one(runs, images, tmp_path):
+    """A name or path string is one model or image, not the sequence of its characters."""
+    spec, image = str(runs['scnet']), str(images / 'scene.jpg')
+    cams = scnet.visual.compare_models(spec, image, tmp_path / 'cam')
+    assert len(cams['records']) == 1 and png_size(cams['png'])[0] > 0
+    features = scnet.visual.compare_features(spec, image, tmp_path / 'features', top=2)
+    assert len(features['records']) == 1
+    erf = scnet.visual.measure_models('scnet26_cifar', input_size=32, samples=2, seeds=0, image_paths=image,
+                                      stages=('layer1',))
+    assert [m['model'] for m in erf['models']] == ['scnet26_cifar'] and erf['settings']['seeds'] == [0]
+
+
 def test_model_specs_classes_and_layers(runs):
     assert parse_model_spec('scnet50') == ('scnet50', None)
     assert parse_model_spec(f'scnet26_cifar:{runs["scnet"]}') == ('scnet26_cifar', str(runs['scnet']))

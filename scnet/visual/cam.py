@@ -34,7 +34,7 @@ from torch import nn
 from scnet.errors import ScnetError
 
 from scnet.visual.images import CELL_INCHES, draw_grid, load_image, overlay, save_png
-from scnet.visual.loading import LoadedModel, load_models
+from scnet.visual.loading import LoadedModel, as_list, load_models
 from scnet.visual.targets import (STAGE_ALIASES, capture, check_differentiable, image_batch, resolve_layer,
                                   spatial_output)
 
@@ -207,6 +207,7 @@ def compare_models(model_specs: Sequence[Union[str, LoadedModel]], image_paths: 
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise ScnetError(f'output {output_dir} exists and is not a directory')
+    model_specs, image_paths = as_list(model_specs), as_list(image_paths)
     if not model_specs:
         raise ValueError('no model given')
     if not image_paths:

@@ -319,11 +319,13 @@ def plot_runs(run_dirs: Sequence[PathLike], output_dir: PathLike, *,
     the aux head's and the EMA's included, mean images/s). Runs are labelled with
     ``labels``, else the model of their config.json, else their folder's name.
     """
-    run_dirs = [Path(d) for d in run_dirs]
+    from scnet.visual.loading import as_list
+
+    run_dirs = [Path(d) for d in as_list(run_dirs)]
     if not run_dirs:
         raise MetricsError('no run directory given')
     if labels is not None:
-        labels = [str(lab) for lab in labels]
+        labels = [str(lab) for lab in as_list(labels)]
         if len(labels) != len(run_dirs):
             raise MetricsError(f'{len(labels)} label(s) given for {len(run_dirs)} run(s): give one per run')
     runs = [(d, read_metrics(d)) for d in run_dirs]  # all inputs checked before anything is written

@@ -49,7 +49,7 @@ from torch import nn
 from scnet.errors import InvalidArgumentError, ScnetError, is_single_value_batch
 from scnet.visual.cam import frozen
 from scnet.visual.images import DPI, load_image, save_png
-from scnet.visual.loading import LoadedModel, load_model
+from scnet.visual.loading import LoadedModel, as_list, load_model
 from scnet.visual.targets import (STAGES, STAGE_ALIASES, capture, check_differentiable, image_batch,
                                   last_in_forward_order, resolve_layer, spatial_output)
 
@@ -227,6 +227,8 @@ def measure_models(model_specs: Sequence[str], *, input_size: int = 224, samples
         raise ScnetError(f'--samples must be at least 1, got {samples}')
     if input_size < 32:
         raise ScnetError(f'--input-size must be at least 32, got {input_size}')
+    model_specs, image_paths = as_list(model_specs), as_list(image_paths)
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     if not seeds:
         raise ScnetError('give at least one seed')
     images = [load_image(p) for p in image_paths]  # checked before any model is built

@@ -24,7 +24,7 @@ from torch import nn
 from scnet.errors import ScnetError
 from scnet.visual.cam import frozen
 from scnet.visual.images import draw_grid, load_image, overlay, resize_map, save_png
-from scnet.visual.loading import LoadedModel, load_models
+from scnet.visual.loading import LoadedModel, as_list, load_models
 from scnet.visual.targets import InputError, capture, image_batch, resolve_layer, spatial_output
 
 __all__ = ['DEFAULT_FEATURE_LAYER', 'feature_maps', 'strongest_channels', 'compare_features', 'FEATURE_CELL_INCHES']
@@ -84,6 +84,7 @@ def compare_features(model_specs: Sequence[Union[str, LoadedModel]], image_path:
     if output_dir.exists() and not output_dir.is_dir():
         raise ScnetError(f'output {output_dir} exists and is not a directory')
     layer = layer or DEFAULT_FEATURE_LAYER
+    model_specs = as_list(model_specs)
     models = [m if isinstance(m, LoadedModel) else None for m in model_specs]
     loaded = iter(load_models([s for s in model_specs if not isinstance(s, LoadedModel)], image_size=image_size,
                               resize=resize, seed=seed))

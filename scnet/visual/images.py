@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,10 +93,22 @@ class Preprocessing:
         if self.image_size < 1 or self.resize < self.image_size:
             raise PreprocessingError(f'image size {self.image_size} and resize {self.resize}: need 1 <= image '
                                      'size <= resize (the short side is resized, then the centre crop taken)')
+        for what, values in (('mean', self.mean), ('std', self.std)):
+            try:
+                fits = len(values) == 3 and all(math.isfinite(float(v)) for v in values)
+            except (TypeError, ValueError):
+                fits = False
+            if not fits:
+                raise PreprocessingError(f'{what} {values!r}: give three finite numbers, one per colour channel')
+        if min(float(v) for v in self.std) <= 0:  # normalising divides by it
+            raise PreprocessingError(f'std {self.std}: every channel\'s standard deviation must be positive')
 
     @classmethod
     def from_metadata(cls, meta: dict, image_size: Optional[int] = None, resize: Optional[int] = None):
         """The pipeline recorded with a checkpoint by ``scnet train`` (else ImageNet's 224/256), with overrides."""
+        for what, value in (('image_size', image_size), ('resize', resize)):  # 0 would read as "not given"
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise PreprocessingError(f'{what} must be a positive number of pixels, got {value!r}')
         size = int(image_size or meta.get('image_size') or 224)
         if resize is not None and resize < size:  # raising it silently would show another picture than asked
             raise PreprocessingError(f'resize {resize} is smaller than the image size {size}: the short side is '

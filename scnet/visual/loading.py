@@ -22,6 +22,7 @@ with ``zero_init_last=False`` (those BNs start at 1, like all others), from ``to
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -196,6 +197,14 @@ def load_model(spec: str, *, image_size: Optional[int] = None, resize: Optional[
                        preprocessing=Preprocessing.from_metadata(meta, image_size, resize),
                        num_classes=num_classes, class_names=names, names_from_checkpoint=from_ckpt,
                        checkpoint=checkpoint, weights=weights, meta=meta)
+
+
+def as_list(value) -> list:
+    """The models, images or runs a tool takes, as a list: one name, path or loaded model is a list of one (a
+    string is never taken for the sequence of its characters)."""
+    if isinstance(value, (str, bytes, os.PathLike, LoadedModel)):
+        return [value]
+    return list(value)
 
 
 def load_models(specs: Sequence[str], **kwargs) -> List[LoadedModel]:
