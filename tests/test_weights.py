@@ -333,6 +333,17 @@ def test_corrupt_cache_entry_is_downloaded_again(published, cache, scnet50_ref):
     assert all(torch.equal(state[k], v) for k, v in expected.items())
 
 
+def test_a_mismatched_cache_entry_is_kept_until_a_download_replaces_it(cache, tmp_path):
+    """Deleted before the download, a file in the cache folder (a user's own, under a name with a hash) was lost
+    when the download then failed."""
+    cache.mkdir()
+    kept = cache / 'mine-abcdef12.pth'
+    kept.write_bytes(b'a file of the user')
+    with pytest.raises(CheckpointError, match='download failed'):
+        official.fetch((tmp_path / 'gone' / kept.name).as_uri(), directory=cache, progress=False)
+    assert kept.read_bytes() == b'a file of the user'
+
+
 def test_unreachable_address_is_a_checkpoint_error(cache, monkeypatch, tmp_path):
     monkeypatch.setitem(official.OFFICIAL_WEIGHTS, 'scnet50', (tmp_path / 'gone-12345678.pth').as_uri())
     with pytest.raises(CheckpointError, match=r'checkpoint=PATH in Python, --init PATH to scnet train, '

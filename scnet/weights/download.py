@@ -55,7 +55,8 @@ def fetch(url: str, *, directory: Optional[Path] = None, progress: bool = True) 
     if path.is_file():
         if expected is None or sha256_of_file(path).startswith(expected):
             return path
-        path.unlink()  # a corrupt or replaced cache entry: fetch it again
+        # a corrupt or replaced cache entry: fetched again, and replaced only by a download that arrives whole and
+        # matches (torch.hub moves its finished temporary file into place); kept while there is none
     directory.mkdir(parents=True, exist_ok=True)
     try:
         torch.hub.download_url_to_file(url, str(path), hash_prefix=expected, progress=progress)
