@@ -22,8 +22,9 @@ How pairs are found, in three steps, each a guard on the one before:
    elsewhere, and then folding its BN would change that other use. One probe forward pass of the unfolded
    copy records, with a ``TorchFunctionMode``, every operation that reads each proposed conv's output; a
    pair is folded only if the conv and the BN each ran exactly once and the BN's ``batch_norm`` was the only
-   reader of that output (and it is not a network output). Everything else stays, with the reason, in the
-   report.
+   reader of that output (and it is not a network output). A pair with hooks on the norm or the conv stays
+   too (folded, the norm's hooks would see an identity and the conv's other values). Everything else stays,
+   with the reason, in the report.
 3. *The result is checked.* The final module (folded, channels-last, compiled) is run on the same probe
    and must agree with the eval-mode original to ``tolerance`` times the output scale; otherwise
    ``DeployError`` names the difference. No network leaves ``deploy`` computing something else.
@@ -300,6 +301,21 @@ def _bn_problem(bn: nn.Module) -> Optional[str]:
     return None
 
 
+_HOOK_DICTS = ('_forward_pre_hooks', '_forward_hooks', '_backward_pre_hooks', '_backward_hooks')
+
+
+def _hook_problem(modules: Dict[str, nn.Module], candidate: '_Candidate') -> Optional[str]:
+    """Why a fold would change what hooks see, or None: a hook on the BatchNorm would no longer run (the norm
+    becomes an identity), and one on the convolution that takes the norm's affine map would see other values
+    (a capture, a pruning mask, a hook that edits the output)."""
+    names = dict.fromkeys([candidate.bn, candidate.producer, *(t for t, _ in candidate.targets)])
+    hooked = [n for n in names if n in modules and any(getattr(modules[n], d, None) for d in _HOOK_DICTS)]
+    if not hooked:
+        return None
+    return (f'{", ".join(hooked)} {"has" if len(hooked) == 1 else "have"} hooks, which folding would skip or show '
+            'other values; remove the hooks to fold it')
+
+
 # ---------------------------------------------------------------------------------------------- step 2
 
 #: Tensor reads that look at metadata only, not at the values (``x.shape``, ``x.size()``, ...).
@@ -508,7 +524,7 @@ def deploy(model: nn.Module, *, channels_last: bool = True, compile: bool = Fals
     modules = dict(folded_model.named_modules())
     report = DeployReport(probe_shape=tuple(x.shape), tolerance=tolerance, channels_last=channels_last,
                           compiled=compile)
-    unfit = {bn: _bn_problem(modules[bn]) for bn in candidates}
+    unfit = {bn: _bn_problem(modules[bn]) or _hook_problem(modules, c) for bn, c in candidates.items()}
     candidates = {bn: c for bn, c in candidates.items() if unfit[bn] is None}
     try:
         expected, problems = _probe(folded_model, candidates, x)

@@ -149,6 +149,28 @@ def test_batchnorms_that_cannot_fold_are_reported_with_the_reason():
     assert 'left 3' in str(deployed.report) and '  - 1: no running statistics' in str(deployed.report)
 
 
+def test_a_batchnorm_or_convolution_with_hooks_is_left_unfolded():
+    """Folded, a norm with a hook becomes an identity whose hook sees nothing of the norm, and a hooked
+    convolution (a capture, a hook that edits its output) would see the norm's values inside its own: both
+    are left in place, with the reason, and the hooks see what they saw."""
+    torch.manual_seed(0)
+    model = randomise_bns(scnet.create_model('scnet26_cifar', channels=(8, 16, 32, 64), num_classes=3)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    seen = {}
+    model.layer1[0].bn1.register_forward_hook(lambda m, i, o: seen.__setitem__('bn1', o.clone()))
+    model.layer2[0].conv2.register_forward_hook(lambda m, i, o: o * 2)  # edits its output
+    expected = model(x)
+    norm_output = seen.pop('bn1')
+    deployed = scnet.deploy(model, example_input=x, channels_last=False)
+    reasons = {u.name: u.reason for u in deployed.report.unfolded}
+    assert set(reasons) == {'layer1.0.bn1', 'layer2.0.bn2'}
+    assert reasons['layer1.0.bn1'].startswith('layer1.0.bn1 has hooks')
+    assert 'remove the hooks' in reasons['layer1.0.bn1']
+    assert reasons['layer2.0.bn2'].startswith('layer2.0.conv2 has hooks')
+    torch.testing.assert_close(deployed(x), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(seen['bn1'], norm_output, atol=1e-5, rtol=1e-5)
+
+
 def test_frozen_and_sync_batchnorms_fold_too():
     """In eval mode SyncBatchNorm (a network converted for DDP) and the frozen BNs of detection backbones
     (torchvision's and timm's, ``freeze_batch_norm_2d``) are the same affine map as BatchNorm2d; a frozen BN
