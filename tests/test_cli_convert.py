@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+import scnet
 from scnet.cli.main import main
 from scnet.weights import convert_authors_state_dict, read_state_dict, save_state_dict
 from tests.authors_reference import load_layout, random_authors_state_dict
@@ -116,6 +117,42 @@ def test_unwritable_output(tmp_path, capsys, authors_pth):
     blocker = tmp_path / 'file'
     blocker.write_text('a file where a folder is needed')
     assert_one_line_error(*run_convert(capsys, authors_pth, blocker / 'out.safetensors'), 'cannot write')
+
+
+def test_out_is_replaced_only_with_force_and_never_when_it_is_in(tmp_path, capsys, authors_pth):
+    """OUT was replaced whatever it was: IN itself (a pickle overwritten by safetensors bytes), a run's
+    last.pt, a device node."""
+    out_path = tmp_path / 'out.safetensors'
+    out_path.write_bytes(b'a file of the user')
+    assert_one_line_error(*run_convert(capsys, authors_pth, out_path), 'exists; pass --force to replace it')
+    assert out_path.read_bytes() == b'a file of the user'
+    assert run_convert(capsys, authors_pth, out_path, '--force')[0] == 0
+    assert metadata(out_path)['layout'] == 'authors'
+    before = authors_pth.read_bytes()
+    assert_one_line_error(*run_convert(capsys, authors_pth, authors_pth, '--force'), 'is IN itself')
+    link = tmp_path / 'link.pth'
+    link.symlink_to(authors_pth)
+    assert_one_line_error(*run_convert(capsys, authors_pth, link, '--force'), 'is IN itself')
+    assert authors_pth.read_bytes() == before
+    assert_one_line_error(*run_convert(capsys, authors_pth, tmp_path, '--force'), 'is a folder')
+    fifo = tmp_path / 'pipe'
+    os.mkfifo(fifo)
+    assert_one_line_error(*run_convert(capsys, authors_pth, fifo, '--force'), 'not a regular file')
+
+
+def test_the_metadata_of_a_run_checkpoint_is_kept(tmp_path, capsys):
+    """A run's checkpoint records its model, options and classes; converted without them it no longer loaded
+    by its folder ("records no model name"), nor in the detection and pose commands."""
+    from scnet.weights import save_state_dict
+
+    net = scnet.create_model('scnet26_cifar', channels=[8, 16, 32, 64], num_classes=3)
+    recorded = {'model': 'scnet26_cifar', 'model_kwargs': '{"channels": [8, 16, 32, 64]}', 'classes': '["a", "b", "c"]'}
+    source = save_state_dict(net.state_dict(), tmp_path / 'run.safetensors', metadata=recorded)
+    out_path = tmp_path / 'model.safetensors'
+    assert run_convert(capsys, source, out_path)[0] == 0
+    assert metadata(out_path) == {**recorded, 'format': 'pt', 'source': 'run.safetensors', 'layout': 'scnet'}
+    loaded = scnet.create_model('scnet26_cifar', checkpoint=str(out_path))  # its options, from the metadata
+    assert loaded.num_classes == 3
 
 
 class _Payload:

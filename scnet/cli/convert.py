@@ -22,7 +22,9 @@ Layouts (detected from the tensor names):
 IN may be a .pth/.pt pickle (read with torch.load(weights_only=True): a file that would run code when
 unpickled is refused), or a .safetensors file. Wrappers such as {'state_dict': ...} or {'model': ...} and a
 'module.' prefix are removed. OUT is always safetensors; its metadata records the source file name, the
-layout detected and, with --model, the model name."""
+layout detected and, with --model, the model name, after the metadata of a safetensors IN (what `scnet train`,
+`scnet detect train` and `scnet pose train` record: model, options, classes), which is kept. An existing OUT is
+replaced only with --force, and never when it is IN itself or not a regular file."""
 
 _EPILOG = """\
 examples:
@@ -37,7 +39,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser('convert', help="convert a checkpoint (the authors' or ours) to a safetensors file",
                        description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('input', metavar='IN', help="checkpoint to read: the authors' .pth or ours (.pth or .safetensors)")
-    p.add_argument('output', metavar='OUT', help='safetensors file to write (replaced if it exists)')
+    p.add_argument('output', metavar='OUT', help='safetensors file to write')
+    p.add_argument('--force', action='store_true', help='replace OUT if it exists (a regular file other than IN)')
     p.add_argument('--model', metavar='NAME',
                    help='also build NAME (see `scnet models`) and check that every tensor fits it; the number '
                         'of classes is taken from the checkpoint')
@@ -67,11 +70,28 @@ def check_fits(name: str, state_dict, source: str) -> int:
     return num_classes
 
 
+def _check_output(source: Path, target: Path, force: bool) -> None:
+    """OUT may be written: not IN itself (even with --force: IN is read while OUT is written, and the original
+    would be gone), not a folder or a device, and not an existing file unless --force."""
+    from scnet.errors import ScnetError
+
+    if target.exists() and source.exists() and target.resolve() == source.resolve():
+        raise ScnetError(f'{target} is IN itself; write the converted checkpoint to another file')
+    if target.is_dir():
+        raise ScnetError(f'{target} is a folder; give OUT as a file name, e.g. {target / "model.safetensors"}')
+    if target.exists() and not target.is_file():
+        raise ScnetError(f'{target} is not a regular file (a device or a pipe); give OUT as a file name')
+    if target.exists() and not force:
+        raise ScnetError(f'{target} exists; pass --force to replace it, or choose another OUT')
+
+
 def run(args: argparse.Namespace) -> int:
     from scnet.errors import CheckpointError
     from scnet.weights import convert_authors_state_dict, is_authors_layout, read_state_dict, save_state_dict
+    from scnet.weights.io import read_metadata
 
     source, target = Path(args.input), Path(args.output)
+    _check_output(source, target, args.force)
     state_dict = read_state_dict(source)
     layout = 'authors' if is_authors_layout(state_dict) else 'scnet'
     if layout == 'authors':
@@ -80,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         num_classes = check_fits(args.model, state_dict, str(source))
         fits = f'; fits {args.model} ({num_classes} classes)' if num_classes else f'; fits {args.model} (no classifier)'
-    metadata = {'format': 'pt', 'source': source.name, 'layout': layout}
+    # a run's checkpoint keeps what its run recorded (model, options, classes, task), or it no longer loads by
+    # its folder or in the detection and pose commands
+    metadata = {**read_metadata(source), 'format': 'pt', 'source': source.name, 'layout': layout}
     if args.model:
         metadata['model'] = args.model
     try:
