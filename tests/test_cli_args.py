@@ -234,3 +234,33 @@ def test_evaluation_workers_default_to_at_most_the_cpu_count(monkeypatch):
     monkeypatch.setattr(os, 'cpu_count', lambda: 16)
     assert build_parser().parse_args(EVAL).workers == 4
     assert build_parser().parse_args(DETECT_EVAL).workers == 2
+
+
+def test_a_report_never_replaces_a_run_file_or_an_input_of_the_command(tmp_path, capsys):
+    """A run's config.json and a one-epoch metrics.jsonl are JSON objects, and were replaced as if earlier
+    reports; pose eval --results replaced the --val-boxes file it read."""
+    import json
+
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'model.safetensors').write_bytes(b'weights')
+    (run / 'config.json').write_text(json.dumps({'model': 'scnet26_cifar'}))
+    (run / 'metrics.jsonl').write_text(json.dumps({'epoch': 1, 'val_top1': 50.0}) + '\n')
+    for name in ('config.json', 'metrics.jsonl'):
+        with pytest.raises(SystemExit):
+            main(EVAL + ['--output', str(run / name)])
+        assert f'{run / name} exists and is not an earlier report of scnet' in capsys.readouterr().err
+    boxes = tmp_path / 'detections.json'
+    boxes.write_text(json.dumps([{'image_id': 1, 'category_id': 1, 'bbox': [0, 0, 4, 4], 'score': 0.9}]))
+    for argv, said in ((['--boxes', str(boxes), '--results', str(boxes)], '--results'),
+                       (['--boxes', str(boxes), '--output', str(boxes)], '--output'),
+                       (['--results', str(tmp_path / 'r.json'), '--output', str(tmp_path / 'r.json')], '--results')):
+        assert main(POSE_EVAL + argv) == 2
+        err = capsys.readouterr().err
+        assert f'{said} ' in err and 'would replace it; give' in err and len(err.strip().splitlines()) == 1, err
+    ann = tmp_path / 'a.json'
+    ann.write_text('[]')  # a list: an earlier report by its form, but the annotations of this evaluation
+    assert main(['detect', 'eval', '--checkpoint', 'c', '--val-ann', str(ann), '--val-images', 'i', '--results',
+                 str(ann)]) == 2
+    assert 'is the file of --val-ann, which the command reads' in capsys.readouterr().err
+    assert json.loads(boxes.read_text())[0]['score'] == 0.9 and ann.read_text() == '[]'

@@ -9,7 +9,7 @@ from scnet.cli.arg_types import output_folder, positive_int, report_file, seed, 
 from scnet.cli.formatting import render_table
 from scnet.cli.recipe_flags import add_recipe_flags, recipe_overrides
 from scnet.cli.run_flags import (add_device_flag, add_eval_flags, add_quiet_flag, add_report_flags, add_run_flags,
-                                 print_report, run_config)
+                                 check_outputs_are_not_inputs, print_report, run_config)
 
 _TRAIN_EPILOG = """\
 recipes: --config takes a YAML file or a shipped detection recipe (scnet/recipes/detection/): faster_rcnn_2x
@@ -122,6 +122,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from scnet.tasks.detection import evaluate_checkpoint
 
+    check_outputs_are_not_inputs(args, {'results': '--results', 'output': '--output'}, {'val_ann': '--val-ann'})
     result = evaluate_checkpoint(Path(args.checkpoint), Path(args.val_ann), Path(args.val_images),
                                  batch_size=args.batch_size, workers=args.workers, device=args.device,
                                  image_size=args.image_size, progress=not args.quiet, results_file=args.results)

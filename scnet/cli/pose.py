@@ -10,7 +10,7 @@ from scnet.cli.arg_types import output_folder, positive_int, report_file, seed, 
 from scnet.cli.formatting import render_table
 from scnet.cli.recipe_flags import add_recipe_flags, recipe_overrides
 from scnet.cli.run_flags import (add_device_flag, add_eval_flags, add_quiet_flag, add_report_flags, add_run_flags,
-                                 print_report, run_config)
+                                 check_outputs_are_not_inputs, print_report, run_config)
 
 _TRAIN_EPILOG = """\
 recipe: --config takes a YAML file or a shipped name (scnet/recipes/pose/): simple_baselines_256x192 and
@@ -120,6 +120,8 @@ def _fmt(value) -> str:
 def run_eval(args: argparse.Namespace) -> int:
     from scnet.tasks.pose import evaluate_pose_checkpoint
 
+    check_outputs_are_not_inputs(args, {'results': '--results', 'output': '--output'},
+                                 {'val_ann': '--val-ann', 'val_boxes': '--boxes'})
     result = evaluate_pose_checkpoint(Path(args.checkpoint), Path(args.val_ann), Path(args.val_images),
                                       boxes=Path(args.val_boxes) if args.val_boxes else None,
                                       box_score_thresh=args.box_score_thresh or 0.0, flip_test=args.flip_test,

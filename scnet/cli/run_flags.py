@@ -6,12 +6,12 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from scnet.cli.arg_types import non_negative_int, output_folder, positive_int, report_file, seed
 
 __all__ = ['DEVICES', 'add_run_flags', 'add_report_flags', 'print_report', 'add_eval_flags', 'add_device_flag',
-           'add_quiet_flag', 'run_config', 'write_report']
+           'add_quiet_flag', 'run_config', 'write_report', 'check_outputs_are_not_inputs']
 
 DEVICES = ('auto', 'cpu', 'cuda')
 
@@ -45,6 +45,23 @@ def print_report(args: argparse.Namespace, result: Dict[str, Any], table: Callab
     if args.output:
         write_report(Path(args.output), result)
     return 0
+
+
+def check_outputs_are_not_inputs(args: argparse.Namespace, outputs: Dict[str, str], inputs: Dict[str, str]) -> None:
+    """Refuse, before any work, an output file (``--output``, ``--results``) that is one of the files the command
+    reads (``--boxes``, ``--val-ann``), or two outputs that are one file: the file read would be replaced.
+    ``outputs`` and ``inputs`` map each argument's ``dest`` to its flag."""
+    from scnet.errors import ScnetError
+
+    given = [(flag, getattr(args, dest, None)) for dest, flag in outputs.items()]
+    given = [(flag, path) for flag, path in given if path]
+    read = [(flag, getattr(args, dest, None)) for dest, flag in inputs.items()]
+    for k, (flag, path) in enumerate(given):
+        for other, other_path in [(f, p) for f, p in read if p] + given[k + 1:]:
+            if Path(path).resolve() == Path(other_path).resolve():
+                what = 'reads' if (other, other_path) in read else 'also writes'
+                raise ScnetError(f'{flag} {path} is the file of {other}, which the command {what}: writing {flag} '
+                                 f'would replace it; give {flag} another file name')
 
 
 def write_report(path: Path, result: Dict[str, Any]) -> None:
