@@ -89,6 +89,29 @@ def test_columns_are_detected_or_named(folder, recipe, tmp_path, capsys):
     assert read_metrics(tmp_path / 'run')[0]['val_images'] == 12
     assert main(train_args(f'{tmp_path / "two"}#image=nope', recipe, tmp_path / 'other', '--epochs', '1')) == 2
     assert "no column 'nope'" in capsys.readouterr().err
+    # a column of another kind named as the images: pyarrow's "Unsupported cast from int64 to struct" before
+    assert main(train_args(f'{tmp_path / "two"}#image=fine_label', recipe, tmp_path / 'other', '--epochs', '1')) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the column 'fine_label' holds ClassLabel" in err and 'name an Image column (img, thumb)' in err, err
+
+
+def test_a_damaged_dataset_is_one_line_naming_it(recipe, tmp_path, capsys):
+    """Damaged parquet files and a saved dataset with a truncated arrow file ended in pyarrow's traceback."""
+    parquet = tmp_path / 'pq'
+    parquet.mkdir()
+    for split in ('train', 'validation'):
+        (parquet / f'{split}-00000.parquet').write_bytes(b'PAR1' + bytes(range(256)) * 8)
+    saved = tmp_path / 'saved'
+    _dataset_dict(write_folder(tmp_path / 'data')).save_to_disk(str(saved))
+    arrow = next((saved / 'train').glob('*.arrow'))
+    arrow.write_bytes(arrow.read_bytes()[:300])
+    for data in (parquet, saved):
+        capsys.readouterr()
+        assert main(train_args(data, recipe, tmp_path / f'run_{data.name}', '--epochs', '1')) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f'scnet train: error: {data}: not a readable Hugging Face dataset (') and \
+            'save the dataset again' in err, err
+        assert not (tmp_path / f'run_{data.name}' / 'model.safetensors').exists()
 
 
 def test_a_dataset_spec_naming_nothing_says_so(recipe, tmp_path, capsys):

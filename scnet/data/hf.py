@@ -67,6 +67,21 @@ def _load(path: Path):
     if not path.exists():
         raise HFDataError(f'{path}: no such folder or file (a Hugging Face dataset saved with save_to_disk, or '
                           'parquet files named by split: train-..., validation-...)')
+    try:
+        return _load_splits(path, datasets)
+    except HFDataError:
+        raise
+    except Exception as e:  # a damaged file: pyarrow's and datasets' own errors, pages of traceback without this
+        if not (isinstance(e, (OSError, ValueError)) or type(e).__module__.split('.')[0] in ('pyarrow', 'datasets')):
+            raise
+        first = (str(e).strip().splitlines() or [''])[0]
+        raise HFDataError(f'{path}: not a readable Hugging Face dataset ({type(e).__name__}: {first}); a file of it '
+                          'is damaged or of another kind: save the dataset again (save_to_disk, or to_parquet per '
+                          'split)') from None
+
+
+def _load_splits(path: Path, datasets):
+    """``_load`` once the library and the path are there: a saved ``DatasetDict``, or parquet files by split."""
     if (path / 'dataset_dict.json').is_file() or (path / 'state.json').is_file():
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.Dataset):
@@ -107,6 +122,11 @@ def _column(features, kind, given: Optional[str], what: str, spec: str) -> str:
     if given is not None:
         if given not in features:
             raise HFDataError(f'{spec}: no column {given!r} (columns: {", ".join(features)})')
+        if what == 'image' and not isinstance(features[given], kind):  # cast to images, it fails inside pyarrow
+            images = [name for name, feature in features.items() if isinstance(feature, kind)]
+            raise HFDataError(f'{spec}: the column {given!r} holds {features[given]}, not images; name an Image '
+                              f'column ({", ".join(images) or "the dataset has none"}): '
+                              f'{spec.partition("#")[0]}#image=COLUMN')
         return given
     found = [name for name, feature in features.items() if isinstance(feature, kind)]
     if len(found) != 1:
