@@ -407,6 +407,12 @@ def test_truncated_image_stops_with_its_path_or_is_skipped_and_counted(data, rec
     assert main(train_args(data, recipe, tmp_path / 'b', '--epochs', '1', '--skip-bad-images')) == 0
     rows = read_metrics(tmp_path / 'b')
     assert rows[0]['skipped_images'] == 1 and rows[0]['train_images'] == 31
+    unreadable = write_folder(tmp_path / 'unreadable')
+    for image in (unreadable / 'train').rglob('*.png'):
+        image.write_bytes(b'not an image')
+    assert main(train_args(unreadable, recipe, tmp_path / 'c', '--epochs', '1', '--skip-bad-images')) == 2
+    assert 'every training image of this pass was unreadable (32 skipped' in capsys.readouterr().err
+    assert not (tmp_path / 'c' / 'model.safetensors').exists()
     # scnet eval: the same choice (and its --batch-size and --device, which change nothing of the result)
     bad_val = data / 'val' / 'ring' / '001.png'
     bad_val.write_bytes(bad_val.read_bytes()[:40])
@@ -421,6 +427,12 @@ def test_truncated_image_stops_with_its_path_or_is_skipped_and_counted(data, rec
     again = json.loads(capsys.readouterr().out)
     assert (again['top1'], again['top5'], again['images']) == (result['top1'], result['top5'], 11)
     assert again['loss'] == pytest.approx(result['loss'], rel=1e-5)
+    # every image unreadable: an error, not a loss of 0 and an accuracy of 0 as if measured
+    for image in (data / 'val').rglob('*.png'):
+        image.write_bytes(b'not an image')
+    assert main([*evaluate, '--skip-bad-images']) == 2
+    err = capsys.readouterr().err
+    assert 'every validation image of this pass was unreadable (12 skipped with --skip-bad-images)' in err, err
 
 
 def test_empty_class_folder_and_class_mismatch(data, recipe, tmp_path, capsys):

@@ -175,6 +175,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                       f'the gradients of the last {micro % settings.accum_steps} were not applied', stacklevel=2)
     elapsed = time.perf_counter() - start
     total = all_reduce_sum(sums)
+    _check_some_images_read(int(total[2]), int(total[4]), 'training')
     n = max(float(total[2]), 1.0)
     result = {'train_loss': float(total[0]) / n, 'train_top1': 100.0 * float(total[1]) / n,
               'images_per_sec': float(total[2]) / max(elapsed, 1e-9), 'epoch_time_s': elapsed,
@@ -182,6 +183,16 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     if float(total[3]) > 0:
         result['aux_train_loss'] = float(total[3]) / n
     return result
+
+
+def _check_some_images_read(used: int, skipped: int, what: str) -> None:
+    """With ``--skip-bad-images``, a pass in which every image was unreadable gave a loss of 0 and an accuracy
+    of 0 as if measured, and a run that learnt nothing ended as a success."""
+    if used == 0 and skipped > 0:
+        from scnet.data.folders import DataError
+
+        raise DataError(f'every {what} image of this pass was unreadable ({skipped} skipped with --skip-bad-images): '
+                        'there is nothing to learn from or score; check the files (`file IMAGE` tells what one is)')
 
 
 @torch.no_grad()
@@ -218,6 +229,7 @@ def evaluate(model: nn.Module, loader, ctx: Context, *, amp: bool = False, chann
             has_side = True
             sums[4:6] += topk_correct(side.float(), targets).cpu()
     total = all_reduce_sum(sums)
+    _check_some_images_read(int(total[3]), int(total[6]), 'validation')
     n = max(float(total[3]), 1.0)
     result = {'val_loss': float(total[0]) / n, 'val_top1': 100.0 * float(total[1]) / n,
               'val_top5': 100.0 * float(total[2]) / n, 'val_images': int(total[3]),
