@@ -459,6 +459,40 @@ def test_predict_reads_every_image_before_writing_anything(tiny, tmp_path, capsy
     assert len(list(out.glob('*.png'))) == 4 and (out / 'predictions.json').is_file()
 
 
+def test_an_image_too_thin_for_the_resize_is_named_before_any_work(tiny, tmp_path, capsys):
+    """A 2 x 300 image becomes 0 pixels wide in torchvision's resize (short side min_size, long side at most
+    max_size): a RuntimeError from interpolate, in the middle of an epoch for train and eval."""
+    from scnet.tasks.coco_files import CocoDataError, check_images, load_coco, resize_problem
+
+    checkpoint = tiny_detector_checkpoint(tmp_path / 'model.safetensors')  # min_size = max_size = 64
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    Image.new('RGB', (2, 300), 'gray').save(photos / 'thin.png')
+    Image.new('RGB', (40, 30), 'gray').save(photos / 'fine.png')
+    out = tmp_path / 'drawn'
+    assert main(['detect', 'predict', '--checkpoint', str(checkpoint), '--images', str(photos), '--output', str(out),
+                 '--quiet']) == 2
+    _one_error_line(capsys, '1 image(s) too thin to resize', 'thin.png is 2x300 pixels',
+                    "(short side 64, long side at most 64) makes 0 pixels wide", 'nothing was written')
+    assert not out.exists()
+    assert resize_problem(2, 300, None) is None and resize_problem(40, 30, (64, 64)) is None
+    assert resize_problem(300, 4, (64, 64)).endswith('makes 0 pixels high; crop or pad it to at most 64:1')
+    # listed in an annotation file: named when the files are checked, before training or evaluating
+    ann = json.loads(tiny.val_ann.read_text())
+    first = ann['images'][0]
+    Image.new('RGB', (300, 2), 'gray').save(tiny.val_images / first['file_name'])
+    first.update(width=300, height=2)
+    ann['annotations'] = [a for a in ann['annotations'] if a['image_id'] != first['id']]  # (boxes would not fit)
+    tiny.val_ann.write_text(json.dumps(ann))
+    coco = load_coco(tiny.val_ann, tiny.val_images, task='bbox')
+    check_images(coco, tiny.val_images, str(tiny.val_ann))  # no resize given: nothing to say
+    with pytest.raises(CocoDataError, match=r'1 images too thin to resize: .* is 300x2 pixels'):
+        check_images(coco, tiny.val_images, str(tiny.val_ann), resize=(64, 64))
+    assert main(['detect', 'eval', '--checkpoint', str(checkpoint), '--val-ann', str(tiny.val_ann), '--val-images',
+                 str(tiny.val_images), '--quiet', '--workers', '0']) == 2
+    _one_error_line(capsys, 'images too thin to resize', 'is 300x2 pixels')
+
+
 def test_predict_never_replaces_an_input_image_and_keeps_a_drawing_per_image(tiny, tmp_path, capsys):
     """Drawings into the folder of the images would replace those of the same name (a .png): refused before
     anything is written. Images whose names differ only in extension, or look like a made-unique name,

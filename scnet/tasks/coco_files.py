@@ -16,12 +16,12 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 from scnet.data.folders import DataError
 from scnet.errors import ScnetError
 
-__all__ = ['CocoDataError', 'TASKS', 'load_coco', 'check_images', 'read_coco_json', 'read_json']
+__all__ = ['CocoDataError', 'TASKS', 'load_coco', 'check_images', 'resize_problem', 'read_coco_json', 'read_json']
 
 #: What an annotation file is used for: boxes, boxes and masks, or person keypoints.
 TASKS = ('bbox', 'segm', 'keypoints')
@@ -239,10 +239,28 @@ def load_coco(annotation_file: Path, images_dir: Optional[Path] = None, *, task:
     return coco
 
 
-def check_images(coco, images_dir: Path, annotation_file: str, threads: int = 8) -> None:
+def resize_problem(width: int, height: int, resize: Optional[Tuple[int, int]]) -> Optional[str]:
+    """Why a detector resizing images to short side ``min_size``, long side at most ``max_size`` (``resize``)
+    cannot take a ``width`` x ``height`` image, or None: torchvision's transform scales both sides by
+    ``min(min_size / short, max_size / long)`` and floors them, and a side of 0 pixels fails inside
+    ``interpolate``."""
+    if resize is None:
+        return None
+    min_size, max_size = resize
+    short, long = min(width, height), max(width, height)
+    if short >= 1 and math.floor(short * min(min_size / short, max_size / long)) >= 1:
+        return None
+    return (f'{width}x{height} pixels, which the detector\'s resize (short side {min_size}, long side at most '
+            f'{max_size}) makes 0 pixels {"wide" if width < height else "high"}; crop or pad it to at most '
+            f'{max_size}:1')
+
+
+def check_images(coco, images_dir: Path, annotation_file: str, threads: int = 8, *,
+                 resize: Optional[Tuple[int, int]] = None) -> None:
     """Open the header of every image ``coco`` lists (no decoding, so it is cheap) and raise one
-    ``CocoDataError`` naming those that are not images or not of the size the annotation file gives, so that
-    such a file stops the run before training, not in the middle of an epoch."""
+    ``CocoDataError`` naming those that are not images or not of the size the annotation file gives (or, with
+    ``resize``, that a detector's resize makes 0 pixels across), so that such a file stops the run before
+    training, not in the middle of an epoch."""
     from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
@@ -257,6 +275,9 @@ def check_images(coco, images_dir: Path, annotation_file: str, threads: int = 8)
         if size != (info['width'], info['height']):
             return ('images of another size than the annotation file says',
                     f'{path} is {size[0]}x{size[1]} pixels, the file says {info["width"]}x{info["height"]}')
+        thin = resize_problem(size[0], size[1], resize)
+        if thin:
+            return 'images too thin to resize', f'{path} is {thin}'
         return None
 
     with ThreadPoolExecutor(threads) as pool:

@@ -51,12 +51,16 @@ def predict(checkpoint: Path, inputs: Sequence[Path], output: Path, *, score_thr
     from PIL import Image
 
     from scnet.data.folders import BadImageError, decode_rgb
+    from scnet.tasks.coco_files import resize_problem
 
     files = image_files(inputs)
     drawings = drawing_paths(files, output)
     dev = distributed._device(device, 0)
     model, info = load_detector(checkpoint, device=str(dev), image_size=image_size)
-    decoded_sizes(files)
+    thin = [f'{path} is {problem}' for path, (width, height) in zip(files, decoded_sizes(files))
+            for problem in [resize_problem(width, height, (info.min_size, info.max_size))] if problem]
+    if thin:
+        raise BadImageError(f'{len(thin)} image(s) too thin to resize: {"; ".join(thin[:5])} (nothing was written)')
     names = [c['name'] for c in info.categories]
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)

@@ -150,7 +150,7 @@ def evaluate_checkpoint(checkpoint: Path, val_ann: Path, val_images: Path, *, ba
     try:
         model, info = load_detector(checkpoint, device=str(ctx.device), image_size=image_size)
         coco = load_coco(Path(val_ann), Path(val_images), task=info.task)
-        check_images(coco, Path(val_images), str(val_ann))
+        check_images(coco, Path(val_images), str(val_ann), resize=(info.min_size, info.max_size))
         label_to_category = matched_categories(info.categories, coco, str(val_ann))
         complete_ground_truth(coco, info.task)
         dataset = CocoDetectionSet(coco, Path(val_images), info.categories, with_targets=False,

@@ -41,8 +41,9 @@ def _open_data(recipe: DetectionRecipe):
     recipe.require_data()
     train_coco = load_coco(Path(recipe.train_ann), Path(recipe.train_images), task=recipe.task)
     val_coco = load_coco(Path(recipe.val_ann), Path(recipe.val_images), task=recipe.task)
-    check_images(train_coco, Path(recipe.train_images), recipe.train_ann)
-    check_images(val_coco, Path(recipe.val_images), recipe.val_ann)
+    resize = (recipe.min_size, recipe.max_size)
+    check_images(train_coco, Path(recipe.train_images), recipe.train_ann, resize=resize)
+    check_images(val_coco, Path(recipe.val_images), recipe.val_ann, resize=resize)
     categories = category_labels(train_coco)
     if not categories:
         raise CocoDataError(f'{recipe.train_ann}: no categories')
