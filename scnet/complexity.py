@@ -126,6 +126,11 @@ def paper_models() -> List[str]:
     return list(dict.fromkeys(row.model for row in PAPER_ROWS if row.model is not None))
 
 
+#: The largest side ``parse_input_size`` takes: far above any image a network is run on, far below the sizes
+#: at which PyTorch's storage size computation overflows (with the feature maps' channels on top).
+MAX_INPUT_SIDE = 1 << 16
+
+
 def parse_input_size(value: InputSize) -> Tuple[int, int]:
     """``224``, ``'224'``, ``(H, W)`` or ``'HxW'`` (e.g. ``'320x240'``: height 320, width 240) -> ``(H, W)``."""
     if isinstance(value, str):
@@ -143,6 +148,9 @@ def parse_input_size(value: InputSize) -> Tuple[int, int]:
         raise InputSizeError(f'input size {value!r} is not an int, (H, W) or "HxW"')
     if min(size) < 1:
         raise InputSizeError(f'input size {value!r} must be positive, e.g. 224 or 320x240')
+    if max(size) > MAX_INPUT_SIDE:  # torch's tensor sizes overflow long before a profile would mean anything
+        raise InputSizeError(f'input size {value!r} is above {MAX_INPUT_SIDE} pixels a side; give a size an image '
+                             'has, e.g. 224 or 1333x800')
     return size
 
 
