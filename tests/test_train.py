@@ -814,3 +814,15 @@ def test_torchrun_variables_that_do_not_fit_are_refused_before_any_work(data, re
             assert not run.exists()
             with pytest.raises(distributed.LaunchError, match=message):
                 distributed.setup('cpu')
+
+
+def test_the_command_that_started_a_run_resumes_it_with_resume_added(data, recipe, tmp_path, capsys):
+    """--image-size also sets the evaluation resize (the file's is for its own size): the same command with
+    --resume was refused, "--config tiny.yaml sets eval_resize 16 (the run: 24)"."""
+    start = train_args(data, recipe, tmp_path / 'run', '--image-size', '24', '--epochs', '1')
+    assert main(start) == 0
+    config = json.loads((tmp_path / 'run' / 'config.json').read_text())
+    assert (config['image_size'], config['eval_resize']) == (24, 24)
+    capsys.readouterr()
+    assert main([*start, '--resume', '--epochs', '2']) == 0, capsys.readouterr().err
+    assert [r['epoch'] for r in read_metrics(tmp_path / 'run')] == [1, 2]

@@ -487,5 +487,11 @@ def _keeping_resize_ratio(before: Dict[str, Any], layer: Dict[str, Any]) -> Dict
 
 def load_resumed_recipe(saved: Path, config: Optional[str] = None, **overrides: Any) -> Recipe:
     """The recipe continuing the run whose ``config.json`` is ``saved``: its settings, ``overrides`` (not None)
-    on top; ``config`` only where it repeats them (``RecipeReader.load_resumed``)."""
-    return _READER.load_resumed(Path(saved), config, overrides)
+    on top; ``config`` only where it repeats them (``RecipeReader.load_resumed``). The file is read as a fresh run
+    would read it with these flags (an ``--image-size`` also sets the evaluation resize it leaves out), so the
+    command that started the run, with ``--resume`` added, passes."""
+    if config:
+        fresh = load_recipe(config, **overrides).to_dict()
+        _READER.check_repeats(Path(saved), config, overrides,
+                              settings={k: fresh[k] for k in _READER.read(config) if k in fresh})
+    return _READER.load_resumed(Path(saved), None, overrides)
