@@ -327,6 +327,14 @@ def test_resume_takes_the_runs_settings_and_refuses_a_config_that_changes_them(t
                  '--quiet']) == 2
     err = capsys.readouterr().err
     assert "on --resume the run's own settings" not in err and 'nothing to resume' in err
+    # --image-size (the short side and the long side's limit) and a longer --epochs (decay points moved in the
+    # run as in the file) were refused as changes the file made: "sets min_size 128 (the run: 64)"
+    (run / 'config.json').write_text(json.dumps(load_detection_recipe('shapes', epochs=6, min_size=64,
+                                                                      max_size=64).to_dict()))
+    assert main(['detect', 'train', '--output', str(run), '--resume', '--config', 'shapes', '--epochs', '9',
+                 '--image-size', '64', '--quiet']) == 2
+    err = capsys.readouterr().err
+    assert "on --resume the run's own settings" not in err and 'nothing to resume' in err, err
     # the folder given to another training command: named as a detection run, with the command that continues it
     for command in (['train'], ['pose', 'train']):
         assert main([*command, '--output', str(run), '--resume', '--quiet']) == 2

@@ -103,13 +103,16 @@ def run_train(args: argparse.Namespace) -> int:
     from scnet.tasks.detection.recipe import check_resumed_detection_config
 
     overrides = recipe_overrides(args, DetectionRecipe)
-    config = run_config(args, default='mask_rcnn_2x' if args.task == 'segm' else 'faster_rcnn_2x',
-                        check_repeats=check_resumed_detection_config, overrides=overrides)
+    default = 'mask_rcnn_2x' if args.task == 'segm' else 'faster_rcnn_2x'
+    if args.image_size:  # the short side, the long side's limit kept in the recipe's proportion: as flags, so
+        # that a --config given on --resume is read with them (the command that started the run resumes it)
+        saved = Path(args.output) / 'config.json' if args.resume and args.output else None
+        shape = load_detection_recipe(args.config or (str(saved) if saved and saved.is_file() else default),
+                                      **overrides)
+        overrides['max_size'] = max(args.image_size, round(args.image_size * shape.max_size / shape.min_size))
+        overrides['min_size'] = args.image_size
+    config = run_config(args, default=default, check_repeats=check_resumed_detection_config, overrides=overrides)
     recipe = load_detection_recipe(config, **overrides)
-    if args.image_size:
-        recipe.max_size = max(args.image_size, round(args.image_size * recipe.max_size / recipe.min_size))
-        recipe.min_size = args.image_size
-        recipe.validate()
     output = Path(args.output or f'runs/{recipe.task}-{recipe.backbone}-{time.strftime("%Y%m%d-%H%M%S")}')
     last = train_detector(recipe, output, resume=args.resume, progress=not args.quiet)
     if last:

@@ -421,12 +421,13 @@ class RecipeReader(Generic[R]):
         return self.build({**base, **given})
 
     def check_repeats(self, saved: Path, config: str, overrides: Mapping[str, Any],
-                      settings: Optional[Mapping[str, Any]] = None) -> None:
+                      settings: Optional[Mapping[str, Any]] = None,
+                      resumed: Optional[Mapping[str, Any]] = None) -> None:
         """Refuse a recipe file ``config`` given on ``--resume`` that changes a setting of the run (its
         ``config.json``, ``saved``) that no flag (``overrides``) sets now, naming both values. ``settings``:
         the file's settings as its loader reads them with ``overrides`` (a task's loader rescales the lr decay
-        points to ``--epochs``), else as written."""
-        base = typed_settings(self.recipe_type, self.read(str(saved)))
+        points to ``--epochs``), else as written; ``resumed``: the run's, read the same way (else as saved)."""
+        base = resumed if resumed is not None else typed_settings(self.recipe_type, self.read(str(saved)))
         given = self.overrides(overrides)
         if settings is None:
             settings = typed_settings(self.recipe_type, self.read(config))
