@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from scnet.errors import InvalidArgumentError, InvalidArgumentTypeError
-from scnet.layers.scconv import SCConv2d
+from scnet.layers.scconv import SCConv2d, has_own_hooks
 from scnet.name_patterns import as_patterns, matches_any
 
 __all__ = ['convert', 'ConversionReport', 'ConvertedLayer', 'SkippedLayer']
@@ -74,14 +74,11 @@ class ConversionReport:
         return '\n'.join(lines)
 
 
-_HOOK_DICTS = ('_forward_pre_hooks', '_forward_hooks', '_backward_pre_hooks', '_backward_hooks')
-
-
 def _why_not(conv: nn.Conv2d) -> Optional[str]:
     """None if ``conv`` can become an SCConv2d of the same shape, else the reason it cannot."""
     if type(conv) is not nn.Conv2d:
         return f'{type(conv).__name__} is a Conv2d subclass with its own behaviour'
-    if any(getattr(conv, name, None) for name in _HOOK_DICTS):
+    if has_own_hooks(conv):
         return ('has hooks (a torch.nn.utils.prune mask, spectral_norm or weight_norm, a capture), which the new '
                 'layer would not have: make them permanent first (prune.remove, remove_spectral_norm, '
                 'remove_weight_norm) or remove them, then convert')

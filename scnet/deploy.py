@@ -50,7 +50,7 @@ from torch.utils._pytree import tree_leaves
 
 from scnet.errors import ScnetError
 from scnet.layers.gather_excite import GatherExcite
-from scnet.layers.scconv import SCConv2d
+from scnet.layers.scconv import SCConv2d, has_own_hooks
 
 __all__ = ['deploy', 'DeployedModel', 'DeployReport', 'FoldedBN', 'UnfoldedBN', 'DeployError', 'compile_headroom']
 
@@ -301,15 +301,12 @@ def _bn_problem(bn: nn.Module) -> Optional[str]:
     return None
 
 
-_HOOK_DICTS = ('_forward_pre_hooks', '_forward_hooks', '_backward_pre_hooks', '_backward_hooks')
-
-
 def _hook_problem(modules: Dict[str, nn.Module], candidate: '_Candidate') -> Optional[str]:
     """Why a fold would change what hooks see, or None: a hook on the BatchNorm would no longer run (the norm
     becomes an identity), and one on the convolution that takes the norm's affine map would see other values
     (a capture, a pruning mask, a hook that edits the output)."""
     names = dict.fromkeys([candidate.bn, candidate.producer, *(t for t, _ in candidate.targets)])
-    hooked = [n for n in names if n in modules and any(getattr(modules[n], d, None) for d in _HOOK_DICTS)]
+    hooked = [n for n in names if n in modules and has_own_hooks(modules[n])]
     if not hooked:
         return None
     return (f'{", ".join(hooked)} {"has" if len(hooked) == 1 else "have"} hooks, which folding would skip or show '

@@ -417,12 +417,17 @@ class SCConv2d(nn.Module):
 _HOOK_DICTS = ('_forward_pre_hooks', '_forward_hooks', '_backward_pre_hooks', '_backward_hooks')
 
 
+def has_own_hooks(module: nn.Module) -> bool:
+    """True when ``module`` has hooks of its own (``torch.nn.utils.prune``'s masks, the classic ``spectral_norm``
+    and ``weight_norm``, feature captures): what replacing or folding it (``scnet.convert``, ``scnet.deploy``)
+    would drop or show other values."""
+    return any(getattr(module, name, None) for name in _HOOK_DICTS)
+
+
 def _has_hooks(module: nn.Module) -> bool:
-    """True when calling ``module`` would run hooks, its own or every module's (``torch.nn.utils.prune``'s masks,
-    the classic ``spectral_norm``, feature captures): the one-map node calls the kernels of K3's norm and K4
-    directly, without those hooks, so such layers take the plain path."""
-    return any(getattr(module, name, None) for name in _HOOK_DICTS) or any(
-        getattr(_module_hooks, f'_global{name}', None) for name in _HOOK_DICTS)
+    """True when calling ``module`` would run hooks, its own or every module's: the one-map node calls the
+    kernels of K3's norm and K4 directly, without those hooks, so such layers take the plain path."""
+    return has_own_hooks(module) or any(getattr(_module_hooks, f'_global{name}', None) for name in _HOOK_DICTS)
 
 
 def _fx_tracing() -> bool:

@@ -131,8 +131,7 @@ def calibrate_batch_norm(model: nn.Module, inputs: torch.Tensor, batch_size: int
         starts.pop()  # the last image joins the pass before it
     ends = starts[1:] + [len(inputs)]
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m, m.momentum, m.training, {k: None if b is None else b.clone() for k, b in m._buffers.items()})
-             for m in bns]
+    saved = [(m, m.momentum, m.training, {k: b.clone() for k, b in m.named_buffers(recurse=False)}) for m in bns]
     done = False
     try:
         for m in bns:
@@ -157,8 +156,7 @@ def calibrate_batch_norm(model: nn.Module, inputs: torch.Tensor, batch_size: int
             m.train(training)
             if not done:  # the statistics the model had, not the defaults a failed pass would leave
                 for k, b in buffers.items():
-                    if b is not None:
-                        m._buffers[k].copy_(b)
+                    getattr(m, k).copy_(b)
     return len(bns)
 
 
