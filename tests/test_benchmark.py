@@ -331,6 +331,7 @@ def test_cli_compile(tmp_path):
     (['--mode', 'train', '--variants', 'cuda_graph'], 'eager models only'),
     (['--variants', 'cuda_graph', '--compile'], 'drop --compile'),
     (['--input-size', '0'], 'must be positive'),
+    (['--models', 'resnet26_cifar', 'resnet26_cifar'], '--models names resnet26_cifar more than once; give each'),
 ] + ([] if torch.cuda.is_available() else [(['--device', 'cuda'], 'no CUDA GPU'),
                                             (['--variants', 'cuda_graph'], 'it needs --device cuda')]))
 def test_cli_errors_are_one_line(args, message, capsys):

@@ -144,6 +144,10 @@ def run(args: argparse.Namespace) -> int:
         raise BenchmarkError('--warmup must be >= 0 and --repeats >= 1')
     for name in args.models:
         validate_model_name(name)
+    repeated = sorted({name for name in args.models if args.models.count(name) > 1})
+    if repeated:  # the runner's "each contender needs its own label" names nothing the command line can set
+        raise BenchmarkError(f'--models names {", ".join(repeated)} more than once; give each model once (--variants '
+                             'times one model several ways)')
     sizes = args.batch_size or ([1, 8] if args.mode == 'infer' else [16])
     bad = [b for b in sizes if b < 1]
     if bad:
