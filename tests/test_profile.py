@@ -107,7 +107,8 @@ def test_parse_input_size(value, expected):
     assert parse_input_size(value) == expected
 
 
-@pytest.mark.parametrize('value', ['0', '320x', 'x240', '-3', 'big', (1, 2, 3), 2.5, True, '9999999999999', '224x70000'])
+@pytest.mark.parametrize('value', ['0', '320x', 'x240', '-3', 'big', (1, 2, 3), 2.5, True, '9999999999999',
+                                   '224x70000'])
 def test_bad_input_sizes_raise_an_scnet_error(value):
     with pytest.raises(InputSizeError):
         parse_input_size(value)

@@ -101,17 +101,19 @@ def report_file(text: str) -> str:
 
 
 _DATASET_KEYS = ('images', 'annotations', 'categories')
-#: The JSON files of a training run's folder, and the files that mark a folder as a run's.
+#: The JSON files of a training run's folder, and the files (with the run's lock) that mark a folder as a run's.
 _RUN_FILES = ('config.json', 'metrics.jsonl')
-_RUN_MARKERS = ('last.pt', 'model.safetensors', 'run.lock')
+_RUN_MARKERS = ('last.pt', 'model.safetensors')
 
 
 def _is_earlier_report(path: Path) -> bool:
     """Whether ``path`` holds what a command's report looks like, which a new one may replace: a JSON object
     that is not a COCO dataset, or a list of COCO results (``pose eval --results``). Anything else (notes,
     annotations, a list of something else) is someone's file. Read whole."""
+    from scnet.train.run_folder import LOCK_NAME
+
     if path.suffix == '.jsonl' or (path.name in _RUN_FILES and any((path.parent / name).exists()
-                                                                  for name in _RUN_MARKERS)):
+                                                                  for name in (*_RUN_MARKERS, LOCK_NAME))):
         return False  # a training run's own record (metrics.jsonl of one epoch is one JSON object)
     try:
         data = json.loads(path.read_bytes())

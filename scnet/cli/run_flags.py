@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional
 
 from scnet.cli.arg_types import non_negative_int, output_folder, positive_int, report_file, seed
 
@@ -53,13 +53,13 @@ def check_outputs_are_not_inputs(args: argparse.Namespace, outputs: Dict[str, st
     ``outputs`` and ``inputs`` map each argument's ``dest`` to its flag."""
     from scnet.errors import ScnetError
 
-    given = [(flag, getattr(args, dest, None)) for dest, flag in outputs.items()]
-    given = [(flag, path) for flag, path in given if path]
-    read = [(flag, getattr(args, dest, None)) for dest, flag in inputs.items()]
-    for k, (flag, path) in enumerate(given):
-        for other, other_path in [(f, p) for f, p in read if p] + given[k + 1:]:
+    def given(flags: Dict[str, str], what: str):
+        return [(flag, getattr(args, dest), what) for dest, flag in flags.items() if getattr(args, dest, None)]
+
+    written, read = given(outputs, 'also writes'), given(inputs, 'reads')
+    for k, (flag, path, _) in enumerate(written):
+        for other, other_path, what in read + written[k + 1:]:
             if Path(path).resolve() == Path(other_path).resolve():
-                what = 'reads' if (other, other_path) in read else 'also writes'
                 raise ScnetError(f'{flag} {path} is the file of {other}, which the command {what}: writing {flag} '
                                  f'would replace it; give {flag} another file name')
 

@@ -27,7 +27,7 @@ import typing
 from collections import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Generic, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, Generic, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 import yaml
 
@@ -405,32 +405,36 @@ class RecipeReader(Generic[R]):
         """The recipe of ``config`` with ``overrides`` (those not None) on top."""
         return self.build({**self.read(config), **self.overrides(overrides)})
 
-    def load_resumed(self, saved: Path, config: Optional[str], overrides: Mapping[str, Any]) -> R:
+    def load_resumed(self, saved: Path, config: Optional[str], overrides: Mapping[str, Any],
+                     load: Callable[..., R]) -> R:
         """The recipe that continues the run whose settings are ``saved`` (its ``config.json``).
 
         The run's own settings are the base and ``overrides`` (flags given now) change them. A ``config`` (a
-        recipe file) given too may only repeat them: a setting of it that differs from the run's and that no
-        flag sets now is refused, naming both values. Taking the file as the base instead, as a fresh run does,
-        would silently undo what flags changed in the run (an ``--epochs`` that extended it ends it early) and
-        reset every setting the file leaves out to its default.
+        recipe file) given too may only repeat them (``check_repeats``, which reads it with ``load``). Taking
+        the file as the base instead, as a fresh run does, would silently undo what flags changed in the run (an
+        ``--epochs`` that extended it ends it early) and reset every setting the file leaves out to its default.
         """
         base = typed_settings(self.recipe_type, self.read(str(saved)))
         given = self.overrides(overrides)
         if config:
-            self.check_repeats(saved, config, overrides)
+            self.check_repeats(saved, config, overrides, load)
         return self.build({**base, **given})
 
-    def check_repeats(self, saved: Path, config: str, overrides: Mapping[str, Any],
-                      settings: Optional[Mapping[str, Any]] = None,
-                      resumed: Optional[Mapping[str, Any]] = None) -> None:
+    def check_repeats(self, saved: Path, config: str, overrides: Mapping[str, Any], load: Callable[..., R], *,
+                      reread_run: bool = False) -> None:
         """Refuse a recipe file ``config`` given on ``--resume`` that changes a setting of the run (its
-        ``config.json``, ``saved``) that no flag (``overrides``) sets now, naming both values. ``settings``:
-        the file's settings as its loader reads them with ``overrides`` (a task's loader rescales the lr decay
-        points to ``--epochs``), else as written; ``resumed``: the run's, read the same way (else as saved)."""
-        base = resumed if resumed is not None else typed_settings(self.recipe_type, self.read(str(saved)))
+        ``config.json``, ``saved``) that no flag (``overrides``) sets now, naming both values.
+
+        The file is read by ``load`` (the loader of this kind of recipe) as a fresh run reads it with the same
+        flags (an ``--image-size`` also sets the evaluation resize; a task's ``--epochs`` moves the decay points),
+        so the command that started the run, with ``--resume`` added, passes. ``reread_run``: the run's settings
+        are read the same way (a task's resume moves the run's decay points with ``--epochs`` too), else as
+        saved."""
+        fresh = load(config, **overrides).to_dict()
+        settings = {k: fresh[k] for k in self.read(config) if k in fresh}
+        base = load(str(saved), **overrides).to_dict() if reread_run else \
+            typed_settings(self.recipe_type, self.read(str(saved)))
         given = self.overrides(overrides)
-        if settings is None:
-            settings = typed_settings(self.recipe_type, self.read(config))
         conflicts = [f'{key} {value!r} (the run: {base.get(key)!r})' for key, value in settings.items()
                      if key not in given and not _same_setting(key, value, base.get(key))]
         if conflicts:
@@ -488,11 +492,5 @@ def _keeping_resize_ratio(before: Dict[str, Any], layer: Dict[str, Any]) -> Dict
 
 def load_resumed_recipe(saved: Path, config: Optional[str] = None, **overrides: Any) -> Recipe:
     """The recipe continuing the run whose ``config.json`` is ``saved``: its settings, ``overrides`` (not None)
-    on top; ``config`` only where it repeats them (``RecipeReader.load_resumed``). The file is read as a fresh run
-    would read it with these flags (an ``--image-size`` also sets the evaluation resize it leaves out), so the
-    command that started the run, with ``--resume`` added, passes."""
-    if config:
-        fresh = load_recipe(config, **overrides).to_dict()
-        _READER.check_repeats(Path(saved), config, overrides,
-                              settings={k: fresh[k] for k in _READER.read(config) if k in fresh})
-    return _READER.load_resumed(Path(saved), None, overrides)
+    on top; ``config`` only where it repeats them (``RecipeReader.load_resumed``)."""
+    return _READER.load_resumed(Path(saved), config, overrides, load_recipe)

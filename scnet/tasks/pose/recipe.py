@@ -188,11 +188,7 @@ def check_resumed_pose_config(saved: Path, config: str, **overrides: Any) -> Non
     """On ``--resume``, refuse a ``--config`` that changes a setting of the run (its config.json, ``saved``)
     which no flag sets now: the run's own settings are the base (``RecipeReader.check_repeats``). The file is
     read as a fresh run would read it with these flags, so the same command line with ``--resume`` added passes."""
-    fresh = load_pose_recipe(config, **overrides).to_dict()
-    # the run read as the resume reads it: --epochs moves its decay points as it moves the file's
-    resumed = load_pose_recipe(str(saved), **overrides).to_dict()
-    _READER.check_repeats(saved, config, overrides, settings={k: fresh[k] for k in _READER.read(config) if k in fresh},
-                          resumed=resumed)
+    _READER.check_repeats(saved, config, overrides, load_pose_recipe, reread_run=True)
 
 
 def load_pose_recipe(config: Optional[str] = None, **overrides: Any) -> PoseRecipe:
