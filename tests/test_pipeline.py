@@ -237,8 +237,8 @@ def test_transforms_and_class_folders_name_what_cannot_work(tmp_path):
             Image.new('RGB', (8, 8)).save(tmp_path / cls / f'{i}.png')
     with pytest.raises(DataError, match='class folder.*without images: emu'):
         find_classes(str(tmp_path))  # a str is a path too
-    with pytest.raises(DataError, match=r'without images \(Found no valid file for the classes emu'):
-        CheckedImageFolder(tmp_path, classes=['cat', 'dog', 'emu'])  # (found by torchvision's one walk)
+    with pytest.raises(DataError, match='class folder.*without images: emu;'):
+        CheckedImageFolder(tmp_path, classes=['cat', 'dog', 'emu'])  # (found by the dataset's own walk)
     (tmp_path / 'emu').rmdir()
     assert find_classes(str(tmp_path)) == ['cat', 'dog']
     assert len(CheckedImageFolder(tmp_path, classes=['cat', 'dog'])) == 4
@@ -271,3 +271,58 @@ def test_pil_decoding_scales_sixteen_bit_grey_and_turns_photos_only_where_asked(
     from scnet.visual import load_image
 
     assert load_image(photo).size == (20, 40)
+
+
+def test_class_images_lists_like_torchvision_and_refuses_what_would_hang_or_repeat(tmp_path, monkeypatch):
+    import os
+
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+    from torchvision.datasets.folder import make_dataset as torchvision_make_dataset
+
+    from scnet.data.folders import DataError, class_images, find_classes
+
+    root = tmp_path / 'train'
+    for rel in ('cat/b.png', 'cat/a.png', 'cat/sub/z.png', 'cat/sub-x/y.png', 'cat/.hidden.png', 'cat/notes.txt',
+                'dog/d.png', '../elsewhere/e.png'):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new('RGB', (8, 8)).save(root / rel) if rel.endswith('.png') else (root / rel).write_text('x')
+    os.symlink(tmp_path / 'elsewhere', root / 'dog' / 'linked')  # a linked folder is followed, as torchvision does
+    os.symlink(root / 'missing.png', root / 'dog' / 'broken.png')  # a broken link stays, to fail when decoded
+    classes = {'cat': 0, 'dog': 1}
+    expected = torchvision_make_dataset(str(root), classes, extensions=IMG_EXTENSIONS)
+    assert CheckedImageFolder(root, classes=['cat', 'dog']).samples == expected
+    assert class_images(root / 'dog') == [p for p, c in expected if c == 1]
+    assert str(root / 'dog' / 'linked' / 'e.png') in class_images(root / 'dog')
+
+    os.symlink(root / 'cat', root / 'cat' / 'sub' / 'loop')  # torchvision's walk would list cat's images ~40 times
+    with pytest.raises(DataError, match=r'cat/sub/loop: a link to .*cat, a folder that contains it.*remove the link'):
+        class_images(root / 'cat')
+    with pytest.raises(DataError, match='a folder that contains it'):
+        CheckedImageFolder(root, classes=['cat', 'dog'])
+    with pytest.raises(DataError, match='a folder that contains it'):
+        find_classes(root)
+    (root / 'cat' / 'sub' / 'loop').unlink()
+
+    os.symlink(tmp_path / 'elsewhere', root / 'dog' / 'again')
+    with pytest.raises(DataError, match=r'dog/(again|linked) and .*dog/(again|linked) are the same folder'):
+        class_images(root / 'dog')
+    (root / 'dog' / 'again').unlink()
+
+    os.mkfifo(root / 'cat' / 'pipe.jpg')  # opening it would block the loader for ever
+    with pytest.raises(DataError, match=r'1 image name\(s\) that are not regular files .*cat/pipe.jpg; remove them'):
+        find_classes(root)
+    (root / 'cat' / 'pipe.jpg').unlink()
+    os.mkfifo(root / 'cat' / 'pipe.txt')  # not an image name: not read, not refused
+    assert len(class_images(root / 'cat')) == 5
+
+    (root / 'cat' / 'locked').mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path):  # what an unreadable folder gives (chmod does not stop root, who runs some CI)
+        if str(path).endswith('locked'):
+            raise PermissionError(13, 'Permission denied')
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, 'scandir', scandir)
+    with pytest.raises(DataError, match='cat/locked: cannot list this folder \\(Permission denied\\); fix its'):
+        class_images(root / 'cat')  # (torchvision's walk would leave its images out without a word)

@@ -109,6 +109,20 @@ def test_unreadable_images_stop_the_writing_or_are_left_out_and_listed(data, tmp
     assert index['skipped'] == ['train/dot/003.png'] and index['splits']['train']['images'] == 35
 
 
+def test_a_fifo_or_a_link_loop_among_the_images_is_named_before_any_shard(data, tmp_path, capsys):
+    """Both would hang or repeat the packing: the folder walk training uses names them first."""
+    import os
+
+    out = tmp_path / 'shards'
+    os.mkfifo(data / 'train' / 'dot' / 'pipe.png')
+    assert main(['shards', str(data), str(out), '--quiet']) == 2
+    assert 'not regular files' in capsys.readouterr().err and not list(out.glob('*.tar'))
+    (data / 'train' / 'dot' / 'pipe.png').unlink()
+    os.symlink(data / 'val', data / 'val' / 'ring' / 'back')
+    assert main(['shards', str(data), str(out), '--quiet']) == 2
+    assert 'a folder that contains it' in capsys.readouterr().err and not list(out.glob('*.tar'))
+
+
 def test_a_shard_cut_short_since_it_was_written_is_written_again(data, tmp_path, capsys):
     out = tmp_path / 'shards'
     assert main(['shards', str(data), str(out), '--shard-size', '5KB', '--quiet']) == 0

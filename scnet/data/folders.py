@@ -34,7 +34,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from scnet.errors import ScnetError
 
-__all__ = ['DataError', 'BadImageError', 'find_classes', 'split_folders', 'DECODERS', 'available_decoders',
+__all__ = ['DataError', 'BadImageError', 'class_images', 'find_classes', 'split_folders', 'DECODERS', 'available_decoders',
            'default_decoder', 'decode_rgb', 'decode_rgb_tensor', 'decode_rgb_bytes', 'CheckedImageFolder',
            'decode_checked', 'seeded_transform', 'collate_skipping_bad']
 
@@ -60,15 +60,63 @@ def _class_folders(folder: Path) -> List[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith('.'))
 
 
+def class_images(folder: Path) -> List[str]:
+    """Paths of the image files below one class folder, in the order torchvision's ``make_dataset`` lists
+    them (folders by path, files by name), linked folders followed as it does.
+
+    Written here rather than using ``os.walk(followlinks=True)`` (what torchvision runs) because that walk
+    trusts the folder: a link back to an ancestor is followed until the path is too long, so every image
+    is counted dozens of times without a word; a folder it cannot list is skipped silently; and a FIFO
+    named ``x.jpg`` becomes a sample that blocks the loader for ever. Each of these is a ``DataError`` here,
+    naming the path. A broken link stays a sample: reading it fails like any unreadable image (and
+    ``skip_bad_images`` skips it). Directory entries' types come from the listing, so files are not stat'ed.
+    """
+    top = os.fspath(folder)
+    listed: List[Tuple[str, List[str]]] = []
+    blocking: List[str] = []
+    seen = {os.path.realpath(top): top}
+    pending = [(top, (os.path.realpath(top),))]
+    while pending:
+        path, ancestors = pending.pop()
+        try:
+            entries = list(os.scandir(path))
+        except OSError as e:
+            raise DataError(f'{path}: cannot list this folder ({e.strerror or e}); fix its permissions or '
+                            'remove it') from None
+        files = []
+        for entry in entries:
+            if entry.is_dir():  # a link to a folder counts, as in torchvision's walk
+                real = os.path.realpath(entry.path)
+                if real in ancestors:
+                    raise DataError(f'{entry.path}: a link to {real}, a folder that contains it: following it '
+                                    'never ends (torchvision would read its images over and over); remove the link')
+                if real in seen:
+                    raise DataError(f'{entry.path} and {seen[real]} are the same folder ({real}): its images '
+                                    'would be read twice; remove one of them')
+                seen[real] = entry.path
+                pending.append((entry.path, (*ancestors, real)))
+            elif _is_image(entry.name):
+                if entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path)):
+                    files.append(entry.name)
+                else:
+                    blocking.append(entry.path)
+        listed.append((path, sorted(files)))
+    if blocking:
+        raise DataError(f'{len(blocking)} image name(s) that are not regular files (a FIFO, socket or device, '
+                        f'which a reader would wait on for ever): {", ".join(sorted(blocking)[:5])}; remove them')
+    return [os.path.join(path, name) for path, files in sorted(listed) for name in files]
+
+
 def find_classes(folder: Path) -> List[str]:
-    """Sorted class folder names of ``folder``; an error names every class folder without an image."""
+    """Sorted class folder names of ``folder``; an error names every class folder without an image, and
+    every problem ``class_images`` finds."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f'{folder}: no such folder')
     classes = _class_folders(folder)
     if not classes:
         raise DataError(f'{folder}: no class folders; expected {folder}/<class>/<image files>')
-    empty = [c for c in classes if not any(_is_image(f) for _, _, files in os.walk(folder / c) for f in files)]
+    empty = [c for c in classes if not class_images(folder / c)]
     if empty:
         raise DataError(f'{folder}: class folder(s) without images: {", ".join(empty)}; add images or remove '
                         f'them (image types: {", ".join(IMG_EXTENSIONS)})')
@@ -217,10 +265,7 @@ class CheckedImageFolder(ImageFolder):
         self.skip_bad_images = skip_bad_images
         self.augment_seed: Optional[int] = None
         self.epoch = 0
-        try:
-            super().__init__(str(root), transform=transform)
-        except FileNotFoundError as e:  # torchvision's make_dataset: a fixed class whose folder holds no image
-            raise DataError(f'{root}: class folder(s) without images ({e}); add images or remove them') from None
+        super().__init__(str(root), transform=transform)
 
     def find_classes(self, directory: str):
         """``(classes, class -> index)``: the fixed ``classes`` when given, else the folder's own. With fixed
@@ -240,6 +285,19 @@ class CheckedImageFolder(ImageFolder):
                 raise DataError(f'{directory}: class folder(s) {", ".join(extra[:5])} beyond the {len(classes)} '
                                 'classes given; their images would be left out: remove them or give all classes')
         return classes, {c: i for i, c in enumerate(classes)}
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        """``(path, class index)`` of every image, from ``class_images`` (torchvision's order, its checks)."""
+        samples, empty = [], []
+        for name in sorted(class_to_idx):
+            found = class_images(Path(directory) / name)
+            empty += [] if found or allow_empty else [name]
+            samples += [(path, class_to_idx[name]) for path in found]
+        if empty:
+            raise DataError(f'{directory}: class folder(s) without images: {", ".join(empty)}; add images or '
+                            'remove them')
+        return samples
 
     def __getitem__(self, index: int):
         path, target = self.samples[index]

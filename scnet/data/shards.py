@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from scnet.data.folders import DataError, _is_image, split_folders
+from scnet.data.folders import DataError, class_images, split_folders
 
 __all__ = ['ShardsError', 'SPLITS', 'INDEX_NAME', 'CLASSES_NAME', 'PLAN_NAME', 'parse_size', 'plan_shards',
            'write_shards', 'read_index']
@@ -77,12 +77,9 @@ class _Sample:
 def _samples(folder: Path, root: Path, classes: Sequence[str]) -> List[_Sample]:
     samples = []
     for label, name in enumerate(classes):
-        for dirpath, dirnames, files in os.walk(folder / name):
-            dirnames.sort()
-            for file in sorted(files):
-                if _is_image(file):
-                    path = Path(dirpath) / file
-                    samples.append(_Sample(str(path.relative_to(root)), label, path.stat().st_size))
+        for file in class_images(folder / name):  # the images training reads from the folder, in its order
+            path = Path(file)
+            samples.append(_Sample(str(path.relative_to(root)), label, path.stat().st_size))
     return samples
 
 
