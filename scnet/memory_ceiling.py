@@ -9,9 +9,9 @@ allocate memory" error, and the command reports it in one line with the sizes to
 such a ceiling; it is one ``setrlimit`` call, and the free memory is read from the kernel's own figures.
 
 The ceiling counts address space, not pages in use: what the process has reserved but never touched is
-already in what it maps now, and the threads that start later may reserve up to one glibc malloc arena each
-(64 MiB), so the ceiling sits ``SLACK_PER_CPU`` per CPU above the free memory, and no more: address space
-allowed beyond that could be filled, and the kernel would kill the process before the allocator failed.
+already in what it maps now, and each thread that starts later may reserve one glibc malloc arena, so the
+ceiling sits one arena's reservation per CPU (``SLACK_PER_CPU``) above the free memory, and no more: address
+space allowed beyond that could be filled, and the kernel would kill the process before the allocator failed.
 Only on Linux and only without CUDA: the CUDA driver reserves far more address space than memory (a
 ceiling would stop it starting), and a GPU's own allocator already raises its out-of-memory error.
 ``SCNET_MEMORY_CEILING=off`` leaves the process as it is; so does a lower ceiling the user set.
