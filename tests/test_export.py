@@ -306,6 +306,33 @@ def test_cli_builds_the_network_the_checkpoint_records(tmp_path, capsys):
                           'scnet26_cifar' in err
 
 
+def test_cli_weights_of_other_widths_recording_nothing_name_the_widths_and_take_model_kwargs(tmp_path, capsys):
+    """Weights saved from Python (no metadata) of a narrower network: the error reads the widths off the weights
+    and gives the flag that builds it; with the flag the file computes the trained network."""
+    import json as _json
+
+    trained = randomise_bns(scnet.create_model('scnet26_cifar', num_classes=3, channels=(8, 16, 32, 64))).eval()
+    bare = save_state_dict(trained.state_dict(), tmp_path / 'bare.safetensors')
+    out_file = tmp_path / 'net.pt2'
+    argv = ['--model', 'scnet26_cifar', '--checkpoint', str(bare), '--format', 'exported', '--output', str(out_file),
+            '--input-size', '16']
+    code, _, err = export_cli(capsys, *argv)
+    assert code == 2 and err.count('\n') == 1 and not out_file.exists()
+    assert err.startswith(f'scnet export: error: {bare} does not fit scnet26_cifar: it fits with channels=(8, 16, 32, '
+                          '64), which it does not record: pass --model-kwargs channels=8,16,32,64; keys: ')
+    code, _, err = export_cli(capsys, *argv, '--model-kwargs', 'channels=8,16,32,64')
+    assert code == 0, err
+    assert _json.loads((tmp_path / 'net.pt2.json').read_text())['model_kwargs'] == {'channels': [8, 16, 32, 64]}
+    x = torch.randn(2, 3, 16, 16)
+    assert check_parity(trained, load_exported(out_file, 'exported'), x) < 1e-4
+    with pytest.raises(SystemExit) as usage_error:
+        export_cli(capsys, *argv, '--model-kwargs', 'channels')
+    err = capsys.readouterr().err
+    assert usage_error.value.code == 2 and "argument --model-kwargs: 'channels' is not KEY=VALUE (e.g. " in err
+    code, _, err = export_cli(capsys, *argv, '--force', '--model-kwargs', 'channels=8,16,32,64', 'colour=2')
+    assert code == 2 and err.count('\n') == 1 and 'colour' in err  # an option no network takes: one line
+
+
 def test_check_parity_refuses_a_model_in_training_mode(tiny, tmp_path):
     """In training mode batch norm would use and change batch statistics: a false difference, and the
     model's running statistics changed by a check."""

@@ -725,6 +725,18 @@ def test_eval_names_the_model_a_checkpoint_belongs_to_or_says_in_one_line_that_i
     err = capsys.readouterr().err
     assert err.startswith(f'scnet eval: error: {bare} does not fit resnet26_cifar: pass the --model it was trained '
                           'as') and len(err.strip().splitlines()) == 1 and 'not in the network (e.g. ' in err
+    # the right model, other widths, nothing recorded: the widths are read off the weights, with the flag to pass
+    assert main(['eval', '--model', 'scnet26_cifar', '--checkpoint', str(bare), *common]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'scnet eval: error: {bare} does not fit scnet26_cifar: it fits with channels=(8, 16, 32, '
+                          '64), which it does not record: pass --model-kwargs channels=8,16,32,64; keys: ')
+    assert main(['eval', '--model', 'scnet26_cifar', '--checkpoint', str(bare), '--image-size', '16', '--resize',
+                 '16', '--format', 'json', *common, '--model-kwargs', 'channels=8,16,32,64', 'memory_efficient=False']) == 0
+    with_flag = json.loads(capsys.readouterr().out)
+    assert main(['eval', '--model', 'scnet26_cifar', '--checkpoint', str(ours), '--format', 'json', *common]) == 0
+    recorded = json.loads(capsys.readouterr().out)
+    assert with_flag['model_kwargs'] == {'channels': [8, 16, 32, 64], 'memory_efficient': False}
+    assert (with_flag['top1'], with_flag['loss']) == (recorded['top1'], recorded['loss'])
     # --init with weights of another network: the same one line
     assert main(train_args(data, recipe, tmp_path / 'run', '--model', 'resnet26_cifar', '--init', str(ours))) == 2
     err = capsys.readouterr().err

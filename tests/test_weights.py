@@ -460,7 +460,11 @@ def test_key_report_names_the_network_not_num_classes_when_the_body_differs(kwar
     with pytest.raises(CheckpointError) as info, warnings.catch_warnings(record=True) as said:
         warnings.simplefilter('always')
         scnet.create_model(name, checkpoint=str(path), **kwargs)
-    assert 'check that the model name and its arguments (channels=, stem, in_chans) match' in str(info.value)
+    if kwargs.get('channels'):  # the network asked for, at other widths: the widths of the weights are named
+        assert 'its stages are channels=(32, 64, 128, 256) wide, where this scnet26_cifar has (16, 32, 64, 128)' \
+            in str(info.value)
+    else:
+        assert 'check that the model name and its arguments (channels=, stem, in_chans) match' in str(info.value)
     assert 'num_classes=' not in str(info.value)
     # nor a warning, before the error, that the classifier is being replaced for fine-tuning
     assert not [w for w in said if 'classifier' in str(w.message)], [str(w.message) for w in said]
@@ -604,3 +608,24 @@ def test_save_state_dict_names_what_it_cannot_write_and_copies_shared_tensors(tm
     with pytest.raises(InvalidArgumentTypeError, match="'epoch' is not one: json.dumps the value"):
         save_state_dict({'w': torch.ones(1)}, tmp_path / 'x.safetensors', metadata={'epoch': 3})
     assert not (tmp_path / 'x.safetensors').exists()
+
+
+@pytest.mark.parametrize('name', ['scnet26_cifar', 'resnet26'])
+def test_weights_of_other_widths_recording_nothing_name_the_channels_that_fit(name, tmp_path):
+    """Weights of a narrower network saved without their options: the error reads the per-stage widths off them
+    (confirmed on a network built on the meta device) and names the argument; with it they load exactly."""
+    narrow = scnet.create_model(name, num_classes=4, channels=(8, 16, 32, 64))
+    path = save_state_dict(narrow.state_dict(), tmp_path / 'narrow.safetensors')
+    for kwargs in (dict(), dict(num_classes=6)):  # a new classifier too (fine-tuning from narrow weights)
+        with pytest.raises(scnet.weights.fit.WeightsMismatchError) as info:
+            scnet.create_model(name, checkpoint=str(path), **kwargs)
+        assert str(info.value).startswith(f'{path} does not fit {name}: its stages are channels=(8, 16, 32, 64) wide, '
+                                          'where this')
+        assert info.value.fitting_options == {'channels': (8, 16, 32, 64)}
+    loaded = scnet.create_model(name, checkpoint=str(path), channels=(8, 16, 32, 64))
+    assert all(torch.equal(v, narrow.state_dict()[k]) for k, v in loaded.state_dict().items())
+    # weights that no width fits (another network): no such hint
+    other = save_state_dict(scnet.create_model('resnet26_cifar', num_classes=4).state_dict(), tmp_path / 'o.safetensors')
+    with pytest.raises(scnet.weights.fit.WeightsMismatchError) as info:
+        scnet.create_model('scnet26_cifar', checkpoint=str(other))
+    assert info.value.fitting_options is None and 'check that the model name' in str(info.value)

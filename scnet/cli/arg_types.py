@@ -136,3 +136,25 @@ def output_folder(text: str) -> str:
             raise argparse.ArgumentTypeError(f'{text} {what}, not a folder; choose another output folder')
     _check_writable(text, path)
     return text
+
+
+class ModelKwargs(argparse.Action):
+    """``--model-kwargs KEY=VALUE ...``: model options as timm's scripts take them (``timm.utils.ParseKwargs``:
+    each value a Python literal, else a string), with a malformed item reported as a usage error naming it
+    where timm's action raises a ValueError from inside argparse."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from timm.utils import ParseKwargs
+
+        malformed = [v for v in values if '=' not in v or not v.split('=', 1)[0].isidentifier()]
+        if malformed:
+            raise argparse.ArgumentError(self, f'{malformed[0]!r} is not KEY=VALUE (e.g. channels=16,32,64,128)')
+        ParseKwargs(self.option_strings, self.dest)(parser, namespace, values, option_string)
+
+
+def add_model_kwargs_flag(parser: argparse.ArgumentParser) -> None:
+    """``--model-kwargs``: options of the network that its checkpoint does not record (a ``scnet train``
+    checkpoint records them; weights saved otherwise do not)."""
+    parser.add_argument('--model-kwargs', nargs='+', action=ModelKwargs, default={}, metavar='KEY=VALUE',
+                        help='create_model options for weights that do not record them, e.g. channels=16,32,64,128 '
+                             '(each value a Python literal; they override what the checkpoint records)')

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from scnet.cli.arg_types import positive_int
+from scnet.cli.arg_types import add_model_kwargs_flag, positive_int
 from scnet.cli.formatting import render_table
 from scnet.cli.run_flags import add_eval_flags, add_quiet_flag, add_report_flags, write_report
 
@@ -28,6 +28,7 @@ def add_parser(sub) -> None:
                    help='short side before the crop (default: the checkpoint\'s, else 256; scaled with a '
                         'changed --image-size: 37 for 32 where the checkpoint has 256 for 224)')
     p.add_argument('--skip-bad-images', action='store_true', help='skip unreadable images instead of stopping')
+    add_model_kwargs_flag(p)
     add_quiet_flag(p)
     p.set_defaults(run=run)
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(args.model, Path(args.checkpoint), Path(args.data), batch_size=args.batch_size,
                                  workers=args.workers, device=args.device, image_size=args.image_size,
                                  eval_resize=args.resize, skip_bad_images=args.skip_bad_images,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, model_kwargs=args.model_kwargs)
     # printed first: a --output that cannot be written then loses no evaluation
     if args.format == 'json':
         print(json.dumps(result, indent=2), flush=True)

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
+from scnet.cli.arg_types import add_model_kwargs_flag
+
 _DESCRIPTION = """\
 Build a network of the zoo (optionally with a checkpoint), fold its BatchNorms into the convolutions
 (scnet.deploy; --no-deploy exports it as built), export it, load the file back in its runtime and compare
@@ -62,6 +64,7 @@ def add_parser(sub) -> None:
     p.add_argument('--no-deploy', action='store_true',
                    help='export the network as built, without folding its BatchNorms into the convolutions')
     p.add_argument('--force', action='store_true', help='replace FILE (and FILE.json) if they exist')
+    add_model_kwargs_flag(p)
     p.set_defaults(run=run)
 
 
@@ -82,7 +85,7 @@ def _size(n_bytes: int) -> str:
     return f'{n_bytes / 2 ** 20:.1f} MiB'
 
 
-def _build(name: str, checkpoint, num_classes, meta):
+def _build(name: str, checkpoint, num_classes, meta, model_kwargs=None):
     """The network with its checkpoint's weights, built with the model options the checkpoint records
     (``meta``: what ``scnet train`` wrote beside the weights, as ``scnet eval`` reads it).
 
@@ -96,13 +99,14 @@ def _build(name: str, checkpoint, num_classes, meta):
     that do not fit the network say so with this command's way out (``--model``)."""
     from scnet.export import ExportError
     from scnet.models import create_model
+    from scnet.train.checkpoint_eval import model_kwargs_way_out
     from scnet.train.classifier_checkpoint import other_model_message
     from scnet.weights.fit import WeightsMismatchError
 
     other = other_model_message(checkpoint, meta.get('model'), name, f'pass --model {meta.get("model")}')
     if other:
         raise ExportError(other)
-    model_kwargs = dict(meta.get('model_kwargs') or {})
+    model_kwargs = {**(meta.get('model_kwargs') or {}), **(model_kwargs or {})}  # --model-kwargs over the record
 
     if checkpoint and num_classes:
         from scnet.weights import read_checkpoint
@@ -123,8 +127,8 @@ def _build(name: str, checkpoint, num_classes, meta):
         raise ExportError(f'{checkpoint}: its model options {model_kwargs} do not fit {name} ({e}); pass the '
                           '--model it was trained as') from None
     except WeightsMismatchError as e:
-        raise e.with_way_out(f'pass the --model it was trained as (`scnet models` lists them), or a checkpoint '
-                             f'of {name}', name=name) from None
+        raise e.with_way_out(model_kwargs_way_out(e) or f'pass the --model it was trained as (`scnet models` lists '
+                             f'them), or a checkpoint of {name}', name=name) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -154,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     from scnet.weights.io import checkpoint_file
 
     meta = checkpoint_metadata(checkpoint_file(args.checkpoint)) if args.checkpoint else {}
-    model = _build(args.model, args.checkpoint, args.num_classes, meta).eval()
+    model = _build(args.model, args.checkpoint, args.num_classes, meta, args.model_kwargs).eval()
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     recorded_size = (meta['image_size'],) * 2 if meta.get('image_size') else None
     h, w = parse_input_size(args.input_size) if args.input_size else (
@@ -185,7 +189,8 @@ def run(args: argparse.Namespace) -> int:
     classes = int(getattr(model, 'num_classes', out_shape[-1]))
 
     data = {
-        'model': args.model, 'checkpoint': args.checkpoint, 'format': args.format, 'output': str(output),
+        'model': args.model, 'checkpoint': args.checkpoint, 'model_kwargs': args.model_kwargs,
+        'format': args.format, 'output': str(output),
         'file_bytes': output.stat().st_size, 'runtime': loaded.runtime, 'input_shape': list(x.shape),
         'dynamic_batch': True, 'deployed': not args.no_deploy,
         'folded_bns': deploy_report.folded_count if deploy_report else 0,

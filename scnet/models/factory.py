@@ -8,11 +8,13 @@ either layout safely and reports keys that do not fit.
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 import warnings
-from typing import Iterable, List, Optional, Union
+from typing import Iterable, List, Mapping, Optional, Tuple, Union
 
 import timm
+import torch
 from torch import nn
 
 from scnet.errors import (CheckpointError, InvalidArgumentError, InvalidArgumentTypeError, ScnetError,
@@ -24,6 +26,8 @@ from scnet.models.zoo import (SC_OPTIONS, ZOO_ARCHITECTURES, check_model_argumen
                               feature_levels)
 from scnet.name_patterns import as_patterns, matches_any
 from scnet.weights import load_into, read_checkpoint
+from scnet.weights.fit import WeightsMismatchError
+from scnet.weights.io import loadable
 
 __all__ = ['PAPER_MODELS', 'BASELINES', 'create_model', 'list_models', 'validate_model_name']
 
@@ -158,6 +162,40 @@ def _recorded_options(name: str, checkpoint) -> dict:
     return dict(recorded.model_kwargs or {})
 
 
+def _stage_widths(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Optional[Tuple[int, ...]]:
+    """The ``channels`` (per-stage widths) that ``state_dict`` says for a ResNet like ``model``: each stage's
+    output width (its first block's last convolution) over the blocks' expansion; None where it does not say."""
+    widths = []
+    for stage in itertools.count(1):
+        block = getattr(model, f'layer{stage}', [None])[0]
+        if block is None:
+            break
+        last = 'conv3' if hasattr(block, 'conv3') else 'conv2'
+        weight = state_dict.get(f'layer{stage}.0.{last}.weight')
+        expansion = getattr(block, 'expansion', 1)
+        if weight is None or weight.dim() != 4 or weight.shape[0] % expansion:
+            return None
+        widths.append(int(weight.shape[0]) // expansion)
+    return tuple(widths) or None
+
+
+def _widths_that_fit(name: str, model: nn.Module, state_dict: Mapping[str, torch.Tensor], kwargs: dict,
+                     num_classes: int, new_head: bool) -> Optional[Tuple[int, ...]]:
+    """The other ``channels`` with which ``name`` has exactly the keys and shapes of ``state_dict`` (None: none):
+    weights of a network built narrower or wider, saved without the options that built it. Read off the
+    weights' stage widths and confirmed by building that network on the meta device (no memory, no init)."""
+    widths = _stage_widths(state_dict, model)
+    if widths is None or widths == _stage_widths(model.state_dict(), model):
+        return None
+    try:
+        with torch.device('meta'):
+            other = timm.create_model(name, num_classes=num_classes, **{**kwargs, 'channels': widths})
+        loadable(other, state_dict, new_head=new_head)
+    except (ScnetError, TypeError, ValueError, RuntimeError):
+        return None
+    return widths
+
+
 def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] = None,
                  num_classes: Optional[int] = None, **kwargs) -> nn.Module:
     """Build a network of the zoo.
@@ -251,7 +289,16 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
             raise
         raise error from None
     if state_dict is not None:
-        load_into(model, state_dict, source=str(checkpoint), new_head=new_head)
+        try:
+            load_into(model, state_dict, source=str(checkpoint), new_head=new_head)
+        except WeightsMismatchError as e:
+            widths = _widths_that_fit(name, model, state_dict, kwargs, num_classes, new_head)
+            if widths is None:
+                raise
+            raise WeightsMismatchError(
+                e.source, name, f'its stages are channels={widths} wide, where this {name} has '
+                f'{_stage_widths(model.state_dict(), model)}, and it records no model options: pass channels={widths}',
+                e.keys, {'channels': widths}) from None
         # said once the body has loaded: a checkpoint of another network fails above with its own error, and
         # announcing a fine-tuning head before that error would point the user the wrong way
         if new_head and num_classes:  # num_classes=0 (a backbone) drops the head on purpose

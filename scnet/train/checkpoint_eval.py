@@ -21,13 +21,24 @@ from scnet.train.classifier_checkpoint import other_model_message, read_classifi
 from scnet.train.loop import evaluate
 from scnet.train.sampling import StridedSampler
 
-__all__ = ['checkpoint_metadata', 'evaluate_checkpoint']
+__all__ = ['checkpoint_metadata', 'evaluate_checkpoint', 'model_kwargs_way_out']
 
 
 def checkpoint_metadata(path: Path) -> Dict[str, Any]:
     """Model name, classes, input settings and model options recorded with a checkpoint: the fields of its
     ``ClassifierMetadata`` that it records ({} if none)."""
     return read_classifier_metadata(path).known()
+
+
+def model_kwargs_way_out(error) -> Optional[str]:
+    """The advice for weights that fit their network with other options (``WeightsMismatchError
+    .fitting_options``), as the ``--model-kwargs`` of ``scnet eval`` and ``scnet export``; None when none do."""
+    if not error.fitting_options:
+        return None
+    flags = ' '.join(f'{k}=' + (','.join(map(str, v)) if isinstance(v, (tuple, list)) else repr(v))
+                     for k, v in error.fitting_options.items())
+    found = ', '.join(f'{k}={v}' for k, v in error.fitting_options.items())
+    return f'it fits with {found}, which it does not record: pass --model-kwargs {flags}'
 
 
 def _build(model_name: str, checkpoint: Path, model_kwargs: Dict[str, Any]):
@@ -43,7 +54,7 @@ def _build(model_name: str, checkpoint: Path, model_kwargs: Dict[str, Any]):
         raise CheckpointError(f'{checkpoint}: its model options {model_kwargs} do not fit {model_name} ({e}); '
                               f'{way_out}') from None
     except WeightsMismatchError as e:
-        raise e.with_way_out(way_out, name=model_name) from None
+        raise e.with_way_out(model_kwargs_way_out(e) or way_out, name=model_name) from None
 
 
 def _class_folder(data: Path) -> Path:
@@ -54,9 +65,10 @@ def _class_folder(data: Path) -> Path:
 def evaluate_checkpoint(model_name: Optional[str], checkpoint: Path, data: Path, *, batch_size: int = 64,
                         workers: int = 4, device: str = 'auto', image_size: Optional[int] = None,
                         eval_resize: Optional[int] = None, skip_bad_images: bool = False,
-                        progress: bool = True) -> Dict[str, Any]:
+                        progress: bool = True, model_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Top-1 / top-5 / loss of ``checkpoint`` (built as ``model_name``; None: the model it records) on the
-    images under ``data``."""
+    images under ``data``. ``model_kwargs``: ``create_model`` options over those the checkpoint records (for
+    weights saved without them, e.g. other ``channels``)."""
     from scnet.data.sources import open_eval_data
 
     for name, value, least in (('batch_size', batch_size, 1), ('workers', workers, 0),
@@ -103,7 +115,7 @@ def evaluate_checkpoint(model_name: Optional[str], checkpoint: Path, data: Path,
             raise DataError(f'{folder}: its classes do not match the checkpoint\'s (only in the checkpoint: '
                             f'{", ".join(only_ckpt[:10]) or "-"}; only in the data: '
                             f'{", ".join(only_data[:10]) or "-"})')
-        model = _build(model_name, checkpoint, meta.get('model_kwargs', {}))
+        model = _build(model_name, checkpoint, {**meta.get('model_kwargs', {}), **(model_kwargs or {})})
         num_classes = getattr(model, 'num_classes', None)
         if saved is None and num_classes != len(classes):
             raise DataError(f'{folder}: {len(classes)} classes, but the checkpoint has {num_classes} classes '
@@ -117,4 +129,5 @@ def evaluate_checkpoint(model_name: Optional[str], checkpoint: Path, data: Path,
     return {'model': model_name, 'checkpoint': str(checkpoint), 'data': str(folder),
             'top1': result['val_top1'], 'top5': result['val_top5'], 'loss': result['val_loss'],
             'images': result['val_images'], 'skipped_images': result['val_skipped_images'],
-            'classes': len(classes), 'image_size': size, 'eval_resize': resize}
+            'classes': len(classes), 'image_size': size, 'eval_resize': resize,
+            **({'model_kwargs': model_kwargs} if model_kwargs else {})}

@@ -8,7 +8,7 @@ helping to choose the right checkpoint or ``--model``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
@@ -23,13 +23,17 @@ class WeightsMismatchError(CheckpointError):
     its parts, so that a command that knows a better way out (``--model``, ``--init``, ``--backbone-checkpoint``)
     says it with ``with_way_out`` instead of reading the file and building the network again to compare."""
 
-    def __init__(self, source: Union[str, Path], name: str, way_out: str, keys: str) -> None:
+    def __init__(self, source: Union[str, Path], name: str, way_out: str, keys: str,
+                 fitting_options: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(f'{source} does not fit {name}: {way_out}; keys: {keys}')
         self.source, self.name, self.way_out, self.keys = source, name, way_out, keys
+        #: model options with which the same network fits the weights exactly (``{'channels': (...)}``), where
+        #: they were found: a command says how to pass them its own way.
+        self.fitting_options = fitting_options
 
     def with_way_out(self, way_out: str, name: Optional[str] = None) -> 'WeightsMismatchError':
         """The same mismatch, of the network ``name`` (default: as before), with ``way_out`` as the advice."""
-        return WeightsMismatchError(self.source, name or self.name, way_out, self.keys)
+        return WeightsMismatchError(self.source, name or self.name, way_out, self.keys, self.fitting_options)
 
 
 def misfit(source: Union[str, Path], name: str, own: Mapping[str, torch.Tensor],

@@ -213,10 +213,17 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sourc
     to keep the model's own, freshly initialised one (fine-tuning on other classes). The first convolution is
     adapted to a model built for other input channels (``in_chans``), as timm adapts pretrained weights.
     """
+    model.load_state_dict(loadable(model, state_dict, source=source, new_head=new_head), strict=not new_head)
+
+
+def loadable(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = 'checkpoint',
+             new_head: bool = False) -> Dict[str, torch.Tensor]:
+    """What ``load_into`` copies into ``model`` (the first convolution adapted, the classifier left out where
+    it would be), after the same check; nothing is copied, so ``model`` may live on the meta device."""
     own = model.state_dict()
     state_dict = adapt_first_conv(model, dict(state_dict), own)
     if new_head or 'fc.weight' not in own:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith('fc.')}
         own = {k: v for k, v in own.items() if not k.startswith('fc.')}
     check_fit(source, 'the model', own, state_dict)
-    model.load_state_dict(state_dict, strict=not new_head)
+    return state_dict
