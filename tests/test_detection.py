@@ -393,11 +393,37 @@ def test_authors_checkpoint_loads_into_the_backbone(tmp_path):
     assert _body_matches(model, ours, [k for k in ours if not k.startswith('fc.') and 'num_batches' not in k])
 
 
+def test_a_backbone_checkpoint_of_other_widths_replaces_the_recipes_and_the_run_resumes_as_started(
+        tiny, tmp_path, capsys):
+    """shapes' narrow widths belong to the scnet26 it trains from scratch: a classification checkpoint records
+    its own, which the backbone is built with (said in a note), and the run resumes with the command that
+    started it (config.json keeps the recipe's options as given, and those built with apart)."""
+    torch.manual_seed(0)
+    classifier = scnet.create_model('scnet26', num_classes=3, channels=(8, 16, 32, 64))
+    path = save_state_dict(classifier.state_dict(), tmp_path / 'cls' / 'model.safetensors',
+                           metadata={'model': 'scnet26', 'model_kwargs': json.dumps({'channels': [8, 16, 32, 64]})})
+    run = tmp_path / 'run'
+    argv = [*tiny_args(), '--backbone-checkpoint', str(path)]
+    assert detect_train(tiny, run, *argv, '--epochs', '1') == 0  # (the last --epochs counts)
+    err = capsys.readouterr().err
+    assert "note: scnet26 is built as" in err and "{'channels': [8, 16, 32, 64]}, not with the recipe's " \
+        "{'channels': [16, 32, 64, 128]}" in err
+    config = json.loads((run / 'config.json').read_text())
+    assert config['backbone_kwargs'] == {'channels': [16, 32, 64, 128]}
+    assert config['resolved_backbone_kwargs'] == {'channels': [8, 16, 32, 64]}
+    detector, meta = load_detector(run / 'model.safetensors')
+    assert meta.backbone_kwargs == {'channels': [8, 16, 32, 64]}
+    assert detector.backbone.body.layer1[0].conv3.weight.shape[0] == 32  # 8 x 4: the checkpoint's widths
+    assert detect_train(tiny, run, *argv, '--resume') == 0, capsys.readouterr().err
+    assert [row['epoch'] for row in read_metrics(run)] == [1, 2]
+
+
 def test_wrong_backbone_checkpoints_are_named(tiny, tmp_path, capsys):
     path = save_state_dict(scnet.create_model('resnet26_cifar', num_classes=3).state_dict(),
                            tmp_path / 'model.safetensors', metadata={'model': 'resnet26_cifar'})
     assert detect_train(tiny, tmp_path / 'a', *tiny_args(), '--backbone-checkpoint', str(path)) == 2
-    assert 'holds a resnet26_cifar, not a scnet26' in capsys.readouterr().err
+    assert 'holds weights of resnet26_cifar (recorded in it), not of scnet26: pass --backbone resnet26_cifar' \
+        in capsys.readouterr().err
     assert detect_train(tiny, tmp_path / 'b', *tiny_args(), '--backbone-checkpoint', str(tmp_path / 'nope.pth')) == 2
     assert 'no such backbone checkpoint' in capsys.readouterr().err
     assert main(['detect', 'eval', '--checkpoint', str(path), '--val-ann', str(tiny.val_ann), '--val-images',

@@ -370,6 +370,38 @@ def test_resume_refuses_a_config_that_changes_the_runs_settings(tmp_path, capsys
     assert sorted(p.name for p in run.iterdir()) == ['config.json']
 
 
+def test_a_backbone_checkpoint_of_other_widths_replaces_the_recipes_and_the_run_resumes_as_started(
+        small, tmp_path, capsys):
+    """people's quarter widths belong to the scnet26 it trains from scratch: a classification checkpoint's own
+    options build the backbone (with a note, and one that the recipe's pretrained is not used), the checkpoint
+    of the run records them, and the same command with --resume goes on."""
+    from scnet.tasks.pose import load_pose_checkpoint
+    from scnet.weights import save_state_dict
+
+    classifier = scnet.create_model('scnet26', num_classes=3, channels=(8, 16, 32, 64))
+    path = save_state_dict(classifier.state_dict(), tmp_path / 'cls.safetensors',
+                           metadata={'model': 'scnet26', 'model_kwargs': json.dumps({'channels': [8, 16, 32, 64]})})
+    run = tmp_path / 'run'
+    argv = small_train(small, run, '--backbone-checkpoint', str(path), '--pretrained')
+    assert main([*argv, '--epochs', '1']) == 0
+    err = capsys.readouterr().err
+    assert f"note: the backbone's weights come from {path}; pretrained: true (the published weights) is not used" in err
+    assert f"note: scnet26 is built as {path} records it, {{'channels': [8, 16, 32, 64], 'stem_width': 16}}, not " \
+        "with the recipe's {'channels': [16, 32, 64, 128]}" in err
+    config = json.loads((run / 'config.json').read_text())
+    assert config['backbone_kwargs'] == {'channels': [16, 32, 64, 128], 'stem_width': 16}
+    assert config['resolved_backbone_kwargs'] == {'channels': [8, 16, 32, 64], 'stem_width': 16}
+    model = load_pose_checkpoint(run / 'model.safetensors').model
+    assert model.backbone.layer1[0].conv3.weight.shape[0] == 32  # 8 x 4: the checkpoint's widths
+    assert main([*argv, '--resume']) == 0, capsys.readouterr().err
+    assert [row['epoch'] for row in read_metrics(run)] == [1, 2]
+    # a classification checkpoint of another network names the --backbone it holds
+    assert main([*small_train(small, tmp_path / 'other', '--backbone-checkpoint', str(path), '--backbone',
+                              'resnet26')]) == 2
+    assert capsys.readouterr().err.strip().endswith('holds weights of scnet26 (recorded in it), not of resnet26: '
+                                                    'pass --backbone scnet26 or another checkpoint')
+
+
 def test_interrupted_run_resumes_to_the_same_weights(small, tmp_path, monkeypatch, capsys):
     from scnet.train.run_folder import RunFolder
 
@@ -594,7 +626,7 @@ def untrained(tmp_path_factory):
     torch.manual_seed(0)
     model = build_pose_model('resnet26_cifar', len(COCO_KEYPOINTS), deconv_layers=1, deconv_channels=8)
     return save_state_dict(model.state_dict(), tmp_path_factory.mktemp('untrained') / 'model.safetensors',
-                           metadata=PoseMetadata.of_run(recipe, SPEC, model).to_metadata())
+                           metadata=PoseMetadata.of_run(recipe, SPEC, model, recipe.backbone_kwargs).to_metadata())
 
 
 def predict_args(checkpoint, images, out, boxes=None):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 
 from timm.layers import freeze_batch_norm_2d
@@ -26,7 +26,7 @@ from scnet.errors import CheckpointError, InvalidArgumentError
 from scnet.models import create_model
 from scnet.weights.fit import WeightsMismatchError
 
-__all__ = ['STAGES', 'build_fpn_backbone', 'build_backbone', 'check_pretrained_reachable']
+__all__ = ['STAGES', 'build_fpn_backbone', 'build_backbone', 'check_pretrained_reachable', 'options_for_weights']
 
 STAGES = ('layer1', 'layer2', 'layer3', 'layer4')
 _TRAINABLE_ORDER = ('layer4', 'layer3', 'layer2', 'layer1', 'conv1')
@@ -87,6 +87,29 @@ def check_pretrained_reachable(name: str) -> None:
                                  timeout=_PROBE_TIMEOUT).close()
     except OSError as e:
         raise _unreachable(name, location[0], e.strerror or str(e) or type(e).__name__) from None
+
+
+def _as_lists(value: Any) -> Any:
+    return [_as_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def options_for_weights(checkpoint: str, backbone: str,
+                        recipe_kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The backbone options to build ``backbone`` with for the classification weights of ``checkpoint``: the
+    recipe's ``backbone_kwargs`` with the model options the checkpoint records in their place, and the recipe's
+    values so replaced (for a note). Why the checkpoint's win: they are what the weights were trained as (a
+    recipe's narrow widths belong to the backbone it trains from scratch, and would not fit them). A
+    checkpoint that records another model is refused, naming the ``--backbone`` it holds."""
+    from scnet.train.classifier_checkpoint import other_model_message, read_classifier_metadata
+
+    recorded = read_classifier_metadata(checkpoint)
+    other = other_model_message(checkpoint, recorded.model, backbone, f'pass --backbone {recorded.model} or another '
+                                'checkpoint')
+    if other:
+        raise CheckpointError(other)
+    options = recorded.model_kwargs or {}
+    replaced = {k: v for k, v in recipe_kwargs.items() if k in options and _as_lists(v) != _as_lists(options[k])}
+    return {**recipe_kwargs, **options}, replaced
 
 
 def build_backbone(name: str, *, checkpoint: Optional[str] = None, pretrained: bool = False,

@@ -51,7 +51,8 @@ class DetectionMetadata(CheckpointMetadata):
         config = state['config']
         if 'categories' not in config or 'resolved_frozen_bn' not in config:
             return None
-        return cls(task=config['task'], backbone=config['backbone'], backbone_kwargs=config['backbone_kwargs'],
+        built = config.get('resolved_backbone_kwargs', config['backbone_kwargs'])
+        return cls(task=config['task'], backbone=config['backbone'], backbone_kwargs=built,
                    trainable_layers=config['resolved_trainable_layers'], frozen_bn=config['resolved_frozen_bn'],
                    categories=config['categories'], min_size=config['min_size'], max_size=config['max_size'],
                    detector={k: config[k] for k in ARCH_KEYS})

@@ -8,13 +8,14 @@ detection fine-tuning: batch-norm statistics frozen and the stem plus stage 1 fr
 """
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from torch import nn
 
 from scnet.errors import CheckpointError, InvalidArgumentError
+from scnet.tasks.backbone import options_for_weights
 from scnet.tasks.detection.recipe import PRETRAINED, TASKS, DetectionRecipe
 from scnet.weights.io import checkpoint_file, read_metadata
 
@@ -85,9 +86,10 @@ def build_detector(task: str, backbone: str, num_classes: int, min_size: int = 8
                     mask_predictor=MaskRCNNPredictor(mask_head_dim, mask_head_dim, num_classes + 1), **common)
 
 
-def resolve_backbone(recipe: DetectionRecipe) -> Tuple[Optional[str], bool, Dict[str, Any]]:
-    """(checkpoint file, pretrained, backbone kwargs) of the recipe; kwargs of a ``scnet train`` checkpoint
-    (its metadata's ``model_kwargs``, e.g. narrower channels) are adopted."""
+def resolve_backbone(recipe: DetectionRecipe, *, quiet: bool = False) -> Tuple[Optional[str], bool, Dict[str, Any]]:
+    """(checkpoint file, pretrained, backbone kwargs) of the recipe; the model options a ``scnet train``
+    checkpoint records (e.g. narrower channels) replace the recipe's (``options_for_weights``), with a note on
+    stderr unless ``quiet``."""
     ckpt = recipe.backbone_checkpoint
     if not ckpt:
         return None, False, dict(recipe.backbone_kwargs)
@@ -105,8 +107,8 @@ def resolve_backbone(recipe: DetectionRecipe) -> Tuple[Optional[str], bool, Dict
     if 'task' in meta:
         raise CheckpointError(f'{ckpt} is a detection checkpoint ({meta["task"]}), not a classification one; '
                               'resume a detection run with --resume')
-    if meta.get('model') and meta['model'] != recipe.backbone:
-        raise CheckpointError(f'{ckpt} holds a {meta["model"]}, not a {recipe.backbone}: pass --backbone '
-                              f'{meta["model"]} or another checkpoint')
-    kwargs = {**json.loads(meta.get('model_kwargs') or '{}'), **recipe.backbone_kwargs}
+    kwargs, replaced = options_for_weights(ckpt, recipe.backbone, dict(recipe.backbone_kwargs))
+    if replaced and not quiet:
+        print(f'note: {recipe.backbone} is built as {ckpt} records it, {kwargs}, not with the recipe\'s '
+              f'{replaced}', file=sys.stderr)
     return ckpt, False, kwargs

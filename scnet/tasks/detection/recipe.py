@@ -28,8 +28,8 @@ DETECTION_RECIPES_DIR = RECIPES_DIR / 'detection'
 ARCH_KEYS = ('fpn_channels', 'box_head_dim', 'mask_head_dim', 'anchor_sizes', 'rpn_pre_nms_test',
              'rpn_post_nms_test', 'box_score_thresh', 'box_detections_per_img')
 #: What a run's config.json records beside its recipe.
-RUN_RECORD_KEYS = ('categories', 'world_size', 'peak_lr', 'backbone_weights', 'resolved_trainable_layers',
-                   'resolved_frozen_bn')
+RUN_RECORD_KEYS = ('categories', 'world_size', 'peak_lr', 'backbone_weights', 'resolved_backbone_kwargs',
+                   'resolved_trainable_layers', 'resolved_frozen_bn')
 #: ``backbone_checkpoint`` value that asks for the published ImageNet weights.
 PRETRAINED = 'pretrained'
 

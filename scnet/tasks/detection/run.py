@@ -100,7 +100,7 @@ def train_detector(recipe: DetectionRecipe, output: Path, *, resume: bool = Fals
         batch_sampler = BatchSampler(sampler, per_process, drop_last=one_left)
 
         if state is None:
-            checkpoint, pretrained, backbone_kwargs = resolve_backbone(recipe)
+            checkpoint, pretrained, backbone_kwargs = resolve_backbone(recipe, quiet=not ctx.is_main)
             has_weights = bool(checkpoint) or pretrained
             trainable = recipe.trainable_layers if has_weights else 5
             frozen = recipe.frozen_bn if has_weights else False
@@ -137,8 +137,10 @@ def train_detector(recipe: DetectionRecipe, output: Path, *, resume: bool = Fals
                                                                        'val_images')}
         if weights and weights != PRETRAINED and state is None:
             weights = str(Path(weights).resolve())
-        config = dict(recipe.to_dict(), **paths, backbone_kwargs=backbone_kwargs, categories=categories,
-                      world_size=ctx.world_size, peak_lr=recipe.peak_lr, backbone_weights=weights,
+        # the recipe's backbone_kwargs as given (what a --resume with the same --config compares), and those the
+        # backbone was built with (a checkpoint's recorded options replace the recipe's)
+        config = dict(recipe.to_dict(), **paths, categories=categories, world_size=ctx.world_size,
+                      peak_lr=recipe.peak_lr, backbone_weights=weights, resolved_backbone_kwargs=backbone_kwargs,
                       resolved_trainable_layers=trainable, resolved_frozen_bn=frozen)
         run.start(config)
         metadata = DetectionMetadata(task=recipe.task, backbone=recipe.backbone, backbone_kwargs=backbone_kwargs,

@@ -46,9 +46,11 @@ class PoseMetadata(CheckpointMetadata):
     task: str = 'pose'
 
     @classmethod
-    def of_run(cls, recipe: PoseRecipe, spec: KeypointSpec, model: SimplePose) -> 'PoseMetadata':
+    def of_run(cls, recipe: PoseRecipe, spec: KeypointSpec, model: SimplePose,
+               backbone_kwargs: Dict[str, Any]) -> 'PoseMetadata':
+        """The description of a run of ``recipe``, whose backbone was built with ``backbone_kwargs``."""
         h, w = recipe.image_size
-        return cls(backbone=recipe.backbone, backbone_kwargs=recipe.backbone_kwargs, keypoints=spec.to_dict(),
+        return cls(backbone=recipe.backbone, backbone_kwargs=backbone_kwargs, keypoints=spec.to_dict(),
                    image_size=[h, w], heatmap_size=[h // model.stride, w // model.stride], stride=model.stride,
                    deconv_layers=model.deconv_layers, deconv_channels=recipe.deconv_channels,
                    deconv_kernel=recipe.deconv_kernel, sigma=recipe.sigma, box_padding=recipe.box_padding,

@@ -85,9 +85,11 @@ def build_pose_model(backbone: str, num_keypoints: int, *, checkpoint: Optional[
                       deconv_kernel=deconv_kernel)
 
 
-def build_for_recipe(recipe: PoseRecipe, num_keypoints: int, *, with_weights: bool = True) -> SimplePose:
+def build_for_recipe(recipe: PoseRecipe, num_keypoints: int, *, with_weights: bool = True,
+                     backbone_kwargs: Optional[Dict[str, Any]] = None) -> SimplePose:
     """The network of ``recipe`` (its backbone weights only ``with_weights``), its image size checked against
-    the backbone's stride."""
+    the backbone's stride. ``backbone_kwargs``: the backbone's options where they are not the recipe's (those
+    its ``backbone_checkpoint`` records, ``scnet.tasks.backbone.options_for_weights``)."""
     from scnet.models.factory import validate_model_name
 
     validate_model_name(recipe.backbone)
@@ -95,7 +97,8 @@ def build_for_recipe(recipe: PoseRecipe, num_keypoints: int, *, with_weights: bo
         model = build_pose_model(recipe.backbone, num_keypoints,
                                  checkpoint=recipe.backbone_checkpoint if with_weights else None,
                                  pretrained=recipe.pretrained and with_weights and not recipe.backbone_checkpoint,
-                                 backbone_kwargs=recipe.backbone_kwargs, frozen_bn=recipe.frozen_bn,
+                                 backbone_kwargs=recipe.backbone_kwargs if backbone_kwargs is None else backbone_kwargs,
+                                 frozen_bn=recipe.frozen_bn,
                                  trainable_layers=recipe.trainable_layers, deconv_layers=recipe.deconv_layers,
                                  deconv_channels=recipe.deconv_channels, deconv_kernel=recipe.deconv_kernel)
     except TypeError as e:

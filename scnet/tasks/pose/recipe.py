@@ -26,7 +26,7 @@ __all__ = ['PoseError', 'PoseRecipe', 'POSE_RECIPES_DIR', 'list_pose_recipes', '
 
 POSE_RECIPES_DIR = RECIPES_DIR / 'pose'
 #: What a run's config.json records beside its recipe (left out when it is read back as a recipe).
-RUN_RECORD_KEYS = ('keypoints', 'world_size', 'heatmap_size', 'stride', 'mean', 'std')
+RUN_RECORD_KEYS = ('keypoints', 'world_size', 'heatmap_size', 'stride', 'mean', 'std', 'resolved_backbone_kwargs')
 
 
 class PoseError(ScnetError):

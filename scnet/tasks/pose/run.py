@@ -17,6 +17,7 @@ resumed run repeats exactly what an uninterrupted one does (on CPU, bit for bit)
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict
@@ -25,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from scnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from scnet.tasks.backbone import options_for_weights
 from scnet.tasks.coco_files import CocoDataError
 from scnet.tasks.pose import engine
 from scnet.tasks.pose.checkpoint import PoseMetadata
@@ -74,7 +76,20 @@ def train_pose(recipe: PoseRecipe, output: Path, *, resume: bool = False, progre
         val_people = val_instances(val_coco, val_spec, recipe, recipe.val_images, recipe.val_boxes)
 
         seed_everything(recipe.seed)   # the same initial weights in every process
-        model = build_for_recipe(recipe, spec.num, with_weights=state is None)   # a resumed run has its own weights
+        if state is not None:  # built as the run was (a resumed run has its own weights)
+            backbone_kwargs = state['config'].get('resolved_backbone_kwargs', recipe.backbone_kwargs)
+        elif recipe.backbone_checkpoint:  # the options the weights were trained with replace the recipe's
+            backbone_kwargs, replaced = options_for_weights(recipe.backbone_checkpoint, recipe.backbone,
+                                                            dict(recipe.backbone_kwargs))
+            if recipe.pretrained and ctx.is_main:  # a recipe of ImageNet weights, given a local copy (or others)
+                print(f'note: the backbone\'s weights come from {recipe.backbone_checkpoint}; pretrained: true (the '
+                      'published weights) is not used', file=sys.stderr)
+            if replaced and ctx.is_main:
+                print(f'note: {recipe.backbone} is built as {recipe.backbone_checkpoint} records it, {backbone_kwargs}, '
+                      f'not with the recipe\'s {replaced}', file=sys.stderr)
+        else:
+            backbone_kwargs = dict(recipe.backbone_kwargs)
+        model = build_for_recipe(recipe, spec.num, with_weights=state is None, backbone_kwargs=backbone_kwargs)
         stride = model.stride
         if recipe.batch_size % ctx.world_size:
             raise RecipeError(f'batch size {recipe.batch_size} is not divisible by the {ctx.world_size} processes')
@@ -105,11 +120,12 @@ def train_pose(recipe: PoseRecipe, output: Path, *, resume: bool = False, progre
             restore_training(state, optimizer, scheduler, scaler)
         train_model = wrap_ddp(model, ctx)
 
-        config = dict(recipe.to_dict(), keypoints=spec.to_dict(), world_size=ctx.world_size,
+        config = dict(recipe.to_dict(), resolved_backbone_kwargs=backbone_kwargs, keypoints=spec.to_dict(),
+                      world_size=ctx.world_size,
                       heatmap_size=[h // stride, w // stride], stride=stride, mean=list(IMAGENET_MEAN),
                       std=list(IMAGENET_STD))
         run.start(config)
-        metadata = PoseMetadata.of_run(recipe, spec, model).to_metadata()
+        metadata = PoseMetadata.of_run(recipe, spec, model, backbone_kwargs).to_metadata()
         # the last partial batch is dropped: a batch of one crop cannot train BN (nor SC-Conv's pooled maps)
         drop_last = len(sampler) > per_process
         eval_batch = recipe.eval_batch_size or per_process
