@@ -26,7 +26,7 @@ from scnet.files import give_usual_permissions
 from scnet.weights.fit import adapt_first_conv, check_fit
 
 __all__ = ['StateDict', 'checkpoint_file', 'read_state_dict', 'read_metadata', 'read_shape', 'save_state_dict',
-           'load_into']
+           'load_into', 'loadable']
 
 StateDict = Dict[str, torch.Tensor]
 PathLike = Union[str, os.PathLike]
