@@ -75,22 +75,36 @@ def test_a_new_run_refuses_a_folder_of_other_files_and_takes_its_own_earlier_sta
     mine.mkdir()
     (mine / 'notes.txt').write_text('keep me')
     (mine / 'metrics.jsonl').write_text('{"my": 1}\n')
-    with pytest.raises(RunError, match=r'mine holds files that are not a run.s \(notes.txt\), which a new run '
+    with pytest.raises(RunError, match=r'mine holds files that are not a run.s \(metrics.jsonl \(not a run.s\), '
+                                       r'notes.txt\), which a new run '
                                        r'would write among or replace .*choose a new or empty --output'):
         RunFolder(mine, resume=False)
     assert sorted(p.name for p in mine.iterdir()) == ['metrics.jsonl', 'notes.txt']
     assert (mine / 'metrics.jsonl').read_text() == '{"my": 1}\n'
     settings = tmp_path / 'settings'
     settings.mkdir()
-    (settings / 'config.json').write_text('["not", "a", "run"]')
-    with pytest.raises(RunError, match=r"config.json \(not a run's\)"):
+    for text in ('["not", "a", "run"]', '{"name": "my-app", "version": "1.0"}'):  # JSON, but not a run's settings
+        (settings / 'config.json').write_text(text)
+        with pytest.raises(RunError, match=r"config.json \(not a run's\)"):
+            RunFolder(settings, resume=False)
+    (settings / 'config.json').unlink()
+    for text in ('my notes\n', '{"my": 1}\n'):  # a metrics.jsonl of someone else's
+        (settings / 'metrics.jsonl').write_text(text)
+        with pytest.raises(RunError, match=r"metrics.jsonl \(not a run's\)"):
+            RunFolder(settings, resume=False)
+    (settings / 'metrics.jsonl').unlink()
+    (settings / 'tensorboard').mkdir()
+    (settings / 'tensorboard' / 'my_run.txt').write_text('x')
+    with pytest.raises(RunError, match=r"tensorboard \(not a run's\)"):
         RunFolder(settings, resume=False)
+    assert (settings / 'tensorboard' / 'my_run.txt').read_text() == 'x'
     assert main(['train', '--data', str(tmp_path), '--output', str(mine), '--quiet']) == 2
     assert 'holds files that are not a run' in capsys.readouterr().err
     earlier = tmp_path / 'earlier'  # a start that stopped before its first checkpoint
     (earlier / 'tensorboard').mkdir(parents=True)
-    (earlier / 'config.json').write_text('{"model": "scnet26_cifar"}')
-    (earlier / 'metrics.jsonl').write_text('')
+    (earlier / 'tensorboard' / 'events.out.tfevents.1.host.1.0').write_bytes(b'')
+    (earlier / 'config.json').write_text('{"model": "scnet26_cifar", "epochs": 2, "batch_size": 8, "seed": 0}')
+    (earlier / 'metrics.jsonl').write_text('{"epoch": 1, "train_loss": 1.0}\n')
     (earlier / LOCK_NAME).write_text('process 1 on host\n')
     (earlier / '.last.pt.x1y2.partial').write_bytes(b'')
     RunFolder(earlier, resume=False).close()

@@ -139,22 +139,43 @@ class RunFolder:
 _RUN_RECORDS = ('config.json', 'metrics.jsonl', 'tensorboard', LOCK_NAME)
 
 
+#: Settings every run's ``config.json`` holds (classification, detection and pose recipes alike).
+_RUN_SETTINGS = ('epochs', 'batch_size', 'seed')
+
+
+def _json_values(path: Path, *, per_line: bool = False) -> Optional[List[Any]]:
+    """The JSON value of ``path`` (``per_line``: of each of its lines), as a list; None where it is not JSON or
+    not a readable text file."""
+    try:
+        text = path.read_text(encoding='utf-8')
+        return [json.loads(line) for line in text.splitlines() if line.strip()] if per_line else [json.loads(text)]
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
 def _foreign_files(folder: Path, checkpoints: Tuple[str, ...]) -> List[str]:
     """Names in ``folder`` that no run wrote (``checkpoints`` are a run's too, refused apart as a run to resume):
-    a new run must not mix its records with (or replace) them. A ``config.json`` counts as a run's only when it
-    holds a JSON object (every run's record is one)."""
+    a new run must not mix its records with (or replace) them. A run's own records are told by their content:
+    ``config.json`` a JSON object with a run's settings (``_RUN_SETTINGS``), ``metrics.jsonl`` one JSON object
+    with an ``epoch`` per line, ``tensorboard/`` event files only; a file of the same name written by anyone
+    else (an application's ``config.json``, someone's notes) is named, never replaced."""
     if not folder.is_dir():
         return []
     own = (*_RUN_RECORDS, *checkpoints)
     foreign = sorted(p.name for p in folder.iterdir()
                      if p.name not in own and not (p.name.startswith('.') and p.name.endswith('.partial')))
-    config = folder / 'config.json'
-    if config.is_file():
-        try:
-            if not isinstance(json.loads(config.read_text(encoding='utf-8')), dict):
-                raise ValueError
-        except (ValueError, UnicodeDecodeError):
+    config, metrics, events = folder / 'config.json', folder / 'metrics.jsonl', folder / 'tensorboard'
+    if config.exists():
+        settings = _json_values(config) if config.is_file() else None
+        if not (settings and isinstance(settings[0], dict) and all(k in settings[0] for k in _RUN_SETTINGS)):
             foreign.insert(0, 'config.json (not a run\'s)')
+    if metrics.exists():
+        rows = _json_values(metrics, per_line=True) if metrics.is_file() else None
+        if rows is None or not all(isinstance(row, dict) and 'epoch' in row for row in rows):
+            foreign.insert(0, 'metrics.jsonl (not a run\'s)')
+    if events.exists() and (not events.is_dir() or any(not p.name.startswith('events.out.tfevents.')
+                                                      for p in events.iterdir())):
+        foreign.insert(0, 'tensorboard (not a run\'s)')
     return foreign
 
 
