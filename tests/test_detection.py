@@ -416,6 +416,10 @@ def test_a_backbone_checkpoint_of_other_widths_replaces_the_recipes_and_the_run_
     assert detector.backbone.body.layer1[0].conv3.weight.shape[0] == 32  # 8 x 4: the checkpoint's widths
     assert detect_train(tiny, run, *argv, '--resume') == 0, capsys.readouterr().err
     assert [row['epoch'] for row in read_metrics(run)] == [1, 2]
+    assert detect_train(tiny, run, *argv, '--resume', '--epochs', '1') == 2  # fewer epochs than it has trained
+    assert 'the run has trained 2 epochs already; --epochs 1 would end it before them: give --epochs 2 or more' \
+        in capsys.readouterr().err
+    assert [row['epoch'] for row in read_metrics(run)] == [1, 2]
 
 
 def test_wrong_backbone_checkpoints_are_named(tiny, tmp_path, capsys):

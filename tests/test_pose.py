@@ -395,6 +395,9 @@ def test_a_backbone_checkpoint_of_other_widths_replaces_the_recipes_and_the_run_
     assert model.backbone.layer1[0].conv3.weight.shape[0] == 32  # 8 x 4: the checkpoint's widths
     assert main([*argv, '--resume']) == 0, capsys.readouterr().err
     assert [row['epoch'] for row in read_metrics(run)] == [1, 2]
+    assert main([*argv, '--resume', '--epochs', '1']) == 2  # fewer epochs than it has trained
+    assert 'the run has trained 2 epochs already; --epochs 1 would end it' in capsys.readouterr().err
+    assert json.loads((run / 'config.json').read_text())['epochs'] == 2
     # a classification checkpoint of another network names the --backbone it holds
     assert main([*small_train(small, tmp_path / 'other', '--backbone-checkpoint', str(path), '--backbone',
                               'resnet26')]) == 2

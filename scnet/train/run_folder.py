@@ -85,6 +85,13 @@ class RunFolder:
         """The last finished epoch (0 for a new run)."""
         return int(self.state['epoch']) if self.state else 0
 
+    def check_epochs(self, epochs: int) -> None:
+        """Refuse ``epochs`` (the run's length asked for now) below the epochs a resumed run has trained: it would
+        end at once, leaving its records saying fewer epochs than its metrics hold."""
+        if epochs < self.start_epoch:
+            raise RunError(f'{self.path}: the run has trained {self.start_epoch} epochs already; --epochs {epochs} '
+                           f'would end it before them: give --epochs {self.start_epoch} or more')
+
     @property
     def start_step(self) -> int:
         """The optimiser steps of the next epoch already done (a state saved mid-epoch; else 0)."""

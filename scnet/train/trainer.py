@@ -118,8 +118,7 @@ FIXED_ON_RESUME = {
 CLASSIFIER_STATE_KEYS = ('model', 'optimizer', 'scheduler', 'rng', 'classes', 'config')
 
 
-def _check_resumable(state: Dict[str, Any], recipe: Recipe, output: Path, *, side: bool, ema: bool,
-                     start_epoch: int) -> None:
+def _check_resumable(state: Dict[str, Any], recipe: Recipe, output: Path, *, side: bool, ema: bool) -> None:
     """Refuse to continue ``state`` with a recipe it cannot be continued with, naming the setting, the run's
     value and the way out, before anything is loaded (where the mismatch would surface as a ``KeyError`` or
     a ``RuntimeError`` of ``load_state_dict``)."""
@@ -137,9 +136,6 @@ def _check_resumable(state: Dict[str, Any], recipe: Recipe, output: Path, *, sid
         if had != has:
             raise RunError(f'{output}: the run was trained {"with" if had else "without"} {name}, this resume is '
                            f'{"with" if has else "without"} ({flag}); {way_out}{with_weights}')
-    if recipe.epochs < start_epoch:
-        raise RunError(f'{output}: the run has trained {start_epoch} epochs already; --epochs {recipe.epochs} would '
-                       f'end it before them: give --epochs {start_epoch} or more')
 
 
 def _note_stream_order_changed(saved: Dict[str, Any], epoch: int, recipe: Recipe, world_size: int,
@@ -243,8 +239,8 @@ def train(recipe: Recipe, output: Path, *, resume: bool = False, progress: bool 
         run = RunFolder(output, resume=resume, is_main=ctx.is_main, final_files=('model.safetensors',))
         state = run.state
         if state is not None:
-            _check_resumable(state, recipe, output, side=recipe.aux_weight > 0, ema=recipe.ema_decay > 0,
-                             start_epoch=run.start_epoch)
+            _check_resumable(state, recipe, output, side=recipe.aux_weight > 0, ema=recipe.ema_decay > 0)
+            run.check_epochs(recipe.epochs)
         mean, std = IMAGENET_MEAN, IMAGENET_STD
         spec = _data_root(recipe, ctx)
         recorded = (state or {}).get('config', {}).get('data_root')

@@ -72,6 +72,7 @@ def train_detector(recipe: DetectionRecipe, output: Path, *, resume: bool = Fals
     try:
         run = RunFolder(output, resume=resume, is_main=ctx.is_main, final_files=('model.safetensors',))
         state = run.state
+        run.check_epochs(recipe.epochs)
         try:
             train_coco, val_coco, categories, label_to_category = _open_data(recipe)
         except ScnetError:

@@ -61,6 +61,7 @@ def train_pose(recipe: PoseRecipe, output: Path, *, resume: bool = False, progre
     try:
         run = RunFolder(output, resume=resume, is_main=ctx.is_main, final_files=('model.safetensors',))
         state = run.state
+        run.check_epochs(recipe.epochs)
         recipe.require_data()
         # every input is checked before the first step
         train_coco, spec = load_split(recipe.train_ann, recipe.train_images)
