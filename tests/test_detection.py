@@ -420,6 +420,11 @@ def test_a_backbone_checkpoint_of_other_widths_replaces_the_recipes_and_the_run_
     assert 'the run has trained 2 epochs already; --epochs 1 would end it before them: give --epochs 2 or more' \
         in capsys.readouterr().err
     assert [row['epoch'] for row in read_metrics(run)] == [1, 2]
+    (run / 'config.json').unlink()  # only last.pt copied to another machine: its settings are restored from it
+    assert detect_train(tiny, run, '--resume', '--epochs', '3') == 0
+    assert f'{run / "config.json"} was missing: restored from the settings' in capsys.readouterr().err
+    assert [row['epoch'] for row in read_metrics(run)] == [1, 2, 3]
+    assert json.loads((run / 'config.json').read_text())['resolved_backbone_kwargs'] == {'channels': [8, 16, 32, 64]}
 
 
 def test_wrong_backbone_checkpoints_are_named(tiny, tmp_path, capsys):

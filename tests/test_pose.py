@@ -398,6 +398,10 @@ def test_a_backbone_checkpoint_of_other_widths_replaces_the_recipes_and_the_run_
     assert main([*argv, '--resume', '--epochs', '1']) == 2  # fewer epochs than it has trained
     assert 'the run has trained 2 epochs already; --epochs 1 would end it' in capsys.readouterr().err
     assert json.loads((run / 'config.json').read_text())['epochs'] == 2
+    (run / 'config.json').unlink()  # only last.pt copied to another machine: its settings are restored from it
+    assert main(['pose', 'train', *data_args(small), '--output', str(run), '--quiet', '--resume', '--epochs', '3']) == 0
+    assert f'{run / "config.json"} was missing: restored from the settings' in capsys.readouterr().err
+    assert [row['epoch'] for row in read_metrics(run)] == [1, 2, 3]
     # a classification checkpoint of another network names the --backbone it holds
     assert main([*small_train(small, tmp_path / 'other', '--backbone-checkpoint', str(path), '--backbone',
                               'resnet26')]) == 2

@@ -10,7 +10,8 @@ from scnet.cli.arg_types import output_folder, positive_int, report_file, seed, 
 from scnet.cli.formatting import render_table
 from scnet.cli.recipe_flags import add_recipe_flags, recipe_overrides
 from scnet.cli.run_flags import (add_device_flag, add_eval_flags, add_quiet_flag, add_report_flags, add_run_flags,
-                                 check_outputs_are_not_inputs, print_report, run_config)
+                                 check_outputs_are_not_inputs, print_report, restore_run_config,
+                                 run_config)
 
 _TRAIN_EPILOG = """\
 recipe: --config takes a YAML file or a shipped name (scnet/recipes/pose/): simple_baselines_256x192 and
@@ -102,6 +103,7 @@ def run_train(args: argparse.Namespace) -> int:
     from scnet.tasks.pose import PoseRecipe, load_pose_recipe, train_pose
     from scnet.tasks.pose.recipe import check_resumed_pose_config
 
+    restore_run_config(args)
     overrides = recipe_overrides(args, PoseRecipe)
     recipe = load_pose_recipe(run_config(args, check_repeats=check_resumed_pose_config, overrides=overrides),
                               **overrides)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -114,3 +115,26 @@ def run_config(args: argparse.Namespace, default: Optional[str] = None,
             return str(saved)  # the run's own settings; flags given now still override them
         return args.config
     return default if args.config is None else args.config
+
+
+def restore_run_config(args: argparse.Namespace) -> None:
+    """On ``--resume``, write back a run's missing ``config.json`` (only ``last.pt`` copied to another machine)
+    from the copy of its settings that ``last.pt`` keeps, so that the resume continues the run's settings
+    rather than comparing a default recipe against them (flag by flag, blaming flags nobody gave). One for
+    ``scnet train``, ``detect train`` and ``pose train``, before their recipe is read."""
+    from scnet.errors import ScnetError
+    from scnet.train.state import load_state
+
+    if not (getattr(args, 'resume', False) and args.output):
+        return
+    saved, last = Path(args.output) / 'config.json', Path(args.output) / 'last.pt'
+    if saved.exists() or not last.is_file():
+        return  # nothing to restore, or nothing to resume (the run folder says so)
+    try:
+        config = load_state(last, mmap=True).get('config')  # the settings alone: no tensor is read
+    except (ScnetError, AttributeError):
+        return  # not a training state: the run's own checks say so, in their words
+    if not isinstance(config, dict) or not config:
+        return
+    saved.write_text(json.dumps(config, indent=2))
+    print(f'scnet {args.command}: {saved} was missing: restored from the settings {last} records', file=sys.stderr)

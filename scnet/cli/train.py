@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -10,8 +9,7 @@ from pathlib import Path
 
 from scnet.cli.arg_types import non_negative_float, non_negative_int, positive_float, positive_int, unit_float
 from scnet.cli.recipe_flags import recipe_overrides
-from scnet.cli.run_flags import add_quiet_flag, add_run_flags, run_config
-from scnet.errors import ScnetError
+from scnet.cli.run_flags import add_quiet_flag, add_run_flags, restore_run_config, run_config
 
 _EPILOG = """\
 recipes: --config takes a YAML file or the name of a shipped recipe (scnet/recipes/: one per row of the
@@ -124,9 +122,8 @@ def run(args: argparse.Namespace) -> int:
     fine_tuning = args.pretrained or args.init
     config = run_config(args, default='embedded' if args.data is None else
                         'finetune' if fine_tuning else 'imagenet_100ep')
+    restore_run_config(args)
     saved = Path(args.output) / 'config.json' if args.resume else None
-    if saved is not None and not saved.is_file():
-        _restore_run_config(saved)
     # on --resume the run's own settings are the base; a --config given too may only repeat them
     recipe = (load_resumed_recipe(saved, args.config, **overrides) if saved is not None and saved.is_file()
               else load_recipe(config, **overrides))
@@ -142,22 +139,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"done in {format_seconds(time.perf_counter() - start)}: val top-1 {last['val_top1']:.2f}%, "
               f"top-5 {last['val_top5']:.2f}%; weights in {output / 'model.safetensors'}, curves: scnet plot {output}")
     return 0
-
-
-def _restore_run_config(saved: Path) -> None:
-    """Write back a run's missing ``config.json`` (only ``last.pt`` copied to another machine) from the copy of its
-    settings that ``last.pt`` keeps, so that ``--resume`` continues the run's settings rather than comparing the
-    defaults against them (flag by flag, blaming flags nobody gave)."""
-    from scnet.train.state import load_state
-
-    last = saved.parent / 'last.pt'
-    if not last.is_file():
-        return  # nothing to resume: the run folder says so
-    try:
-        config = load_state(last, mmap=True).get('config')  # the settings alone: no tensor is read
-    except (ScnetError, AttributeError):
-        return  # not a training state: the run's own checks say so, in their words
-    if not isinstance(config, dict) or not config:
-        return
-    saved.write_text(json.dumps(config, indent=2))
-    print(f'scnet train: {saved} was missing: restored from the settings {last} records', file=sys.stderr)

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from scnet.data.folders import decode_checked, decode_rgb_bytes, default_decoder, seeded_transform
-from scnet.data.shards import CLASSES_NAME, INDEX_NAME, PLAN_NAME, ShardsError
+from scnet.data.shards import INDEX_NAME, PLAN_NAME, ShardsError
 
 __all__ = ['ShardSplit', 'ShardSource', 'is_shard_spec', 'open_shards', 'ShardStream', 'ShardEvalStream',
            'ShardProbe', 'worker_batches']
