@@ -425,6 +425,11 @@ def test_a_backbone_checkpoint_of_other_widths_replaces_the_recipes_and_the_run_
     assert f'{run / "config.json"} was missing: restored from the settings' in capsys.readouterr().err
     assert [row['epoch'] for row in read_metrics(run)] == [1, 2, 3]
     assert json.loads((run / 'config.json').read_text())['resolved_backbone_kwargs'] == {'channels': [8, 16, 32, 64]}
+    written = (run / 'config.json').read_text()  # edited since the run wrote it: the file is named, not a flag
+    (run / 'config.json').write_text(written.replace('"backbone": "scnet26"', '"backbone": "scnet50"'))
+    assert detect_train(tiny, run, '--resume', '--epochs', '4') == 2
+    assert "config.json has backbone 'scnet50', the run (last.pt) 'scnet26': the file was changed" in \
+        capsys.readouterr().err
 
 
 def test_wrong_backbone_checkpoints_are_named(tiny, tmp_path, capsys):

@@ -402,6 +402,10 @@ def test_a_backbone_checkpoint_of_other_widths_replaces_the_recipes_and_the_run_
     assert main(['pose', 'train', *data_args(small), '--output', str(run), '--quiet', '--resume', '--epochs', '3']) == 0
     assert f'{run / "config.json"} was missing: restored from the settings' in capsys.readouterr().err
     assert [row['epoch'] for row in read_metrics(run)] == [1, 2, 3]
+    (run / 'config.json').write_text('[]')  # damaged since: the file is named, with the way out
+    assert main(['pose', 'train', *data_args(small), '--output', str(run), '--quiet', '--resume', '--epochs', '4']) == 2
+    assert "config.json holds a JSON list, not the run's settings; delete it (--resume then restores it" in \
+        capsys.readouterr().err
     # a classification checkpoint of another network names the --backbone it holds
     assert main([*small_train(small, tmp_path / 'other', '--backbone-checkpoint', str(path), '--backbone',
                               'resnet26')]) == 2

@@ -657,6 +657,21 @@ def test_resume_continues_the_run_as_recorded_and_refuses_what_it_cannot_honour(
     assert f'{run / "config.json"} was missing: restored from the settings' in capsys.readouterr().err
     assert [r['epoch'] for r in read_metrics(run)] == [1, 2, 3, 4]
     assert json.loads((run / 'config.json').read_text())['optimizer'] == 'sgd'
+    # a config.json damaged or edited since: the file is named, not a flag nobody gave
+    written = (run / 'config.json').read_text()
+    for text, message in (('{}', f'{run / "config.json"} has no model, the run (last.pt) \'scnet26_cifar\''),
+                          ('[]', 'holds a JSON list, not the run\'s settings'),
+                          (written.replace('"batch_size": 8', '"batch_size": 16'),
+                           'has batch_size 16, the run (last.pt) 8: the file was changed after the run wrote it'),
+                          ('{"model": ', 'not valid JSON')):
+        (run / 'config.json').write_text(text)
+        assert main(['train', '--output', str(run), '--resume', '--quiet', '--epochs', '5']) == 2
+        err = capsys.readouterr().err
+        assert message in err and f'delete it (--resume then restores it from {run / "last.pt"})' in err, err
+    (run / 'config.json').write_text(written.replace('"batch_size": 8', '"batch_size": 16'))
+    assert main(['train', '--output', str(run), '--resume', '--quiet', '--epochs', '5', '--batch-size', '16']) == 2
+    assert 'the run has batch_size 8, this resume 16 (--batch-size)' in capsys.readouterr().err  # the flag, named
+    assert [r['epoch'] for r in read_metrics(run)] == [1, 2, 3, 4]
 
 
 def test_bad_settings_and_model_options_stop_before_the_run_folder_holds_anything(data, recipe, tmp_path, capsys):

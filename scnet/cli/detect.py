@@ -9,8 +9,8 @@ from scnet.cli.arg_types import output_folder, positive_int, report_file, seed, 
 from scnet.cli.formatting import render_table
 from scnet.cli.recipe_flags import add_recipe_flags, recipe_overrides
 from scnet.cli.run_flags import (add_device_flag, add_eval_flags, add_quiet_flag, add_report_flags, add_run_flags,
-                                 check_outputs_are_not_inputs, print_report, restore_run_config,
-                                 run_config)
+                                 check_outputs_are_not_inputs, check_run_config, print_report,
+                                 restore_run_config, run_config)
 
 _TRAIN_EPILOG = """\
 recipes: --config takes a YAML file or a shipped detection recipe (scnet/recipes/detection/): faster_rcnn_2x
@@ -105,6 +105,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     restore_run_config(args)
     overrides = recipe_overrides(args, DetectionRecipe)
+    check_run_config(args, overrides, ('task', 'backbone', 'batch_size', 'seed'))
     default = 'mask_rcnn_2x' if args.task == 'segm' else 'faster_rcnn_2x'
     if args.image_size:  # the short side, the long side's limit kept in the recipe's proportion: as flags, so
         # that a --config given on --resume is read with them (the command that started the run resumes it)

@@ -10,8 +10,8 @@ from scnet.cli.arg_types import output_folder, positive_int, report_file, seed, 
 from scnet.cli.formatting import render_table
 from scnet.cli.recipe_flags import add_recipe_flags, recipe_overrides
 from scnet.cli.run_flags import (add_device_flag, add_eval_flags, add_quiet_flag, add_report_flags, add_run_flags,
-                                 check_outputs_are_not_inputs, print_report, restore_run_config,
-                                 run_config)
+                                 check_outputs_are_not_inputs, check_run_config, print_report,
+                                 restore_run_config, run_config)
 
 _TRAIN_EPILOG = """\
 recipe: --config takes a YAML file or a shipped name (scnet/recipes/pose/): simple_baselines_256x192 and
@@ -105,6 +105,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     restore_run_config(args)
     overrides = recipe_overrides(args, PoseRecipe)
+    check_run_config(args, overrides, ('backbone', 'image_size', 'batch_size', 'seed'))
     recipe = load_pose_recipe(run_config(args, check_repeats=check_resumed_pose_config, overrides=overrides),
                               **overrides)
     output = Path(args.output or f'runs/pose-{recipe.backbone}-{time.strftime("%Y%m%d-%H%M%S")}')

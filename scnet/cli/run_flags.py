@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from scnet.cli.arg_types import non_negative_int, output_folder, positive_int, report_file, seed
 
@@ -138,3 +138,38 @@ def restore_run_config(args: argparse.Namespace) -> None:
         return
     saved.write_text(json.dumps(config, indent=2))
     print(f'scnet {args.command}: {saved} was missing: restored from the settings {last} records', file=sys.stderr)
+
+
+def check_run_config(args: argparse.Namespace, overrides: Dict[str, Any], keys: Sequence[str]) -> None:
+    """On ``--resume``, refuse a run's ``config.json`` that was damaged or edited after the run wrote it, naming
+    the file: a settings file that is not JSON or not an object, or one whose ``keys`` (the settings a run keeps
+    to its end) differ from those ``last.pt`` records where no flag given now sets them (``overrides``: the
+    flags' values by recipe setting, None where not given). Without this, the
+    recipe read from it would be compared with the run's and the difference blamed on a flag nobody gave."""
+    from scnet.errors import ScnetError
+    from scnet.train.run_folder import RunError
+    from scnet.train.state import load_state
+
+    if not (getattr(args, 'resume', False) and args.output):
+        return
+    saved, last = Path(args.output) / 'config.json', Path(args.output) / 'last.pt'
+    if not (saved.is_file() and last.is_file()):
+        return
+    way_out = f'delete it (--resume then restores it from {last}) or put back what the run wrote'
+    try:
+        written = json.loads(saved.read_text(encoding='utf-8'))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RunError(f'{saved}: not valid JSON ({e}); {way_out}') from None
+    if not isinstance(written, dict):
+        raise RunError(f'{saved} holds a JSON {type(written).__name__}, not the run\'s settings; {way_out}')
+    try:
+        recorded = load_state(last, mmap=True).get('config')  # the settings alone: no tensor is read
+    except (ScnetError, AttributeError):
+        return  # not a training state: the run's own checks say so, in their words
+    if not isinstance(recorded, dict):
+        return
+    for key in keys:
+        if overrides.get(key) is None and key in recorded and written.get(key) != recorded[key]:
+            has = f'{key} {written[key]!r}' if key in written else f'no {key}'
+            raise RunError(f'{saved} has {has}, the run (last.pt) {recorded[key]!r}: the file was changed after '
+                           f'the run wrote it; {way_out}')

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from scnet.cli.arg_types import non_negative_float, non_negative_int, positive_float, positive_int, unit_float
 from scnet.cli.recipe_flags import recipe_overrides
-from scnet.cli.run_flags import add_quiet_flag, add_run_flags, restore_run_config, run_config
+from scnet.cli.run_flags import add_quiet_flag, add_run_flags, check_run_config, restore_run_config, run_config
 
 _EPILOG = """\
 recipes: --config takes a YAML file or the name of a shipped recipe (scnet/recipes/: one per row of the
@@ -116,13 +116,14 @@ def run(args: argparse.Namespace) -> int:
     from scnet.train.estimate import format_seconds
     from scnet.train.preemption import PREEMPTED_EXIT_STATUS, Preempted
     from scnet.train.recipe import Recipe, load_recipe, load_resumed_recipe
-    from scnet.train.trainer import train
+    from scnet.train.trainer import FIXED_ON_RESUME, train
 
     overrides = recipe_overrides(args, Recipe)   # every flag named as its recipe setting
+    restore_run_config(args)
+    check_run_config(args, overrides, FIXED_ON_RESUME)
     fine_tuning = args.pretrained or args.init
     config = run_config(args, default='embedded' if args.data is None else
                         'finetune' if fine_tuning else 'imagenet_100ep')
-    restore_run_config(args)
     saved = Path(args.output) / 'config.json' if args.resume else None
     # on --resume the run's own settings are the base; a --config given too may only repeat them
     recipe = (load_resumed_recipe(saved, args.config, **overrides) if saved is not None and saved.is_file()
