@@ -447,6 +447,8 @@ def _probe_input(model: nn.Module, example_input: Optional[torch.Tensor]) -> tor
         return example_input
     cfg = getattr(model, 'pretrained_cfg', None) or getattr(model, 'default_cfg', None) or {}
     size = tuple(cfg.get('input_size') or DEFAULT_PROBE_SIZE) if isinstance(cfg, dict) else DEFAULT_PROBE_SIZE
+    # the config describes the published weights (3 channels); a network built with timm's in_chans reads its own
+    size = (int(getattr(model, 'in_chans', size[0])), *size[1:])
     generator = torch.Generator().manual_seed(0)  # a fixed probe, without touching the global RNG
     x = torch.randn((2, *size), generator=generator)
     return x.to(device=first.device, dtype=first.dtype) if first is not None else x

@@ -88,6 +88,16 @@ def test_v1d_deep_stem_avg_down_and_avd():
     assert logits_diff(model, deployed, torch.randn(1, 3, 64, 64)) <= 1e-4
 
 
+def test_the_default_probe_has_the_networks_input_channels():
+    """timm's in_chans (grey or 4-channel inputs): the config still describes the RGB weights, the probe is the
+    network's own."""
+    for channels in (1, 4):
+        model = randomise_bns(scnet.create_model('scnet26_cifar', in_chans=channels, channels=(8, 16, 32, 64)))
+        deployed = scnet.deploy(model)
+        assert deployed.report.unfolded == [] and batchnorms(deployed.module) == []
+        assert logits_diff(model, deployed, torch.randn(2, channels, 32, 32)) <= 1e-4
+
+
 def test_torchvision_resnet18_converted_to_sc_conv():
     model = torchvision.models.resnet18(num_classes=10)
     scnet.convert(model)

@@ -329,6 +329,11 @@ def test_cli_weights_of_other_widths_recording_nothing_name_the_widths_and_take_
         export_cli(capsys, *argv, '--model-kwargs', 'channels')
     err = capsys.readouterr().err
     assert usage_error.value.code == 2 and "argument --model-kwargs: 'channels' is not KEY=VALUE (e.g. " in err
+    grey = tmp_path / 'grey.onnx'  # a network of one input channel: the example input has one
+    code, _, err = export_cli(capsys, '--model', 'scnet26_cifar', '--format', 'onnx', '--output', str(grey),
+                              '--input-size', '16', '--model-kwargs', 'in_chans=1', 'channels=8,16,32,64')
+    assert code == 0, err
+    assert _json.loads((tmp_path / 'grey.onnx.json').read_text())['input_shape'] == [1, 1, 16, 16]
     code, _, err = export_cli(capsys, *argv, '--force', '--model-kwargs', 'channels=8,16,32,64', 'colour=2')
     assert code == 2 and err.count('\n') == 1 and 'colour' in err  # an option no network takes: one line
 

@@ -163,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
     recorded_size = (meta['image_size'],) * 2 if meta.get('image_size') else None
     h, w = parse_input_size(args.input_size) if args.input_size else (
         recorded_size or tuple(cfg.get('input_size', (3, 224, 224))[1:]))
-    x = torch.randn(args.batch_size, 3, h, w, generator=torch.Generator().manual_seed(0))
+    channels = int(getattr(model, 'in_chans', 3))  # timm's in_chans (grey or 4-channel inputs), else RGB
+    x = torch.randn(args.batch_size, channels, h, w, generator=torch.Generator().manual_seed(0))
 
     deploy_report = None
     exported = model
