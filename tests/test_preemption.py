@@ -149,9 +149,14 @@ def test_sigterm_to_the_job_while_an_epoch_is_evaluated_saves_its_training(data,
     assert err.startswith('scnet train: stopped by SIGTERM while evaluating epoch 1') and len(err.splitlines()) == 1
     saved = torch.load(run / 'last.pt', weights_only=True)
     assert (saved['epoch'], saved['step']) == (0, 4)  # 36 images in batches of 8: all 4 steps trained
+    assert saved['epoch_seconds'] > 0  # the epoch's training time, for its row after the resume
     monkeypatch.undo()
     assert main(['train', '--output', str(run), '--resume', '--quiet']) == 0
-    assert [(r['epoch'], r['train_images'], r['val_images']) for r in read_metrics(run)] == [(1, 32, 12)]
+    rows = read_metrics(run)
+    assert [(r['epoch'], r['train_images'], r['val_images']) for r in rows] == [(1, 32, 12)]
+    # the epoch's own training time and speed, not those of the resume's 0 steps
+    assert rows[0]['epoch_time_s'] >= saved['epoch_seconds']
+    assert rows[0]['images_per_sec'] == pytest.approx(32 / rows[0]['epoch_time_s'])
 
 
 def test_a_run_stopped_by_a_damaged_image_can_stop_its_loader_workers(data, recipe, tmp_path, capsys, monkeypatch):

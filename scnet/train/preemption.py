@@ -30,6 +30,7 @@ import functools
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -133,6 +134,9 @@ class StepCheckpoints:
         self.step = 0                        # optimiser steps done in the current epoch
         self.saved_step = 0                  # the step of the current epoch that last.pt holds (0: none)
         self.resumed_images = 0.0            # images of the current epoch trained before a resume
+        self.resumed_seconds = 0.0           # and the seconds they took (None: a state that does not record them)
+        self._started = time.perf_counter()  # when this process began the epoch's training
+        self._trained_seconds: Optional[float] = None  # the epoch's training time, once its training is done
         self.sums = torch.zeros(5, dtype=torch.float64)
         self._saved = run.state if run.state is not None and run.state.get('step') else None
         self._signalled = False
@@ -147,6 +151,7 @@ class StepCheckpoints:
         """Start ``epoch`` (``lr``: the learning rate now); returns the optimiser steps of it already done (those
         of a state saved mid-epoch). ``epoch_lr`` is then the learning rate the epoch began with."""
         self.epoch, self.step, self.saved_step, self.resumed_images, self.epoch_lr = epoch, 0, 0, 0.0, lr
+        self.resumed_seconds, self._started, self._trained_seconds = 0.0, time.perf_counter(), None
         self.sums = torch.zeros(5, dtype=torch.float64)
         saved, self._saved = self._saved, None
         if saved is None or int(saved['epoch']) + 1 != epoch:
@@ -156,6 +161,7 @@ class StepCheckpoints:
         if self.ctx.is_main:  # the sums of the whole run so far, counted once
             self.sums = saved['epoch_sums'].clone()
         self.resumed_images = float(saved['epoch_sums'][2])
+        self.resumed_seconds = saved.get('epoch_seconds')
         generators = saved.get('rng_ranks') or []
         if len(generators) == self.ctx.world_size:  # (another number of processes: the data order differs anyway)
             restore_rng_states(generators[self.ctx.rank])
@@ -175,11 +181,20 @@ class StepCheckpoints:
                             f'{self.run.path} --resume')
 
     def finish_epoch(self, row: Dict[str, Any]) -> Dict[str, Any]:
-        """``row`` (``train_one_epoch``'s result) with its speed counted over the images trained since the
-        resume only."""
+        """``row`` (``train_one_epoch``'s result) with the epoch's own training time and speed where it was
+        resumed: the seconds the state records for the steps before the resume added to this process's. (A
+        state of an earlier version records none: the speed is then that of the images trained since the resume.)
+        """
+        if self.resumed_seconds is None:
+            self._trained_seconds = row['epoch_time_s']
+            if self.resumed_images:
+                row = dict(row, images_per_sec=(row['train_images'] - self.resumed_images) /
+                           max(row['epoch_time_s'], 1e-9))
+            return row
+        self._trained_seconds = self.resumed_seconds + row['epoch_time_s']
         if self.resumed_images:
-            row = dict(row, images_per_sec=(row['train_images'] - self.resumed_images) /
-                       max(row['epoch_time_s'], 1e-9))
+            row = dict(row, epoch_time_s=self._trained_seconds,
+                       images_per_sec=row['train_images'] / max(self._trained_seconds, 1e-9))
         return row
 
     @property
@@ -228,7 +243,10 @@ class StepCheckpoints:
             generators_of_ranks = gathered
         else:
             generators_of_ranks = [generators]
+        trained = self._trained_seconds  # (its training done: evaluating) else the training so far
+        if trained is None:
+            trained = (self.resumed_seconds or 0.0) + time.perf_counter() - self._started
         self.run.save_mid_epoch(state, epoch=self.epoch, step=self.step, epoch_sums=sums,
                                 rng_ranks=generators_of_ranks, epoch_lr=self.epoch_lr,
-                                steps_per_epoch=self.steps_per_epoch)
+                                steps_per_epoch=self.steps_per_epoch, epoch_seconds=trained)
         self.saved_step = self.step
