@@ -313,8 +313,8 @@ def test_cli_weights_of_other_widths_recording_nothing_name_the_widths_and_take_
 
     trained = randomise_bns(scnet.create_model('scnet26_cifar', num_classes=3, channels=(8, 16, 32, 64))).eval()
     bare = save_state_dict(trained.state_dict(), tmp_path / 'bare.safetensors')
-    out_file = tmp_path / 'net.pt2'
-    argv = ['--model', 'scnet26_cifar', '--checkpoint', str(bare), '--format', 'exported', '--output', str(out_file),
+    out_file = tmp_path / 'net.ts'  # (TorchScript: the quickest format to write)
+    argv = ['--model', 'scnet26_cifar', '--checkpoint', str(bare), '--format', 'torchscript', '--output', str(out_file),
             '--input-size', '16']
     code, _, err = export_cli(capsys, *argv)
     assert code == 2 and err.count('\n') == 1 and not out_file.exists()
@@ -322,18 +322,18 @@ def test_cli_weights_of_other_widths_recording_nothing_name_the_widths_and_take_
                           '64), which it does not record: pass --model-kwargs channels=8,16,32,64; keys: ')
     code, _, err = export_cli(capsys, *argv, '--model-kwargs', 'channels=8,16,32,64')
     assert code == 0, err
-    assert _json.loads((tmp_path / 'net.pt2.json').read_text())['model_kwargs'] == {'channels': [8, 16, 32, 64]}
+    assert _json.loads((tmp_path / 'net.ts.json').read_text())['model_kwargs'] == {'channels': [8, 16, 32, 64]}
     x = torch.randn(2, 3, 16, 16)
-    assert check_parity(trained, load_exported(out_file, 'exported'), x) < 1e-4
+    assert check_parity(trained, load_exported(out_file, 'torchscript'), x) < 1e-4
     with pytest.raises(SystemExit) as usage_error:
         export_cli(capsys, *argv, '--model-kwargs', 'channels')
     err = capsys.readouterr().err
     assert usage_error.value.code == 2 and "argument --model-kwargs: 'channels' is not KEY=VALUE (e.g. " in err
-    grey = tmp_path / 'grey.onnx'  # a network of one input channel: the example input has one
-    code, _, err = export_cli(capsys, '--model', 'scnet26_cifar', '--format', 'onnx', '--output', str(grey),
+    grey = tmp_path / 'grey.ts'  # a network of one input channel: the example input has one
+    code, _, err = export_cli(capsys, '--model', 'scnet26_cifar', '--format', 'torchscript', '--output', str(grey),
                               '--input-size', '16', '--model-kwargs', 'in_chans=1', 'channels=8,16,32,64')
     assert code == 0, err
-    assert _json.loads((tmp_path / 'grey.onnx.json').read_text())['input_shape'] == [1, 1, 16, 16]
+    assert _json.loads((tmp_path / 'grey.ts.json').read_text())['input_shape'] == [1, 1, 16, 16]
     code, _, err = export_cli(capsys, *argv, '--force', '--model-kwargs', 'channels=8,16,32,64', 'colour=2')
     assert code == 2 and err.count('\n') == 1 and 'colour' in err  # an option no network takes: one line
 
