@@ -167,9 +167,10 @@ def check_model_arguments(kwargs: Dict[str, Any]) -> None:
         raise InvalidArgumentTypeError(f"global_pool must be a string, one of 'avg', 'max', 'avgmax', 'catavgmax' or "
                                        f"'' (none), got {pool!r}")
     if 'output_stride' in kwargs and kwargs['output_stride'] not in OUTPUT_STRIDES:
-        raise InvalidArgumentError(f'output_stride must be one of {", ".join(map(str, OUTPUT_STRIDES))} (the '
-                                   f'network\'s total stride; 8 and 16 dilate the last stages), got '
-                                   f'{kwargs["output_stride"]!r}')
+        raise InvalidArgumentError(f'output_stride must be one of {", ".join(map(str, OUTPUT_STRIDES))} (timm\'s '
+                                   f'total stride of an ImageNet stem; 8 and 16 dilate the last stages instead of '
+                                   f'striding them; the _cifar models\' stem does not down-sample, so their real '
+                                   f'stride is a quarter of it), got {kwargs["output_stride"]!r}')
 
 
 def check_stages(variant: str, model_args: Dict[str, Any]) -> None:
