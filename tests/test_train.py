@@ -746,7 +746,8 @@ def test_eval_names_the_model_a_checkpoint_belongs_to_or_says_in_one_line_that_i
     assert err.startswith(f'scnet eval: error: {bare} does not fit scnet26_cifar: it fits with channels=(8, 16, 32, '
                           '64), which it does not record: pass --model-kwargs channels=8,16,32,64; keys: ')
     assert main(['eval', '--model', 'scnet26_cifar', '--checkpoint', str(bare), '--image-size', '16', '--resize',
-                 '16', '--format', 'json', *common, '--model-kwargs', 'channels=8,16,32,64', 'memory_efficient=False']) == 0
+                 '16', '--format', 'json', *common, '--model-kwargs', 'channels=8,16,32,64',
+                 'memory_efficient=False']) == 0
     with_flag = json.loads(capsys.readouterr().out)
     assert main(['eval', '--model', 'scnet26_cifar', '--checkpoint', str(ours), '--format', 'json', *common]) == 0
     recorded = json.loads(capsys.readouterr().out)

@@ -625,7 +625,8 @@ def test_weights_of_other_widths_recording_nothing_name_the_channels_that_fit(na
     loaded = scnet.create_model(name, checkpoint=str(path), channels=(8, 16, 32, 64))
     assert all(torch.equal(v, narrow.state_dict()[k]) for k, v in loaded.state_dict().items())
     # weights that no width fits (another network): no such hint
-    other = save_state_dict(scnet.create_model('resnet26_cifar', num_classes=4).state_dict(), tmp_path / 'o.safetensors')
+    other = save_state_dict(scnet.create_model('resnet26_cifar', num_classes=4).state_dict(),
+                            tmp_path / 'o.safetensors')
     with pytest.raises(scnet.weights.fit.WeightsMismatchError) as info:
         scnet.create_model('scnet26_cifar', checkpoint=str(other))
     assert info.value.fitting_options is None and 'check that the model name' in str(info.value)

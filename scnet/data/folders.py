@@ -34,9 +34,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from scnet.errors import ScnetError
 
-__all__ = ['DataError', 'BadImageError', 'class_images', 'find_classes', 'split_folders', 'DECODERS', 'available_decoders',
-           'default_decoder', 'decode_rgb', 'decode_rgb_tensor', 'decode_rgb_bytes', 'CheckedImageFolder',
-           'decode_checked', 'seeded_transform', 'collate_skipping_bad']
+__all__ = ['DataError', 'BadImageError', 'class_images', 'find_classes', 'split_folders', 'DECODERS',
+           'available_decoders', 'default_decoder', 'decode_rgb', 'decode_rgb_tensor', 'decode_rgb_bytes',
+           'CheckedImageFolder', 'decode_checked', 'seeded_transform', 'collate_skipping_bad']
 
 #: Image decoders of ``CheckedImageFolder``: ``torchcodec`` and ``torchvision`` decode to tensors (the
 #: transforms then run on tensors), ``pil`` to PIL images.

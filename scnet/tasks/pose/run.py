@@ -86,8 +86,8 @@ def train_pose(recipe: PoseRecipe, output: Path, *, resume: bool = False, progre
                 print(f'note: the backbone\'s weights come from {recipe.backbone_checkpoint}; pretrained: true (the '
                       'published weights) is not used', file=sys.stderr)
             if replaced and ctx.is_main:
-                print(f'note: {recipe.backbone} is built as {recipe.backbone_checkpoint} records it, {backbone_kwargs}, '
-                      f'not with the recipe\'s {replaced}', file=sys.stderr)
+                print(f'note: {recipe.backbone} is built as {recipe.backbone_checkpoint} records it, '
+                      f'{backbone_kwargs}, not with the recipe\'s {replaced}', file=sys.stderr)
         else:
             backbone_kwargs = dict(recipe.backbone_kwargs)
         model = build_for_recipe(recipe, spec.num, with_weights=state is None, backbone_kwargs=backbone_kwargs)
