@@ -94,12 +94,12 @@ def _as_lists(value: Any) -> Any:
 
 
 def options_for_weights(checkpoint: str, backbone: str,
-                        recipe_kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+                        recipe_kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], Optional[str]]:
     """The backbone options to build ``backbone`` with for the classification weights of ``checkpoint``: the
-    recipe's ``backbone_kwargs`` with the model options the checkpoint records in their place, and the recipe's
-    values so replaced (for a note). Why the checkpoint's win: they are what the weights were trained as (a
-    recipe's narrow widths belong to the backbone it trains from scratch, and would not fit them). A
-    checkpoint that records another model is refused, naming the ``--backbone`` it holds."""
+    recipe's ``backbone_kwargs`` with the model options the checkpoint records in their place; and a note to
+    print where that replaced recipe values (else None). Why the checkpoint's win: they are what the weights
+    were trained as (a recipe's narrow widths belong to the backbone it trains from scratch, and would not fit
+    them). A checkpoint that records another model is refused, naming the ``--backbone`` it holds."""
     from scnet.train.classifier_checkpoint import other_model_message, read_classifier_metadata
 
     recorded = read_classifier_metadata(checkpoint)
@@ -109,7 +109,10 @@ def options_for_weights(checkpoint: str, backbone: str,
         raise CheckpointError(other)
     options = recorded.model_kwargs or {}
     replaced = {k: v for k, v in recipe_kwargs.items() if k in options and _as_lists(v) != _as_lists(options[k])}
-    return {**recipe_kwargs, **options}, replaced
+    kwargs = {**recipe_kwargs, **options}
+    note = (f'note: {backbone} is built as {checkpoint} records it, {kwargs}, not with the recipe\'s {replaced}'
+            if replaced else None)
+    return kwargs, note
 
 
 def build_backbone(name: str, *, checkpoint: Optional[str] = None, pretrained: bool = False,

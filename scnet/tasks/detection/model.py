@@ -107,8 +107,7 @@ def resolve_backbone(recipe: DetectionRecipe, *, quiet: bool = False) -> Tuple[O
     if 'task' in meta:
         raise CheckpointError(f'{ckpt} is a detection checkpoint ({meta["task"]}), not a classification one; '
                               'resume a detection run with --resume')
-    kwargs, replaced = options_for_weights(ckpt, recipe.backbone, dict(recipe.backbone_kwargs))
-    if replaced and not quiet:
-        print(f'note: {recipe.backbone} is built as {ckpt} records it, {kwargs}, not with the recipe\'s '
-              f'{replaced}', file=sys.stderr)
+    kwargs, note = options_for_weights(ckpt, recipe.backbone, dict(recipe.backbone_kwargs))
+    if note and not quiet:
+        print(note, file=sys.stderr)
     return ckpt, False, kwargs

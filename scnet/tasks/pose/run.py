@@ -80,14 +80,13 @@ def train_pose(recipe: PoseRecipe, output: Path, *, resume: bool = False, progre
         if state is not None:  # built as the run was (a resumed run has its own weights)
             backbone_kwargs = state['config'].get('resolved_backbone_kwargs', recipe.backbone_kwargs)
         elif recipe.backbone_checkpoint:  # the options the weights were trained with replace the recipe's
-            backbone_kwargs, replaced = options_for_weights(recipe.backbone_checkpoint, recipe.backbone,
-                                                            dict(recipe.backbone_kwargs))
+            backbone_kwargs, note = options_for_weights(recipe.backbone_checkpoint, recipe.backbone,
+                                                        dict(recipe.backbone_kwargs))
             if recipe.pretrained and ctx.is_main:  # a recipe of ImageNet weights, given a local copy (or others)
                 print(f'note: the backbone\'s weights come from {recipe.backbone_checkpoint}; pretrained: true (the '
                       'published weights) is not used', file=sys.stderr)
-            if replaced and ctx.is_main:
-                print(f'note: {recipe.backbone} is built as {recipe.backbone_checkpoint} records it, '
-                      f'{backbone_kwargs}, not with the recipe\'s {replaced}', file=sys.stderr)
+            if note and ctx.is_main:
+                print(note, file=sys.stderr)
         else:
             backbone_kwargs = dict(recipe.backbone_kwargs)
         model = build_for_recipe(recipe, spec.num, with_weights=state is None, backbone_kwargs=backbone_kwargs)
