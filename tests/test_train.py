@@ -637,6 +637,9 @@ def test_resume_continues_the_run_as_recorded_and_refuses_what_it_cannot_honour(
         (['--seed', '9', '--epochs', '3'], 'the run has seed 0, this resume 9 (--seed)'),
         (['--ema-decay', '0.9', '--epochs', '3'], 'trained without an EMA of the weights'),
         (['--epochs', '1'], 'has trained 2 epochs already; --epochs 1 would end it before them'),
+        # a larger crop than the run's evaluation resize: the flag that goes with it is named
+        (['--image-size', '64', '--epochs', '3'], 'must be >= the evaluation crop 64 (eval_image_size, else '
+                                                  'image_size), got 16: set it too, e.g. --eval-resize 73'),
         # weights to start from are a new run's: a resume would record them as this run's origin
         (['--init', str(tmp_path / 'other.pth'), '--epochs', '3'], 'the run has init None, this resume'),
         (['--pretrained', '--epochs', '3'], 'the run has pretrained False, this resume True (--pretrained)'),

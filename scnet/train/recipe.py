@@ -204,7 +204,8 @@ class Recipe:
              f'eval_image_size must be >= 8 (or left out: image_size), got {self.eval_image_size}'),
             (self.eval_resize >= self.eval_size,
              f'eval_resize (the short side before the centre crop) must be >= the evaluation crop '
-             f'{self.eval_size} (eval_image_size, else image_size), got {self.eval_resize}'),
+             f'{self.eval_size} (eval_image_size, else image_size), got {self.eval_resize}: set it too, e.g. '
+             f'--eval-resize {max(self.eval_size, round(self.eval_size * 256 / 224))} (ImageNet\'s ratio)'),
             (self.grad_clip is None or self.grad_clip > 0,
              f'grad_clip must be > 0 (or left out), got {self.grad_clip}'),
             (self.bce_target_thresh is None or 0 <= self.bce_target_thresh <= 1,
