@@ -432,6 +432,35 @@ def test_a_backbone_checkpoint_of_other_widths_replaces_the_recipes_and_the_run_
         capsys.readouterr().err
 
 
+def test_sigterm_stops_at_the_next_step_naming_what_is_saved_and_the_resume(tiny, tmp_path, monkeypatch, capsys):
+    """A scheduler's SIGTERM used to end detect train silently (status 143 from the signal itself). Now the run
+    stops at the next step with the command that continues it; the resume trains the cut epoch again."""
+    import signal
+
+    import scnet.tasks.detection.engine as engine
+
+    losses, calls = engine._losses, []
+
+    def losses_then_signal(model, images, targets):
+        calls.append(1)
+        if len(calls) == 3:  # the first step of epoch 2 (8 images in batches of 4: 2 steps an epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return losses(model, images, targets)
+
+    monkeypatch.setattr(engine, '_losses', losses_then_signal)
+    run = tmp_path / 'run'
+    assert detect_train(tiny, run, *tiny_args()) == 143
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1] == (f'scnet detect: stopped by SIGTERM at epoch 2, step 1/2; {run / "last.pt"} holds '
+                                    f'the run up to epoch 1 (epoch 2 is trained again): continue with scnet detect '
+                                    f'train --output {run} --resume')
+    assert [row['epoch'] for row in read_metrics(run)] == [1]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # given back
+    monkeypatch.undo()
+    assert detect_train(tiny, run, *tiny_args(), '--resume') == 0
+    assert [row['epoch'] for row in read_metrics(run)] == [1, 2]
+
+
 def test_wrong_backbone_checkpoints_are_named(tiny, tmp_path, capsys):
     path = save_state_dict(scnet.create_model('resnet26_cifar', num_classes=3).state_dict(),
                            tmp_path / 'model.safetensors', metadata={'model': 'resnet26_cifar'})

@@ -413,6 +413,33 @@ def test_a_backbone_checkpoint_of_other_widths_replaces_the_recipes_and_the_run_
                                                     'pass --backbone scnet26 or another checkpoint')
 
 
+def test_sigterm_after_an_epoch_was_evaluated_stops_once_it_is_saved(small, tmp_path, monkeypatch, capsys):
+    """A SIGTERM while an epoch is evaluated: the epoch is saved, then the run stops, saying so (it used to die
+    silently and lose the epoch); the resume goes on with the next."""
+    import signal
+
+    import scnet.tasks.pose.run as pose_run
+
+    evaluate, calls = pose_run.evaluate_pose, []
+
+    def signal_then_evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(pose_run, 'evaluate_pose', signal_then_evaluate)
+    run = tmp_path / 'run'
+    assert main(small_train(small, run, '--eval-every', '1')) == 143
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f'scnet pose: stopped by SIGTERM after epoch 1, saved in {run / "last.pt"}: continue with '
+                        f'scnet pose train --output {run} --resume')
+    assert [row['epoch'] for row in read_metrics(run)] == [1]
+    monkeypatch.undo()
+    assert main(small_train(small, run, '--resume')) == 0
+    assert [row['epoch'] for row in read_metrics(run)] == [1, 2]
+
+
 def test_interrupted_run_resumes_to_the_same_weights(small, tmp_path, monkeypatch, capsys):
     from scnet.train.run_folder import RunFolder
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -101,6 +102,7 @@ def add_parser(sub) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from scnet.tasks.detection import DetectionRecipe, load_detection_recipe, train_detector
+    from scnet.train.preemption import PREEMPTED_EXIT_STATUS, Preempted
     from scnet.tasks.detection.recipe import check_resumed_detection_config
 
     restore_run_config(args)
@@ -117,7 +119,11 @@ def run_train(args: argparse.Namespace) -> int:
     config = run_config(args, default=default, check_repeats=check_resumed_detection_config, overrides=overrides)
     recipe = load_detection_recipe(config, **overrides)
     output = Path(args.output or f'runs/{recipe.task}-{recipe.backbone}-{time.strftime("%Y%m%d-%H%M%S")}')
-    last = train_detector(recipe, output, resume=args.resume, progress=not args.quiet)
+    try:
+        last = train_detector(recipe, output, resume=args.resume, progress=not args.quiet)
+    except Preempted as e:  # SIGTERM: what is saved and the command that continues, as scnet train says it
+        print(f'scnet detect: {e}', file=sys.stderr)
+        return PREEMPTED_EXIT_STATUS
     if last:
         scores = '  '.join(f"{kind} AP {last[f'{kind}_AP']:.1f}" for kind in ('bbox', 'segm') if f'{kind}_AP' in last)
         print(f"done: {scores}; weights in {output / 'model.safetensors'}; "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -101,6 +102,7 @@ def add_parser(sub) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from scnet.tasks.pose import PoseRecipe, load_pose_recipe, train_pose
+    from scnet.train.preemption import PREEMPTED_EXIT_STATUS, Preempted
     from scnet.tasks.pose.recipe import check_resumed_pose_config
 
     restore_run_config(args)
@@ -109,7 +111,11 @@ def run_train(args: argparse.Namespace) -> int:
     recipe = load_pose_recipe(run_config(args, check_repeats=check_resumed_pose_config, overrides=overrides),
                               **overrides)
     output = Path(args.output or f'runs/pose-{recipe.backbone}-{time.strftime("%Y%m%d-%H%M%S")}')
-    last = train_pose(recipe, output, resume=args.resume, progress=not args.quiet)
+    try:
+        last = train_pose(recipe, output, resume=args.resume, progress=not args.quiet)
+    except Preempted as e:  # SIGTERM: what is saved and the command that continues, as scnet train says it
+        print(f'scnet pose: {e}', file=sys.stderr)
+        return PREEMPTED_EXIT_STATUS
     if last and 'kpt_AP' in last and os.environ.get('RANK', '0') == '0':
         print(f"done: keypoint AP {last['kpt_AP']:.2f} (AP50 {last['kpt_AP50']:.2f}, AP75 {last['kpt_AP75']:.2f}); "
               f"weights in {output / 'model.safetensors'}")

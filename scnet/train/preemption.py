@@ -44,7 +44,7 @@ from scnet.train.run_folder import RunError, RunFolder
 from scnet.train.state import restore_rng_states, rng_states
 
 __all__ = ['Preempted', 'PREEMPTED_EXIT_STATUS', 'resume_requested', 'ignore_sigterm', 'main_process_sigterm_only',
-           'check_epoch_length', 'StepCheckpoints']
+           'check_epoch_length', 'StepCheckpoints', 'EpochStops']
 
 #: Exit status of a run stopped by SIGTERM after saving its state (128 + SIGTERM, as the shell reports it).
 PREEMPTED_EXIT_STATUS = 128 + signal.SIGTERM
@@ -250,3 +250,46 @@ class StepCheckpoints:
                                 rng_ranks=generators_of_ranks, epoch_lr=self.epoch_lr,
                                 steps_per_epoch=self.steps_per_epoch, epoch_seconds=trained)
         self.saved_step = self.step
+
+
+class EpochStops:
+    """SIGTERM for the runs that save at epoch ends only (``scnet detect train``, ``scnet pose train``): the run
+    stops at the next optimiser step, or once the epoch being saved is saved, with a ``Preempted`` that says
+    what ``last.pt`` holds and the command that continues it, instead of the signal's silent kill. The epoch cut
+    short is trained again on resume (its sampler, augmentation and heads' random state are not saved mid-epoch,
+    as ``StepCheckpoints`` saves them for classification). ``close`` gives SIGTERM back to its previous handler.
+    Every process checks together (one all-reduce a step under torchrun), so all stop at the same step."""
+
+    def __init__(self, ctx: Context, output: Path, command: str) -> None:
+        self.ctx, self.output, self.command = ctx, Path(output), command
+        self._signalled = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def close(self) -> None:
+        """Give SIGTERM back to the handler it had before."""
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._signalled = True
+
+    def _requested(self) -> bool:
+        if not self.ctx.distributed:
+            return self._signalled
+        return bool(all_reduce_sum(torch.tensor([1.0 if self._signalled else 0.0], dtype=torch.float64))[0] > 0)
+
+    def after_step(self, epoch: int, step: int, steps: int) -> None:
+        """Stop (raise ``Preempted``) when SIGTERM came: the epoch's steps so far are not saved."""
+        if self._requested():
+            raise Preempted(f'stopped by SIGTERM at epoch {epoch}, step {step}/{steps}; {self.output / "last.pt"} '
+                            f'holds the run up to epoch {epoch - 1} (epoch {epoch} is trained again): continue with '
+                            f'{self.command} --output {self.output} --resume')
+
+    def after_epoch(self, epoch: int) -> None:
+        """Stop when SIGTERM came while ``epoch`` was evaluated or saved (it is saved: nothing is lost)."""
+        if self._requested():
+            raise Preempted(f'stopped by SIGTERM after epoch {epoch}, saved in {self.output / "last.pt"}: continue '
+                            f'with {self.command} --output {self.output} --resume')

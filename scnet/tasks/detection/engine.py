@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -42,9 +42,11 @@ def _losses(model: nn.Module, images, targets) -> Dict[str, torch.Tensor]:
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, ctx: distributed.Context, *,
-                    epoch: int, epochs: int, progress: bool, grad_clip: Optional[float] = None) -> Dict[str, Any]:
+                    epoch: int, epochs: int, progress: bool, grad_clip: Optional[float] = None,
+                    after_step: Optional[Callable[[int], None]] = None) -> Dict[str, Any]:
     """Train one pass of ``loader``; the epoch's row: ``lr``, ``train_loss`` and ``train_<loss>`` per loss of
-    torchvision's dict (averaged over the images of all processes), ``images_per_sec``, ``epoch_time_s``."""
+    torchvision's dict (averaged over the images of all processes), ``images_per_sec``, ``epoch_time_s``.
+    ``after_step(step)`` runs after each optimiser step (``EpochStops``: SIGTERM)."""
     model.train()
     sums: Dict[str, float] = defaultdict(float)
     images_seen = 0
@@ -71,6 +73,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, 
         sums['train_loss'] += float(values[0]) * n
         for key, value in zip(losses, values[1:]):
             sums[f'train_{key}'] += float(value) * n
+        if after_step is not None:
+            after_step(step)
         if ctx.is_main:
             bar.update(1)
             bar.set_postfix_str(f'loss {sums["train_loss"] / images_seen:.3f}  lr {last_lr:.3g}')

@@ -28,7 +28,7 @@ from scnet.tasks.detection.model import build_detector, resolve_backbone
 from scnet.tasks.detection.recipe import PRETRAINED, DetectionRecipe
 from scnet.train import distributed
 from scnet.train.engine import epoch_line, finish_run, keep_last_good, restore_training, seed_epoch, wrap_ddp
-from scnet.train.preemption import resume_requested
+from scnet.train.preemption import EpochStops, main_process_sigterm_only, resume_requested
 from scnet.train.recipe import RecipeError
 from scnet.train.run_folder import RunError, RunFolder
 from scnet.train.state import seed_everything
@@ -69,6 +69,7 @@ def train_detector(recipe: DetectionRecipe, output: Path, *, resume: bool = Fals
     existed = output.exists()
     ctx = distributed.setup(recipe.device)
     resume = resume_requested(output, resume)  # (also in workers that torchrun restarted)
+    stops = None
     try:
         run = RunFolder(output, resume=resume, is_main=ctx.is_main, final_files=('model.safetensors',))
         state = run.state
@@ -149,17 +150,20 @@ def train_detector(recipe: DetectionRecipe, output: Path, *, resume: bool = Fals
                                      min_size=recipe.min_size, max_size=recipe.max_size,
                                      detector=recipe.arch()).to_metadata()
 
+        stops = EpochStops(ctx, output, 'scnet detect train')  # SIGTERM: stop at the next step, say what is saved
         for epoch in range(run.start_epoch + 1, recipe.epochs + 1):
             # randomness of an epoch (order, flips, RPN / RoI sampling) depends on (seed, epoch, process) only
             seed_epoch(recipe.seed, epoch, ctx.rank)
             sampler.set_epoch(epoch)
             train_set.epoch = epoch
             loader = DataLoader(train_set, batch_sampler=batch_sampler, num_workers=recipe.workers,
-                                collate_fn=collate, pin_memory=ctx.device.type == 'cuda')
+                                collate_fn=collate, pin_memory=ctx.device.type == 'cuda',
+                                worker_init_fn=main_process_sigterm_only())  # (a job's SIGTERM: see EpochStops)
             with keep_last_good(output, epoch, state=lambda: {'model': model.state_dict(),
                                                             'optimizer': optimizer.state_dict()}):
                 row = engine.train_one_epoch(train_model, loader, optimizer, scheduler, ctx, epoch=epoch,
-                                             epochs=recipe.epochs, progress=progress, grad_clip=recipe.grad_clip)
+                                             epochs=recipe.epochs, progress=progress, grad_clip=recipe.grad_clip,
+                                             after_step=lambda step: stops.after_step(epoch, step, len(loader)))
             distributed.broadcast_buffers(model)
             row = {'epoch': epoch, **row}
             if epoch % recipe.eval_every == 0 or epoch == recipe.epochs:
@@ -171,8 +175,12 @@ def train_detector(recipe: DetectionRecipe, output: Path, *, resume: bool = Fals
                                 'checkpoint': metadata})
             if ctx.is_main:
                 print(_epoch_line(row, recipe.epochs), flush=True)
+            if epoch < recipe.epochs:  # (after the last one the run only writes its final files)
+                stops.after_epoch(epoch)
             distributed.barrier()
 
         return finish_run(run, ctx, model, metadata)
     finally:
+        if stops is not None:
+            stops.close()
         distributed.teardown()

@@ -6,7 +6,7 @@ The shared rules (worker errors, the finite-loss guard, autocast, the progress b
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -26,9 +26,10 @@ def heatmap_loss(heatmaps: torch.Tensor, targets: torch.Tensor, weights: torch.T
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, ctx: distributed.Context, *,
                     epoch: int, amp: bool = False, scaler: Optional[torch.amp.GradScaler] = None,
-                    progress: bool = True) -> Dict[str, Any]:
+                    progress: bool = True, after_step: Optional[Callable[[int], None]] = None) -> Dict[str, Any]:
     """Train one pass of ``loader``; the epoch's row: ``train_loss`` (averaged over the crops of all
-    processes), ``train_crops``, ``crops_per_sec``, ``epoch_time_s``."""
+    processes), ``train_crops``, ``crops_per_sec``, ``epoch_time_s``. ``after_step(step)`` runs after each
+    optimiser step (``EpochStops``: SIGTERM)."""
     model.train()
     sums = torch.zeros(2, dtype=torch.float64)   # loss x crops, crops
     bar = progress_bar(ctx, progress, total=len(loader), desc=f'epoch {epoch} train')
@@ -48,6 +49,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             loss.backward()
             optimizer.step()
         sums += torch.tensor([float(loss.detach()) * len(images), len(images)], dtype=torch.float64)
+        if after_step is not None:
+            after_step(step)
         if ctx.is_main:
             bar.update(1)
             bar.set_postfix_str(f'loss {sums[0] / max(sums[1], 1):.3e}')

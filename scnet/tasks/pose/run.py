@@ -38,7 +38,7 @@ from scnet.tasks.pose.splits import check_same_keypoints, load_split, val_instan
 from scnet.train import distributed
 from scnet.train.engine import (epoch_line, finish_run, grad_scaler, keep_last_good, restore_training, seed_epoch,
                                 wrap_ddp)
-from scnet.train.preemption import resume_requested
+from scnet.train.preemption import EpochStops, main_process_sigterm_only, resume_requested
 from scnet.train.recipe import RecipeError
 from scnet.train.run_folder import RunError, RunFolder
 from scnet.train.state import seed_everything
@@ -58,6 +58,7 @@ def train_pose(recipe: PoseRecipe, output: Path, *, resume: bool = False, progre
     output = Path(output)
     ctx = distributed.setup(recipe.device)
     resume = resume_requested(output, resume)  # (also in workers that torchrun restarted)
+    stops = None
     try:
         run = RunFolder(output, resume=resume, is_main=ctx.is_main, final_files=('model.safetensors',))
         state = run.state
@@ -130,17 +131,20 @@ def train_pose(recipe: PoseRecipe, output: Path, *, resume: bool = False, progre
         drop_last = len(sampler) > per_process
         eval_batch = recipe.eval_batch_size or per_process
         evaluation: Dict[str, Any] = {}
+        stops = EpochStops(ctx, output, 'scnet pose train')  # SIGTERM: stop at the next step, say what is saved
         for epoch in range(run.start_epoch + 1, recipe.epochs + 1):
             seed_epoch(recipe.seed, epoch, ctx.rank)
             sampler.set_epoch(epoch)
             train_set.epoch = epoch
             loader = DataLoader(train_set, batch_size=per_process, sampler=sampler, num_workers=recipe.workers,
-                                drop_last=drop_last, pin_memory=ctx.device.type == 'cuda')
+                                drop_last=drop_last, pin_memory=ctx.device.type == 'cuda',
+                                worker_init_fn=main_process_sigterm_only())  # (a job's SIGTERM: see EpochStops)
             lr = optimizer.param_groups[0]['lr']
             with keep_last_good(output, epoch, state=lambda: {'model': model.state_dict(),
                                                             'optimizer': optimizer.state_dict()}):
                 row = engine.train_one_epoch(train_model, loader, optimizer, ctx, epoch=epoch, amp=recipe.amp,
-                                             scaler=scaler, progress=progress)
+                                             scaler=scaler, progress=progress,
+                                             after_step=lambda step: stops.after_step(epoch, step, len(loader)))
             scheduler.step()
             row = {'epoch': epoch, 'lr': lr, **row}
             if epoch % recipe.eval_every == 0 or epoch == recipe.epochs:
@@ -159,8 +163,12 @@ def train_pose(recipe: PoseRecipe, output: Path, *, resume: bool = False, progre
                 print(_epoch_line(row, recipe.epochs), flush=True)
                 if evaluation.get('results'):
                     (output / 'keypoints_val.json').write_text(json.dumps(evaluation['results']))
+            if epoch < recipe.epochs:  # (after the last one the run only writes its final files)
+                stops.after_epoch(epoch)
             distributed.barrier()
 
         return finish_run(run, ctx, model, metadata)
     finally:
+        if stops is not None:
+            stops.close()
         distributed.teardown()
