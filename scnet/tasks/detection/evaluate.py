@@ -25,6 +25,7 @@ from scnet.tasks.detection.data import CocoDetectionSet, collate, matched_catego
 from scnet.tasks.eval_report import EvalReport
 from scnet.train import distributed
 from scnet.train.engine import batches
+from scnet.train.preemption import main_process_sigterm_only
 
 __all__ = ['METRICS', 'coco_metrics', 'complete_ground_truth', 'evaluate_detector', 'evaluate_checkpoint', 'mask_rle']
 
@@ -115,7 +116,8 @@ def evaluate_detector(model: nn.Module, dataset: CocoDetectionSet, label_to_cate
     ctx = ctx or distributed.Context(0, 1, 0, next(model.parameters()).device)
     model.eval()
     share = Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
-    loader = DataLoader(share, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    loader = DataLoader(share, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                        worker_init_fn=main_process_sigterm_only())  # a job's SIGTERM: the run stops after it
     results: List[Dict] = []
     for images, targets in batches(loader, ctx, progress=progress, desc=desc):
         outputs = model([image.to(ctx.device) for image in images])

@@ -31,6 +31,7 @@ from scnet.tasks.eval_report import EvalReport
 from scnet.train import distributed
 from scnet.train.distributed import Context
 from scnet.train.engine import batches
+from scnet.train.preemption import main_process_sigterm_only
 from scnet.train.sampling import StridedSampler
 
 __all__ = ['METRICS', 'predict_keypoints', 'person_results', 'oks_nms', 'coco_keypoint_metrics', 'evaluate_pose',
@@ -51,7 +52,8 @@ def predict_keypoints(model: nn.Module, dataset: PoseCropSet, spec: KeypointSpec
     rank, world = (0, 1) if all_crops else (ctx.rank, ctx.world_size)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                         sampler=StridedSampler(len(dataset), rank=rank, world_size=world),
-                        pin_memory=ctx.device.type == 'cuda')
+                        pin_memory=ctx.device.type == 'cuda',
+                        worker_init_fn=main_process_sigterm_only())  # a job's SIGTERM: the run stops after it
     perm = spec.flip_permutation
     out = []
     for images, indices in batches(loader, ctx, progress=progress, desc=desc):
