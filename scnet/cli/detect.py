@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from scnet.cli.formatting import render_table
 from scnet.cli.recipe_flags import add_recipe_flags, recipe_overrides
 from scnet.cli.run_flags import (add_device_flag, add_eval_flags, add_quiet_flag, add_report_flags, add_run_flags,
                                  check_outputs_are_not_inputs, check_run_config, print_report,
-                                 restore_run_config, run_config)
+                                 run_config)
 
 _TRAIN_EPILOG = """\
 recipes: --config takes a YAML file or a shipped detection recipe (scnet/recipes/detection/): faster_rcnn_2x
@@ -102,10 +101,8 @@ def add_parser(sub) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from scnet.tasks.detection import DetectionRecipe, load_detection_recipe, train_detector
-    from scnet.train.preemption import PREEMPTED_EXIT_STATUS, Preempted
     from scnet.tasks.detection.recipe import check_resumed_detection_config
 
-    restore_run_config(args)
     overrides = recipe_overrides(args, DetectionRecipe)
     check_run_config(args, overrides, ('task', 'backbone', 'batch_size', 'seed'))
     default = 'mask_rcnn_2x' if args.task == 'segm' else 'faster_rcnn_2x'
@@ -119,11 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = run_config(args, default=default, check_repeats=check_resumed_detection_config, overrides=overrides)
     recipe = load_detection_recipe(config, **overrides)
     output = Path(args.output or f'runs/{recipe.task}-{recipe.backbone}-{time.strftime("%Y%m%d-%H%M%S")}')
-    try:
-        last = train_detector(recipe, output, resume=args.resume, progress=not args.quiet)
-    except Preempted as e:  # SIGTERM: what is saved and the command that continues, as scnet train says it
-        print(f'scnet detect: {e}', file=sys.stderr)
-        return PREEMPTED_EXIT_STATUS
+    last = train_detector(recipe, output, resume=args.resume, progress=not args.quiet)
     if last:
         scores = '  '.join(f"{kind} AP {last[f'{kind}_AP']:.1f}" for kind in ('bbox', 'segm') if f'{kind}_AP' in last)
         print(f"done: {scores}; weights in {output / 'model.safetensors'}; "

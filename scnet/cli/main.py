@@ -49,8 +49,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         with memory_ceiling() if args.command in SIZED_BY_FLAGS else contextlib.nullcontext():
             return int(args.run(args) or 0)
     except (ScnetError, FileNotFoundError) as e:
-        print(f'scnet {args.command}: error: {e}', file=sys.stderr)
-        return 2
+        stopped = getattr(e, 'exit_status', None)  # a run stopped by SIGTERM (``Preempted``): what it saved
+        print(f'scnet {args.command}: {"" if stopped else "error: "}{e}', file=sys.stderr)
+        return stopped or 2
     except OSError as e:  # a folder that takes no file, a file where a folder belongs, a full disk
         if e.errno == errno.ENOMEM:
             return _out_of_memory(args, e.strerror or str(e))

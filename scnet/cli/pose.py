@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from scnet.cli.formatting import render_table
 from scnet.cli.recipe_flags import add_recipe_flags, recipe_overrides
 from scnet.cli.run_flags import (add_device_flag, add_eval_flags, add_quiet_flag, add_report_flags, add_run_flags,
                                  check_outputs_are_not_inputs, check_run_config, print_report,
-                                 restore_run_config, run_config)
+                                 run_config)
 
 _TRAIN_EPILOG = """\
 recipe: --config takes a YAML file or a shipped name (scnet/recipes/pose/): simple_baselines_256x192 and
@@ -102,20 +101,14 @@ def add_parser(sub) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from scnet.tasks.pose import PoseRecipe, load_pose_recipe, train_pose
-    from scnet.train.preemption import PREEMPTED_EXIT_STATUS, Preempted
     from scnet.tasks.pose.recipe import check_resumed_pose_config
 
-    restore_run_config(args)
     overrides = recipe_overrides(args, PoseRecipe)
     check_run_config(args, overrides, ('backbone', 'image_size', 'batch_size', 'seed'))
     recipe = load_pose_recipe(run_config(args, check_repeats=check_resumed_pose_config, overrides=overrides),
                               **overrides)
     output = Path(args.output or f'runs/pose-{recipe.backbone}-{time.strftime("%Y%m%d-%H%M%S")}')
-    try:
-        last = train_pose(recipe, output, resume=args.resume, progress=not args.quiet)
-    except Preempted as e:  # SIGTERM: what is saved and the command that continues, as scnet train says it
-        print(f'scnet pose: {e}', file=sys.stderr)
-        return PREEMPTED_EXIT_STATUS
+    last = train_pose(recipe, output, resume=args.resume, progress=not args.quiet)
     if last and 'kpt_AP' in last and os.environ.get('RANK', '0') == '0':
         print(f"done: keypoint AP {last['kpt_AP']:.2f} (AP50 {last['kpt_AP50']:.2f}, AP75 {last['kpt_AP75']:.2f}); "
               f"weights in {output / 'model.safetensors'}")

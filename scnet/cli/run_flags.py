@@ -117,35 +117,15 @@ def run_config(args: argparse.Namespace, default: Optional[str] = None,
     return default if args.config is None else args.config
 
 
-def restore_run_config(args: argparse.Namespace) -> None:
-    """On ``--resume``, write back a run's missing ``config.json`` (only ``last.pt`` copied to another machine)
-    from the copy of its settings that ``last.pt`` keeps, so that the resume continues the run's settings
-    rather than comparing a default recipe against them (flag by flag, blaming flags nobody gave). One for
-    ``scnet train``, ``detect train`` and ``pose train``, before their recipe is read."""
-    from scnet.errors import ScnetError
-    from scnet.train.state import load_state
-
-    if not (getattr(args, 'resume', False) and args.output):
-        return
-    saved, last = Path(args.output) / 'config.json', Path(args.output) / 'last.pt'
-    if saved.exists() or not last.is_file():
-        return  # nothing to restore, or nothing to resume (the run folder says so)
-    try:
-        config = load_state(last, mmap=True).get('config')  # the settings alone: no tensor is read
-    except (ScnetError, AttributeError):
-        return  # not a training state: the run's own checks say so, in their words
-    if not isinstance(config, dict) or not config:
-        return
-    saved.write_text(json.dumps(config, indent=2))
-    print(f'scnet {args.command}: {saved} was missing: restored from the settings {last} records', file=sys.stderr)
-
-
 def check_run_config(args: argparse.Namespace, overrides: Dict[str, Any], keys: Sequence[str]) -> None:
-    """On ``--resume``, refuse a run's ``config.json`` that was damaged or edited after the run wrote it, naming
-    the file: a settings file that is not JSON or not an object, or one whose ``keys`` (the settings a run keeps
-    to its end) differ from those ``last.pt`` records where no flag given now sets them (``overrides``: the
-    flags' values by recipe setting, None where not given). Without this, the
-    recipe read from it would be compared with the run's and the difference blamed on a flag nobody gave."""
+    """On ``--resume``, make the run's ``config.json`` the one its ``last.pt`` belongs to, before the recipe is
+    read from it (``scnet train``, ``detect train`` and ``pose train``). Without this, a default or damaged
+    recipe would be compared with the run's and the difference blamed on flags nobody gave.
+
+    A missing one (only ``last.pt`` copied to another machine) is written back from the copy of the settings
+    that ``last.pt`` keeps. One damaged or edited since the run wrote it is refused, naming the file: not JSON,
+    not an object, or one of ``keys`` (the settings a run keeps to its end) unlike ``last.pt``'s where no flag
+    given now sets it (``overrides``: the flags' values by recipe setting, None where not given)."""
     from scnet.errors import ScnetError
     from scnet.train.run_folder import RunError
     from scnet.train.state import load_state
@@ -153,20 +133,29 @@ def check_run_config(args: argparse.Namespace, overrides: Dict[str, Any], keys: 
     if not (getattr(args, 'resume', False) and args.output):
         return
     saved, last = Path(args.output) / 'config.json', Path(args.output) / 'last.pt'
-    if not (saved.is_file() and last.is_file()):
-        return
+    if not last.is_file():
+        return  # nothing to resume: the run folder says so
     way_out = f'delete it (--resume then restores it from {last}) or put back what the run wrote'
-    try:
-        written = json.loads(saved.read_text(encoding='utf-8'))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RunError(f'{saved}: not valid JSON ({e}); {way_out}') from None
-    if not isinstance(written, dict):
-        raise RunError(f'{saved} holds a JSON {type(written).__name__}, not the run\'s settings; {way_out}')
+    written = None
+    if saved.exists() and not saved.is_file():
+        return  # not a file: the recipe reader says so
+    if saved.is_file():
+        try:
+            written = json.loads(saved.read_text(encoding='utf-8'))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RunError(f'{saved}: not valid JSON ({e}); {way_out}') from None
+        if not isinstance(written, dict):
+            raise RunError(f'{saved} holds a JSON {type(written).__name__}, not the run\'s settings; {way_out}')
     try:
         recorded = load_state(last, mmap=True).get('config')  # the settings alone: no tensor is read
     except (ScnetError, AttributeError):
         return  # not a training state: the run's own checks say so, in their words
-    if not isinstance(recorded, dict):
+    if not isinstance(recorded, dict) or not recorded:
+        return
+    if written is None:
+        saved.write_text(json.dumps(recorded, indent=2))
+        print(f'scnet {args.command}: {saved} was missing: restored from the settings {last} records',
+              file=sys.stderr)
         return
     for key in keys:
         if overrides.get(key) is None and key in recorded and written.get(key) != recorded[key]:

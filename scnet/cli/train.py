@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 from scnet.cli.arg_types import non_negative_float, non_negative_int, positive_float, positive_int, unit_float
 from scnet.cli.recipe_flags import recipe_overrides
-from scnet.cli.run_flags import add_quiet_flag, add_run_flags, check_run_config, restore_run_config, run_config
+from scnet.cli.run_flags import add_quiet_flag, add_run_flags, check_run_config, run_config
 
 _EPILOG = """\
 recipes: --config takes a YAML file or the name of a shipped recipe (scnet/recipes/: one per row of the
@@ -114,12 +113,10 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from scnet.models.factory import validate_model_name
     from scnet.train.estimate import format_seconds
-    from scnet.train.preemption import PREEMPTED_EXIT_STATUS, Preempted
     from scnet.train.recipe import Recipe, load_recipe, load_resumed_recipe
     from scnet.train.trainer import FIXED_ON_RESUME, train
 
     overrides = recipe_overrides(args, Recipe)   # every flag named as its recipe setting
-    restore_run_config(args)
     check_run_config(args, overrides, FIXED_ON_RESUME)
     fine_tuning = args.pretrained or args.init
     config = run_config(args, default='embedded' if args.data is None else
@@ -131,11 +128,7 @@ def run(args: argparse.Namespace) -> int:
     validate_model_name(recipe.model)
     output = Path(args.output or f'runs/{recipe.model}-{time.strftime("%Y%m%d-%H%M%S")}')
     start = time.perf_counter()
-    try:
-        last = train(recipe, output, resume=args.resume, progress=not args.quiet, data_moved=args.data_moved)
-    except Preempted as e:
-        print(f'scnet train: {e}', file=sys.stderr)
-        return PREEMPTED_EXIT_STATUS
+    last = train(recipe, output, resume=args.resume, progress=not args.quiet, data_moved=args.data_moved)
     if last and os.environ.get('RANK', '0') == '0':  # under torchrun: one summary, not one per process
         print(f"done in {format_seconds(time.perf_counter() - start)}: val top-1 {last['val_top1']:.2f}%, "
               f"top-5 {last['val_top5']:.2f}%; weights in {output / 'model.safetensors'}, curves: scnet plot {output}")

@@ -51,7 +51,10 @@ PREEMPTED_EXIT_STATUS = 128 + signal.SIGTERM
 
 
 class Preempted(ScnetError):
-    """The run received SIGTERM and stopped after saving its state."""
+    """The run received SIGTERM and stopped, saying what is saved: not an error, so the ``scnet`` command prints
+    it without one and exits with ``exit_status``."""
+
+    exit_status = PREEMPTED_EXIT_STATUS
 
 
 def resume_requested(output: Path, resume: bool) -> bool:
@@ -115,7 +118,38 @@ def check_epoch_length(state: Dict[str, Any], steps_per_epoch: int, output: Path
                        f'(--init {Path(output) / "last.pt"})')
 
 
-class StepCheckpoints:
+class _SigtermFlag:
+    """SIGTERM noted rather than obeyed, for a run to stop where it can say what is saved: the handler is set
+    (from the main thread only, where Python runs handlers) until ``close`` gives back the previous one."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._signalled = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._signalled = True
+
+    @property
+    def signalled(self) -> bool:
+        """Whether SIGTERM came to this process (no collective: what a loop may check at every batch)."""
+        return self._signalled
+
+    def _stop_requested(self) -> bool:
+        """Whether SIGTERM came to any process (a collective under torchrun: all stop at the same step)."""
+        flag = torch.tensor([1.0 if self._signalled else 0.0], dtype=torch.float64)
+        return bool(all_reduce_sum(flag)[0] > 0) if self.ctx.distributed else self._signalled
+
+    def close(self) -> None:
+        """Give SIGTERM back to the handler it had before."""
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+class StepCheckpoints(_SigtermFlag):
     """Saves the state every ``every`` optimiser steps (0: only at the end of each epoch) and on SIGTERM.
 
     ``state`` returns the training state to save (model, optimiser, schedule, ...); ``run`` writes it.
@@ -128,7 +162,8 @@ class StepCheckpoints:
 
     def __init__(self, run: RunFolder, ctx: Context, *, every: int, steps_per_epoch: int,
                  state: Callable[[], Dict[str, Any]]) -> None:
-        self.run, self.ctx, self.every, self.steps_per_epoch, self.state = run, ctx, every, steps_per_epoch, state
+        super().__init__(ctx)
+        self.run, self.every, self.steps_per_epoch, self.state = run, every, steps_per_epoch, state
         self.epoch = 0
         self.epoch_lr = 0.0
         self.step = 0                        # optimiser steps done in the current epoch
@@ -139,13 +174,6 @@ class StepCheckpoints:
         self._trained_seconds: Optional[float] = None  # the epoch's training time, once its training is done
         self.sums = torch.zeros(5, dtype=torch.float64)
         self._saved = run.state if run.state is not None and run.state.get('step') else None
-        self._signalled = False
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-
-    def _on_sigterm(self, signum, frame) -> None:
-        self._signalled = True
 
     def begin_epoch(self, epoch: int, *, lr: float) -> int:
         """Start ``epoch`` (``lr``: the learning rate now); returns the optimiser steps of it already done (those
@@ -197,11 +225,6 @@ class StepCheckpoints:
                        images_per_sec=row['train_images'] / max(self._trained_seconds, 1e-9))
         return row
 
-    @property
-    def signalled(self) -> bool:
-        """Whether SIGTERM came to this process (no collective: what a loop may check at every batch)."""
-        return self._signalled
-
     def after_evaluation(self) -> None:
         """After the epoch's evaluation, before its state is saved: when SIGTERM came during the evaluation
         (which ``signalled`` cut short), save the epoch's training as a state at its last step and raise
@@ -219,16 +242,6 @@ class StepCheckpoints:
             raise Preempted(f'stopped by SIGTERM after epoch {self.epoch}, state saved in '
                             f'{self.run.path / "last.pt"}: continue with scnet train --output {self.run.path} '
                             '--resume')
-
-    def close(self) -> None:
-        """Give SIGTERM back to the handler it had before."""
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
-    def _stop_requested(self) -> bool:
-        flag = torch.tensor([1.0 if self._signalled else 0.0], dtype=torch.float64)
-        return bool(all_reduce_sum(flag)[0] > 0) if self.ctx.distributed else self._signalled
 
     def _save(self) -> None:
         """Write the state mid-epoch, unless the step just taken made it non-finite (a ``NonFiniteLossError``;
@@ -252,7 +265,7 @@ class StepCheckpoints:
         self.saved_step = self.step
 
 
-class EpochStops:
+class EpochStops(_SigtermFlag):
     """SIGTERM for the runs that save at epoch ends only (``scnet detect train``, ``scnet pose train``): the run
     stops at the next optimiser step, or once the epoch being saved is saved, with a ``Preempted`` that says
     what ``last.pt`` holds and the command that continues it, instead of the signal's silent kill. The epoch cut
@@ -261,35 +274,18 @@ class EpochStops:
     Every process checks together (one all-reduce a step under torchrun), so all stop at the same step."""
 
     def __init__(self, ctx: Context, output: Path, command: str) -> None:
-        self.ctx, self.output, self.command = ctx, Path(output), command
-        self._signalled = False
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-
-    def close(self) -> None:
-        """Give SIGTERM back to the handler it had before."""
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
-    def _on_sigterm(self, signum, frame) -> None:
-        self._signalled = True
-
-    def _requested(self) -> bool:
-        if not self.ctx.distributed:
-            return self._signalled
-        return bool(all_reduce_sum(torch.tensor([1.0 if self._signalled else 0.0], dtype=torch.float64))[0] > 0)
+        super().__init__(ctx)
+        self.output, self.command = Path(output), command
 
     def after_step(self, epoch: int, step: int, steps: int) -> None:
         """Stop (raise ``Preempted``) when SIGTERM came: the epoch's steps so far are not saved."""
-        if self._requested():
+        if self._stop_requested():
             raise Preempted(f'stopped by SIGTERM at epoch {epoch}, step {step}/{steps}; {self.output / "last.pt"} '
                             f'holds the run up to epoch {epoch - 1} (epoch {epoch} is trained again): continue with '
                             f'{self.command} --output {self.output} --resume')
 
     def after_epoch(self, epoch: int) -> None:
         """Stop when SIGTERM came while ``epoch`` was evaluated or saved (it is saved: nothing is lost)."""
-        if self._requested():
+        if self._stop_requested():
             raise Preempted(f'stopped by SIGTERM after epoch {epoch}, saved in {self.output / "last.pt"}: continue '
                             f'with {self.command} --output {self.output} --resume')
